@@ -1,0 +1,8 @@
+"""Functional entry points that pick a fused implementation (flash-attn, Triton) or the pure-PyTorch reference.
+
+Each op lives in its own folder: reference.py (the spec and test oracle), function.py (dispatch), and kernel.py for
+fused implementations when they exist."""
+
+from .attention.function import attention
+
+__all__ = ["attention"]

@@ -1,0 +1,72 @@
+"""Data sources, tokenizer and training objective."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .base import ConfigBase, ConfigError
+
+TOKENIZER_TYPES = ("GPT2BPETokenizer", "HuggingFaceTokenizer", "SentencePieceTokenizer")
+OBJECTIVES = ("causal", "fim", "mim")
+
+
+@dataclass
+class DataConfig(ConfigBase):
+    # Megatron syntax: ["0.3", "A", "0.7", "B"] or ["A", "B"]; prefixes of .bin/.idx pairs.
+    data_path: list[str] = field(default_factory=list)
+    train_data_path: list[str] = field(default_factory=list)
+    valid_data_path: list[str] = field(default_factory=list)
+    test_data_path: list[str] = field(default_factory=list)
+    split: str = "969,30,1"
+    seq_length: int = 1024
+    data_cache_path: Optional[str] = None
+    eod_mask_loss: bool = False
+    reset_position_ids: bool = False
+    num_workers: int = 0
+    tokenizer_type: Optional[str] = None
+    tokenizer_model: Optional[str] = None
+    vocab_file: Optional[str] = None
+    merge_file: Optional[str] = None
+
+    @property
+    def has_data(self) -> bool:
+        return bool(self.data_path or self.train_data_path)
+
+    def validate(self) -> None:
+        if self.seq_length <= 0:
+            raise ConfigError("--seq-length must be positive")
+        if self.tokenizer_type is not None and self.tokenizer_type not in TOKENIZER_TYPES:
+            raise ConfigError(f"--tokenizer-type must be one of {TOKENIZER_TYPES}, got '{self.tokenizer_type}'")
+        if self.data_path and self.train_data_path:
+            raise ConfigError("give either --data-path (split by --split) or --train-data-path, not both")
+        try:
+            parts = [float(x) for x in self.split.replace("/", ",").split(",")]
+        except ValueError:
+            raise ConfigError(f"--split must look like 969,30,1, got '{self.split}'") from None
+        if not parts or any(p < 0 for p in parts) or sum(parts) <= 0:
+            raise ConfigError(f"--split weights must be non-negative and not all zero, got '{self.split}'")
+
+
+@dataclass
+class ObjectiveConfig(ConfigBase):
+    objective: str = "causal"
+    fim_rate: float = 0.5
+    fim_spm_rate: float = 0.5
+    fim_fragment_rate: Optional[float] = None
+    fim_split_token: Optional[str] = None
+    fim_mode: str = "sample"
+    mim_beta: float = 1.0
+    mim_divergence: str = "tv"
+    mim_stop_grad: Optional[str] = None
+
+    def validate(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise ConfigError(f"objective must be one of {OBJECTIVES}, got '{self.objective}'")
+        for name in ("fim_rate", "fim_spm_rate"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1]")
+        if self.mim_divergence not in ("tv", "js", "kl", "rkl", "l2"):
+            raise ConfigError(f"--mim-divergence must be tv, js, kl, rkl or l2, got '{self.mim_divergence}'")
+        if self.fim_mode not in ("sample", "document"):
+            raise ConfigError("objective.fim_mode must be 'sample' or 'document'")

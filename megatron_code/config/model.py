@@ -1,0 +1,118 @@
+"""Model architecture config: every knob the presets need, validated with messages that name the fix."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Optional
+
+from .base import ConfigBase, ConfigError
+
+POSITION_TYPES = ("learned", "rope", "none")
+NORM_TYPES = ("layernorm", "rmsnorm")
+ACTIVATIONS = ("gelu", "gelu_tanh", "swiglu")
+BLOCK_TYPES = ("sequential", "parallel")
+
+
+@dataclass
+class ModelConfig(ConfigBase):
+    num_layers: int = 2
+    hidden_size: int = 128
+    num_attention_heads: int = 4
+    # None -> same as num_attention_heads (MHA); 1 -> MQA; in between -> GQA.
+    num_kv_heads: Optional[int] = None
+    # None -> hidden_size // num_attention_heads. PaLM 540B uses 48 heads x 256 on an 18,432 model.
+    head_dim: Optional[int] = None
+    # None -> 4 x hidden (GELU) or the value given; SwiGLU presets give it explicitly.
+    ffn_hidden_size: Optional[int] = None
+    # True vocabulary size (None: taken from the tokenizer at training time).
+    vocab_size: Optional[int] = None
+    # Embedding/output rows are padded to a multiple of this (Megatron's make-vocab-size-divisible-by).
+    vocab_pad_multiple: int = 128
+    max_position_embeddings: int = 2048
+    position_embedding: str = "rope"
+    # Partial rotary: by fraction of head_dim (rotary_percent) or explicitly by dims (rotary_dims wins).
+    rotary_percent: float = 1.0
+    rotary_dims: Optional[int] = None
+    rotary_base: float = 10000.0
+    norm: str = "layernorm"
+    norm_eps: float = 1e-5
+    norm_bias: bool = True
+    activation: str = "gelu"
+    block: str = "sequential"
+    # Parallel block only: one norm shared by attention and MLP (phi-1, PaLM) or two (GPT-NeoX).
+    parallel_shared_norm: bool = True
+    bias: bool = True
+    tie_embeddings: bool = True
+    output_bias: bool = False
+    attention_dropout: float = 0.0
+    hidden_dropout: float = 0.0
+    embedding_dropout: float = 0.0
+    init_std: float = 0.02
+    # Output projections (o_proj, fc_out/down_proj) drawn with std / sqrt(2 * num_layers) (GPT-2, Megatron).
+    scaled_init: bool = True
+
+    # ----------------------------------------------------------------- derived sizes
+    @property
+    def kv_heads(self) -> int:
+        return self.num_kv_heads if self.num_kv_heads is not None else self.num_attention_heads
+
+    @property
+    def head_size(self) -> int:
+        return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_attention_heads
+
+    @property
+    def ffn_size(self) -> int:
+        return self.ffn_hidden_size if self.ffn_hidden_size is not None else 4 * self.hidden_size
+
+    @property
+    def rotary_size(self) -> int:
+        """Number of dims of each head that are rotated (0 without RoPE)."""
+        if self.position_embedding != "rope":
+            return 0
+        if self.rotary_dims is not None:
+            return self.rotary_dims
+        return int(self.head_size * self.rotary_percent)
+
+    @property
+    def padded_vocab_size(self) -> int:
+        if self.vocab_size is None:
+            raise ConfigError("model.vocab_size is unknown: give --tokenizer-type/--tokenizer-model (the size is "
+                              "taken from the tokenizer) or set --model.vocab_size")
+        m = self.vocab_pad_multiple
+        return int(math.ceil(self.vocab_size / m) * m) if m > 1 else self.vocab_size
+
+    # ----------------------------------------------------------------- validation
+    def validate(self) -> None:
+        def need(cond: bool, msg: str) -> None:
+            if not cond:
+                raise ConfigError(msg)
+
+        for name in ("num_layers", "hidden_size", "num_attention_heads", "max_position_embeddings"):
+            need(getattr(self, name) > 0, f"model.{name} must be positive, got {getattr(self, name)}")
+        need(self.position_embedding in POSITION_TYPES,
+             f"model.position_embedding must be one of {POSITION_TYPES}, got '{self.position_embedding}'")
+        need(self.norm in NORM_TYPES, f"model.norm must be one of {NORM_TYPES}, got '{self.norm}'")
+        need(self.activation in ACTIVATIONS, f"model.activation must be one of {ACTIVATIONS}, got '{self.activation}'")
+        need(self.block in BLOCK_TYPES, f"model.block must be one of {BLOCK_TYPES}, got '{self.block}'")
+        if self.head_dim is None:
+            need(self.hidden_size % self.num_attention_heads == 0,
+                 f"num_attention_heads ({self.num_attention_heads}) does not divide hidden_size ({self.hidden_size}):"
+                 f" choose a divisor or set model.head_dim explicitly")
+        need(self.head_size > 0, "model.head_dim must be positive")
+        need(self.kv_heads > 0 and self.num_attention_heads % self.kv_heads == 0,
+             f"num_kv_heads ({self.kv_heads}) must divide num_attention_heads ({self.num_attention_heads}): "
+             f"use 1 (MQA), a divisor (GQA) or the head count (MHA)")
+        if self.position_embedding == "rope":
+            need(0.0 < self.rotary_percent <= 1.0, f"rotary_percent must be in (0, 1], got {self.rotary_percent}")
+            r = self.rotary_size
+            need(r > 0, f"rotary dims resolve to {r}: raise rotary_percent or rotary_dims")
+            need(r % 2 == 0, f"rotary dims ({r}) must be even (pairs of dims are rotated): adjust rotary_dims/percent")
+            need(r <= self.head_size, f"rotary dims ({r}) exceed head_dim ({self.head_size})")
+        for name in ("attention_dropout", "hidden_dropout", "embedding_dropout"):
+            v = getattr(self, name)
+            need(0.0 <= v < 1.0, f"model.{name} must be in [0, 1), got {v}")
+        need(self.vocab_size is None or self.vocab_size > 0, "model.vocab_size must be positive")
+        need(self.vocab_pad_multiple >= 1, "model.vocab_pad_multiple must be >= 1")
+        need(self.init_std > 0, "model.init_std must be positive")
+        need(self.ffn_size > 0, "model.ffn_hidden_size must be positive")
