@@ -1,0 +1,185 @@
+"""Training losses: causal LM cross-entropy and the Meet-in-the-Middle loss, optionally on vocab-parallel logits.
+
+Tensor parallelism. With ``tp_group`` set, ``logits`` are the local vocabulary shard (B, S, V/tp) of rank r,
+covering ids ``[r * V/tp, (r+1) * V/tp)`` (Megatron's equal split). Nothing gathers the vocabulary: log-softmax
+uses an all-reduced max and sum of exponentials, and every per-token quantity that sums over the vocabulary
+(target log-probability, TV, JS, KL, L2) is a local partial sum followed by an all-reduce. Two autograd rules make
+the gradients exact, with the loss replicated on every rank of the group (Megatron's convention):
+
+* the final partial-sum all-reduce has an identity backward (``_reduce_replicated``): each rank's loss is the
+  whole loss, so its gradient w.r.t. the local partial sum is already complete;
+* the log-softmax normaliser couples all shards, so ``_VocabParallelLogSoftmax`` computes
+  ``dx = g - softmax(x) * sum_v g_v`` with ``sum_v`` all-reduced over the group.
+
+All losses are computed in float32 whatever the logits' dtype.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["causal_lm_loss", "mim_loss", "vocab_parallel_log_softmax", "token_divergence", "DIVERGENCES", "LossError"]
+
+DIVERGENCES = ("tv", "js", "kl", "rkl", "l2")
+_LOG2 = 0.6931471805599453
+
+
+class LossError(ValueError):
+    """A user-fixable loss configuration problem (unknown divergence, bad stop_grad, shape mismatch)."""
+
+
+class _ReduceReplicated(torch.autograd.Function):
+    """All-reduce (sum) whose result feeds a loss replicated on every rank: backward is the identity."""
+
+    @staticmethod
+    def forward(ctx, x, group):
+        x = x.clone()
+        dist.all_reduce(x, op=dist.ReduceOp.SUM, group=group)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad, None
+
+
+def _reduce_replicated(x: torch.Tensor, group) -> torch.Tensor:
+    return x if group is None else _ReduceReplicated.apply(x, group)
+
+
+class _VocabParallelLogSoftmax(torch.autograd.Function):
+    """log_softmax over a vocabulary split across ``group``; input and output are the local shard (..., V/tp)."""
+
+    @staticmethod
+    def forward(ctx, logits, group):
+        x = logits.float()
+        x_max = x.max(dim=-1, keepdim=True).values  # (..., 1) local max, then global
+        dist.all_reduce(x_max, op=dist.ReduceOp.MAX, group=group)
+        shifted = x - x_max
+        sum_exp = shifted.exp().sum(dim=-1, keepdim=True)  # (..., 1)
+        dist.all_reduce(sum_exp, op=dist.ReduceOp.SUM, group=group)
+        logp = shifted - sum_exp.log()
+        ctx.group = group
+        ctx.in_dtype = logits.dtype
+        ctx.save_for_backward(logp)
+        return logp
+
+    @staticmethod
+    def backward(ctx, grad):
+        (logp,) = ctx.saved_tensors
+        total = grad.sum(dim=-1, keepdim=True)  # sum over the full vocabulary = all-reduce of shard sums
+        dist.all_reduce(total, op=dist.ReduceOp.SUM, group=ctx.group)
+        return (grad - logp.exp() * total).to(ctx.in_dtype), None
+
+
+def vocab_parallel_log_softmax(logits: torch.Tensor, tp_group=None) -> torch.Tensor:
+    """float32 log-softmax over the last dim; with ``tp_group`` the last dim is this rank's vocabulary shard."""
+    if tp_group is None:
+        return torch.log_softmax(logits.float(), dim=-1)
+    return _VocabParallelLogSoftmax.apply(logits, tp_group)
+
+
+def _target_logprob(logp: torch.Tensor, labels: torch.Tensor, tp_group) -> torch.Tensor:
+    """(B, S) log-probability of ``labels`` from (B, S, V or V/tp) log-probs."""
+    if tp_group is None:
+        return logp.gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+    v_local = logp.shape[-1]
+    start = dist.get_rank(tp_group) * v_local
+    local = labels - start
+    inside = (local >= 0) & (local < v_local)
+    picked = logp.gather(-1, local.clamp(0, v_local - 1).unsqueeze(-1)).squeeze(-1)
+    return _reduce_replicated(torch.where(inside, picked, torch.zeros_like(picked)), tp_group)
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean of ``values`` over ``mask`` positions; 0 (with zero gradient) when the mask is empty."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def _check_labels(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor) -> None:
+    if logits.dim() != 3 or labels.shape != logits.shape[:2] or loss_mask.shape != labels.shape:
+        raise LossError(f"expected logits (B, S, V), labels and loss_mask (B, S); got {tuple(logits.shape)}, "
+                        f"{tuple(labels.shape)}, {tuple(loss_mask.shape)}")
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor,
+                   tp_group=None) -> torch.Tensor:
+    """Mean next-token cross-entropy over ``loss_mask`` positions (float32 scalar).
+
+    ``logits`` (B, S, V) -- or the local vocabulary shard (B, S, V/tp) with ``tp_group`` --, ``labels`` (B, S)
+    long, ``loss_mask`` (B, S) in {0, 1}. Returns 0 when the mask is empty.
+    """
+    _check_labels(logits, labels, loss_mask)
+    logp = vocab_parallel_log_softmax(logits, tp_group)
+    return _masked_mean(-_target_logprob(logp, labels, tp_group), loss_mask)
+
+
+def _vocab_sum(x: torch.Tensor, tp_group) -> torch.Tensor:
+    """Sum over the (possibly sharded) vocabulary: local sum, then all-reduce. (B, S, V/tp) -> (B, S)."""
+    return _reduce_replicated(x.sum(dim=-1), tp_group)
+
+
+def token_divergence(logp: torch.Tensor, logq: torch.Tensor, kind: str = "tv", tp_group=None) -> torch.Tensor:
+    """Per-position divergence (B, S) between p = exp(logp) and q = exp(logq), each (B, S, V or V/tp).
+
+    tv:  0.5 * sum_v |p - q|                                   (total variation, in [0, 1])
+    js:  0.5 * KL(p || m) + 0.5 * KL(q || m), m = (p + q) / 2  (Jensen-Shannon, nats, in [0, log 2])
+    kl:  KL(p || q) = sum_v p (log p - log q)                  (forward model p against backward q)
+    rkl: KL(q || p)
+    l2:  sum_v (p - q)^2                                       (squared Euclidean distance)
+    """
+    if kind not in DIVERGENCES:
+        raise LossError(f"unknown MIM divergence '{kind}': use one of {', '.join(DIVERGENCES)} (--mim-divergence)")
+    p, q = logp.exp(), logq.exp()
+    if kind == "tv":
+        return 0.5 * _vocab_sum((p - q).abs(), tp_group)
+    if kind == "l2":
+        return _vocab_sum((p - q).square(), tp_group)
+    if kind == "kl":
+        return _vocab_sum(p * (logp - logq), tp_group)
+    if kind == "rkl":
+        return _vocab_sum(q * (logq - logp), tp_group)
+    logm = torch.logaddexp(logp, logq) - _LOG2  # log((p + q) / 2) without underflow
+    return 0.5 * _vocab_sum(p * (logp - logm) + q * (logq - logm), tp_group)
+
+
+def mim_loss(logits_fwd: torch.Tensor, logits_bwd: torch.Tensor, batch: dict, beta: float,
+             divergence: str = "tv", stop_grad: Optional[str] = None, tp_group=None) -> tuple[torch.Tensor, dict]:
+    """Meet-in-the-Middle loss: ``fwd_ce + bwd_ce + beta * agreement`` (Nguyen et al., 2023).
+
+    ``logits_fwd``/``logits_bwd`` (B, S, V or V/tp) are the model outputs for the forward and backward rows of
+    ``batch`` (from ``data.objectives.mim.mim_batch``; ``split_directions`` splits a (2B, S, V) output).
+    ``agreement`` is the mean over ``batch["agree_mask"]`` of the divergence between the forward distribution at
+    position i and the backward distribution at ``batch["align_index"][i]`` (same target token).
+    ``stop_grad`` "fwd" / "bwd" detaches that side inside the agreement term only (its CE still trains it).
+    ``divergence`` is one of DIVERGENCES (formulas in ``token_divergence``); the agreement is always computed so
+    it can be logged, and with ``beta == 0`` it adds nothing to ``total``.
+    Returns ``(total, {"fwd_ce", "bwd_ce", "agreement"})``; the dict values are detached scalars for logging.
+    """
+    kind = divergence
+    if kind not in DIVERGENCES:
+        raise LossError(f"unknown MIM divergence '{kind}': use one of {', '.join(DIVERGENCES)} (--mim-divergence)")
+    if stop_grad not in (None, "fwd", "bwd"):
+        raise LossError(f"mim stop_grad must be None, 'fwd' or 'bwd', got '{stop_grad}'")
+    B = batch["batch_size"]
+    labels, mask = batch["labels"], batch["loss_mask"]
+    _check_labels(logits_fwd, labels[:B], mask[:B])
+    _check_labels(logits_bwd, labels[B:], mask[B:])
+    logp = vocab_parallel_log_softmax(logits_fwd, tp_group)  # (B, S, V[/tp])
+    logq = vocab_parallel_log_softmax(logits_bwd, tp_group)
+    fwd_ce = _masked_mean(-_target_logprob(logp, labels[:B], tp_group), mask[:B])
+    bwd_ce = _masked_mean(-_target_logprob(logq, labels[B:], tp_group), mask[B:])
+    total = fwd_ce + bwd_ce
+    # With beta 0 the agreement is only logged: no graph, no activation memory for it.
+    with torch.set_grad_enabled(torch.is_grad_enabled() and beta != 0.0):
+        a_p = logp.detach() if stop_grad == "fwd" else logp
+        # (B, S, V[/tp]): backward log-probs re-ordered so position i has the same target as forward position i
+        a_q = (logq.detach() if stop_grad == "bwd" else logq).index_select(1, batch["align_index"])
+        agreement = _masked_mean(token_divergence(a_p, a_q, kind, tp_group), batch["agree_mask"])
+    if beta != 0.0:
+        total = total + beta * agreement
+    return total, {"fwd_ce": fwd_ce.detach(), "bwd_ce": bwd_ce.detach(), "agreement": agreement.detach()}
+
