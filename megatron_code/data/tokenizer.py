@@ -1,0 +1,369 @@
+"""One tokenizer interface over three on-disk formats, plus training a code tokenizer.
+
+Formats (Megatron's ``--tokenizer-type`` names):
+
+- ``HuggingFaceTokenizer``: a Hugging Face ``tokenizers`` ``tokenizer.json`` (byte-level BPE or any other model).
+- ``SentencePieceTokenizer``: a SentencePiece ``.model`` (BPE or unigram, ideally with byte fallback).
+- ``GPT2BPETokenizer``: GPT-2 style ``vocab.json`` + ``merges.txt`` (byte-level BPE, GPT-2 pre-tokenizer regex).
+
+Contract shared by every backend (see :class:`Tokenizer`): ``encode`` adds no special tokens and never turns a
+special-token *string* inside the text into the special id (a corpus that contains the text "<|endoftext|>" must
+not be able to forge document boundaries); ``decode`` renders special ids as their strings; ``fingerprint`` hashes
+the exact model files so checkpoints can refuse data tokenized with another vocabulary.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from typing import Iterable, Sequence
+
+SPECIAL_TOKENS = ["<|endoftext|>", "<pad>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>",
+                  "<l2r>", "<r2l>"]
+
+TOKENIZER_TYPES = ("GPT2BPETokenizer", "HuggingFaceTokenizer", "SentencePieceTokenizer")
+_META_FILE = "megatron_code_tokenizer.json"
+
+# Code-aware pre-tokenization (Oniguruma syntax, used by HF `tokenizers`). Pieces, in priority order:
+#   newline runs (kept whole, so blank-line structure is one token), spaces/tabs that precede more whitespace
+#   (indentation runs: "    x" -> "   " + " x", like GPT-2), an optional space plus an identifier, single
+#   digits (numbers split digit by digit), an optional space plus a punctuation run, any other whitespace.
+# Every character of the input lands in exactly one piece, so with byte-level encoding decode(encode(x)) == x.
+CODE_PRETOKENIZE_REGEX = (
+    r"(?:\r?\n)+|[ \t]+(?=[ \t\r\n])| ?[\p{L}_][\p{L}\p{M}\p{N}_]*|\p{N}| ?[^\s\p{L}\p{N}_]+|\s+"
+)
+
+
+class TokenizerError(ValueError):
+    """A tokenizer file is missing, unreadable or inconsistent; the message names the fix."""
+
+
+class TokenizerFileNotFound(FileNotFoundError):
+    pass
+
+
+def _read(path: str) -> bytes:
+    if not os.path.isfile(path):
+        raise TokenizerFileNotFound(f"tokenizer file not found: {path} (check --tokenizer-model/--vocab-file/"
+                                    f"--merge-file)")
+    with open(path, "rb") as f:
+        return f.read()
+
+
+class Tokenizer:
+    """Common interface. Subclasses fill ``_files`` (name -> exact bytes), ``vocab_size`` and implement
+    ``_encode``/``_decode_plain``/``_token_to_id``.
+
+    Attributes: ``vocab_size`` (true size incl. specials), ``eod`` (id of ``<|endoftext|>``), ``pad`` (id of
+    ``<pad>``, else ``eod``), ``special_tokens`` (the entries of SPECIAL_TOKENS present in the vocabulary).
+    """
+
+    tokenizer_type = ""
+
+    def __init__(self, files: dict[str, bytes]):
+        self._files = dict(files)
+        self.vocab_size = self._vocab_size()
+        self.special_tokens = {}
+        for tok in SPECIAL_TOKENS:
+            tid = self._token_to_id(tok)
+            if tid is not None:
+                self.special_tokens[tok] = tid
+        if "<|endoftext|>" not in self.special_tokens:
+            raise TokenizerError(f"{self.tokenizer_type}: the vocabulary has no '<|endoftext|>' token; train the "
+                                 f"tokenizer with tools/train_tokenizer.py (which registers it) or add it")
+        self.eod = self.special_tokens["<|endoftext|>"]
+        self.pad = self.special_tokens.get("<pad>", self.eod)
+        self._id_to_special = {v: k for k, v in self.special_tokens.items()}
+
+    # --- backend hooks -------------------------------------------------------------------------------------
+    def _vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def _token_to_id(self, token: str) -> int | None:
+        raise NotImplementedError
+
+    def _encode(self, text: str) -> list[int]:
+        raise NotImplementedError
+
+    def _encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self._encode(t) for t in texts]
+
+    def _decode_plain(self, ids: list[int]) -> str:
+        raise NotImplementedError
+
+    # --- public interface ----------------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``; no BOS/EOS added, special-token strings inside ``text`` are ordinary text."""
+        return self._encode(text)
+
+    def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
+        """Same as ``[encode(t) for t in texts]``, faster where the backend batches natively."""
+        return self._encode_batch(list(texts))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """Text of ``ids``; special ids are rendered as their strings (e.g. ``<fim_middle>``)."""
+        ids = [int(i) for i in ids]
+        out, run = [], []
+        for i in ids:  # split at specials so every backend renders them the same way
+            special = self._id_to_special.get(i)
+            if special is None:
+                run.append(i)
+                continue
+            if run:
+                out.append(self._decode_plain(run))
+                run = []
+            out.append(special)
+        if run:
+            out.append(self._decode_plain(run))
+        return "".join(out)
+
+    def token_to_id(self, token: str) -> int | None:
+        return self._token_to_id(token)
+
+    def fingerprint(self) -> str:
+        """sha256 hex over the tokenizer type and the exact bytes of its model files (stable across loads)."""
+        h = hashlib.sha256(self.tokenizer_type.encode())
+        for name in sorted(self._files):
+            h.update(b"\0" + name.encode() + b"\0")
+            h.update(hashlib.sha256(self._files[name]).digest())
+        return h.hexdigest()
+
+    def save(self, directory: str) -> None:
+        """Write the model files (byte-identical, so the fingerprint survives) plus a small metadata file that
+        :func:`load_tokenizer` reads."""
+        os.makedirs(directory, exist_ok=True)
+        for name, data in self._files.items():
+            tmp = os.path.join(directory, name + ".tmp")
+            with open(tmp, "wb") as f:
+                f.write(data)
+            os.replace(tmp, os.path.join(directory, name))
+        meta = {"tokenizer_type": self.tokenizer_type, "files": sorted(self._files), "vocab_size": self.vocab_size,
+                "eod": self.eod, "pad": self.pad, "special_tokens": self.special_tokens,
+                "fingerprint": self.fingerprint()}
+        with open(os.path.join(directory, _META_FILE), "w") as f:
+            json.dump(meta, f, indent=2)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(vocab_size={self.vocab_size}, eod={self.eod}, pad={self.pad})"
+
+
+class HFTokenizer(Tokenizer):
+    """A Hugging Face ``tokenizers`` tokenizer.json."""
+
+    tokenizer_type = "HuggingFaceTokenizer"
+
+    def __init__(self, files: dict[str, bytes], hf_tokenizer=None):
+        from tokenizers import Tokenizer as _HF
+
+        try:
+            self._tok = hf_tokenizer or _HF.from_str(files["tokenizer.json"].decode("utf-8"))
+        except Exception as exc:  # noqa: BLE001 - any parse failure is a user file problem
+            raise TokenizerError(f"could not read tokenizer.json: {exc}") from None
+        # Special-token strings in the text are encoded as plain text (see module docstring).
+        self._tok.encode_special_tokens = True
+        self._tok.no_padding()
+        self._tok.no_truncation()
+        super().__init__(files)
+
+    def _vocab_size(self) -> int:
+        return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def _token_to_id(self, token):
+        return self._tok.token_to_id(token)
+
+    def _encode(self, text):
+        return self._tok.encode(text, add_special_tokens=False).ids
+
+    def _encode_batch(self, texts):
+        # encode_batch_fast skips offset tracking, which we never use.
+        encs = self._tok.encode_batch_fast(texts, add_special_tokens=False)
+        return [e.ids for e in encs]
+
+    def _decode_plain(self, ids):
+        return self._tok.decode(ids, skip_special_tokens=False)
+
+    @property
+    def backend(self):
+        """The underlying ``tokenizers.Tokenizer`` (for HF export)."""
+        return self._tok
+
+
+class GPT2BPETokenizer(HFTokenizer):
+    """GPT-2 ``vocab.json`` + ``merges.txt``: byte-level BPE with GPT-2's pre-tokenizer regex."""
+
+    tokenizer_type = "GPT2BPETokenizer"
+
+    def __init__(self, files: dict[str, bytes]):
+        from tokenizers import Tokenizer as _HF
+        from tokenizers import decoders, models, pre_tokenizers
+
+        try:
+            vocab = json.loads(files["vocab.json"].decode("utf-8"))
+            merges = []
+            for line in files["merges.txt"].decode("utf-8").splitlines():
+                if line.startswith("#version") or not line.strip():
+                    continue
+                a, b = line.split()
+                merges.append((a, b))
+            model = models.BPE(vocab=vocab, merges=merges)
+        except Exception as exc:  # noqa: BLE001
+            raise TokenizerError(f"could not read GPT-2 vocab.json/merges.txt: {exc}") from None
+        tok = _HF(model)
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        super().__init__(files, hf_tokenizer=tok)
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """A SentencePiece model. Specials must be control or user-defined pieces; control pieces are never
+    matched in text (user-defined ones are, by SentencePiece's design)."""
+
+    tokenizer_type = "SentencePieceTokenizer"
+
+    def __init__(self, files: dict[str, bytes]):
+        import sentencepiece as spm
+
+        self._sp = spm.SentencePieceProcessor()
+        try:
+            self._sp.LoadFromSerializedProto(files["tokenizer.model"])
+        except Exception as exc:  # noqa: BLE001
+            raise TokenizerError(f"could not read SentencePiece model: {exc}") from None
+        super().__init__(files)
+
+    def _vocab_size(self):
+        return self._sp.get_piece_size()
+
+    def _token_to_id(self, token):
+        tid = self._sp.piece_to_id(token)
+        return tid if self._sp.id_to_piece(tid) == token else None
+
+    def _encode(self, text):
+        return self._sp.encode(text, out_type=int)
+
+    def _encode_batch(self, texts):
+        return self._sp.encode(list(texts), out_type=int)
+
+    def _decode_plain(self, ids):
+        return self._sp.decode(ids)
+
+
+def build_tokenizer(tokenizer_type: str, tokenizer_model: str | None = None, vocab_file: str | None = None,
+                    merge_file: str | None = None) -> Tokenizer:
+    """Load a tokenizer by Megatron's type name. ``tokenizer_model`` is a tokenizer.json file or a directory
+    holding one (HuggingFaceTokenizer) or a ``.model`` file (SentencePieceTokenizer)."""
+    if tokenizer_type == "HuggingFaceTokenizer":
+        if not tokenizer_model:
+            raise TokenizerError("HuggingFaceTokenizer needs --tokenizer-model (a tokenizer.json or its directory)")
+        path = tokenizer_model
+        if os.path.isdir(path):
+            path = os.path.join(path, "tokenizer.json")
+        return HFTokenizer({"tokenizer.json": _read(path)})
+    if tokenizer_type == "SentencePieceTokenizer":
+        if not tokenizer_model:
+            raise TokenizerError("SentencePieceTokenizer needs --tokenizer-model (a SentencePiece .model file)")
+        path = tokenizer_model
+        if os.path.isdir(path):
+            path = os.path.join(path, "tokenizer.model")
+        return SentencePieceTokenizer({"tokenizer.model": _read(path)})
+    if tokenizer_type == "GPT2BPETokenizer":
+        if not (vocab_file and merge_file):
+            raise TokenizerError("GPT2BPETokenizer needs --vocab-file (vocab.json) and --merge-file (merges.txt)")
+        return GPT2BPETokenizer({"vocab.json": _read(vocab_file), "merges.txt": _read(merge_file)})
+    raise TokenizerError(f"unknown --tokenizer-type {tokenizer_type!r}; choose one of {', '.join(TOKENIZER_TYPES)}")
+
+
+def load_tokenizer(directory: str) -> Tokenizer:
+    """Rebuild a tokenizer written by :meth:`Tokenizer.save`."""
+    meta_path = os.path.join(directory, _META_FILE)
+    meta = json.loads(_read(meta_path).decode("utf-8"))
+    files = {name: _read(os.path.join(directory, name)) for name in meta["files"]}
+    cls = {"HuggingFaceTokenizer": HFTokenizer, "GPT2BPETokenizer": GPT2BPETokenizer,
+           "SentencePieceTokenizer": SentencePieceTokenizer}.get(meta["tokenizer_type"])
+    if cls is None:
+        raise TokenizerError(f"{meta_path}: unknown tokenizer_type {meta['tokenizer_type']!r}")
+    return cls(files)
+
+
+# --- training ----------------------------------------------------------------------------------------------
+
+def _iter_texts(files_or_texts) -> Iterable[str]:
+    """Accept file paths (.py/.txt read whole; .jsonl* read via corpus.iter_jsonl) or raw strings."""
+    if isinstance(files_or_texts, str):
+        files_or_texts = [files_or_texts]
+    for item in files_or_texts:
+        if isinstance(item, os.PathLike) or (isinstance(item, str) and "\n" not in item and os.path.isfile(item)):
+            path = os.fspath(item)
+            if ".jsonl" in os.path.basename(path):
+                from .corpus import iter_jsonl
+
+                for doc in iter_jsonl(path, json_keys=("text",)):
+                    yield doc["text"]
+            else:
+                with open(path, "r", encoding="utf-8", newline="") as f:
+                    yield f.read()
+        else:
+            yield item
+
+
+def _train_hf_bpe(texts: Iterable[str], vocab_size: int, output_dir: str) -> Tokenizer:
+    from tokenizers import Regex
+    from tokenizers import Tokenizer as _HF
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    tok = _HF(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(CODE_PRETOKENIZE_REGEX), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer=trainer)
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "tokenizer.json")
+    tok.save(path + ".tmp")
+    os.replace(path + ".tmp", path)
+    result = HFTokenizer({"tokenizer.json": _read(path)})
+    result.save(output_dir)
+    return result
+
+
+def _train_sentencepiece(texts: Iterable[str], vocab_size: int, output_dir: str, model_type: str) -> Tokenizer:
+    import io
+
+    import sentencepiece as spm
+
+    model = io.BytesIO()
+    # Exact round trip needs: identity normalization, no whitespace collapsing, no dummy prefix, byte fallback
+    # for unseen characters, whitespace-only pieces for indentation. Specials are control symbols so they are
+    # never matched inside text. Digits are split like the BPE tokenizer.
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type=model_type,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
+        byte_fallback=True, split_digits=True, allow_whitespace_only_pieces=True, split_by_whitespace=True,
+        max_sentence_length=1 << 20, character_coverage=1.0, hard_vocab_limit=False,
+        control_symbols=[t for t in SPECIAL_TOKENS if t != "<pad>"], unk_id=0, bos_id=-1, eos_id=-1,
+        pad_id=1, pad_piece="<pad>", minloglevel=2)
+    result = SentencePieceTokenizer({"tokenizer.model": model.getvalue()})
+    result.save(output_dir)
+    return result
+
+
+def train_code_tokenizer(files_or_texts, vocab_size: int, output_dir: str, kind: str = "bpe") -> Tokenizer:
+    """Train a tokenizer for source code and save it to ``output_dir``.
+
+    ``kind``: ``"bpe"`` (HF byte-level BPE; exact round trip for any text) or ``"sentencepiece-bpe"`` /
+    ``"sentencepiece-unigram"`` (byte fallback; round trip exact except for the U+2581 character SentencePiece
+    reserves for spaces). SPECIAL_TOKENS get the ids 0..7 (BPE) so every tokenizer we train agrees on them.
+    """
+    if vocab_size < 300 and kind == "bpe":
+        raise TokenizerError(f"--vocab-size {vocab_size} is too small: byte-level BPE needs 256 byte tokens + "
+                             f"{len(SPECIAL_TOKENS)} specials; use at least 300")
+    texts = _iter_texts(files_or_texts)
+    if kind == "bpe":
+        return _train_hf_bpe(texts, vocab_size, output_dir)
+    if kind in ("sentencepiece-bpe", "sentencepiece-unigram", "unigram"):
+        model_type = "bpe" if kind == "sentencepiece-bpe" else "unigram"
+        return _train_sentencepiece(texts, vocab_size, output_dir, model_type)
+    raise TokenizerError(f"unknown tokenizer kind {kind!r}; choose bpe, sentencepiece-bpe or sentencepiece-unigram")
