@@ -11,7 +11,7 @@ the gradients exact, with the loss replicated on every rank of the group (Megatr
 * the log-softmax normaliser couples all shards, so ``_VocabParallelLogSoftmax`` computes
   ``dx = g - softmax(x) * sum_v g_v`` with ``sum_v`` all-reduced over the group.
 
-All losses are computed in float32 whatever the logits' dtype.
+All losses are computed in at least float32 (half/bfloat16 logits are upcast; float64 stays float64).
 """
 
 from __future__ import annotations
@@ -29,6 +29,10 @@ _LOG2 = 0.6931471805599453
 
 class LossError(ValueError):
     """A user-fixable loss configuration problem (unknown divergence, bad stop_grad, shape mismatch)."""
+
+
+def _upcast(x: torch.Tensor) -> torch.Tensor:
+    return x.float() if x.is_floating_point() and x.element_size() < 4 else x
 
 
 class _ReduceReplicated(torch.autograd.Function):
@@ -54,7 +58,7 @@ class _VocabParallelLogSoftmax(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, group):
-        x = logits.float()
+        x = _upcast(logits)
         x_max = x.max(dim=-1, keepdim=True).values  # (..., 1) local max, then global
         dist.all_reduce(x_max, op=dist.ReduceOp.MAX, group=group)
         shifted = x - x_max
@@ -75,9 +79,9 @@ class _VocabParallelLogSoftmax(torch.autograd.Function):
 
 
 def vocab_parallel_log_softmax(logits: torch.Tensor, tp_group=None) -> torch.Tensor:
-    """float32 log-softmax over the last dim; with ``tp_group`` the last dim is this rank's vocabulary shard."""
+    """Log-softmax (at least float32) over the last dim; with ``tp_group`` that dim is this rank's vocab shard."""
     if tp_group is None:
-        return torch.log_softmax(logits.float(), dim=-1)
+        return torch.log_softmax(_upcast(logits), dim=-1)
     return _VocabParallelLogSoftmax.apply(logits, tp_group)
 
 

@@ -31,7 +31,11 @@ from typing import Optional
 
 import torch
 
-__all__ = ["mim_batch", "mim_forward_batch", "split_directions", "MIMError"]
+__all__ = ["mim_batch", "mim_forward_batch", "split_directions", "mim_labels_tuple", "mim_batch_from_labels",
+           "MIMError"]
+
+# What the loss needs, as a tuple of tensors: the form DeepSpeed's pipeline engine carries to the last stage.
+_LABEL_KEYS = ("labels", "loss_mask", "agree_mask", "align_index")
 
 
 class MIMError(ValueError):
@@ -104,3 +108,15 @@ def split_directions(logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, t
     if logits.shape[0] != 2 * B:
         raise MIMError(f"logits batch {logits.shape[0]} is not twice the MIM batch size {B}")
     return logits[:B], logits[B:]
+
+
+def mim_labels_tuple(batch: dict) -> tuple:
+    """``(labels, loss_mask, agree_mask, align_index)``: the loss inputs as tensors only (pipeline label slot)."""
+    return tuple(batch[k] for k in _LABEL_KEYS)
+
+
+def mim_batch_from_labels(labels: tuple) -> dict:
+    """Inverse of ``mim_labels_tuple``: a dict ``mim_loss`` accepts (``batch_size`` from ``agree_mask``)."""
+    batch = dict(zip(_LABEL_KEYS, labels))
+    batch["batch_size"] = int(batch["agree_mask"].shape[0])
+    return batch
