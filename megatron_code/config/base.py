@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import typing
 from typing import Any
 
@@ -60,8 +61,9 @@ class ConfigBase:
         for key, value in values.items():
             key = key.replace("-", "_")
             if key not in names:
-                close = [n for n in names if n.startswith(key[:4])]
-                hint = f" (did you mean {', '.join(sorted(close))}?)" if close else ""
+                # Closest first (a prefix test missed typos in the first letters, e.g. 'nmu_layers').
+                close = difflib.get_close_matches(key, sorted(names), n=3)
+                hint = f" (did you mean {', '.join(close)}?)" if close else ""
                 raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
             setattr(self, key, coerce(value, types[key], prefix + key))
 

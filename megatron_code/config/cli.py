@@ -46,6 +46,14 @@ def _map(path: str, table: dict[str, Any], flag: str) -> Setter:
     return _set(path, convert)
 
 
+def _check_choice(flag: str, choices: tuple[str, ...]) -> Setter:
+    """Validate a value that selects nothing here (we only read mmap .bin/.idx); sets no field."""
+    def check(_values: dict[str, dict[str, Any]], v: Any) -> None:
+        if v not in choices:
+            raise ConfigError(f"--{flag}: unknown value '{v}' (supported: {', '.join(choices)})")
+    return check
+
+
 def _loss_scale_power(v: str) -> int:
     return int(round(math.log2(float(v))))
 
@@ -113,7 +121,7 @@ MEGATRON_FLAGS: dict[str, tuple[Any, Setter]] = {
     "split": (1, _set("data.split")),
     "seq-length": (1, _set("data.seq_length")),
     "data-cache-path": (1, _set("data.data_cache_path")),
-    "data-impl": (1, _map("data.data_cache_path", {"mmap": None, "infer": None}, "data-impl")),
+    "data-impl": (1, _check_choice("data-impl", ("mmap", "infer"))),
     "eod-mask-loss": (0, _const("data.eod_mask_loss", True)),
     "reset-position-ids": (0, _const("data.reset_position_ids", True)),
     "num-workers": (1, _set("data.num_workers")),

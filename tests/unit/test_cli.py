@@ -1,0 +1,268 @@
+"""CLI: preset < YAML files < command line (in order given), every Megatron flag from issue 2 lands in its field,
+unknown flags are errors, the DeepSpeed launcher's --local_rank is accepted, and a Megatron-DeepSpeed launch line
+parses to the expected JobConfig."""
+
+import pytest
+import yaml
+
+from megatron_code.config import ConfigError, JobConfig, get_preset
+from megatron_code.config.cli import MEGATRON_FLAGS, NOOP_FLAGS, parse_args
+
+
+def get(job: JobConfig, path: str):
+    section, key = path.split(".")
+    return getattr(getattr(job, section), key)
+
+
+def write_yaml(tmp_path, name, values):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(values))
+    return str(path)
+
+
+def test_defaults_without_arguments():
+    out = parse_args([])
+    assert out.job.to_dict() == JobConfig().to_dict()
+    assert out.print_config is False and out.local_rank is None and out.notes == []
+
+
+def test_precedence_preset_then_yaml_then_command_line(tmp_path):
+    tiny = get_preset("tiny")
+    first = write_yaml(tmp_path, "a.yaml", {"model": {"num_layers": 6, "hidden_size": 256},
+                                              "training": {"train_iters": 11}})
+    second = write_yaml(tmp_path, "b.yaml", {"model": {"num_layers": 7}})
+    job = parse_args(["--preset", "tiny", "--config", first, "--config", second, "--num-layers", "8"]).job
+    assert job.preset == "tiny"
+    assert job.model.num_layers == 8                                    # command line beats both files
+    assert job.model.hidden_size == 256                                 # file beats preset
+    assert job.training.train_iters == 11
+    assert job.model.ffn_hidden_size == tiny["model"]["ffn_hidden_size"]  # preset beats defaults
+    assert job.optim.lr == tiny["optim"]["lr"]
+    # Later files win over earlier ones.
+    job = parse_args(["--preset", "tiny", "--config", first, "--config", second]).job
+    assert job.model.num_layers == 7
+    # Position on the command line does not matter for preset/config: they always apply first.
+    job = parse_args(["--num-layers", "8", "--config", first, "--preset", "tiny"]).job
+    assert job.model.num_layers == 8 and job.model.hidden_size == 256
+
+
+def test_overrides_apply_in_order_given():
+    assert parse_args(["--num-layers", "8", "--model.num_layers", "10"]).job.model.num_layers == 10
+    assert parse_args(["--model.num_layers", "10", "--num-layers", "8"]).job.model.num_layers == 8
+    assert parse_args(["--fp16", "--bf16"]).job.training.precision == "bf16"
+    assert parse_args(["--bf16", "--fp16"]).job.training.precision == "fp16"
+    assert parse_args(["--normalization", "RMSNorm", "--normalization", "LayerNorm"]).job.model.norm == "layernorm"
+    job = parse_args(["--position-embedding-type", "learned_absolute", "--position-embedding-type", "rope"]).job
+    assert job.model.position_embedding == "rope"
+
+
+def test_dotted_overrides_any_field():
+    job = parse_args(["--model.head_dim", "48", "--training.precision=bf16", "--data.data_path", "A", "B",
+                      "--objective.objective", "fim", "--model.bias", "false"]).job
+    assert job.model.head_dim == 48 and isinstance(job.model.head_dim, int)
+    assert job.training.precision == "bf16"
+    assert job.data.data_path == ["A", "B"]
+    assert job.objective.objective == "fim"
+    assert job.model.bias is False
+
+
+# (argv, field, expected) for every flag issue 2 lists. The base config is the default JobConfig
+# (2 layers, hidden 128, 4 heads, ffn 512), so each value below validates on its own.
+FLAG_TABLE = [
+    (["--num-layers", "3"], "model.num_layers", 3),
+    (["--hidden-size", "96"], "model.hidden_size", 96),
+    (["--ffn-hidden-size", "300"], "model.ffn_hidden_size", 300),
+    (["--num-attention-heads", "8"], "model.num_attention_heads", 8),
+    (["--group-query-attention", "--num-query-groups", "2"], "model.num_kv_heads", 2),
+    (["--num-key-value-heads", "2"], "model.num_kv_heads", 2),
+    (["--seq-length", "512"], "data.seq_length", 512),
+    (["--max-position-embeddings", "4096"], "model.max_position_embeddings", 4096),
+    (["--position-embedding-type", "learned_absolute"], "model.position_embedding", "learned"),
+    (["--position-embedding-type", "none"], "model.position_embedding", "none"),
+    (["--rotary-percent", "0.5"], "model.rotary_percent", 0.5),
+    (["--swiglu"], "model.activation", "swiglu"),
+    (["--normalization", "RMSNorm"], "model.norm", "rmsnorm"),
+    (["--untie-embeddings-and-output-weights"], "model.tie_embeddings", False),
+    (["--disable-bias-linear"], "model.bias", False),
+    (["--attention-dropout", "0.1"], "model.attention_dropout", 0.1),
+    (["--hidden-dropout", "0.2"], "model.hidden_dropout", 0.2),
+    (["--init-method-std", "0.006"], "model.init_std", 0.006),
+    (["--micro-batch-size", "3"], "training.micro_batch_size", 3),
+    (["--global-batch-size", "12"], "training.global_batch_size", 12),
+    (["--train-iters", "7"], "training.train_iters", 7),
+    (["--lr", "6e-4"], "optim.lr", 6e-4),
+    (["--min-lr", "6e-5"], "optim.min_lr", 6e-5),
+    (["--lr-decay-style", "linear"], "optim.lr_decay_style", "linear"),
+    (["--lr-warmup-iters", "5"], "optim.lr_warmup_iters", 5),
+    (["--lr-decay-iters", "50"], "optim.lr_decay_iters", 50),
+    (["--weight-decay", "0.05"], "optim.weight_decay", 0.05),
+    (["--clip-grad", "0.5"], "optim.clip_grad", 0.5),
+    (["--adam-beta1", "0.8"], "optim.adam_beta1", 0.8),
+    (["--adam-beta2", "0.99"], "optim.adam_beta2", 0.99),
+    (["--adam-eps", "1e-6"], "optim.adam_eps", 1e-6),
+    (["--seed", "42"], "training.seed", 42),
+    (["--fp16"], "training.precision", "fp16"),
+    (["--bf16"], "training.precision", "bf16"),
+    (["--save", "out/ckpt"], "training.save", "out/ckpt"),
+    (["--load", "in/ckpt"], "training.load", "in/ckpt"),
+    (["--save-interval", "5"], "training.save_interval", 5),
+    (["--eval-interval", "6"], "training.eval_interval", 6),
+    (["--eval-iters", "3"], "training.eval_iters", 3),
+    (["--log-interval", "2"], "training.log_interval", 2),
+    (["--tensorboard-dir", "tb"], "training.tensorboard_dir", "tb"),
+    (["--data-path", "0.3", "A", "0.7", "B"], "data.data_path", ["0.3", "A", "0.7", "B"]),
+    (["--data-path", "only/prefix"], "data.data_path", ["only/prefix"]),
+    (["--split", "949,50,1"], "data.split", "949,50,1"),
+    (["--tokenizer-type", "GPT2BPETokenizer"], "data.tokenizer_type", "GPT2BPETokenizer"),
+    (["--tokenizer-model", "tok.model"], "data.tokenizer_model", "tok.model"),
+    (["--vocab-file", "vocab.json"], "data.vocab_file", "vocab.json"),
+    (["--merge-file", "merges.txt"], "data.merge_file", "merges.txt"),
+    (["--deepspeed_config", "ds.json"], "parallel.deepspeed_config", "ds.json"),
+    (["--zero-stage", "2"], "parallel.zero_stage", 2),
+    (["--tensor-model-parallel-size", "2"], "parallel.tensor_parallel", 2),
+    (["--pipeline-model-parallel-size", "2"], "parallel.pipeline_parallel", 2),
+]
+
+
+@pytest.mark.parametrize("argv, path, expected", FLAG_TABLE, ids=[" ".join(a) for a, _, _ in FLAG_TABLE])
+def test_megatron_flag_lands_in_field(argv, path, expected):
+    job = parse_args(argv).job
+    value = get(job, path)
+    assert value == expected
+    assert type(value) is type(expected)
+    # Nothing else changed: the rest of the config equals the defaults.
+    default = JobConfig().to_dict()
+    changed = {(s, k) for s, sub in job.to_dict().items() if isinstance(sub, dict)
+               for k, v in sub.items() if default[s][k] != v}
+    assert changed == {tuple(path.split("."))}
+
+
+def test_flag_table_covers_every_listed_flag():
+    listed = ("num-layers hidden-size ffn-hidden-size num-attention-heads num-query-groups num-key-value-heads "
+              "seq-length max-position-embeddings position-embedding-type rotary-percent swiglu normalization "
+              "untie-embeddings-and-output-weights disable-bias-linear attention-dropout hidden-dropout "
+              "init-method-std micro-batch-size global-batch-size train-iters lr min-lr lr-decay-style "
+              "lr-warmup-iters lr-decay-iters weight-decay clip-grad adam-beta1 adam-beta2 adam-eps seed fp16 bf16 "
+              "save load save-interval eval-interval eval-iters log-interval tensorboard-dir data-path split "
+              "tokenizer-type tokenizer-model vocab-file merge-file deepspeed_config zero-stage "
+              "tensor-model-parallel-size pipeline-model-parallel-size").split()
+    tested = {a[2:] for argv, _, _ in FLAG_TABLE for a in argv if a.startswith("--")}
+    assert set(listed) - tested == set()
+    for flag in listed:
+        assert flag in MEGATRON_FLAGS or flag == "num-query-groups"
+
+
+def test_deepspeed_switch_accepted_with_note():
+    out = parse_args(["--deepspeed"])
+    assert out.job.to_dict() == JobConfig().to_dict()
+    assert any(n.startswith("--deepspeed:") for n in out.notes)
+    assert "deepspeed" in NOOP_FLAGS
+
+
+def test_num_query_groups_needs_group_query_attention():
+    out = parse_args(["--num-query-groups", "2"])
+    assert out.job.model.num_kv_heads is None
+    assert any("--num-query-groups ignored" in n for n in out.notes)
+    # The switch may come after the value, as in many scripts.
+    assert parse_args(["--num-query-groups", "2", "--group-query-attention"]).job.model.num_kv_heads == 2
+
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["--num-layer", "3"], r"unknown flag --num-layer; did you mean --num-layers"),
+    (["--frobnicate"], r"unknown flag --frobnicate"),
+    (["--model.num_layer", "3"], r"unknown option --model.num_layer \(did you mean --model.num_layers"),
+    (["--modle.num_layers", "3"], r"unknown section 'modle'"),
+    (["positional"], r"unexpected argument 'positional'"),
+    (["--num-layers"], r"--num-layers needs a value"),
+    (["--num-layers", "--fp16"], r"--num-layers needs a value"),
+    (["--normalization", "BatchNorm"], r"--normalization: unknown value 'BatchNorm'"),
+    (["--position-embedding-type", "alibi"], r"unknown value 'alibi'"),
+    (["--num-layers", "two"], r"expected int, got 'two'"),
+    (["--preset", "nope"], r"unknown preset 'nope'"),
+    (["--config", "/nonexistent/x.yaml"], r"--config /nonexistent/x.yaml: file not found"),
+    (["--hidden-size", "100", "--num-attention-heads", "3"], r"does not divide hidden_size"),
+    (["--pipeline-model-parallel-size", "2", "--zero-stage", "3"], r"--zero-stage 1"),
+])
+def test_user_errors_are_config_errors(argv, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        parse_args(argv)
+
+
+def test_bad_yaml_is_a_config_error(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        parse_args(["--config", str(bad)])
+    typo = write_yaml(tmp_path, "typo.yaml", {"model": {"num_layer": 3}})
+    with pytest.raises(ConfigError, match="did you mean num_layers"):
+        parse_args(["--config", typo])
+
+
+@pytest.mark.parametrize("argv, rank", [(["--local_rank=0"], 0), (["--local_rank", "3"], 3),
+                                        (["--local-rank=1"], 1), ([], None)])
+def test_local_rank_from_launcher(argv, rank):
+    out = parse_args(argv + ["--num-layers", "3"])
+    assert out.local_rank == rank
+    assert out.job.model.num_layers == 3
+
+
+def test_print_config_switch_and_inline_values():
+    out = parse_args(["--print-config", "--num-layers=5", "--lr=1e-3"])
+    assert out.print_config is True
+    assert out.job.model.num_layers == 5 and out.job.optim.lr == 1e-3
+
+
+def test_negative_and_exponent_values_are_values():
+    job = parse_args(["--model.rotary_base", "1e4", "--training.seed", "-1"]).job
+    assert job.model.rotary_base == 1e4 and job.training.seed == -1
+
+
+def test_data_impl_does_not_clobber_cache_path():
+    job = parse_args(["--data-cache-path", "/cache", "--data-impl", "mmap"]).job
+    assert job.data.data_cache_path == "/cache"
+    with pytest.raises(ConfigError, match="--data-impl"):
+        parse_args(["--data-impl", "lazy"])
+
+
+MEGATRON_DS_LAUNCH = """
+--local_rank=0
+--tensor-model-parallel-size 1 --pipeline-model-parallel-size 1
+--num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 64 --max-position-embeddings 64
+--micro-batch-size 2 --global-batch-size 4
+--lr 6e-4 --min-lr 6e-5 --lr-decay-style cosine --lr-warmup-iters 5 --train-iters 10
+--weight-decay 0.1 --clip-grad 1.0 --adam-beta1 0.9 --adam-beta2 0.95 --init-method-std 0.02
+--data-path /data/code_text_document --vocab-file /tok/gpt2-vocab.json --merge-file /tok/gpt2-merges.txt
+--tokenizer-type GPT2BPETokenizer
+--split 949,50,1 --log-interval 1 --save-interval 5 --eval-interval 5 --eval-iters 2
+--save /ckpt --load /ckpt --tensorboard-dir /tb
+--fp16 --data-impl mmap --distributed-backend gloo --no-query-key-layer-scaling
+--attention-dropout 0.1 --hidden-dropout 0.1 --seed 1234
+--deepspeed --deepspeed_config ds.json --zero-stage 1
+--checkpoint-activations --deepspeed-activation-checkpointing --no-masked-softmax-fusion
+--log-timers-to-tensorboard --log-batch-size-to-tensorboard --log-validation-ppl-to-tensorboard
+""".split()
+
+
+def test_megatron_deepspeed_launch_line():
+    out = parse_args(MEGATRON_DS_LAUNCH)
+    expected = JobConfig()
+    expected.update({
+        "model": dict(num_layers=2, hidden_size=64, num_attention_heads=4, max_position_embeddings=64,
+                      init_std=0.02, attention_dropout=0.1, hidden_dropout=0.1),
+        "data": dict(seq_length=64, split="949,50,1", data_path=["/data/code_text_document"],
+                     vocab_file="/tok/gpt2-vocab.json", merge_file="/tok/gpt2-merges.txt",
+                     tokenizer_type="GPT2BPETokenizer"),
+        "optim": dict(lr=6e-4, min_lr=6e-5, lr_decay_style="cosine", lr_warmup_iters=5, weight_decay=0.1,
+                      clip_grad=1.0, adam_beta1=0.9, adam_beta2=0.95),
+        "training": dict(micro_batch_size=2, global_batch_size=4, train_iters=10, log_interval=1, save_interval=5,
+                         eval_interval=5, eval_iters=2, precision="fp16", save="/ckpt", load="/ckpt",
+                         tensorboard_dir="/tb", seed=1234),
+        "parallel": dict(tensor_parallel=1, pipeline_parallel=1, zero_stage=1, deepspeed_config="ds.json",
+                         activation_checkpoint_interval=1, backend="gloo"),
+    })
+    assert out.job.to_dict() == expected.to_dict()
+    assert out.local_rank == 0
+    assert out.print_config is False
+    noted = {n.split(":")[0] for n in out.notes}
+    assert {"--deepspeed", "--no-query-key-layer-scaling", "--log-timers-to-tensorboard"} <= noted
+    assert out.job.resolve_batch(data_parallel_size=1) == 2
