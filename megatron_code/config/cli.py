@@ -125,6 +125,7 @@ MEGATRON_FLAGS: dict[str, tuple[Any, Setter]] = {
     "eod-mask-loss": (0, _const("data.eod_mask_loss", True)),
     "reset-position-ids": (0, _const("data.reset_position_ids", True)),
     "num-workers": (1, _set("data.num_workers")),
+    "mock-data": (0, _const("data.mock_data", True)),
     "tokenizer-type": (1, _set("data.tokenizer_type")),
     "tokenizer-model": (1, _set("data.tokenizer_model")),
     "vocab-file": (1, _set("data.vocab_file")),

@@ -24,6 +24,8 @@ class DataConfig(ConfigBase):
     eod_mask_loss: bool = False
     reset_position_ids: bool = False
     num_workers: int = 0
+    # Deterministic random tokens instead of a corpus (Megatron's --mock-data): parity tests and benchmarks.
+    mock_data: bool = False
     tokenizer_type: Optional[str] = None
     tokenizer_model: Optional[str] = None
     vocab_file: Optional[str] = None
@@ -31,7 +33,7 @@ class DataConfig(ConfigBase):
 
     @property
     def has_data(self) -> bool:
-        return bool(self.data_path or self.train_data_path)
+        return bool(self.data_path or self.train_data_path or self.mock_data)
 
     def validate(self) -> None:
         if self.seq_length <= 0:

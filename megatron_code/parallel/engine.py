@@ -1,0 +1,143 @@
+"""Process launch and the DeepSpeed engine.
+
+Launchers: `deepspeed`, `torchrun` (RANK/WORLD_SIZE/LOCAL_RANK/MASTER_* in the environment), `srun` (SLURM_PROCID,
+SLURM_NTASKS, SLURM_LOCALID, master = first host of SLURM_JOB_NODELIST; no pdsh/ssh) and plain `python` (world
+size 1 on a free local port). Backend: NCCL with CUDA, gloo otherwise. The DeepSpeed config is generated from the
+JobConfig, or a user's JSON is taken as given after checking that its batch/precision keys agree with ours.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+from typing import Any
+
+import torch
+
+from ..config.base import ConfigError
+from ..config.job import JobConfig
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _first_slurm_host(nodelist: str) -> str:
+    """First hostname of a SLURM nodelist ("node[01-04,07],gpu3" -> "node01"), via scontrol when present."""
+    try:
+        out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True,
+                             timeout=10, check=True).stdout.split()
+        if out:
+            return out[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    m = re.match(r"([^\[,]+)(\[([0-9]+))?", nodelist)
+    if not m:
+        return nodelist
+    return m.group(1) + (m.group(3) or "")
+
+
+def launch_environment() -> dict[str, str]:
+    """Fill RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT from whichever launcher started us."""
+    env = os.environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        env.setdefault("LOCAL_RANK", "0")
+        env.setdefault("MASTER_ADDR", "127.0.0.1")
+        env.setdefault("MASTER_PORT", "29500")
+    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+        env["RANK"] = env["SLURM_PROCID"]
+        env["WORLD_SIZE"] = env["SLURM_NTASKS"]
+        env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
+        env.setdefault("MASTER_ADDR", _first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")))
+        # Deterministic per job so every task agrees without talking first.
+        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+    else:
+        env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+        env.setdefault("MASTER_ADDR", "127.0.0.1")
+        env.setdefault("MASTER_PORT", str(_free_port()))
+    return {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+
+
+def init_distributed(backend: str = "auto") -> tuple[int, int]:
+    """Initialize torch.distributed through DeepSpeed (idempotent). Returns (rank, world_size)."""
+    import deepspeed
+    import torch.distributed as dist
+
+    launch_environment()
+    if backend == "auto":
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl" and not torch.cuda.is_available():
+        raise ConfigError("--distributed-backend nccl needs CUDA; this machine has none: use gloo")
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+    return dist.get_rank(), dist.get_world_size()
+
+
+def deepspeed_config(job: JobConfig, grad_accum: int) -> dict[str, Any]:
+    """The DeepSpeed JSON for this job: generated, or the user's file checked against the job."""
+    t, p = job.training, job.parallel
+    ours: dict[str, Any] = {
+        "train_batch_size": t.global_batch_size,
+        "train_micro_batch_size_per_gpu": t.micro_batch_size,
+        "gradient_accumulation_steps": grad_accum,
+        "gradient_clipping": job.optim.clip_grad,
+        "steps_per_print": 10 ** 9,
+        "wall_clock_breakdown": False,
+        "zero_optimization": {"stage": p.zero_stage},
+        "zero_allow_untested_optimizer": True,
+    }
+    if p.cpu_offload:
+        if p.zero_stage == 0:
+            raise ConfigError("--cpu-optimizer (ZeRO-Offload) needs --zero-stage 1, 2 or 3")
+        ours["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
+    if t.precision == "bf16":
+        ours["bf16"] = {"enabled": True}
+    elif t.precision == "fp16":
+        ours["fp16"] = {"enabled": True, "loss_scale": 0, "initial_scale_power": t.initial_loss_scale_power,
+                        "loss_scale_window": 1000, "hysteresis": 2, "min_loss_scale": 1}
+    if not p.deepspeed_config:
+        return ours
+    try:
+        with open(p.deepspeed_config) as f:
+            given = json.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"--deepspeed_config {p.deepspeed_config}: file not found") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--deepspeed_config {p.deepspeed_config}: not valid JSON ({exc})") from None
+    for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps"):
+        if key in given and given[key] != "auto" and int(given[key]) != ours[key]:
+            raise ConfigError(f"--deepspeed_config sets {key}={given[key]} but the command line gives {ours[key]}: "
+                              f"make them agree (or set it to \"auto\" in the JSON)")
+        given[key] = ours[key]
+    for key in ("bf16", "fp16"):
+        enabled = bool(given.get(key, {}).get("enabled", False))
+        if enabled != (t.precision == key):
+            raise ConfigError(f"--deepspeed_config has {key}.enabled={enabled} but the precision is "
+                              f"{t.precision}: pass --{key} or change the JSON")
+    stage = given.get("zero_optimization", {}).get("stage", 0)
+    if stage != p.zero_stage and p.zero_stage != 0:
+        raise ConfigError(f"--deepspeed_config uses ZeRO stage {stage} but --zero-stage is {p.zero_stage}")
+    if stage != p.zero_stage:
+        p.zero_stage = stage
+        p.validate()
+    given.setdefault("gradient_clipping", ours["gradient_clipping"])
+    given.setdefault("steps_per_print", ours["steps_per_print"])
+    given.setdefault("zero_allow_untested_optimizer", True)
+    if "optimizer" in given or "scheduler" in given:
+        raise ConfigError("--deepspeed_config defines an optimizer/scheduler; remove them: megatron_code builds "
+                          "AdamW and the LR schedule from --lr/--lr-decay-style etc.")
+    return given
+
+
+def initialize_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ds_config: dict[str, Any],
+                      mpu=None):
+    import deepspeed
+    engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config, mpu=mpu)
+    return engine

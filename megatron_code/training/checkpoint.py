@@ -1,0 +1,213 @@
+"""Checkpoints: DeepSpeed checkpoints plus our client state, written atomically.
+
+Layout of a save directory:
+
+    SAVE/latest                      text: the newest complete tag (moved last, with os.replace)
+    SAVE/iter_0000100/               DeepSpeed's files (mp_rank_XX_model_states.pt, zero_* optimizer shards, ...)
+    SAVE/iter_0000100/config.yaml    the resolved JobConfig
+    SAVE/iter_0000100/meta.json      iteration, consumed samples, tokenizer fingerprint, layout
+    SAVE/iter_0000100/tokenizer/     the tokenizer files (for generation and HF export)
+
+A save first writes everything into SAVE/.staging/<tag>, then renames the directory into place and only then
+rewrites `latest`: a crash at any point leaves the previous checkpoint and `latest` intact.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..config.base import ConfigError
+from ..config.job import JobConfig
+
+STAGING = ".staging"
+# Fields that may change between runs without changing the saved tensors' meaning.
+MUTABLE_MODEL_FIELDS = {"attention_dropout", "hidden_dropout", "embedding_dropout", "init_std", "scaled_init",
+                        "max_position_embeddings_extendable"}
+
+
+class CheckpointError(ConfigError):
+    """A checkpoint cannot be used as asked (missing, corrupt, other architecture or tokenizer)."""
+
+
+def tag_for(iteration: int) -> str:
+    return f"iter_{iteration:07d}"
+
+
+def read_latest(ckpt_dir: str) -> str | None:
+    path = os.path.join(ckpt_dir, "latest")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return f.read().strip()
+
+
+def resolve_checkpoint(ckpt_dir: str, tag: str | None = None) -> tuple[str, str]:
+    """(directory holding `latest`, tag). Accepts SAVE or SAVE/iter_XXXXXXX."""
+    if not os.path.isdir(ckpt_dir):
+        raise CheckpointError(f"checkpoint directory {ckpt_dir} does not exist: check --load")
+    if tag is None and os.path.exists(os.path.join(ckpt_dir, "config.yaml")):
+        return os.path.dirname(os.path.abspath(ckpt_dir)), os.path.basename(os.path.abspath(ckpt_dir))
+    tag = tag or read_latest(ckpt_dir)
+    if tag is None:
+        raise CheckpointError(f"{ckpt_dir} has no 'latest' file: it holds no complete checkpoint "
+                              f"(pass the directory given to --save, or SAVE/iter_XXXXXXX)")
+    if not os.path.isdir(os.path.join(ckpt_dir, tag)):
+        raise CheckpointError(f"{ckpt_dir}/latest names '{tag}' but that directory is missing")
+    return ckpt_dir, tag
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def check_fresh_save_dir(save_dir: str | None, load_dir: str | None) -> None:
+    """Refuse to start a new run on top of another run's checkpoints (they would be mixed and overwritten)."""
+    if not save_dir or load_dir:
+        return
+    latest = read_latest(save_dir) if os.path.isdir(save_dir) else None
+    if latest is not None:
+        raise CheckpointError(f"--save {save_dir} already holds checkpoints (latest: {latest}). To continue that "
+                              f"run pass --load {save_dir}; to start a new one choose an empty --save directory")
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: str, text: str) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def save_checkpoint(engine, job: JobConfig, save_dir: str, iteration: int, client_state: dict[str, Any],
+                    tokenizer=None, is_rank0: bool = True, keep: int = 0) -> str:
+    """Collective: every rank calls it. Returns the final checkpoint directory."""
+    tag = tag_for(iteration)
+    staging_root = os.path.join(save_dir, STAGING)
+    staged = os.path.join(staging_root, tag)
+    if is_rank0:
+        os.makedirs(save_dir, exist_ok=True)
+        shutil.rmtree(staged, ignore_errors=True)  # leftovers of a crashed save of the same tag
+        os.makedirs(staging_root, exist_ok=True)
+    _barrier()
+    engine.save_checkpoint(staging_root, tag=tag, client_state=client_state, save_latest=False)
+    _barrier()
+    final = os.path.join(save_dir, tag)
+    if is_rank0:
+        job.save(os.path.join(staged, "config.yaml"))
+        meta = {"iteration": iteration, "consumed_samples": client_state.get("consumed_samples"),
+                "tokenizer_fingerprint": client_state.get("tokenizer_fingerprint"),
+                "layout": client_state.get("layout"), "time": time.time()}
+        _write_atomic(os.path.join(staged, "meta.json"), json.dumps(meta, indent=2))
+        if tokenizer is not None:
+            tokenizer.save(os.path.join(staged, "tokenizer"))
+        if os.path.exists(final):
+            # Never delete a user's checkpoint silently: keep the old one beside the new one.
+            os.rename(final, f"{final}.replaced-{int(time.time())}")
+        os.rename(staged, final)
+        _fsync_dir(save_dir)
+        _write_atomic(os.path.join(save_dir, "latest"), tag)
+        shutil.rmtree(staging_root, ignore_errors=True)
+        if keep > 0:
+            _prune(save_dir, keep)
+    _barrier()
+    return final
+
+
+def _prune(save_dir: str, keep: int) -> None:
+    tags = sorted(d for d in os.listdir(save_dir) if d.startswith("iter_") and "." not in d)
+    for old in tags[:-keep]:
+        shutil.rmtree(os.path.join(save_dir, old), ignore_errors=True)
+
+
+def load_job_config(ckpt_dir: str, tag: str | None = None) -> JobConfig:
+    root, tag = resolve_checkpoint(ckpt_dir, tag)
+    path = os.path.join(root, tag, "config.yaml")
+    if not os.path.exists(path):
+        raise CheckpointError(f"{os.path.join(root, tag)} has no config.yaml: not a megatron_code checkpoint")
+    return JobConfig.load(path)
+
+
+def check_compatible(saved: JobConfig, job: JobConfig) -> None:
+    """Raise naming every architecture field that differs between a checkpoint and the current job."""
+    a, b = saved.model.to_dict(), job.model.to_dict()
+    diffs = [f"{k}: checkpoint {a[k]!r} vs now {b.get(k)!r}" for k in a
+             if k not in MUTABLE_MODEL_FIELDS and a[k] != b.get(k)]
+    if diffs:
+        raise CheckpointError("the checkpoint was trained with a different architecture; resume with the same model "
+                              "flags (or --preset) as the saved run. Differences: " + "; ".join(diffs))
+
+
+def load_checkpoint(engine, job: JobConfig, load_dir: str, tokenizer_fingerprint: str | None) -> dict[str, Any]:
+    """Collective. Loads weights, optimizer and client state into the engine; returns the client state."""
+    root, tag = resolve_checkpoint(load_dir)
+    saved = load_job_config(root, tag)
+    check_compatible(saved, job)
+    with open(os.path.join(root, tag, "meta.json")) as f:
+        meta = json.load(f)
+    saved_fp = meta.get("tokenizer_fingerprint")
+    if saved_fp and tokenizer_fingerprint and saved_fp != tokenizer_fingerprint:
+        raise CheckpointError(f"the checkpoint in {root}/{tag} was trained with a different tokenizer "
+                              f"(fingerprint {saved_fp[:12]} vs {tokenizer_fingerprint[:12]}): use the same "
+                              f"--tokenizer-model/--vocab-file as the saved run")
+    path, client_state = engine.load_checkpoint(root, tag=tag, load_optimizer_states=True,
+                                                load_lr_scheduler_states=False)
+    if path is None:
+        raise CheckpointError(f"DeepSpeed could not load {root}/{tag} (files missing for this layout?)")
+    return client_state or {}
+
+
+def load_consolidated(ckpt_dir: str, tag: str | None = None) -> tuple[JobConfig, dict[str, torch.Tensor], str | None]:
+    """(job config, full single-device GPT state dict, tokenizer dir or None) from a checkpoint of any supported
+    layout. Reads files directly; no process group needed."""
+    root, tag = resolve_checkpoint(ckpt_dir, tag)
+    job = load_job_config(root, tag)
+    d = os.path.join(root, tag)
+    p = job.parallel
+    if p.tensor_parallel > 1 or p.pipeline_parallel > 1:
+        from ..parallel.reshard import consolidate_layout  # written with the parallelism issue
+        state = consolidate_layout(d, job)
+    elif p.zero_stage == 3:
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        state = get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
+    else:
+        files = [f for f in os.listdir(d) if f.startswith("mp_rank_") and f.endswith("_model_states.pt")]
+        if not files:
+            raise CheckpointError(f"{d} has no mp_rank_*_model_states.pt: incomplete checkpoint")
+        state = torch.load(os.path.join(d, sorted(files)[0]), map_location="cpu", weights_only=False)["module"]
+    state = {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in state.items()}
+    tok = os.path.join(d, "tokenizer")
+    return job, state, (tok if os.path.isdir(tok) else None)

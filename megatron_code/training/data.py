@@ -1,0 +1,85 @@
+"""The trainer's view of data: datasets for the job, loaders that resume from `consumed_samples`, batches.
+
+Every rank of a data-parallel group reads different samples (PretrainingSampler); ranks of the same TP/PP group
+read the same ones. Index caches are built by global rank 0 (when --data-cache-path is set) while others wait.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..config.base import ConfigError
+from ..config.job import JobConfig
+from ..data.batch import make_batch
+from ..data.gpt_dataset import build_gpt_datasets, check_vocab
+from ..data.sampler import PretrainingSampler
+
+
+class MockDataset:
+    """Deterministic random tokens: sample i is drawn from a generator seeded by (seed, i)."""
+
+    def __init__(self, vocab_size: int, seq_length: int, seed: int, num_samples: int):
+        self.vocab_size, self.seq_length, self.seed, self.num_samples = vocab_size, seq_length, seed, num_samples
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __getitem__(self, i: int) -> dict:
+        rng = np.random.default_rng([self.seed, int(i)])
+        return {"tokens": rng.integers(0, self.vocab_size, self.seq_length + 1, dtype=np.int64)}
+
+
+@dataclass
+class JobData:
+    train: object
+    valid: object | None
+    test: object | None
+
+
+def build_job_data(job: JobConfig, eod: int | None, is_builder: bool, barrier) -> JobData:
+    t, d = job.training, job.data
+    gbs = t.global_batch_size
+    n_train = t.train_iters * gbs
+    n_eval = max(1, t.eval_iters) * gbs
+    if d.mock_data:
+        v = job.model.vocab_size
+        return JobData(MockDataset(v, d.seq_length, t.seed, n_train),
+                       MockDataset(v, d.seq_length, t.seed + 1, n_eval) if t.eval_interval else None, None)
+    if not d.has_data:
+        raise ConfigError("no training data: pass --data-path PREFIX (see tools/preprocess_data.py), "
+                          "--train-data-path, or --mock-data")
+    if eod is None:
+        raise ConfigError("a tokenizer is needed with --data-path: pass --tokenizer-type and --tokenizer-model "
+                          "(or --vocab-file/--merge-file)")
+    train, valid, test = build_gpt_datasets(
+        data_path=d.data_path or None, split=d.split, train_data_path=d.train_data_path or None,
+        valid_data_path=d.valid_data_path or None, test_data_path=d.test_data_path or None,
+        seq_length=d.seq_length, seed=t.seed, num_samples=(n_train, n_eval if t.eval_interval else 0, n_eval),
+        cache_dir=d.data_cache_path, is_builder=is_builder, barrier=barrier)
+    if train is None:
+        raise ConfigError("the training split is empty: check --split / --train-data-path")
+    check_vocab([train, valid, test], job.model.vocab_size)
+    return JobData(train, valid, test)
+
+
+class _Collate:
+    def __init__(self, eod: int, eod_mask_loss: bool, reset_position_ids: bool):
+        self.eod, self.eod_mask_loss, self.reset_position_ids = eod, eod_mask_loss, reset_position_ids
+
+    def __call__(self, items: list[dict]) -> dict:
+        tokens = torch.from_numpy(np.stack([np.asarray(it["tokens"], dtype=np.int64) for it in items]))
+        return make_batch(tokens, self.eod, self.eod_mask_loss, self.reset_position_ids)
+
+
+def make_loader(dataset, job: JobConfig, consumed_samples: int, dp_rank: int, dp_size: int,
+                eod: int | None) -> DataLoader:
+    """Micro batches for this DP rank, starting after `consumed_samples` global samples."""
+    sampler = PretrainingSampler(len(dataset), consumed_samples, job.training.micro_batch_size, dp_rank, dp_size)
+    d = job.data
+    collate = _Collate(eod if eod is not None else -1, d.eod_mask_loss, d.reset_position_ids)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=d.num_workers, collate_fn=collate,
+                      persistent_workers=d.num_workers > 0)

@@ -1,0 +1,249 @@
+"""The training loop, readable top to bottom.
+
+pretrain(job):  distributed init -> process groups -> tokenizer -> model (init, then parallel plan) -> DeepSpeed
+engine -> resume -> data from consumed_samples -> loop {lr, micro-batches, step, log, eval, save} -> final save.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import resource
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from ..config.base import ConfigError
+from ..config.job import JobConfig
+from ..model import GPT, flops_per_token
+from ..parallel.engine import deepspeed_config, init_distributed, initialize_engine
+from ..parallel.groups import ParallelGroups
+from . import checkpoint as ckpt
+from .data import build_job_data, make_loader
+from .guards import StopSignal, check_finite
+from .losses import causal_lm_loss
+from .lr_schedule import lr_at
+from .metrics import MetricsSink, Throughput, peak_flops
+from .optimizer import build_optimizer
+
+
+def log(msg: str, rank: int = 0) -> None:
+    if rank == 0:
+        tqdm.write(msg, file=sys.stdout)
+        sys.stdout.flush()
+
+
+def resolve_tokenizer(job: JobConfig):
+    """Build the tokenizer named by the job (None if none) and settle model.vocab_size against it."""
+    d = job.data
+    tok = None
+    if d.tokenizer_type:
+        from ..data.tokenizer import build_tokenizer
+        tok = build_tokenizer(d.tokenizer_type, d.tokenizer_model, d.vocab_file, d.merge_file)
+        if job.model.vocab_size is None:
+            job.model.vocab_size = tok.vocab_size
+        elif tok.vocab_size > job.model.vocab_size:
+            raise ConfigError(f"the tokenizer has {tok.vocab_size} tokens but model.vocab_size is "
+                              f"{job.model.vocab_size}: raise --model.vocab_size or use a smaller tokenizer")
+    if job.model.vocab_size is None:
+        raise ConfigError("model.vocab_size is unknown: pass a tokenizer (--tokenizer-type/--tokenizer-model) "
+                          "or --model.vocab_size N")
+    return tok
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_model(job: JobConfig, groups: ParallelGroups) -> torch.nn.Module:
+    """Full model initialized from the job seed (identical in every layout), then sharded by the TP plan."""
+    model = GPT(job.model)
+    model.init_weights(torch.Generator().manual_seed(job.training.seed))
+    if groups.tp_size > 1:
+        from ..parallel.plans import plan_for
+        from ..parallel.tensor_parallel import apply_tensor_parallel
+        apply_tensor_parallel(model, plan_for(job.model, groups.tp_size), groups,
+                              sequence_parallel=job.parallel.sequence_parallel)
+    return model
+
+
+def memory_gb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2 ** 30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
+
+
+class Trainer:
+    def __init__(self, job: JobConfig):
+        self.job = job
+        t = job.training
+        if t.cpu_threads:
+            torch.set_num_threads(t.cpu_threads)
+        self.rank, self.world = init_distributed(job.parallel.backend)
+        self.groups = ParallelGroups.build(job.parallel.tensor_parallel, job.parallel.pipeline_parallel)
+        self.grad_accum = job.resolve_batch(self.groups.dp_size)
+        if job.parallel.pipeline_parallel > 1:
+            raise ConfigError("pipeline parallelism is not wired into the trainer yet: use "
+                              "--pipeline-model-parallel-size 1")
+        ckpt.check_fresh_save_dir(t.save, t.load)
+        seed_everything(t.seed)
+        self.tokenizer = resolve_tokenizer(job)
+        self.tok_fp = self.tokenizer.fingerprint() if self.tokenizer is not None else None
+        job.validate()
+        model = build_model(job, self.groups)
+        self.engine = initialize_engine(model, build_optimizer(model, job.optim),
+                                        deepspeed_config(job, self.grad_accum),
+                                        mpu=self.groups.mpu if self.world > 1 else None)
+        self.iteration, self.consumed = 0, 0
+        if t.load:
+            state = ckpt.load_checkpoint(self.engine, job, t.load, self.tok_fp)
+            self.iteration = int(state["iteration"])
+            self.consumed = int(state["consumed_samples"])
+            ckpt.set_rng_state(state["rng"])
+            log(f"resumed from {t.load} at iteration {self.iteration} ({self.consumed} samples consumed)")
+        eod = self.tokenizer.eod if self.tokenizer is not None else None
+        self.data = build_job_data(job, eod, is_builder=self.rank == 0,
+                                   barrier=dist.barrier if self.world > 1 else None)
+        self.eod = eod
+        self.tp_group = self.groups.tp_group if self.groups.tp_size > 1 else None
+        fpt = flops_per_token(job.model, job.data.seq_length)
+        peak, source = peak_flops(t.precision, t.peak_tflops)
+        self.throughput = Throughput(fpt, peak, self.world)
+        self.sink = MetricsSink(os.path.join(t.save, "metrics.jsonl") if t.save else None, t.tensorboard_dir,
+                                enabled=self.rank == 0)
+        n_params = sum(p.numel() for p in self.engine.module.parameters())
+        log(f"model: {n_params:,} parameters on this rank | world {self.world} = TP {self.groups.tp_size} x "
+            f"PP {self.groups.pp_size} x DP {self.groups.dp_size} | global batch {t.global_batch_size} "
+            f"(micro {t.micro_batch_size} x accumulation {self.grad_accum}) | {t.precision} | "
+            f"ZeRO {job.parallel.zero_stage} | peak {peak / 1e12:.2f} TFLOP/s ({source})")
+
+    # ------------------------------------------------------------------ one step
+    def _loss(self, batch: dict) -> torch.Tensor:
+        logits = self.engine(batch["input_ids"], batch["position_ids"])
+        return causal_lm_loss(logits, batch["labels"], batch["loss_mask"], self.tp_group)
+
+    def train_step(self, batches) -> float:
+        """One optimizer step over `grad_accum` micro batches. Returns the mean loss (averaged over DP)."""
+        total = 0.0
+        for _ in range(self.grad_accum):
+            batch = next(batches)
+            loss = self._loss(batch)
+            self.engine.backward(loss)
+            self.engine.step()
+            total += loss.detach().float()
+        mean = total / self.grad_accum
+        if self.groups.dp_size > 1:
+            dist.all_reduce(mean, group=self.groups.dp_group)
+            mean = mean / self.groups.dp_size
+        return float(mean)
+
+    @torch.no_grad()
+    def evaluate(self, dataset) -> float:
+        """Mean loss over the first eval_iters global batches of `dataset` (the same batches every time)."""
+        self.engine.eval()
+        loader = make_loader(dataset, self.job, 0, self.groups.dp_rank, self.groups.dp_size, self.eod)
+        total, n = torch.zeros(()), 0
+        for i, batch in enumerate(loader):
+            if i >= self.job.training.eval_iters * self.grad_accum:
+                break
+            total += self._loss(batch).float()
+            n += 1
+        self.engine.train()
+        mean = total / max(n, 1)
+        if self.groups.dp_size > 1:
+            dist.all_reduce(mean, group=self.groups.dp_group)
+            mean = mean / self.groups.dp_size
+        return float(mean)
+
+    # ------------------------------------------------------------------ bookkeeping
+    def save(self) -> None:
+        t = self.job.training
+        state = {"iteration": self.iteration, "consumed_samples": self.consumed, "rng": ckpt.rng_state(),
+                 "tokenizer_fingerprint": self.tok_fp,
+                 "layout": {"tp": self.groups.tp_size, "pp": self.groups.pp_size, "dp": self.groups.dp_size,
+                            "zero": self.job.parallel.zero_stage}}
+        path = ckpt.save_checkpoint(self.engine, self.job, t.save, self.iteration, state, self.tokenizer,
+                                    is_rank0=self.rank == 0, keep=t.keep_checkpoints)
+        log(f"saved checkpoint {path}")
+
+    def _log_interval(self, loss_sum: float, steps: int, bar) -> None:
+        t = self.job.training
+        tps, mfu = self.throughput.rates()
+        loss = loss_sum / max(steps, 1)
+        gn = self.engine.get_global_grad_norm()
+        gn = float(gn) if gn is not None else float("nan")
+        scale = getattr(self.engine.optimizer, "cur_scale", None) if t.precision == "fp16" else None
+        lr = self.engine.optimizer.param_groups[0]["lr"]
+        log(f"iter {self.iteration}/{t.train_iters} | loss {loss:.4f} | lr {lr:.3e} | grad norm {gn:.3f} | "
+            + (f"loss scale {float(scale):.0f} | " if scale is not None else "")
+            + f"tokens/s {tps:,.0f} | MFU {100 * mfu:.2f}% | mem {memory_gb():.2f} GB", self.rank)
+        self.sink.write(self.iteration, {"tokens_per_s": tps, "mfu": mfu, "grad_norm": gn, "lr": lr,
+                                         "loss_scale": float(scale) if scale is not None else None,
+                                         "memory_gb": memory_gb()}, kind="interval")
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
+        self.throughput.reset()
+
+    # ------------------------------------------------------------------ the loop
+    def train(self) -> dict:
+        job, t = self.job, self.job.training
+        gbs = t.global_batch_size
+        batches = iter(make_loader(self.data.train, job, self.consumed, self.groups.dp_rank,
+                                   self.groups.dp_size, self.eod))
+        bar = tqdm(total=t.train_iters, initial=self.iteration, desc="train", unit="it", dynamic_ncols=True,
+                   disable=self.rank != 0 or not t.progress_bar, file=sys.stderr, mininterval=1.0)
+        history = {"train_loss": [], "valid_loss": []}
+        loss_sum, steps, start_iter = 0.0, 0, self.iteration
+        self.throughput.reset()
+        with StopSignal() as stop:
+            while self.iteration < t.train_iters:
+                lr = lr_at(self.iteration, job.optim, t.train_iters)
+                for group in self.engine.optimizer.param_groups:
+                    group["lr"] = lr
+                loss = self.train_step(batches)
+                self.iteration += 1
+                self.consumed += gbs
+                check_finite(loss, self.iteration, t.precision)
+                self.throughput.add(gbs * job.data.seq_length)
+                self.sink.write(self.iteration, {"loss": loss, "lr": lr, "consumed_samples": self.consumed})
+                history["train_loss"].append((self.iteration, loss))
+                loss_sum, steps = loss_sum + loss, steps + 1
+                bar.update(1)
+                if self.iteration % t.log_interval == 0 or self.iteration == t.train_iters:
+                    self._log_interval(loss_sum, steps, bar)
+                    loss_sum, steps = 0.0, 0
+                if t.eval_interval and self.data.valid is not None and (
+                        self.iteration % t.eval_interval == 0 or self.iteration == t.train_iters):
+                    v = self.evaluate(self.data.valid)
+                    history["valid_loss"].append((self.iteration, v))
+                    self.sink.write(self.iteration, {"loss": v, "ppl": math.exp(min(v, 50))}, kind="valid")
+                    log(f"validation at iter {self.iteration} | loss {v:.4f} | ppl {math.exp(min(v, 50)):.2f}",
+                        self.rank)
+                last = self.iteration == t.train_iters
+                planned_exit = t.exit_interval and self.iteration - start_iter >= t.exit_interval
+                if t.save and (last or planned_exit or stop.received is not None
+                               or (t.save_interval and self.iteration % t.save_interval == 0)):
+                    self.save()
+                if planned_exit or stop.received is not None:
+                    why = "exit interval" if planned_exit else f"signal {stop.received}"
+                    log(f"stopping at iteration {self.iteration} ({why})", self.rank)
+                    break
+        bar.close()
+        self.sink.close()
+        return history
+
+
+def pretrain(job: JobConfig) -> dict:
+    """Run a job to completion (or to its exit interval / stop signal). Returns the loss history."""
+    trainer = Trainer(job)
+    t0 = time.time()
+    history = trainer.train()
+    log(f"done in {time.time() - t0:.1f} s", trainer.rank)
+    return history
