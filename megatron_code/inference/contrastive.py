@@ -1,0 +1,174 @@
+"""Contrastive search (Su et al., 2022, "A Contrastive Framework for Neural Text Generation").
+
+At each step the k most likely next tokens v are candidates; each is scored
+
+    score(v) = (1 - alpha) * p(v | x<t) - alpha * max_j cos(h_v, h_j)
+
+where h_v is the final hidden state (after the final norm) at the candidate's position when v is appended, and
+h_j ranges over the hidden states of every real token of the context so far (prompt and generated). The best
+candidate is emitted. alpha = 0 is greedy search.
+
+The fast path batches prompts (left padding, as in generate.py) and candidates: the KV cache of B rows is
+expanded to B*k rows (``KVCache.reorder``), all candidates run in one forward of one token each, and the cache is
+reordered back to the winners. ``contrastive_search_reference`` recomputes everything without a cache, one prompt
+at a time; it is the spec the fast path is tested against.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from ..model.gpt import GPT
+from .generate import attention_mask, check_length, encode_prompts, eval_mode, left_pad, real_vocab_size
+from .sampling import GenerationError, mask_padded_vocab
+from .stopping import CompletionTracker
+
+
+def _validate(top_k: int, alpha: float, vocab_size: int, max_new_tokens: int) -> None:
+    if not 1 <= top_k <= vocab_size:
+        raise GenerationError(f"contrastive top_k must be in [1, vocab size {vocab_size}], got {top_k}")
+    if not 0.0 <= alpha <= 1.0:
+        raise GenerationError(f"contrastive alpha must be in [0, 1], got {alpha}")
+    if max_new_tokens < 0:
+        raise GenerationError("max_new_tokens must be >= 0")
+
+
+def _degeneration_penalty(cand_hidden: torch.Tensor, context: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """cand_hidden (B, k, H), context (B, T, H), valid (B, T) bool -> max cosine similarity (B, k), fp32."""
+    c = F.normalize(cand_hidden.float(), dim=-1)
+    ctx = F.normalize(context.float(), dim=-1)
+    sim = torch.einsum("bkh,bth->bkt", c, ctx)  # (B, k, T)
+    sim = sim.masked_fill(~valid[:, None, :], float("-inf"))
+    return sim.max(dim=-1).values
+
+
+def _search_group(model: GPT, tracker: CompletionTracker, rows: list[int], top_k: int, alpha: float,
+                  vocab_size: int) -> None:
+    n = tracker.max_new_tokens
+    batch = left_pad([tracker.prompts[r] for r in rows], n, model.embed.word.weight.device)
+    b, p = len(rows), batch.prompt_len
+    cache = model.new_cache(b, p + n)
+    mask = attention_mask(batch.valid[:, :p], p) if batch.padded else None
+    logits, hidden = model(batch.tokens[:, :p], position_ids=batch.positions[:, :p], cache=cache, mask=mask,
+                           return_hidden=True)  # (B, P, V), (B, P, H)
+    context = hidden.new_zeros(b, p + n, hidden.shape[-1])  # hidden states of the real tokens so far
+    context[:, :p] = hidden
+    next_logits = logits[:, -1]  # (B, V)
+    active, cur = list(rows), p
+    while active:
+        b = len(active)
+        probs = torch.softmax(mask_padded_vocab(next_logits, vocab_size), dim=-1)  # (B, V) fp32
+        top_p, top_ids = probs.topk(top_k, dim=-1)  # (B, k)
+        # Expand every row to its k candidates: batch row b*k + j is candidate j of row b.
+        expand = torch.arange(b, device=top_ids.device).repeat_interleave(top_k)
+        cache.reorder(expand)
+        valid = batch.valid[:, :cur + 1].index_select(0, expand)
+        cand_mask = attention_mask(valid, 1) if batch.padded else None
+        c_logits, c_hidden = model(top_ids.reshape(b * top_k, 1),
+                                   position_ids=batch.positions[:, cur:cur + 1].index_select(0, expand),
+                                   cache=cache, mask=cand_mask, return_hidden=True)  # (B*k, 1, V), (B*k, 1, H)
+        c_hidden = c_hidden.view(b, top_k, -1)
+        penalty = _degeneration_penalty(c_hidden, context[:, :cur], batch.valid[:, :cur])
+        score = (1.0 - alpha) * top_p - alpha * penalty  # (B, k)
+        best = score.argmax(dim=-1)  # (B,)
+        rows_b = torch.arange(b, device=best.device)
+        chosen = rows_b * top_k + best
+        cache.reorder(chosen)
+        token = top_ids[rows_b, best]
+        batch.tokens[:, cur] = token
+        context[:, cur] = c_hidden[rows_b, best]
+        next_logits = c_logits[chosen, -1]
+        cur += 1
+        finished = [tracker.add(r, t) for r, t in zip(active, token.tolist())]
+        if any(finished):
+            keep = [i for i, f in enumerate(finished) if not f]
+            if not keep:
+                break
+            index = torch.tensor(keep, dtype=torch.long, device=token.device)
+            batch.select(index)
+            cache.reorder(index)
+            context = context.index_select(0, index)
+            next_logits = next_logits.index_select(0, index)
+            active = [active[i] for i in keep]
+
+
+def _prepare(model: GPT, tokenizer_or_ids, prompts, eod_id, vocab_size):
+    """-> (prompt ids, decode or None, eod_id, vocab_size, tokenizer given?)."""
+    if hasattr(tokenizer_or_ids, "encode") and hasattr(tokenizer_or_ids, "decode"):
+        tok = tokenizer_or_ids
+        if prompts is None or isinstance(prompts, str):
+            raise GenerationError("with a tokenizer, pass prompts as a list of strings")
+        ids = encode_prompts(tok, prompts)
+        return ids, tok.decode, tok.eod if eod_id is None else eod_id, vocab_size or real_vocab_size(model, tok), True
+    if prompts is not None:
+        raise GenerationError("pass either (tokenizer, prompts) or a list of prompt id lists, not both")
+    ids = [list(map(int, x)) for x in tokenizer_or_ids]
+    for i, x in enumerate(ids):
+        if not x:
+            raise GenerationError(f"prompt {i} is empty: give at least one token (e.g. the EOD id)")
+    return ids, None, eod_id, vocab_size or model.cfg.vocab_size or model.cfg.padded_vocab_size, False
+
+
+def contrastive_search(model: GPT, tokenizer_or_ids, prompts: Sequence[str] | None = None, *, top_k: int = 4,
+                       alpha: float = 0.6, max_new_tokens: int = 128, stop: list[str] | None = None,
+                       eod_id: int | None = None, vocab_size: int | None = None, batch_size: int = 16,
+                       progress: bool = False):
+    """Contrastive search for a batch of prompts. Two call forms:
+
+    - ``contrastive_search(model, tokenizer, ["def f(", ...])`` -> list of completion strings (text after the
+      prompt, cut before the earliest ``stop`` string; ends at the tokenizer's EOD);
+    - ``contrastive_search(model, [[ids], ...])`` -> list of completion id lists (ends at ``eod_id`` if given,
+      excluded; stop strings are not available without a tokenizer).
+
+    Deterministic; results do not depend on ``batch_size``. Ids >= vocab_size are never produced."""
+    ids, decode, eod_id, vocab_size, textual = _prepare(model, tokenizer_or_ids, prompts, eod_id, vocab_size)
+    _validate(top_k, alpha, vocab_size, max_new_tokens)
+    if batch_size < 1:
+        raise GenerationError("batch_size must be >= 1")
+    tracker = CompletionTracker(ids, max_new_tokens=max_new_tokens, eod_id=eod_id, stop=stop, decode=decode)
+    if max_new_tokens > 0 and ids:
+        order = sorted(range(len(ids)), key=lambda r: -len(ids[r]))
+        check_length(model, len(ids[order[0]]), max_new_tokens)
+        from tqdm import tqdm
+
+        with eval_mode(model), tqdm(total=len(ids), disable=not progress, desc="contrastive", leave=False) as bar:
+            for i in range(0, len(order), batch_size):
+                rows = order[i:i + batch_size]
+                _search_group(model, tracker, rows, top_k, alpha, vocab_size)
+                bar.update(len(rows))
+    if textual:
+        return [tracker.text(r) for r in range(len(ids))]
+    return [list(x) for x in tracker.ids]
+
+
+def contrastive_search_reference(model: GPT, prompt_ids: Sequence[int], *, top_k: int = 4, alpha: float = 0.6,
+                                 max_new_tokens: int = 128, eod_id: int | None = None,
+                                 vocab_size: int | None = None) -> list[int]:
+    """The slow spec for one prompt: no cache, every forward recomputes the whole sequence."""
+    vocab_size = vocab_size or model.cfg.vocab_size
+    _validate(top_k, alpha, vocab_size, max_new_tokens)
+    seq, out = list(prompt_ids), []
+    device = model.embed.word.weight.device
+    with eval_mode(model):
+        for _ in range(max_new_tokens):
+            logits, hidden = model(torch.tensor([seq], device=device), return_hidden=True)
+            probs = torch.softmax(mask_padded_vocab(logits[0, -1], vocab_size), dim=-1)
+            top_p, top_ids = probs.topk(top_k)
+            scores = []
+            for j in range(top_k):
+                _, h = model(torch.tensor([seq + [int(top_ids[j])]], device=device), return_hidden=True)
+                h = h[0].float()  # (T + 1, H)
+                sim = F.cosine_similarity(h[-1:], h[:-1], dim=-1)  # (T,)
+                scores.append((1.0 - alpha) * float(top_p[j]) - alpha * float(sim.max()))
+            token = int(top_ids[max(range(top_k), key=lambda j: scores[j])])
+            if eod_id is not None and token == eod_id:
+                break
+            seq.append(token)
+            out.append(token)
+    return out
+
+
+__all__ = ["contrastive_search", "contrastive_search_reference"]
