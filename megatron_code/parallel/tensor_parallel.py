@@ -1,0 +1,172 @@
+"""Apply a tensor-parallel plan (plans.py) to an already-built single-device model, in place.
+
+Each rank takes ITS slice of the full weights it was given (so a model initialized identically on every rank and
+then sharded equals the single-process model exactly: parity tests compare against the unsharded model), or, for
+a model built on the `meta` device, creates sharded meta parameters (shapes only; initialize afterwards with the
+model's `init_weights()`, which treats the parallel layers as the nn.Linear / nn.Embedding they subclass).
+
+Module names and parameter names are unchanged (`layers.0.attn.q_proj.weight` is now this rank's shard), so
+DeepSpeed checkpoints name the same keys in every layout; `param.partition_dim` says how to reassemble them.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import torch
+from torch import nn
+
+from . import mappings as M
+from .groups import ParallelGroups
+from .layers import (ColumnParallelLinear, ReplicatedKVLinear, RowParallelLinear, TPReduce, VocabParallelEmbedding,
+                     region_entry)
+from .plans import Plan, PlanError, match_plan
+from .random import TP_SEED_OFFSET, RNGTracker
+
+_LINEAR_STYLES = ("column", "replicated_kv", "row", "row_partial", "vocab_head")
+
+
+# ----------------------------------------------------------------------------- class swaps (keep module names)
+class _ReduceParamGrads:
+    """Mixin: parameters enter the forward through `reduce_grad` (identity forward, gradient all-reduced over TP
+    in backward). Used for norms under sequence parallelism, whose per-rank gradients cover only this rank's
+    tokens. Part of the autograd graph, so it runs in the same order on every rank."""
+
+    _tp_grad_group: Any = None
+
+    def forward(self, *args, **kwargs):
+        saved = dict(self._parameters)
+        try:
+            for name, p in saved.items():
+                if p is not None:
+                    # a non-leaf view of p: module code reading self.weight gets it, the optimizer still sees p
+                    self._parameters[name] = M.reduce_grad(p, self._tp_grad_group)
+            return super().forward(*args, **kwargs)
+        finally:
+            self._parameters.update(saved)
+
+
+class _ForkTPRNG:
+    """Mixin: run the module under the tracker's per-TP-rank stream (dropout masks differ across TP ranks)."""
+
+    _tp_rng_tracker: Optional[RNGTracker] = None
+
+    def forward(self, *args, **kwargs):
+        with self._tp_rng_tracker.fork():
+            return super().forward(*args, **kwargs)
+
+
+_SWAPPED: dict[tuple[type, type], type] = {}
+
+
+def _swap_class(module: nn.Module, mixin: type, **attrs: Any) -> None:
+    cls = type(module)
+    if not issubclass(cls, mixin):
+        key = (mixin, cls)
+        if key not in _SWAPPED:
+            _SWAPPED[key] = type(f"{mixin.__name__.strip('_')}{cls.__name__}", (mixin, cls), {})
+        module.__class__ = _SWAPPED[key]
+    for k, v in attrs.items():
+        setattr(module, k, v)
+
+
+# ----------------------------------------------------------------------------- forward hooks (outputs only)
+def _region_entry_hook(group, sequence_parallel: bool):
+    def hook(module, args, output):
+        return region_entry(output, group, sequence_parallel)
+    return hook
+
+
+def _sequence_scatter_hook(group):
+    def hook(module, args, output):
+        return M.scatter_to_sequence(output, group)
+    return hook
+
+
+# ----------------------------------------------------------------------------- the entry point
+def apply_tensor_parallel(model: nn.Module, plan: Plan, groups: ParallelGroups, sequence_parallel: bool = False,
+                          rng_tracker: Optional[RNGTracker] = None) -> nn.Module:
+    """Shard `model` in place for this rank's TP position and return it.
+
+    Contract: every TP rank calls this on a model holding the same full weights (or on meta models); afterwards
+    the forward returns VOCAB-SHARDED logits (B, T, V/tp) -> use `cross_entropy.parallel_lm_loss` with
+    `groups.tp_group`. With `sequence_parallel`, T must be divisible by TP; inputs are full (B, T) on every TP
+    rank. `rng_tracker` (from random.seed_parallel_rng) drives dropout inside TP regions; when None a tracker
+    is seeded from torch.initial_seed() + offset + tp_rank. With TP = 1 the plan is validated and the model
+    returned unchanged.
+    """
+    tp = groups.tp_size
+    if sequence_parallel and tp == 1:
+        raise PlanError("sequence parallelism needs tensor parallel size > 1 (--sequence-parallel shards the "
+                        "sequence over the TP group)")
+    matches = match_plan(model, plan)
+    _check_coverage(model, matches)
+    if tp == 1:
+        return model
+    group = groups.tp_group
+    if rng_tracker is None:
+        rng_tracker = RNGTracker()
+        rng_tracker.add("tensor_parallel", torch.initial_seed() + TP_SEED_OFFSET + groups.tp_rank)
+    # Replace children before wrapping parents (deepest paths first) so a swapped parent keeps new children.
+    for path in sorted(matches, key=lambda p: -p.count(".")):
+        style, opts = matches[path]
+        module = model.get_submodule(path)
+        new = _convert(path, module, style, opts, group, sequence_parallel, rng_tracker)
+        if new is not module:
+            parent_path, _, leaf = path.rpartition(".")
+            setattr(model.get_submodule(parent_path) if parent_path else model, leaf, new)
+    model.tensor_parallel_info = {"tp_size": tp, "tp_rank": groups.tp_rank, "sequence_parallel": sequence_parallel}
+    return model
+
+
+def _convert(path: str, module: nn.Module, style: str, opts: dict, group, sp: bool,
+             tracker: RNGTracker) -> nn.Module:
+    if style in _LINEAR_STYLES and not isinstance(module, nn.Linear):
+        raise PlanError(f"style '{style}' needs an nn.Linear but '{path}' is {type(module).__name__}")
+    if style == "column":
+        return ColumnParallelLinear.from_dense(module, group, copy_input=False, sequence_parallel=sp)
+    if style == "vocab_head":
+        return ColumnParallelLinear.from_dense(module, group, copy_input=False, sequence_parallel=sp)
+    if style == "replicated_kv":
+        return ReplicatedKVLinear.from_dense(module, group, copy_input=False, sequence_parallel=sp, **opts)
+    if style == "row":
+        return RowParallelLinear.from_dense(module, group, reduce="reduce_scatter" if sp else "all_reduce")
+    if style == "row_partial":
+        return RowParallelLinear.from_dense(module, group, reduce="none")
+    if style == "vocab_embedding":
+        if not isinstance(module, nn.Embedding):
+            raise PlanError(f"style 'vocab_embedding' needs an nn.Embedding but '{path}' is {type(module).__name__}")
+        return VocabParallelEmbedding.from_dense(module, group)
+    if style == "reduce":
+        if not isinstance(module, nn.Identity):
+            raise PlanError(f"style 'reduce' replaces an nn.Identity placeholder; '{path}' is "
+                            f"{type(module).__name__}")
+        return TPReduce(group, sequence_parallel=sp)
+    if style == "norm":
+        if sp:
+            _swap_class(module, _ReduceParamGrads, _tp_grad_group=group)
+        module.register_forward_hook(_region_entry_hook(group, sp))
+        return module
+    if style == "sequence_scatter":
+        if sp:
+            module.register_forward_hook(_sequence_scatter_hook(group))
+        return module
+    if style == "tp_rng" or (style == "sequence_rng" and sp):
+        _swap_class(module, _ForkTPRNG, _tp_rng_tracker=tracker)
+        return module
+    return module  # "replicated", or "sequence_rng" without SP
+
+
+def _check_coverage(model: nn.Module, matches: dict) -> None:
+    """Every Linear / Embedding / norm must be named by the plan (sharded, or explicitly 'replicated')."""
+    for name, module in model.named_modules():
+        leaf = name.rsplit(".", 1)[-1]
+        needs = isinstance(module, (nn.Linear, nn.Embedding)) or ("norm" in leaf and hasattr(module, "weight"))
+        if needs and name not in matches:
+            raise PlanError(f"module '{name}' ({type(module).__name__}) is not covered by the tensor-parallel plan: "
+                            f"add a style for it (or 'replicated' if it must stay whole on every rank)")
+
+
+def tensor_parallel_state(model: nn.Module) -> dict:
+    """Which parameters are sharded and along which dim: {param name: partition_dim} (resharding / checkpoints)."""
+    return {n: p.partition_dim for n, p in model.named_parameters() if getattr(p, "tensor_model_parallel", False)}
