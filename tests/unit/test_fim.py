@@ -263,3 +263,14 @@ def test_real_bpe_tokenizer_round_trip(tmp_path):
             else:
                 texts.append(tok.decode(seg[1:s]) + tok.decode(seg[m + 1:]) + tok.decode(seg[s + 1:m]))
         assert texts == DOCS
+
+
+def test_pieces_with_other_special_tokens_are_left_alone():
+    l2r = TOK.special_tokens["<l2r>"]
+    with_special = np.concatenate([enc(DOCS[0])[:5], [l2r], enc(DOCS[0])[5:]])
+    doc = np.concatenate([with_special, [TOK.eod], enc(DOCS[2]), [TOK.eod]])
+    for index in range(5):
+        out = apply_fim_to_document(doc, sample_rng(0, 0, index), FIMConfig(rate=1.0), TOK)
+        segments, _ = split_eod(out)
+        assert segments[0] == with_special.tolist()  # decode/encode would have turned <l2r> into text
+        assert segments[1][0] == IDS.prefix and reassemble(segments[1]) == DOCS[2]

@@ -10,6 +10,8 @@ they are):
   otherwise PSM ``<fim_prefix> prefix <fim_suffix> suffix <fim_middle> middle``;
 * each FIM segment grows by 3 sentinels and by any re-tokenization difference, so the whole sample is then
   truncated, or right-padded with ``<fim_pad>``, back to its original length (the tail is lost, as upstream);
+* a piece that contains any other special token (``<pad>``, ``<l2r>``, a stray sentinel...) is left unchanged:
+  detokenizing would turn it into plain text and re-tokenizing would not give the special id back;
 * optionally (``split_token`` set) a segment is first split into files on that separator token and each non-empty
   file gets FIM independently with probability ``fragment_rate`` (``rate`` when None); separators stay in place.
 
@@ -19,7 +21,7 @@ Loss mask convention (shared with the trainer): the functions return a mask over
 
 Randomness comes only from the ``rng`` argument (see ``rng.sample_rng``): the same (seed, epoch, index) gives the
 same output in any worker and order. Draw order per non-empty piece: one uniform for the FIM decision; if chosen,
-two cut points, then one uniform for SPM-vs-PSM. Empty pieces draw nothing.
+two cut points, then one uniform for SPM-vs-PSM. Empty pieces and pieces holding special tokens draw nothing.
 
 ``cfg.mode`` tells the dataset *where* to apply FIM: "sample" (``apply_fim`` on each packed sample, the StarCoder
 way) or "document" (``apply_fim_to_document`` on each document before packing; no truncation or padding is then
@@ -83,6 +85,7 @@ class FIMIds:
     pad: int
     eod: int
     split: Optional[int] = None
+    specials: tuple = ()  # every special-token id of the tokenizer (pieces containing one are not transformed)
 
 
 def fim_ids(tokenizer, split_token: Optional[str] = None) -> FIMIds:
@@ -106,7 +109,8 @@ def fim_ids(tokenizer, split_token: Optional[str] = None) -> FIMIds:
                                f"it must be a single token (add it as a special token)")
             split = int(ids[0])
     return FIMIds(prefix=int(special[FIM_PREFIX]), middle=int(special[FIM_MIDDLE]), suffix=int(special[FIM_SUFFIX]),
-                  pad=int(special[FIM_PAD]), eod=int(tokenizer.eod), split=split)
+                  pad=int(special[FIM_PAD]), eod=int(tokenizer.eod), split=split,
+                  specials=tuple(sorted({int(v) for v in special.values()} | ({split} - {None}))))
 
 
 def fim_loss_mask(tokens: np.ndarray, pad_id: int) -> np.ndarray:
@@ -114,18 +118,20 @@ def fim_loss_mask(tokens: np.ndarray, pad_id: int) -> np.ndarray:
     return (np.asarray(tokens) != pad_id).astype(np.float32)
 
 
-def _encode(tokenizer, text: str) -> np.ndarray:
-    return np.asarray(tokenizer.encode(text), dtype=np.int64)
+def _encode3(tokenizer, texts: list) -> list:
+    """Re-tokenize prefix/middle/suffix one by one (no ``encode_batch``: its Rust thread pool does not mix well
+    with forked data-loader workers)."""
+    return [np.asarray(tokenizer.encode(t), dtype=np.int64) for t in texts]
 
 
 def _fim_piece(piece: np.ndarray, rng: np.random.Generator, rate: float, spm_rate: float, tokenizer,
                ids: FIMIds) -> np.ndarray:
     """FIM one run of tokens (a document or a file) with probability ``rate``; otherwise return it unchanged."""
-    if piece.size == 0 or not rng.random() < rate:
+    if piece.size == 0 or np.isin(piece, ids.specials).any() or not rng.random() < rate:
         return piece
     text = tokenizer.decode(piece.tolist())
     lo, hi = np.sort(rng.integers(0, len(text) + 1, size=2))
-    prefix, middle, suffix = (_encode(tokenizer, s) for s in (text[:lo], text[lo:hi], text[hi:]))
+    prefix, middle, suffix = _encode3(tokenizer, [text[:lo], text[lo:hi], text[hi:]])
     if rng.random() < spm_rate:
         # SPM, the "variant 2" of Bavarian et al. 2022 section 3 (used by StarCoder): the prefix joins the middle.
         parts = ([ids.prefix, ids.suffix], suffix, [ids.middle], prefix, middle)
