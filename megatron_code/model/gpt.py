@@ -130,10 +130,11 @@ def flops_per_token(cfg: ModelConfig, seq_length: int) -> float:
     """Training FLOPs per token: 6 x (matmul parameters) + 12 x layers x (heads x head_dim) x seq (attention scores
     and values, forward + backward), the PaLM paper's formula (Chowdhery et al., 2022, appendix B). Matmul
     parameters exclude the embedding lookups but include the output projection (tied or not)."""
-    n = count_parameters(cfg) - cfg.padded_vocab_size * cfg.hidden_size
+    n = count_parameters(cfg) - cfg.padded_vocab_size * cfg.hidden_size  # minus the word-embedding lookup
     if cfg.position_embedding == "learned":
         n -= cfg.max_position_embeddings * cfg.hidden_size
-    n += cfg.padded_vocab_size * cfg.hidden_size  # the logits matmul
+    if cfg.tie_embeddings:
+        n += cfg.padded_vocab_size * cfg.hidden_size  # the logits matmul reuses the embedding (untied: lm_head)
     attn = 12 * cfg.num_layers * cfg.num_attention_heads * cfg.head_size * seq_length
     return 6.0 * n + attn
 
