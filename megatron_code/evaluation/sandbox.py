@@ -114,69 +114,175 @@ class SandboxResult:
 
 def run_program(source: str, timeout: float = 3.0, limits: SandboxLimits | None = None) -> SandboxResult:
     """Run `source` as `__main__` in a fresh sandbox; blocks at most about `timeout` + 5 s and never raises for
-    anything the program does. Raises SandboxError only for unusable settings (e.g. a non-traversable root_dir).
-    Thread-safe: no preexec_fn, no shared mutable state."""
+    anything the program does. Raises SandboxError only for unusable settings (e.g. a non-traversable root_dir)."""
+    limits = limits or SandboxLimits()
+    with _Supervisor(limits.network) as supervisor:
+        return _run_job(supervisor, source, timeout, limits)
+
+
+def run_many(programs: Sequence[str], timeout: float = 3.0, workers: int = 2,
+             limits: SandboxLimits | None = None, progress: bool | Callable[[int], None] = False
+             ) -> list[SandboxResult]:
+    """Run every program in its own sandbox, `workers` at a time. Returns results in input order.
+
+    Each worker thread owns one supervisor process that forks a fresh jailed process per program (fresh uid,
+    directory and limits each time), which saves an interpreter start-up per program. Always finishes: each run
+    is bounded by its timeout (+ grace), a supervisor that stops answering is killed and replaced, and a failure
+    of the machinery for one program becomes that program's "crashed" result. `progress=True` shows a tqdm bar;
+    a callable is called with 1 after each finished program."""
+    if workers < 1:
+        raise SandboxError(f"workers must be >= 1, got {workers}")
     if timeout <= 0:
         raise SandboxError(f"timeout must be positive seconds, got {timeout}")
     limits = limits or SandboxLimits()
+    bar = None
+    if progress is True:
+        from tqdm import tqdm
+        bar = tqdm(total=len(programs), desc="executing", unit="prog")
+        progress = bar.update
+    import threading
+
+    results: list[SandboxResult | None] = [None] * len(programs)
+    next_index = iter(range(len(programs)))
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        with _Supervisor(limits.network) as supervisor:
+            while not errors:
+                with lock:
+                    i = next(next_index, None)
+                if i is None:
+                    return
+                try:
+                    results[i] = _run_job(supervisor, programs[i], timeout, limits)
+                except SandboxError as exc:  # the settings are unusable: stop everyone, report once
+                    errors.append(exc)
+                except Exception as exc:  # noqa: BLE001 - one broken run must not stop the others
+                    results[i] = SandboxResult("crashed", None, "", "", 0.0, 0.0, (f"sandbox error: {exc!r}",))
+                if callable(progress):
+                    progress(1)
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(min(workers, max(len(programs), 1)))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        if bar is not None:
+            bar.close()
+    if errors:
+        raise errors[0]
+    return results  # type: ignore[return-value]
+
+
+def _run_job(supervisor: "_Supervisor", source: str, timeout: float, limits: SandboxLimits) -> SandboxResult:
+    if timeout <= 0:
+        raise SandboxError(f"timeout must be positive seconds, got {timeout}")
     started = time.monotonic()
     notes: list[str] = []
     uid, gid = _pick_ids(limits, notes)
-    workdir = _make_workdir(limits.root_dir, uid, gid, notes)
+    jobdir = _make_jobdir(limits.root_dir, uid, gid)
     try:
+        workdir = os.path.join(jobdir, "work")
         program_path = os.path.join(workdir, "program.py")
         with open(program_path, "w", encoding="utf-8") as f:
             f.write(source)
         os.chmod(program_path, 0o644)
-        cfg = {"source": source, "path": program_path, "workdir": workdir, "timeout": float(timeout),
-               "uid": uid, "gid": gid, "network": limits.network, "limits": _rlimits(limits, timeout, uid)}
-        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-            cfg["stdout_fd"] = out.fileno()
-            report = _run_supervisor(cfg, out, err, timeout, notes)
-            stdout, stderr = _tail(out), _tail(err)
+        out_path, err_path = os.path.join(jobdir, "stdout"), os.path.join(jobdir, "stderr")
+        cfg = {"source": source, "path": program_path, "workdir": workdir, "stdout": out_path, "stderr": err_path,
+               "timeout": float(timeout), "uid": uid, "gid": gid, "network": limits.network,
+               "limits": _rlimits(limits, timeout, uid)}
+        report = supervisor.run(cfg, timeout + _GRACE_SECONDS)
+        stdout, stderr = _tail(out_path), _tail(err_path)
     finally:
-        _remove_tree(workdir)
+        _remove_tree(jobdir)
     notes.extend(report.get("notes", []))
+    if "setup_error" in report:
+        notes.append(report["setup_error"])
     status, returncode = _classify(report, limits, timeout)
     duration = report.get("duration", time.monotonic() - started)
     return SandboxResult(status, returncode, stderr, stdout, float(duration),
                          float(report.get("cpu", 0.0)), tuple(notes))
 
 
-def run_many(programs: Sequence[str], timeout: float = 3.0, workers: int = 2,
-             limits: SandboxLimits | None = None, progress: bool | Callable[[int], None] = False
-             ) -> list[SandboxResult]:
-    """Run every program in its own sandbox, `workers` at a time (each sandbox is a separate process tree; the
-    threads here only wait on them). Returns results in input order. Always finishes: each run is bounded by its
-    timeout, and a failure of the sandbox machinery for one program becomes that program's "crashed" result.
-    `progress=True` shows a tqdm bar; a callable is called with 1 after each finished program."""
-    if workers < 1:
-        raise SandboxError(f"workers must be >= 1, got {workers}")
-    bar = None
-    if progress is True:
-        from tqdm import tqdm
-        bar = tqdm(total=len(programs), desc="executing", unit="prog")
-        progress = bar.update
+class _Supervisor:
+    """Caller-side handle of one supervisor process (this file run as a script, root, own session). Jobs are
+    JSON lines on its stdin, reports JSON lines on its stdout, one job at a time."""
 
-    def one(src: str) -> SandboxResult:
+    def __init__(self, network: bool = False):
+        import subprocess  # here, not at the top: the supervisor itself starts faster without it
+
+        self._errors = tempfile.TemporaryFile()  # the supervisor's own stderr (its bugs, not the programs')
+        env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1",
+               "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+        # -S: site.main() costs more than the rest of start-up (.pth hooks); site-packages is added back there.
+        self.network = network
+        args = ["--supervise"] + (["--network"] if network else [])
+        self.proc = subprocess.Popen([sys.executable, "-I", "-S", "-B", os.path.abspath(__file__), *args],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._errors,
+                                     cwd="/", env=env, start_new_session=True)
+        self._buffer = b""
+
+    def run(self, cfg: dict, deadline_seconds: float) -> dict:
+        """Send one job and wait for its report; on silence past the deadline kill the supervisor's process group
+        (the next job restarts it) and report a setup error."""
+        if self.proc.poll() is not None:
+            self.close()
+            self.__init__(self.network)
         try:
-            return run_program(src, timeout, limits)
-        except SandboxError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - one broken run must not stop the others
-            return SandboxResult("crashed", None, "", "", 0.0, 0.0, (f"sandbox error: {exc!r}",))
-        finally:
-            if callable(progress):
-                progress(1)
+            self.proc.stdin.write(json.dumps(cfg).encode() + b"\n")
+            self.proc.stdin.flush()
+            line = self._read_line(time.monotonic() + deadline_seconds)
+        except (BrokenPipeError, OSError) as exc:
+            line = None
+            why = f"supervisor pipe broke ({exc})"
+        else:
+            why = "supervisor did not report within timeout + grace; its process group was killed"
+        if line is None:
+            self.close(kill=True)
+            self._errors.seek(0)
+            detail = self._errors.read().decode("utf-8", "replace").strip()[-500:]
+            return {"setup_error": why + (f": {detail}" if detail else "")}
+        return json.loads(line)
 
-    from concurrent.futures import ThreadPoolExecutor  # here, not at the top: the supervisor starts faster
+    def _read_line(self, deadline: float) -> bytes | None:
+        fd = self.proc.stdout.fileno()
+        while b"\n" not in self._buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
+                return None
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                return None
+            self._buffer += chunk
+        line, self._buffer = self._buffer.split(b"\n", 1)
+        return line
 
-    try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            return list(pool.map(one, programs))
-    finally:
-        if bar is not None:
-            bar.close()
+    def close(self, kill: bool = False) -> None:
+        import subprocess
+
+        if self.proc.poll() is None and not kill:
+            try:
+                self.proc.stdin.close()  # EOF: the supervisor exits after its current job
+                self.proc.wait(timeout=_GRACE_SECONDS)
+            except (OSError, subprocess.TimeoutExpired):
+                kill = True
+        if self.proc.poll() is None:
+            _killpg(self.proc.pid)  # not yet reaped, so its pid (= pgid) cannot belong to anyone else
+            self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout, self._errors):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+    def __enter__(self) -> "_Supervisor":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def _pick_ids(limits: SandboxLimits, notes: list[str]) -> tuple[int | None, int | None]:
@@ -190,28 +296,26 @@ def _pick_ids(limits: SandboxLimits, notes: list[str]) -> tuple[int | None, int 
     return uid, gid
 
 
-def _make_workdir(root_dir: str | None, uid: int | None, gid: int | None, notes: list[str]) -> str:
+def _make_jobdir(root_dir: str | None, uid: int | None, gid: int | None) -> str:
+    """jobdir (root, 0711) holding work/ (the program's cwd, owned by its uid, 0700) and, once the supervisor has
+    created them, stdout and stderr (root, 0600: the program writes them through inherited fds only)."""
     root = os.path.abspath(root_dir or tempfile.gettempdir())
-    if uid is not None:
-        probe = root
-        while True:  # the unprivileged uid needs search permission on every ancestor
-            if not os.stat(probe).st_mode & stat.S_IXOTH:
-                raise SandboxError(f"sandbox root {root!r}: {probe!r} is not world-traversable, so the "
-                                   "unprivileged program cannot reach its directory; set "
-                                   "SandboxLimits(root_dir='/tmp') or TMPDIR to a directory like /tmp")
-            parent = os.path.dirname(probe)
-            if parent == probe:
-                break
-            probe = parent
-    workdir = tempfile.mkdtemp(prefix="mc-sandbox-", dir=root)
+    if uid is not None and not _world_reachable(root, need_read=False):
+        raise SandboxError(f"sandbox root {root!r} (or one of its parents) is not world-traversable, so the "
+                           "unprivileged program cannot reach its directory; set SandboxLimits(root_dir='/tmp') "
+                           "or TMPDIR to a directory like /tmp")
+    jobdir = tempfile.mkdtemp(prefix="mc-sandbox-", dir=root)
+    os.chmod(jobdir, 0o711)
+    workdir = os.path.join(jobdir, "work")
+    os.mkdir(workdir, 0o700)
     if uid is not None:
         try:
             os.chown(workdir, uid, gid)
         except OSError as exc:
+            _remove_tree(jobdir)
             raise SandboxError(f"cannot give {workdir!r} to uid {uid} ({exc}); this filesystem or user namespace "
                                "does not map that id: pass SandboxLimits(uid=65534, gid=65534)") from exc
-    os.chmod(workdir, 0o700)
-    return workdir
+    return jobdir
 
 
 def _rlimits(limits: SandboxLimits, timeout: float, uid: int | None) -> dict[str, list[int]]:
@@ -222,30 +326,6 @@ def _rlimits(limits: SandboxLimits, timeout: float, uid: int | None) -> dict[str
     return {"RLIMIT_CORE": [0, 0], "RLIMIT_CPU": [max(cpu, 1), max(cpu, 1) + 1],
             "RLIMIT_AS": [limits.memory_bytes] * 2, "RLIMIT_FSIZE": [limits.file_size_bytes] * 2,
             "RLIMIT_NOFILE": [limits.max_open_files] * 2, "RLIMIT_NPROC": [nproc] * 2}
-
-
-def _run_supervisor(cfg: dict, out, err, timeout: float, notes: list[str]) -> dict:
-    """Start the supervisor (this file as a script), hand it `cfg` on stdin, return its JSON report."""
-    import subprocess  # here, not at the top: the supervisor starts faster
-
-    env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": cfg["workdir"], "TMPDIR": cfg["workdir"],
-           "LANG": "C.UTF-8", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-    # -S: site.main() costs more than everything else at start-up (.pth hooks); site-packages is added back below.
-    proc = subprocess.Popen([sys.executable, "-I", "-S", "-B", os.path.abspath(__file__), "--supervise"],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, pass_fds=(out.fileno(),),
-                            cwd=cfg["workdir"], env=env, start_new_session=True)
-    try:
-        raw, _ = proc.communicate(json.dumps(cfg).encode(), timeout=timeout + _GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        _killpg(proc.pid)
-        proc.wait()
-        return {"setup_error": "supervisor did not finish within timeout + grace; its process group was killed"}
-    # No killpg after a normal exit: the supervisor already reaped every descendant, and its pid (= pgid) may
-    # by now belong to another run's supervisor.
-    try:
-        return json.loads(raw.decode())
-    except ValueError:
-        return {"setup_error": f"supervisor exited with code {proc.returncode} without a report"}
 
 
 def _classify(report: dict, limits: SandboxLimits, timeout: float) -> tuple[str, int | None]:
@@ -262,11 +342,14 @@ def _classify(report: dict, limits: SandboxLimits, timeout: float) -> tuple[str,
     return ("crashed" if rc < 0 else "failed"), rc
 
 
-def _tail(f) -> str:
-    f.seek(0, os.SEEK_END)
-    size = f.tell()
-    f.seek(max(0, size - 4 * _TAIL_CHARS))
-    return f.read().decode("utf-8", "replace")[-_TAIL_CHARS:]
+def _tail(path: str) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 4 * _TAIL_CHARS))
+            return f.read().decode("utf-8", "replace")[-_TAIL_CHARS:]
+    except FileNotFoundError:
+        return ""
 
 
 def _remove_tree(path: str) -> None:
@@ -313,23 +396,43 @@ def _isolate_network(notes: list[str]) -> bool:
     return False
 
 
-def _supervise() -> None:
-    cfg = json.loads(sys.stdin.buffer.read().decode())
+def _supervise(network: bool) -> None:
+    """Supervisor main loop: one JSON job per stdin line, one JSON report per stdout line, exit at EOF."""
     import site  # with -S importing site does not run site.main(): only put site-packages on the path (no .pth)
 
     sys.path.extend(p for p in site.getsitepackages() if os.path.isdir(p) and p not in sys.path)
+    import faulthandler, importlib, shutil, subprocess, traceback  # noqa: E401,F401 - imported once here, not per fork
+
     notes: list[str] = []
-    patch_socket = not cfg["network"] and not _isolate_network(notes)
+    patch_socket = not network and not _isolate_network(notes)
     if _libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         notes.append("could not become child subreaper: orphans of the program are reaped by init")
+    while True:
+        line = sys.stdin.buffer.readline()
+        if not line:
+            os._exit(0)
+        report = _run_one(json.loads(line), patch_socket)
+        report["notes"] = notes + report["notes"]
+        data = (json.dumps(report) + "\n").encode()
+        while data:
+            data = data[os.write(1, data):]
+
+
+def _run_one(cfg: dict, patch_socket: bool) -> dict:
+    """Fork the jailed program, wait for it (bounded by cfg["timeout"]), kill and reap every descendant."""
+    notes: list[str] = []
     token = secrets.token_hex(16).encode()
     done_r, done_w = os.pipe()
+    out_fd = os.open(cfg["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    err_fd = os.open(cfg["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     started = time.monotonic()
     pid = os.fork()
     if pid == 0:  # program side: never returns
-        os.close(done_r)
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
         _program_main(cfg, token, done_w, patch_socket)
-    os.close(done_w)
+    for fd in (done_w, out_fd, err_fd):
+        os.close(fd)
     status, usage, timed_out = _wait_program(pid, started + cfg["timeout"])
     duration = time.monotonic() - started
     if status is None:  # timed out: kill it, then take its status during cleanup
@@ -344,12 +447,11 @@ def _supervise() -> None:
         completed = os.read(done_r, 64) == token
     except BlockingIOError:
         completed = False
+    os.close(done_r)
     rc = (-os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)) if status is not None else -9
     cpu = (usage.ru_utime + usage.ru_stime) if usage is not None else 0.0
-    sys.stdout.write(json.dumps({"returncode": rc, "timed_out": timed_out, "completed": completed,
-                                 "duration": duration, "cpu": cpu, "notes": notes}))
-    sys.stdout.flush()
-    os._exit(0)
+    return {"returncode": rc, "timed_out": timed_out, "completed": completed, "duration": duration, "cpu": cpu,
+            "notes": notes}
 
 
 def _wait_program(pid: int, deadline: float):
@@ -516,9 +618,9 @@ def _enter_jail(cfg: dict, done_w: int) -> None:
             raise OSError("could regain root after dropping privileges")
     os.chdir(cfg["workdir"])
     os.umask(0o077)
+    os.environ.update(HOME=cfg["workdir"], TMPDIR=cfg["workdir"])
     devnull = os.open(os.devnull, os.O_RDONLY)
     os.dup2(devnull, 0)
-    os.dup2(cfg["stdout_fd"], 1)
     keep = sorted({0, 1, 2, done_w, *path_fds})
     for low, high in zip(keep, keep[1:] + [resource.getrlimit(resource.RLIMIT_NOFILE)[0]]):
         os.closerange(low + 1, high)  # the report pipe and every other inherited fd go away
@@ -553,11 +655,12 @@ def _reroute_unreachable_imports() -> list[int]:
     return [int(v.rsplit("/", 1)[1]) for v in mapping.values()]
 
 
-def _world_reachable(path: str) -> bool:
-    """True if a uid that is neither owner nor group member can list `path` and traverse all its ancestors."""
+def _world_reachable(path: str, need_read: bool = True) -> bool:
+    """True if a uid that is neither owner nor group member can traverse `path` and all its ancestors (and,
+    with `need_read`, list `path`)."""
     probe = path
     try:
-        if not os.stat(path).st_mode & stat.S_IROTH:
+        if need_read and not os.stat(path).st_mode & stat.S_IROTH:
             return False
         while True:
             if not os.stat(probe).st_mode & stat.S_IXOTH:
@@ -603,5 +706,5 @@ def _disable_destructive_calls(patch_socket: bool) -> None:
     faulthandler.disable()
 
 
-if __name__ == "__main__" and sys.argv[1:] == ["--supervise"]:
-    _supervise()
+if __name__ == "__main__" and sys.argv[1:2] == ["--supervise"]:
+    _supervise(network="--network" in sys.argv[2:])
