@@ -22,9 +22,10 @@ def random_tokens(B=3, S=12, seed=0):
 def test_layout_worked_example():
     tokens = torch.tensor([[10, 11, 12, 13, 14]])  # S = 4
     b = mim_batch(tokens, None, L2R, R2L, PAD, EOD)
-    assert b["tokens"].tolist() == [[L2R, 10, 11, 12], [R2L, 13, 12, 11]]
+    assert b["input_ids"].tolist() == [[L2R, 10, 11, 12], [R2L, 13, 12, 11]]
     assert b["labels"].tolist() == [[10, 11, 12, 13], [13, 12, 11, 10]]
     assert b["align_index"].tolist() == [3, 2, 1, 0] and b["batch_size"] == 1
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3]] * 2
     assert b["loss_mask"].tolist() == [[1.0] * 4] * 2 and b["agree_mask"].tolist() == [[1.0] * 4]
 
 
@@ -32,9 +33,9 @@ def test_contexts_are_before_and_after_the_same_token():
     tokens = random_tokens()
     B, S = tokens.shape[0], tokens.shape[1] - 1
     b = mim_batch(tokens, None, L2R, R2L, PAD, EOD)
-    fwd_in, bwd_in = b["tokens"][:B], b["tokens"][B:]
+    fwd_in, bwd_in = b["input_ids"][:B], b["input_ids"][B:]
     fwd_lab, bwd_lab = b["labels"][:B], b["labels"][B:]
-    assert b["tokens"].shape == (2 * B, S) and b["labels"].shape == (2 * B, S)
+    assert b["input_ids"].shape == (2 * B, S) and b["labels"].shape == (2 * B, S)
     for i in range(S):
         j = int(b["align_index"][i])
         assert torch.equal(fwd_lab[:, i], tokens[:, i]) and torch.equal(bwd_lab[:, j], tokens[:, i])
@@ -42,7 +43,7 @@ def test_contexts_are_before_and_after_the_same_token():
         assert torch.equal(fwd_in[:, 1:i + 1], tokens[:, :i]) and bool((fwd_in[:, 0] == L2R).all())
         assert torch.equal(bwd_in[:, 1:j + 1], tokens[:, i + 1:S].flip(1)) and bool((bwd_in[:, 0] == R2L).all())
     fb = mim_forward_batch(tokens, None, L2R, PAD)
-    assert torch.equal(fb["tokens"], fwd_in) and torch.equal(fb["labels"], fwd_lab)
+    assert torch.equal(fb["input_ids"], fwd_in) and torch.equal(fb["labels"], fwd_lab)
 
 
 def test_masks_follow_token_mask_pad_and_eod():
@@ -168,7 +169,7 @@ def test_position_alignment_with_position_only_model(kind):
     tokens = (PositionOnlyModel.OFF + torch.arange(S + 1)).repeat(B, 1)
     model = PositionOnlyModel(S, PositionOnlyModel.OFF + S + 1)
     b = mim_batch(tokens, None, L2R, R2L, PAD, EOD)
-    lf, lb = split_directions(model(b["tokens"]), b)
+    lf, lb = split_directions(model(b["input_ids"]), b)
     total, parts = mim_loss(lf, lb, b, beta=1.0, divergence=kind)
     assert parts["agreement"].item() < 1e-6
     assert parts["fwd_ce"].item() < 1e-6 and parts["bwd_ce"].item() < 1e-6  # labels are the predicted tokens

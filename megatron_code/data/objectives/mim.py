@@ -60,14 +60,22 @@ def _target_mask(targets: torch.Tensor, token_mask: Optional[torch.Tensor], pad_
 
 def mim_forward_batch(tokens: torch.Tensor, loss_mask: Optional[torch.Tensor], l2r_id: int,
                       pad_id: Optional[int] = None) -> dict:
-    """Forward rows only (left-to-right evaluation and generation): ``tokens``/``labels``/``loss_mask`` (B, S)."""
+    """Forward rows only (left-to-right evaluation and generation): ``input_ids``/``labels``/``loss_mask``/
+    ``position_ids`` (B, S), same layout as the first half of ``mim_batch``."""
     _check(tokens, loss_mask)
     S = tokens.shape[1] - 1
     targets = tokens[:, :S]  # (B, S): t_0 .. t_{S-1}
     sentinel = torch.full_like(tokens[:, :1], l2r_id)
     inputs = torch.cat([sentinel, tokens[:, :S - 1]], dim=1)  # (B, S): <l2r>, t_0 .. t_{S-2}
-    return {"tokens": inputs, "labels": targets.clone(),
-            "loss_mask": _target_mask(targets, None if loss_mask is None else loss_mask[:, :S], pad_id)}
+    return {"input_ids": inputs, "labels": targets.clone(),
+            "loss_mask": _target_mask(targets, None if loss_mask is None else loss_mask[:, :S], pad_id),
+            "position_ids": _positions(inputs)}
+
+
+def _positions(inputs: torch.Tensor) -> torch.Tensor:
+    """(N, S) 0..S-1 per row: each direction's row starts at position 0 with its sentinel."""
+    N, S = inputs.shape
+    return torch.arange(S, dtype=torch.long, device=inputs.device).unsqueeze(0).expand(N, S).clone()
 
 
 def mim_batch(tokens: torch.Tensor, loss_mask: Optional[torch.Tensor], l2r_id: int, r2l_id: int,
@@ -75,7 +83,8 @@ def mim_batch(tokens: torch.Tensor, loss_mask: Optional[torch.Tensor], l2r_id: i
     """Build the doubled MIM batch from packed samples ``tokens`` (B, S+1) (layout in the module docstring).
 
     Returns a dict of tensors on ``tokens.device``:
-      ``tokens`` (2B, S) long: rows [0, B) forward, rows [B, 2B) backward -- one model call sees both;
+      ``input_ids`` (2B, S) long: rows [0, B) forward, rows [B, 2B) backward -- one model call sees both;
+      ``position_ids`` (2B, S) long, 0..S-1 in every row (keys as in ``data.batch.make_batch``);
       ``labels`` (2B, S) long; ``loss_mask`` (2B, S) float32;
       ``agree_mask`` (B, S) float32 over forward positions;
       ``align_index`` (S,) long: forward position i <-> backward position ``align_index[i]`` (same target);
@@ -93,7 +102,8 @@ def mim_batch(tokens: torch.Tensor, loss_mask: Optional[torch.Tensor], l2r_id: i
     if eod_id is not None:
         agree = agree * (fwd["labels"] != eod_id).to(torch.float32)
     return {
-        "tokens": torch.cat([fwd["tokens"], bwd_inputs], dim=0),
+        "input_ids": torch.cat([fwd["input_ids"], bwd_inputs], dim=0),
+        "position_ids": _positions(torch.cat([fwd["input_ids"], bwd_inputs], dim=0)),
         "labels": torch.cat([fwd["labels"], rev], dim=0),
         "loss_mask": torch.cat([fwd["loss_mask"], bwd_mask], dim=0),
         "agree_mask": agree,
@@ -103,7 +113,7 @@ def mim_batch(tokens: torch.Tensor, loss_mask: Optional[torch.Tensor], l2r_id: i
 
 
 def split_directions(logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split the model output for ``batch["tokens"]`` (2B, S, V) into (forward (B, S, V), backward (B, S, V))."""
+    """Split the model output for ``batch["input_ids"]`` (2B, S, V) into (forward (B, S, V), backward (B, S, V))."""
     B = batch["batch_size"]
     if logits.shape[0] != 2 * B:
         raise MIMError(f"logits batch {logits.shape[0]} is not twice the MIM batch size {B}")
