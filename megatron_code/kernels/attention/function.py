@@ -39,8 +39,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         g = hq // hkv
         k = k[:, :, None].expand(-1, -1, g, -1, -1).reshape(k.shape[0], hq, tk, k.shape[-1])
         v = v[:, :, None].expand(-1, -1, g, -1, -1).reshape(v.shape[0], hq, tk, v.shape[-1])
-    if causal and tq != tk:
-        # SDPA's is_causal aligns top-left; a KV-cache chunk needs bottom-right alignment.
+    if causal and (tq != tk or mask is not None):
+        # SDPA's is_causal aligns top-left; a KV-cache chunk needs bottom-right alignment. Some torch versions also
+        # refuse an explicit attn_mask together with is_causal=True, so with a mask causality is folded into it.
         keep = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril(diagonal=tk - tq)
         mask = keep if mask is None else (mask & keep)
         causal = False

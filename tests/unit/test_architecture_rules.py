@@ -1,0 +1,98 @@
+"""Principles 1 and 2 of shared/ARCHITECTURE.md, enforced on the source with `ast` (nothing is imported):
+dependencies point one way and no module grows past ~600 lines. Lazy imports inside functions count too."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "megatron_code"
+MAX_LINES = 600
+
+
+def module_name(path: Path) -> str:
+    parts = list(path.relative_to(PACKAGE.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports_of(path: Path, source: str | None = None) -> list[tuple[int, str]]:
+    """(line, absolute module) for every import in the file, relative imports resolved against its package."""
+    tree = ast.parse(path.read_text() if source is None else source, filename=str(path))
+    package = module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[:len(package) - (node.level - 1)]
+                prefix = ".".join(base + ([node.module] if node.module else []))
+            else:
+                prefix = node.module or ""
+            found.append((node.lineno, prefix))
+            # `from . import parallel` names a submodule: record it too.
+            found += [(node.lineno, f"{prefix}.{alias.name}") for alias in node.names]
+    return found
+
+
+def py_files(sub: str) -> list[Path]:
+    return sorted((PACKAGE / sub).rglob("*.py"))
+
+
+def violations(sub: str, banned: tuple[str, ...]) -> list[str]:
+    out = []
+    for path in py_files(sub):
+        for line, mod in imports_of(path):
+            if any(mod == b or mod.startswith(b + ".") for b in banned):
+                out.append(f"{path.relative_to(PACKAGE.parent)}:{line} imports {mod}")
+    return out
+
+
+def test_import_resolver_sees_relative_and_lazy_imports():
+    # The rules below are only as good as this resolver: check it on every import form, as if in model/gpt.py.
+    src = ("import torch.distributed as dist\nfrom .. import parallel\nfrom ..training.trainer import x\n"
+           "from .attention import Attention\n"
+           "def f():\n    import deepspeed\n    from ..parallel import layers\n")
+    mods = {m for _, m in imports_of(PACKAGE / "model" / "gpt.py", src)}
+    assert {"torch.distributed", "megatron_code.parallel", "megatron_code.training.trainer", "deepspeed",
+            "megatron_code.parallel.layers", "megatron_code.model.attention"} <= mods
+    init_mods = {m for _, m in imports_of(PACKAGE / "model" / "__init__.py", "from .gpt import GPT\n")}
+    assert "megatron_code.model.gpt" in init_mods
+
+
+def test_model_knows_nothing_of_distribution():
+    assert py_files("model")
+    bad = violations("model", ("torch.distributed", "deepspeed", "megatron_code.parallel", "megatron_code.training"))
+    assert not bad, "model/ must not import distribution code:\n" + "\n".join(bad)
+
+
+ABOVE_DATA_AND_KERNELS = tuple(f"megatron_code.{p}" for p in
+                               ("model", "parallel", "training", "inference", "evaluation", "convert"))
+
+
+@pytest.mark.parametrize("sub", ["data", "kernels"])
+def test_data_and_kernels_import_nothing_above_them(sub):
+    assert py_files(sub)
+    bad = violations(sub, ABOVE_DATA_AND_KERNELS)
+    assert not bad, f"{sub}/ must not import from higher layers:\n" + "\n".join(bad)
+
+
+def test_config_imports_nothing_above_it():
+    above = tuple(f"megatron_code.{p.name}" for p in PACKAGE.iterdir()
+                  if p.is_dir() and p.name not in ("config", "__pycache__"))
+    above += ("torch.distributed", "deepspeed")
+    bad = violations("config", above)
+    assert not bad, "config/ must import nothing above it:\n" + "\n".join(bad)
+
+
+def test_no_file_over_size_limit():
+    offenders = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        n = len(path.read_text().splitlines())
+        if n > MAX_LINES:
+            offenders.append(f"{path.relative_to(PACKAGE.parent)}: {n} lines")
+    assert not offenders, f"files over {MAX_LINES} lines (split them by concept):\n" + "\n".join(offenders)
