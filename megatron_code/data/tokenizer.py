@@ -338,6 +338,16 @@ def _train_sentencepiece(texts: Iterable[str], vocab_size: int, output_dir: str,
     # Exact round trip needs: identity normalization, no whitespace collapsing, no dummy prefix, byte fallback
     # for unseen characters, whitespace-only pieces for indentation. Specials are control symbols so they are
     # never matched inside text. Digits are split like the BPE tokenizer.
+    try:
+        _spm_train(spm, texts, model, vocab_size, model_type)
+    except RuntimeError as exc:  # e.g. vocabulary smaller than the required characters + 256 byte pieces
+        raise TokenizerError(f"SentencePiece training failed: {str(exc).splitlines()[-1]}") from None
+    result = SentencePieceTokenizer({"tokenizer.model": model.getvalue()})
+    result.save(output_dir)
+    return result
+
+
+def _spm_train(spm, texts, model, vocab_size, model_type):
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_writer=model, vocab_size=vocab_size, model_type=model_type,
         normalization_rule_name="identity", remove_extra_whitespaces=False, add_dummy_prefix=False,
@@ -345,9 +355,6 @@ def _train_sentencepiece(texts: Iterable[str], vocab_size: int, output_dir: str,
         max_sentence_length=1 << 20, character_coverage=1.0, hard_vocab_limit=False,
         control_symbols=[t for t in SPECIAL_TOKENS if t != "<pad>"], unk_id=0, bos_id=-1, eos_id=-1,
         pad_id=1, pad_piece="<pad>", minloglevel=2)
-    result = SentencePieceTokenizer({"tokenizer.model": model.getvalue()})
-    result.save(output_dir)
-    return result
 
 
 def train_code_tokenizer(files_or_texts, vocab_size: int, output_dir: str, kind: str = "bpe") -> Tokenizer:

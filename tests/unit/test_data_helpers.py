@@ -1,0 +1,102 @@
+"""C++ and numpy twins of the sample/blending index loops give identical arrays (FORMATS.md sections 2-3)."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from megatron_code.data import helpers
+from megatron_code.data.helpers import SampleIndexError, build_blending_indices, build_sample_idx
+
+needs_cpp = pytest.mark.skipif(not helpers.cpp_available(), reason="C++ helpers not built (pip install -e .)")
+IMPLS = ["numpy", pytest.param("cpp", marks=needs_cpp)]
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_formats_example_rows(impl):
+    rows = build_sample_idx(np.array([5, 3, 6]), np.array([0, 1, 2]), seq_length=4, num_samples=3, impl=impl)
+    assert rows.tolist() == [[0, 0], [0, 4], [2, 0], [2, 4]]
+    assert rows.dtype == np.int64
+
+
+def _stream(sizes, doc_idx):
+    return np.concatenate([np.full(sizes[d], d) for d in doc_idx] or [np.zeros(0, int)])
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_rows_point_at_token_positions(impl):
+    rng = np.random.default_rng(0)
+    sizes = rng.integers(0, 9, 40).astype(np.int32)
+    doc_idx = np.concatenate([rng.permutation(40) for _ in range(3)])
+    S = 5
+    total = int(sizes[doc_idx].sum())
+    n = (total - 1) // S
+    rows = build_sample_idx(sizes, doc_idx, S, n, impl=impl)
+    starts = np.concatenate([[0], np.cumsum(sizes[doc_idx])[:-1]])
+    for k, (pos, off) in enumerate(rows):
+        assert starts[pos] + off == k * S and 0 <= off < sizes[doc_idx[pos]]
+    with pytest.raises((SampleIndexError, ValueError), match="need"):
+        build_sample_idx(sizes, doc_idx, S, n + 1 if total - 1 == n * S else n + 2, impl=impl)
+
+
+doc_sizes = st.lists(st.integers(0, 40), min_size=1, max_size=60)
+
+
+@needs_cpp
+@settings(max_examples=150, deadline=None)
+@given(sizes=doc_sizes, epochs=st.integers(1, 4), partial=st.floats(0.0, 1.0), seq=st.integers(1, 50),
+       seed=st.integers(0, 2**31), frac=st.floats(0.0, 1.0))
+def test_sample_idx_twins_equal(sizes, epochs, partial, seq, seed, frac):
+    """Random doc sizes (incl. empty docs), several shuffled epochs plus a partial last epoch."""
+    sizes = np.asarray(sizes, np.int32)
+    rng = np.random.default_rng(seed)
+    order = [rng.permutation(sizes.size) for _ in range(epochs)]
+    order.append(rng.permutation(sizes.size)[: int(partial * sizes.size)])
+    doc_idx = np.concatenate(order).astype(np.int64)
+    total = int(sizes[doc_idx].sum())
+    if total < 1:
+        return
+    n = int(frac * ((total - 1) // seq))
+    a = build_sample_idx(sizes, doc_idx, seq, n, impl="numpy")
+    b = build_sample_idx(sizes, doc_idx, seq, n, impl="cpp")
+    assert a.dtype == b.dtype and a.shape == b.shape == (n + 1, 2)
+    np.testing.assert_array_equal(a, b)
+
+
+@needs_cpp
+@settings(max_examples=150, deadline=None)
+@given(weights=st.lists(st.floats(0.0, 1.0, allow_nan=False), min_size=1, max_size=8), size=st.integers(0, 3000))
+def test_blending_twins_equal(weights, size):
+    if sum(weights) <= 0:
+        weights[0] = 1.0
+    w = np.asarray(weights) / sum(weights)
+    a = build_blending_indices(w, size, impl="numpy")
+    b = build_blending_indices(w, size, impl="cpp")
+    for x, y in zip(a, b):
+        assert x.dtype == y.dtype
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("weights", [[0.3, 0.7], [0.5, 0.25, 0.25], [0.1, 0.2, 0.3, 0.4], [1 / 3] * 3,
+                                     [0.999, 0.001]])
+def test_blend_every_prefix_within_one_sample_of_target(impl, weights):
+    w = np.asarray(weights)
+    size = 4000
+    ds_index, ds_sample = build_blending_indices(w, size, impl=impl)
+    counts = np.zeros((size, w.size))
+    counts[np.arange(size), ds_index] = 1
+    prefix = np.cumsum(counts, axis=0)  # (size, n) samples of each dataset in the first i+1
+    target = np.arange(1, size + 1)[:, None] * w[None, :]
+    assert np.abs(prefix - target).max() <= 1.0 + 1e-9
+    # (dataset, count) pairs are the running counts
+    for d in range(w.size):
+        assert ds_sample[ds_index == d].tolist() == list(range(int((ds_index == d).sum())))
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+def test_blend_prefix_is_stable_and_ties_go_to_lowest(impl):
+    short = build_blending_indices([0.5, 0.5], 10, impl=impl)
+    long = build_blending_indices([0.5, 0.5], 100, impl=impl)
+    np.testing.assert_array_equal(long[0][:10], short[0])
+    assert short[0][:2].tolist() == [0, 1]

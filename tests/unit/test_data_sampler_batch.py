@@ -1,0 +1,84 @@
+"""Sampler (DP ranks, resume from consumed_samples) and make_batch."""
+
+import numpy as np
+import pytest
+import torch
+
+from megatron_code.data.batch import make_batch
+from megatron_code.data.gpt_dataset import GPTDataset
+from megatron_code.data.indexed import IndexedDataset, IndexedDatasetWriter
+from megatron_code.data.sampler import PretrainingSampler, SamplerError
+
+
+def test_dp_ranks_partition_each_global_micro_batch():
+    per_rank = [list(PretrainingSampler(40, 0, 3, r, 2)) for r in range(2)]
+    assert per_rank[0][0] == [0, 1, 2] and per_rank[1][0] == [3, 4, 5]
+    flat = sorted(i for r in per_rank for mb in r for i in mb)
+    assert flat == list(range(36))  # 40 // 6 full chunks, incomplete tail dropped
+    assert len(PretrainingSampler(40, 0, 3, 0, 2)) == 6
+    tail = [list(PretrainingSampler(40, 36, 3, r, 2, drop_last=False)) for r in range(2)]
+    assert tail == [[[36, 37]], [[38, 39]]]
+
+
+@pytest.mark.parametrize("dp", [1, 2, 4])
+def test_resume_matches_uninterrupted(dp):
+    total, mbs = 200, 2
+    full = [list(PretrainingSampler(total, 0, mbs, r, dp)) for r in range(dp)]
+    consumed = 3 * mbs * dp * 5  # e.g. 5 steps of 3 micro batches
+    resumed = [list(PretrainingSampler(total, consumed, mbs, r, dp)) for r in range(dp)]
+    steps_done = consumed // (mbs * dp)
+    for r in range(dp):
+        assert resumed[r] == full[r][steps_done:]
+
+
+def test_resume_at_dataset_level(tmp_path):
+    """Tokens consumed after a resume equal those of an uninterrupted run (dataset + sampler)."""
+    rng = np.random.default_rng(0)
+    with IndexedDatasetWriter(str(tmp_path / "d"), np.uint16) as w:
+        for _ in range(30):
+            w.add_document(rng.integers(1, 500, int(rng.integers(2, 40))).tolist() + [0])
+    ids = IndexedDataset(str(tmp_path / "d"))
+    mbs, dp, steps, gbs = 2, 2, 12, 8
+
+    def run(consumed, n_steps, built_for):
+        ds = GPTDataset(ids, (0, 30), 16, 1234, num_samples=built_for)
+        out = []
+        samplers = [iter(PretrainingSampler(len(ds), consumed, mbs, r, dp)) for r in range(dp)]
+        for _ in range(n_steps * gbs // (mbs * dp)):
+            out.append([ds[i]["tokens"].tolist() for s in samplers for i in next(s)])
+        return out
+
+    uninterrupted = run(0, steps, steps * gbs)
+    first = run(0, 5, steps * gbs)
+    resumed = run(5 * gbs, steps - 5, steps * gbs)
+    assert first + resumed == uninterrupted
+    # resuming into a run that was extended (built for more samples) still continues identically
+    extended = run(5 * gbs, steps - 5, 3 * steps * gbs)
+    assert extended == resumed
+
+
+def test_sampler_errors():
+    with pytest.raises(SamplerError, match="dp_rank"):
+        PretrainingSampler(10, 0, 1, 2, 2)
+    with pytest.raises(SamplerError, match="already used every sample"):
+        PretrainingSampler(10, 10, 1, 0, 1)
+    with pytest.raises(SamplerError, match="no samples"):
+        PretrainingSampler(0, 0, 1, 0, 1)
+
+
+def test_make_batch_basic():
+    tokens = torch.tensor([[5, 6, 0, 7, 8, 0, 9], [1, 2, 3, 4, 5, 6, 7]])
+    b = make_batch(tokens, eod=0)
+    assert b["input_ids"].tolist() == [[5, 6, 0, 7, 8, 0], [1, 2, 3, 4, 5, 6]]
+    assert b["labels"].tolist() == [[6, 0, 7, 8, 0, 9], [2, 3, 4, 5, 6, 7]]
+    assert b["loss_mask"].dtype == torch.float32 and b["loss_mask"].eq(1).all()
+    assert b["position_ids"].tolist() == [list(range(6))] * 2
+
+
+def test_make_batch_eod_mask_and_reset_positions():
+    tokens = torch.tensor([[5, 6, 0, 7, 8, 0, 9], [0, 2, 3, 0, 0, 6, 7]])
+    b = make_batch(tokens, eod=0, eod_mask_loss=True, reset_position_ids=True)
+    assert b["loss_mask"].tolist() == [[1, 1, 0, 1, 1, 0], [0, 1, 1, 0, 0, 1]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2], [0, 0, 1, 2, 0, 0]]
+    with pytest.raises(ValueError, match="seq_length"):
+        make_batch(torch.zeros(3, dtype=torch.long), eod=0)

@@ -1,0 +1,300 @@
+#!/usr/bin/env python
+"""Tokenize a corpus into Megatron ``.bin/.idx`` files: ``{output_prefix}_{json_key}_document.bin/.idx``.
+
+Inputs: JSONL files (.jsonl, .jsonl.gz, .jsonl.zst) or directories of source files (``text`` key only).
+Flags follow Megatron's tools/preprocess_data.py (``--input --output-prefix --json-keys --tokenizer-type
+--tokenizer-model --vocab-file --merge-file --append-eod --workers --partitions``) plus ``--skip-bad-lines``.
+
+Parallelism: the main process only reads raw bytes and writes tokens; workers receive *batches* of ~1 MB of raw
+JSONL lines (or source texts), parse JSON, tokenize the whole batch with the backend's batch encoder and return
+one flat numpy array plus lengths per key. Compared with Megatron's one-document-per-task pool this removes the
+per-document pickling of Python int lists and the per-document writes (benchmarks/bench_preprocess.py).
+
+Example::
+
+    python tools/preprocess_data.py --input data/stdlib/train.jsonl --output-prefix data/stdlib_train \\
+        --tokenizer-type HuggingFaceTokenizer --tokenizer-model tok/ --append-eod --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import multiprocessing as mp
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron_code.data.corpus import (CorpusError, iter_jsonl_lines, iter_source_tree,  # noqa: E402
+                                       parse_jsonl_line)
+from megatron_code.data.indexed import (IndexedDatasetError, IndexedDatasetWriter, dtype_for_vocab,  # noqa: E402
+                                        merge_datasets)
+from megatron_code.data.tokenizer import TokenizerError, build_tokenizer  # noqa: E402
+
+BATCH_BYTES = 1 << 20  # ~1 MB of input per worker task: big enough to amortize IPC, small enough to balance
+BATCH_DOCS = 512
+
+
+class PreprocessError(ValueError):
+    pass
+
+
+def output_prefix_for(output_prefix: str, key: str) -> str:
+    return f"{output_prefix}_{key}_document"
+
+
+# --- input batching (main process) ------------------------------------------------------------------------
+
+def _is_jsonl(path: str) -> bool:
+    return any(path.endswith(s) for s in (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json", ".json.gz", ".jsonl.zstd"))
+
+
+def iter_batches(inputs, json_keys, skip_bad_lines, stats):
+    """Yield tasks ``(kind, path, items, nbytes)``; kind "jsonl": items = [(lineno, raw bytes)],
+    kind "texts": items = [{key: text}]."""
+    for path in inputs:
+        if os.path.isdir(path):
+            if list(json_keys) != ["text"]:
+                raise PreprocessError(f"{path} is a directory of source files, which only has the 'text' key; "
+                                      f"drop --json-keys")
+            items, nbytes = [], 0
+            for doc in iter_source_tree(path, skip_bad_files=skip_bad_lines, stats=stats):
+                items.append({"text": doc["text"]})
+                nbytes += doc["size"]
+                if nbytes >= BATCH_BYTES or len(items) >= BATCH_DOCS:
+                    yield "texts", path, items, nbytes
+                    items, nbytes = [], 0
+            if items:
+                yield "texts", path, items, nbytes
+        elif _is_jsonl(path):
+            items, nbytes = [], 0
+            for lineno, line in iter_jsonl_lines(path):
+                items.append((lineno, line))
+                nbytes += len(line)
+                if nbytes >= BATCH_BYTES or len(items) >= BATCH_DOCS:
+                    yield "jsonl", path, items, nbytes
+                    items, nbytes = [], 0
+            if items:
+                yield "jsonl", path, items, nbytes
+        elif not os.path.exists(path):
+            raise PreprocessError(f"input not found: {path}")
+        else:
+            raise PreprocessError(f"{path}: unsupported input; give .jsonl/.jsonl.gz/.jsonl.zst files or a "
+                                  f"directory of source files")
+
+
+# --- worker side ------------------------------------------------------------------------------------------
+
+class _Encoder:
+    """Per-process state: the tokenizer (built once per worker) and the encoding options."""
+
+    def __init__(self, tok_args: dict, json_keys, append_eod: bool, skip_bad_lines: bool):
+        self.tokenizer = build_tokenizer(**tok_args)
+        self.json_keys = list(json_keys)
+        self.append_eod = append_eod
+        self.skip_bad_lines = skip_bad_lines
+        self.dtype = dtype_for_vocab(self.tokenizer.vocab_size)
+
+    def encode_task(self, task):
+        """-> ({key: (flat tokens, lengths)}, n_docs, n_bad, nbytes)."""
+        kind, path, items, nbytes = task
+        docs, bad = [], 0
+        if kind == "jsonl":
+            for lineno, line in items:
+                try:
+                    docs.append(parse_jsonl_line(line, lineno, path, self.json_keys))
+                except CorpusError:
+                    if not self.skip_bad_lines:
+                        raise
+                    bad += 1
+        else:
+            docs = items
+        out = {}
+        for key in self.json_keys:
+            ids = self.tokenizer.encode_batch([d[key] for d in docs])
+            if self.append_eod:
+                for x in ids:
+                    x.append(self.tokenizer.eod)
+            lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+            flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=self.dtype, count=int(lengths.sum()))
+            out[key] = (flat, lengths)
+        return out, len(docs), bad, nbytes
+
+
+_WORKER: _Encoder | None = None  # one per worker process (set by the pool initializer)
+
+
+def _init_worker(tok_args, json_keys, append_eod, skip_bad_lines):
+    global _WORKER
+    _WORKER = _Encoder(tok_args, json_keys, append_eod, skip_bad_lines)
+
+
+def _work(task):
+    return _WORKER.encode_task(task)
+
+
+# --- driver -----------------------------------------------------------------------------------------------
+
+def _run_one(inputs, output_prefix, tok_args, json_keys, append_eod, workers, skip_bad_lines, progress):
+    encoder = _Encoder(tok_args, json_keys, append_eod, skip_bad_lines)  # also validates the tokenizer early
+    stats = {"bad_files": 0}
+    writers = {k: IndexedDatasetWriter(output_prefix_for(output_prefix, k), encoder.dtype) for k in json_keys}
+    totals = {"docs": 0, "bad": 0, "bytes": 0, "tokens": 0}
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(unit="B", unit_scale=True, unit_divisor=1024, desc="tokenizing", mininterval=0.5)
+    start = time.perf_counter()
+    pool = None
+    try:
+        batches = iter_batches(inputs, json_keys, skip_bad_lines, stats)
+        if workers > 1:
+            ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+            pool = ctx.Pool(workers, initializer=_init_worker,
+                            initargs=(tok_args, json_keys, append_eod, skip_bad_lines))
+            results = pool.imap(_work, batches)
+        else:
+            results = map(encoder.encode_task, batches)
+        for out, n_docs, bad, nbytes in results:
+            for key, (flat, lengths) in out.items():
+                writers[key].add_documents(flat, lengths)
+                totals["tokens"] += int(flat.size)
+            totals["docs"] += n_docs
+            totals["bad"] += bad
+            totals["bytes"] += nbytes
+            if bar is not None:
+                dt = max(time.perf_counter() - start, 1e-9)
+                bar.update(nbytes)
+                bar.set_postfix(docs=totals["docs"], docs_per_s=f"{totals['docs'] / dt:.0f}", refresh=False)
+        if totals["docs"] == 0:
+            raise PreprocessError(f"no documents found in {', '.join(inputs)}"
+                                  + (f" ({totals['bad']} bad lines skipped)" if totals["bad"] else ""))
+        for w in writers.values():
+            w.finalize()
+    except BaseException:
+        for w in writers.values():
+            w.abort()
+        raise
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        if bar is not None:
+            bar.close()
+    totals["bad"] += stats["bad_files"]
+    totals["seconds"] = time.perf_counter() - start
+    return totals
+
+
+def _split_inputs(inputs, partitions):
+    """Partition i gets every partitions-th input file; a single JSONL file is split into contiguous line
+    ranges written to temporary files. Order of documents in the merged output equals the unpartitioned one."""
+    if partitions <= 1:
+        return [list(inputs)], []
+    if len(inputs) >= partitions:
+        per = -(-len(inputs) // partitions)
+        return [inputs[i:i + per] for i in range(0, len(inputs), per)], []
+    if len(inputs) != 1 or not _is_jsonl(inputs[0]):
+        return [list(inputs)], []
+    path = inputs[0]
+    lines = [line for _, line in iter_jsonl_lines(path)]
+    per = -(-len(lines) // partitions)
+    parts, tmp_files = [], []
+    for i in range(partitions):
+        chunk = lines[i * per:(i + 1) * per]
+        if not chunk:
+            continue
+        tmp = f"{path}.part{i}-{os.getpid()}.jsonl"
+        with open(tmp, "wb") as f:
+            f.writelines(chunk)
+        parts.append([tmp])
+        tmp_files.append(tmp)
+    return parts, tmp_files
+
+
+def preprocess(inputs, output_prefix, tokenizer_type, tokenizer_model=None, vocab_file=None, merge_file=None,
+               json_keys=("text",), append_eod=False, workers=1, partitions=1, skip_bad_lines=False,
+               progress=True) -> dict:
+    """Tokenize ``inputs`` into ``{output_prefix}_{key}_document.bin/.idx``; returns counts and seconds.
+
+    With ``partitions > 1`` each partition is tokenized by the worker pool into a temporary dataset and the
+    parts are merged in order (the output is byte-identical to ``partitions=1``)."""
+    if isinstance(inputs, str):
+        inputs = [inputs]
+    inputs = [os.fspath(p) for p in inputs]
+    for p in inputs:
+        if not os.path.exists(p):
+            raise PreprocessError(f"input not found: {p}")
+    json_keys = list(json_keys)
+    tok_args = dict(tokenizer_type=tokenizer_type, tokenizer_model=tokenizer_model, vocab_file=vocab_file,
+                    merge_file=merge_file)
+    groups, tmp_files = _split_inputs(inputs, partitions)
+    try:
+        if len(groups) == 1:
+            return _run_one(groups[0], output_prefix, tok_args, json_keys, append_eod, workers, skip_bad_lines,
+                            progress)
+        totals = {"docs": 0, "bad": 0, "bytes": 0, "tokens": 0, "seconds": 0.0}
+        part_prefixes = []
+        for i, group in enumerate(groups):
+            pp = f"{output_prefix}_part{i}"
+            t = _run_one(group, pp, tok_args, json_keys, append_eod, workers, skip_bad_lines, progress)
+            part_prefixes.append(pp)
+            for k in totals:
+                totals[k] += t[k]
+        for key in json_keys:
+            parts = [output_prefix_for(pp, key) for pp in part_prefixes]
+            merge_datasets(parts, output_prefix_for(output_prefix, key))
+            for p in parts:
+                for ext in (".bin", ".idx"):
+                    os.remove(p + ext)
+        return totals
+    finally:
+        for f in tmp_files:
+            if os.path.exists(f):
+                os.remove(f)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--input", required=True, nargs="+", help="JSONL file(s) (.jsonl/.gz/.zst) or source dir(s)")
+    ap.add_argument("--output-prefix", required=True)
+    ap.add_argument("--json-keys", nargs="+", default=["text"])
+    ap.add_argument("--tokenizer-type", required=True,
+                    choices=["GPT2BPETokenizer", "HuggingFaceTokenizer", "SentencePieceTokenizer"])
+    ap.add_argument("--tokenizer-model", default=None)
+    ap.add_argument("--vocab-file", default=None)
+    ap.add_argument("--merge-file", default=None)
+    ap.add_argument("--append-eod", action="store_true", help="append <|endoftext|> after every document")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--partitions", type=int, default=1)
+    ap.add_argument("--skip-bad-lines", action="store_true",
+                    help="skip (and count) JSONL lines that are not JSON, lack a key or are not UTF-8")
+    ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--log-interval", type=int, default=None, help="accepted for Megatron compatibility")
+    args = ap.parse_args(argv)
+    if args.workers < 1 or args.partitions < 1:
+        print("error: --workers and --partitions must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        t = preprocess(args.input, args.output_prefix, args.tokenizer_type, args.tokenizer_model, args.vocab_file,
+                       args.merge_file, args.json_keys, args.append_eod, args.workers, args.partitions,
+                       args.skip_bad_lines, progress=not args.no_progress)
+    except (PreprocessError, CorpusError, TokenizerError, IndexedDatasetError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    mb = t["bytes"] / 1e6
+    print(f"{t['docs']} documents, {t['tokens']} tokens, {mb:.1f} MB in {t['seconds']:.1f} s "
+          f"({t['docs'] / max(t['seconds'], 1e-9):.0f} docs/s, {mb / max(t['seconds'], 1e-9):.2f} MB/s)"
+          + (f"; skipped {t['bad']} bad lines/files" if t["bad"] else ""))
+    for key in args.json_keys:
+        print(f"wrote {output_prefix_for(args.output_prefix, key)}.bin/.idx")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
