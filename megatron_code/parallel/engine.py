@@ -80,6 +80,12 @@ def init_distributed(backend: str = "auto") -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
+def trainer_clips_gradients(job: JobConfig) -> bool:
+    """DeepSpeed's plain fp32 path (ZeRO-0, no loss scaler) clips but throws the norm away; there the trainer clips
+    (same function, same mpu) so it can log the norm. Every other path reports the norm itself."""
+    return job.parallel.zero_stage == 0 and job.training.precision == "fp32"
+
+
 def deepspeed_config(job: JobConfig, grad_accum: int) -> dict[str, Any]:
     """The DeepSpeed JSON for this job: generated, or the user's file checked against the job."""
     t, p = job.training, job.parallel
@@ -87,7 +93,7 @@ def deepspeed_config(job: JobConfig, grad_accum: int) -> dict[str, Any]:
         "train_batch_size": t.global_batch_size,
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": grad_accum,
-        "gradient_clipping": job.optim.clip_grad,
+        "gradient_clipping": 0.0 if trainer_clips_gradients(job) else job.optim.clip_grad,
         "steps_per_print": 10 ** 9,
         "wall_clock_breakdown": False,
         "zero_optimization": {"stage": p.zero_stage},
@@ -127,7 +133,7 @@ def deepspeed_config(job: JobConfig, grad_accum: int) -> dict[str, Any]:
     if stage != p.zero_stage:
         p.zero_stage = stage
         p.validate()
-    given.setdefault("gradient_clipping", ours["gradient_clipping"])
+    given["gradient_clipping"] = ours["gradient_clipping"]
     given.setdefault("steps_per_print", ours["steps_per_print"])
     given.setdefault("zero_allow_untested_optimizer", True)
     if "optimizer" in given or "scheduler" in given:

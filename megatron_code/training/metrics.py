@@ -15,8 +15,9 @@ GPU_PEAK_TFLOPS = {"H100": 989.0, "A100": 312.0, "A10": 125.0, "L4": 121.0, "V10
 
 def measure_matmul_peak(dtype: torch.dtype = torch.float32, size: int = 1024, repeats: int = 5) -> float:
     """FLOP/s of a square matmul on this device, best of `repeats` (the CPU's practical peak for MFU)."""
-    a = torch.randn(size, size, dtype=dtype)
-    b = torch.randn(size, size, dtype=dtype)
+    gen = torch.Generator().manual_seed(0)  # never touch the global RNG: resume must stay exact
+    a = torch.randn(size, size, generator=gen).to(dtype)
+    b = torch.randn(size, size, generator=gen).to(dtype)
     torch.matmul(a, b)  # warm up
     best = float("inf")
     for _ in range(repeats):

@@ -16,12 +16,13 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
+from deepspeed.runtime.utils import clip_grad_norm_
 from tqdm import tqdm
 
 from ..config.base import ConfigError
 from ..config.job import JobConfig
 from ..model import GPT, flops_per_token
-from ..parallel.engine import deepspeed_config, init_distributed, initialize_engine
+from ..parallel.engine import deepspeed_config, init_distributed, initialize_engine, trainer_clips_gradients
 from ..parallel.groups import ParallelGroups
 from . import checkpoint as ckpt
 from .data import build_job_data, make_loader
@@ -98,15 +99,18 @@ class Trainer:
         self.tok_fp = self.tokenizer.fingerprint() if self.tokenizer is not None else None
         job.validate()
         model = build_model(job, self.groups)
+        self.mpu = self.groups.mpu if self.world > 1 else None
         self.engine = initialize_engine(model, build_optimizer(model, job.optim),
-                                        deepspeed_config(job, self.grad_accum),
-                                        mpu=self.groups.mpu if self.world > 1 else None)
+                                        deepspeed_config(job, self.grad_accum), mpu=self.mpu)
+        self.own_clip = trainer_clips_gradients(job)
+        self.grad_norm = float("nan")
         self.iteration, self.consumed = 0, 0
+        self.resume_rng = None
         if t.load:
             state = ckpt.load_checkpoint(self.engine, job, t.load, self.tok_fp)
             self.iteration = int(state["iteration"])
             self.consumed = int(state["consumed_samples"])
-            ckpt.set_rng_state(state["rng"])
+            self.resume_rng = state["rng"]  # restored right before the loop, after all setup work
             log(f"resumed from {t.load} at iteration {self.iteration} ({self.consumed} samples consumed)")
         eod = self.tokenizer.eod if self.tokenizer is not None else None
         self.data = build_job_data(job, eod, is_builder=self.rank == 0,
@@ -132,12 +136,18 @@ class Trainer:
     def train_step(self, batches) -> float:
         """One optimizer step over `grad_accum` micro batches. Returns the mean loss (averaged over DP)."""
         total = 0.0
-        for _ in range(self.grad_accum):
+        for micro in range(self.grad_accum):
             batch = next(batches)
             loss = self._loss(batch)
             self.engine.backward(loss)
+            if micro == self.grad_accum - 1 and self.own_clip:
+                self.grad_norm = float(clip_grad_norm_(self.engine.module.parameters(),
+                                                       self.job.optim.clip_grad or float("inf"), mpu=self.mpu))
             self.engine.step()
             total += loss.detach().float()
+        if not self.own_clip:
+            norm = self.engine.get_global_grad_norm()
+            self.grad_norm = float(norm) if norm is not None else float("nan")
         mean = total / self.grad_accum
         if self.groups.dp_size > 1:
             dist.all_reduce(mean, group=self.groups.dp_group)
@@ -177,8 +187,7 @@ class Trainer:
         t = self.job.training
         tps, mfu = self.throughput.rates()
         loss = loss_sum / max(steps, 1)
-        gn = self.engine.get_global_grad_norm()
-        gn = float(gn) if gn is not None else float("nan")
+        gn = self.grad_norm
         scale = getattr(self.engine.optimizer, "cur_scale", None) if t.precision == "fp16" else None
         lr = self.engine.optimizer.param_groups[0]["lr"]
         log(f"iter {self.iteration}/{t.train_iters} | loss {loss:.4f} | lr {lr:.3e} | grad norm {gn:.3f} | "
@@ -191,6 +200,13 @@ class Trainer:
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
         self.throughput.reset()
 
+    def _validate(self, history: dict) -> None:
+        v = self.evaluate(self.data.valid)
+        history["valid_loss"].append((self.iteration, v))
+        self.sink.write(self.iteration, {"loss": v, "ppl": math.exp(min(v, 50))}, kind="valid")
+        log(f"validation at iter {self.iteration} | loss {v:.4f} | ppl {math.exp(min(v, 50)):.2f}", self.rank)
+        self.throughput.reset()  # evaluation time is not training throughput
+
     # ------------------------------------------------------------------ the loop
     def train(self) -> dict:
         job, t = self.job, self.job.training
@@ -201,6 +217,10 @@ class Trainer:
                    disable=self.rank != 0 or not t.progress_bar, file=sys.stderr, mininterval=1.0)
         history = {"train_loss": [], "valid_loss": []}
         loss_sum, steps, start_iter = 0.0, 0, self.iteration
+        if self.resume_rng is not None:
+            ckpt.set_rng_state(self.resume_rng)
+        if t.eval_interval and self.data.valid is not None and self.iteration == 0:
+            self._validate(history)  # the untrained model's loss: the baseline every later value is read against
         self.throughput.reset()
         with StopSignal() as stop:
             while self.iteration < t.train_iters:
@@ -221,11 +241,7 @@ class Trainer:
                     loss_sum, steps = 0.0, 0
                 if t.eval_interval and self.data.valid is not None and (
                         self.iteration % t.eval_interval == 0 or self.iteration == t.train_iters):
-                    v = self.evaluate(self.data.valid)
-                    history["valid_loss"].append((self.iteration, v))
-                    self.sink.write(self.iteration, {"loss": v, "ppl": math.exp(min(v, 50))}, kind="valid")
-                    log(f"validation at iter {self.iteration} | loss {v:.4f} | ppl {math.exp(min(v, 50)):.2f}",
-                        self.rank)
+                    self._validate(history)
                 last = self.iteration == t.train_iters
                 planned_exit = t.exit_interval and self.iteration - start_iter >= t.exit_interval
                 if t.save and (last or planned_exit or stop.received is not None

@@ -1,0 +1,84 @@
+"""Exact resume: a run interrupted (planned exit or SIGKILL) and resumed gives bitwise the same losses."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ._cmd import ROOT, TINY, env, run, train_losses
+
+pytestmark = pytest.mark.e2e
+ITERS = ["--train-iters", "8"]  # noqa: E501
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    save = str(tmp_path_factory.mktemp("ref"))
+    run(TINY + ITERS + ["--save", save])
+    losses = train_losses(save)
+    assert sorted(losses) == list(range(1, 9))
+    return losses
+
+
+def test_planned_exit_and_resume_is_bitwise_identical(reference, tmp_path):
+    save = str(tmp_path / "run")
+    run(TINY + ITERS + ["--save", save, "--exit-interval", "3"])
+    assert open(os.path.join(save, "latest")).read().strip() == "iter_0000003"
+    assert sorted(train_losses(save)) == [1, 2, 3]
+    out = run(TINY + ITERS + ["--save", save, "--load", save])
+    assert "resumed from" in out.stdout
+    assert train_losses(save) == reference  # exact float equality, every iteration
+
+
+def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
+    # A long budget (400) so the run is still going when killed; --exit-interval stops runs early without
+    # changing the LR schedule, which depends on --train-iters only.
+    budget = ["--train-iters", "400"]
+    ref_save = str(tmp_path / "ref")
+    run(TINY + budget + ["--exit-interval", "8", "--save", ref_save])
+    reference = train_losses(ref_save)
+    save = str(tmp_path / "run")
+    cmd = [sys.executable, os.path.join(ROOT, "pretrain_code.py")] + TINY + budget + ["--save", save,
+                                                                                     "--save-interval", "2"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = os.path.join(save, "metrics.jsonl")
+    deadline = time.time() + 240
+    try:
+        while time.time() < deadline:  # kill right after iteration 5: checkpoint 4 exists, 5 is past it
+            if os.path.exists(metrics) and '"iteration": 5,' in open(metrics).read():
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"training exited early with {proc.returncode}")
+            time.sleep(0.02)
+        else:
+            pytest.fail("training did not reach iteration 5 in time")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    latest = int(open(os.path.join(save, "latest")).read().strip().split("_")[1])
+    assert 4 <= latest < 8, latest
+    before = train_losses(save)
+    assert max(before) > latest  # some iterations ran past the checkpoint and are redone after resume
+    run(TINY + budget + ["--save", save, "--load", save, "--exit-interval", str(8 - latest)])
+    assert {k: v for k, v in train_losses(save).items() if k <= 8} == reference
+
+
+def test_fresh_run_refuses_to_overwrite_checkpoints(tmp_path):
+    save = str(tmp_path / "run")
+    run(TINY + ["--train-iters", "1", "--save", save])
+    out = run(TINY + ["--train-iters", "1", "--save", save], check=False)
+    assert out.returncode == 2
+    assert "already holds checkpoints" in out.stderr and "--load" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_loading_another_architecture_is_a_clear_error(tmp_path):
+    save = str(tmp_path / "run")
+    run(TINY + ["--train-iters", "1", "--save", save])
+    out = run(TINY + ["--train-iters", "2", "--load", save, "--model.hidden_size", "32"], check=False)
+    assert out.returncode == 2
+    assert "different architecture" in out.stderr and "hidden_size" in out.stderr
+    assert "Traceback" not in out.stderr
