@@ -18,9 +18,11 @@ HUMANEVAL_STOPS = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 # (SentencePiece word-start markers, byte-level pieces split across tokens) render the completion as it would
 # appear after the prompt.
 _PROMPT_CONTEXT_TOKENS = 8
-# Re-scan this many characters before the previous end: decoding a new token can change the tail of the text
-# (an incomplete UTF-8 sequence becomes a character), so a stop may complete slightly before the old end.
-_RESCAN_MARGIN = 8
+# Stop detection decodes only the newest tokens: a window of this many tokens per character of the longest stop
+# (a token may carry as little as one byte of a 4-byte character), plus slack. Decoding the whole completion every
+# step would cost O(length^2) per row.
+_WINDOW_TOKENS_PER_CHAR = 4
+_WINDOW_SLACK = 16
 
 
 def decode_completion(decode: Callable[[list[int]], str], prompt_ids: Sequence[int], ids: Sequence[int]) -> str:
@@ -72,8 +74,7 @@ class CompletionTracker:
         self.ids: list[list[int]] = [[] for _ in self.prompts]
         self.done = [max_new_tokens <= 0] * len(self.prompts)
         self.stopped_by: list[str | None] = [None] * len(self.prompts)
-        self._scanned = [0] * len(self.prompts)  # length of the text already searched per row
-        self._longest = max((len(s) for s in stops), default=0)
+        self._window = _WINDOW_TOKENS_PER_CHAR * max((len(s) for s in stops), default=0) + _WINDOW_SLACK
 
     def add(self, row: int, token: int) -> bool:
         if self.done[row]:
@@ -81,15 +82,20 @@ class CompletionTracker:
         if self.eod_id is not None and token == self.eod_id:
             return self._finish(row, "eod")
         self.ids[row].append(int(token))
-        if self.stops:
-            text = decode_completion(self.decode, self.prompts[row], self.ids[row])
-            start = max(0, self._scanned[row] - self._longest - _RESCAN_MARGIN)
-            if find_stop(text, self.stops, start) >= 0:
-                return self._finish(row, "stop")
-            self._scanned[row] = len(text)
+        if self.stops and self._stop_in_tail(row):
+            return self._finish(row, "stop")
         if len(self.ids[row]) >= self.max_new_tokens:
             return self._finish(row, "length")
         return False
+
+    def _stop_in_tail(self, row: int) -> bool:
+        """Does a stop string occur in the text of the newest tokens? Any earlier occurrence was caught at an
+        earlier step, so the tail (rendered after its left context) is all that needs checking."""
+        ids = self.ids[row]
+        if len(ids) <= self._window:
+            return find_stop(decode_completion(self.decode, self.prompts[row], ids), self.stops) >= 0
+        left = (self.prompts[row][-_PROMPT_CONTEXT_TOKENS:] + ids[:-self._window])[-_PROMPT_CONTEXT_TOKENS:]
+        return find_stop(decode_completion(self.decode, left, ids[-self._window:]), self.stops) >= 0
 
     def _finish(self, row: int, reason: str) -> bool:
         self.done[row] = True

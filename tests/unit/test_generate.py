@@ -249,6 +249,31 @@ def test_completion_tracker_stop_across_tokens():
     assert tr.text(0) == "    return x" and tr.stopped_by[0] == "stop"
 
 
+def test_completion_tracker_finishes_at_first_stop_on_long_sequences():
+    """Oracle: the row finishes at the first k where the decoded completion ids[:k] contains a stop. Long random
+    sequences exercise the decoding window (only the newest tokens are decoded each step)."""
+    tok = CharTokenizer()
+    stops = ["\ndef", "\n#", "print"]
+    g = torch.Generator().manual_seed(0)
+    # mostly letters, rarely a newline piece, so stops appear late (after the window)
+    letters = [tok._ids[c] for c in "abcxyz ()"]
+    rare = [tok._ids[p] for p in ["\n", "\nd", "ef", "#", "\n#", "print", "p", "r", "i", "n", "t", "de", "f"]]
+    late = 0
+    for trial in range(30):
+        ids = [letters[int(i) % len(letters)] if torch.rand(1, generator=g) < 0.93 else rare[int(i) % len(rare)]
+               for i in torch.randint(0, 1000, (300,), generator=g)]
+        prefix = tok.encode("x = 1\n")
+        first = next((k for k in range(1, len(ids) + 1)
+                      if truncate_at_stop(tok.decode(ids[:k]), stops) != tok.decode(ids[:k])), None)
+        tr = CompletionTracker([prefix], max_new_tokens=1000, stop=stops, decode=tok.decode)
+        finished = next((k + 1 for k, t in enumerate(ids) if tr.add(0, t)), None)
+        assert finished == first
+        if first is not None:
+            assert tr.text(0) == truncate_at_stop(tok.decode(ids), stops)
+            late += first > 40
+    assert late >= 5  # the window path was exercised
+
+
 def test_generate_returns_per_prompt_lists_of_strings():
     tok = CharTokenizer()
     model = build_model()
