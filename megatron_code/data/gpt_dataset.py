@@ -187,6 +187,20 @@ def _build_split(entries, ranges_of, num_samples, seq_length, seed, cache, opene
                           names=[c.name for c in children])
 
 
+def num_samples_for(*, global_batch_size: int, train_iters: int | None = None, train_samples: int | None = None,
+                    eval_interval: int = 1000, eval_iters: int = 10) -> tuple[int, int, int]:
+    """Megatron's (train, valid, test) sample counts: train = iters x batch (or train_samples); valid covers
+    every evaluation of the run, ``(train_iters // eval_interval + 1) * eval_iters`` batches; test one
+    evaluation. The trainer and tools/build_index.py both use this, so their caches match."""
+    if train_samples is None:
+        if train_iters is None:
+            raise DatasetConfigError("give --train-iters or --train-samples")
+        train_samples = train_iters * global_batch_size
+    iters = train_iters if train_iters is not None else -(-train_samples // global_batch_size)
+    evals = iters // max(eval_interval, 1) + 1
+    return int(train_samples), int(evals * eval_iters * global_batch_size), int(eval_iters * global_batch_size)
+
+
 def build_gpt_datasets(*, data_path=None, split: str = "969,30,1", train_data_path=None, valid_data_path=None,
                        test_data_path=None, seq_length: int, seed: int, num_samples, cache_dir: str | None = None,
                        is_builder: bool = True, barrier=None) -> tuple:
@@ -257,5 +271,5 @@ def check_vocab(datasets, vocab_size: int) -> None:
         visit(d)
 
 
-__all__ = ["GPTDataset", "build_gpt_datasets", "parse_split", "split_ranges", "check_vocab", "DatasetConfigError",
+__all__ = ["GPTDataset", "build_gpt_datasets", "num_samples_for", "parse_split", "split_ranges", "check_vocab", "DatasetConfigError",
            ]

@@ -1,0 +1,48 @@
+#!/usr/bin/env python
+"""Concatenate indexed datasets (``.bin`` back to back, document bounds shifted); dtypes must match.
+
+    python tools/merge_datasets.py --input data/a_text_document data/b_text_document --output-prefix data/ab
+    python tools/merge_datasets.py --input data/parts/ --output-prefix data/all   # every prefix in a directory
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron_code.data.indexed import IndexedDataset, IndexedDatasetError, merge_datasets  # noqa: E402
+
+
+def expand(inputs):
+    """Prefixes from the arguments; a directory contributes every ``*.idx`` in it, in sorted order."""
+    out = []
+    for p in inputs:
+        if os.path.isdir(p):
+            out += sorted(os.path.join(p, f[:-4]) for f in os.listdir(p) if f.endswith(".idx"))
+        else:
+            out.append(p[:-4] if p.endswith((".bin", ".idx")) else p)
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--input", nargs="+", required=True, help="dataset prefixes or directories of them")
+    ap.add_argument("--output-prefix", required=True)
+    args = ap.parse_args(argv)
+    try:
+        prefixes = expand(args.input)
+        merge_datasets(prefixes, args.output_prefix)
+        merged = IndexedDataset(args.output_prefix)
+    except (IndexedDatasetError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"merged {len(prefixes)} datasets -> {args.output_prefix}: {merged.num_documents} documents, "
+          f"{merged.num_tokens} tokens")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+#!/usr/bin/env python
+"""Write the embedded default corpus: this machine's Python standard library as train/valid/test JSONL.
+
+    python tools/prepare_stdlib_corpus.py --output-dir data/stdlib
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from megatron_code.data.corpus import CorpusError, build_stdlib_corpus  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--output-dir", required=True)
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--valid-fraction", type=float, default=0.02)
+    ap.add_argument("--test-fraction", type=float, default=0.02)
+    args = ap.parse_args(argv)
+    try:
+        paths = build_stdlib_corpus(args.output_dir, seed=args.seed, valid_fraction=args.valid_fraction,
+                                    test_fraction=args.test_fraction)
+    except (CorpusError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for split, path in paths.items():
+        with open(path, "rb") as f:
+            n = sum(1 for _ in f)
+        print(f"{split}: {n} files -> {path} ({os.path.getsize(path) / 1e6:.1f} MB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
