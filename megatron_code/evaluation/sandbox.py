@@ -135,6 +135,8 @@ def run_many(programs: Sequence[str], timeout: float = 3.0, workers: int = 2,
     if timeout <= 0:
         raise SandboxError(f"timeout must be positive seconds, got {timeout}")
     limits = limits or SandboxLimits()
+    if not programs:
+        return []
     bar = None
     if progress is True:
         from tqdm import tqdm

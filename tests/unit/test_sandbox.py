@@ -253,3 +253,24 @@ def test_run_many_keeps_order_and_reports_progress():
     results = run_many(programs, timeout=3, workers=2, progress=seen.append)
     assert [r.stdout.strip() for r in results] == [str(i) for i in range(6)]
     assert len(seen) == 6
+
+
+def test_network_can_be_allowed_explicitly():
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    try:
+        port = listener.getsockname()[1]
+        result = run(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2).close()",
+                     network=True)
+        assert result.status == "passed", result
+    finally:
+        listener.close()
+
+
+def test_empty_batch_and_bad_settings():
+    assert run_many([], timeout=1) == []
+    with pytest.raises(SandboxError):
+        run_many(["pass"], timeout=0)
+    with pytest.raises(SandboxError):
+        run_many(["pass"], workers=0)
