@@ -58,6 +58,13 @@ def _loss_scale_power(v: str) -> int:
     return int(round(math.log2(float(v))))
 
 
+def _fim_rate(values: dict[str, dict[str, Any]], v: Any) -> None:
+    """BigCode's convention: a positive --fim-rate turns FIM on."""
+    values.setdefault("objective", {})["fim_rate"] = v
+    if float(v) > 0:
+        values["objective"]["objective"] = "fim"
+
+
 MEGATRON_FLAGS: dict[str, tuple[Any, Setter]] = {
     # model
     "num-layers": (1, _set("model.num_layers")),
@@ -131,7 +138,8 @@ MEGATRON_FLAGS: dict[str, tuple[Any, Setter]] = {
     "vocab-file": (1, _set("data.vocab_file")),
     "merge-file": (1, _set("data.merge_file")),
     # objectives
-    "fim-rate": (1, _set("objective.fim_rate")),
+    "fim-rate": (1, _fim_rate),
+    "fim": (0, _const("objective.objective", "fim")),
     "fim-spm-rate": (1, _set("objective.fim_spm_rate")),
     "fim-fragment-rate": (1, _set("objective.fim_fragment_rate")),
     "fim-split-sample": (1, _set("objective.fim_split_token")),

@@ -9,12 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from torch.utils.data import DataLoader
 
 from ..config.base import ConfigError
 from ..config.job import JobConfig
-from ..data.batch import make_batch
 from ..data.gpt_dataset import build_gpt_datasets, check_vocab
 from ..data.sampler import PretrainingSampler
 
@@ -66,20 +64,10 @@ def build_job_data(job: JobConfig, eod: int | None, is_builder: bool, barrier) -
     return JobData(train, valid, test)
 
 
-class _Collate:
-    def __init__(self, eod: int, eod_mask_loss: bool, reset_position_ids: bool):
-        self.eod, self.eod_mask_loss, self.reset_position_ids = eod, eod_mask_loss, reset_position_ids
-
-    def __call__(self, items: list[dict]) -> dict:
-        tokens = torch.from_numpy(np.stack([np.asarray(it["tokens"], dtype=np.int64) for it in items]))
-        return make_batch(tokens, self.eod, self.eod_mask_loss, self.reset_position_ids)
-
-
 def make_loader(dataset, job: JobConfig, consumed_samples: int, dp_rank: int, dp_size: int,
-                eod: int | None) -> DataLoader:
+                collate) -> DataLoader:
     """Micro batches for this DP rank, starting after `consumed_samples` global samples."""
     sampler = PretrainingSampler(len(dataset), consumed_samples, job.training.micro_batch_size, dp_rank, dp_size)
     d = job.data
-    collate = _Collate(eod if eod is not None else -1, d.eod_mask_loss, d.reset_position_ids)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=d.num_workers, collate_fn=collate,
                       persistent_workers=d.num_workers > 0)

@@ -27,7 +27,7 @@ from ..parallel.groups import ParallelGroups
 from . import checkpoint as ckpt
 from .data import build_job_data, make_loader
 from .guards import StopSignal, check_finite
-from .losses import causal_lm_loss
+from .objective import Collate, Objective
 from .lr_schedule import lr_at
 from .metrics import MetricsSink, Throughput, peak_flops
 from .optimizer import build_optimizer
@@ -113,9 +113,10 @@ class Trainer:
             self.resume_rng = state["rng"]  # restored right before the loop, after all setup work
             log(f"resumed from {t.load} at iteration {self.iteration} ({self.consumed} samples consumed)")
         eod = self.tokenizer.eod if self.tokenizer is not None else None
+        self.objective = Objective(job, self.tokenizer)
         self.data = build_job_data(job, eod, is_builder=self.rank == 0,
                                    barrier=dist.barrier if self.world > 1 else None)
-        self.eod = eod
+        self.data.train = self.objective.wrap_train(self.data.train)
         self.tp_group = self.groups.tp_group if self.groups.tp_size > 1 else None
         fpt = flops_per_token(job.model, job.data.seq_length)
         peak, source = peak_flops(t.precision, t.peak_tflops)
@@ -129,16 +130,19 @@ class Trainer:
             f"ZeRO {job.parallel.zero_stage} | peak {peak / 1e12:.2f} TFLOP/s ({source})")
 
     # ------------------------------------------------------------------ one step
-    def _loss(self, batch: dict) -> torch.Tensor:
+    def _loss(self, batch: dict, train: bool = True):
         logits = self.engine(batch["input_ids"], batch["position_ids"])
-        return causal_lm_loss(logits, batch["labels"], batch["loss_mask"], self.tp_group)
+        return self.objective.loss(logits, batch, self.tp_group, train)
 
     def train_step(self, batches) -> float:
         """One optimizer step over `grad_accum` micro batches. Returns the mean loss (averaged over DP)."""
         total = 0.0
+        self.loss_parts = {}
         for micro in range(self.grad_accum):
             batch = next(batches)
-            loss = self._loss(batch)
+            loss, parts = self._loss(batch)
+            for k, v in parts.items():
+                self.loss_parts[k] = self.loss_parts.get(k, 0.0) + v / self.grad_accum
             self.engine.backward(loss)
             if micro == self.grad_accum - 1 and self.own_clip:
                 self.grad_norm = float(clip_grad_norm_(self.engine.module.parameters(),
@@ -158,12 +162,13 @@ class Trainer:
     def evaluate(self, dataset) -> float:
         """Mean loss over the first eval_iters global batches of `dataset` (the same batches every time)."""
         self.engine.eval()
-        loader = make_loader(dataset, self.job, 0, self.groups.dp_rank, self.groups.dp_size, self.eod)
+        loader = make_loader(dataset, self.job, 0, self.groups.dp_rank, self.groups.dp_size,
+                             Collate(self.objective, train=False))
         total, n = torch.zeros(()), 0
         for i, batch in enumerate(loader):
             if i >= self.job.training.eval_iters * self.grad_accum:
                 break
-            total += self._loss(batch).float()
+            total += self._loss(batch, train=False)[0].float()
             n += 1
         self.engine.train()
         mean = total / max(n, 1)
@@ -190,7 +195,8 @@ class Trainer:
         gn = self.grad_norm
         scale = getattr(self.engine.optimizer, "cur_scale", None) if t.precision == "fp16" else None
         lr = self.engine.optimizer.param_groups[0]["lr"]
-        log(f"iter {self.iteration}/{t.train_iters} | loss {loss:.4f} | lr {lr:.3e} | grad norm {gn:.3f} | "
+        parts = "".join(f"{k} {v:.4f} | " for k, v in self.loss_parts.items())
+        log(f"iter {self.iteration}/{t.train_iters} | loss {loss:.4f} | {parts}lr {lr:.3e} | grad norm {gn:.3f} | "
             + (f"loss scale {float(scale):.0f} | " if scale is not None else "")
             + f"tokens/s {tps:,.0f} | MFU {100 * mfu:.2f}% | mem {memory_gb():.2f} GB", self.rank)
         self.sink.write(self.iteration, {"tokens_per_s": tps, "mfu": mfu, "grad_norm": gn, "lr": lr,
@@ -212,7 +218,7 @@ class Trainer:
         job, t = self.job, self.job.training
         gbs = t.global_batch_size
         batches = iter(make_loader(self.data.train, job, self.consumed, self.groups.dp_rank,
-                                   self.groups.dp_size, self.eod))
+                                   self.groups.dp_size, Collate(self.objective, train=True)))
         bar = tqdm(total=t.train_iters, initial=self.iteration, desc="train", unit="it", dynamic_ncols=True,
                    disable=self.rank != 0 or not t.progress_bar, file=sys.stderr, mininterval=1.0)
         history = {"train_loss": [], "valid_loss": []}
@@ -232,7 +238,8 @@ class Trainer:
                 self.consumed += gbs
                 check_finite(loss, self.iteration, t.precision)
                 self.throughput.add(gbs * job.data.seq_length)
-                self.sink.write(self.iteration, {"loss": loss, "lr": lr, "consumed_samples": self.consumed})
+                self.sink.write(self.iteration, {"loss": loss, "lr": lr, "consumed_samples": self.consumed,
+                                                 **self.loss_parts})
                 history["train_loss"].append((self.iteration, loss))
                 loss_sum, steps = loss_sum + loss, steps + 1
                 bar.update(1)
