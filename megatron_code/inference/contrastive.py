@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 
 from ..model.gpt import GPT
-from .generate import attention_mask, check_length, encode_prompts, eval_mode, left_pad, real_vocab_size
+from .generate import (attention_mask, check_length, check_prompts, encode_prompts, eval_mode, left_pad,
+                       real_vocab_size)
 from .sampling import GenerationError, mask_padded_vocab
 from .stopping import CompletionTracker
 
@@ -106,9 +107,7 @@ def _prepare(model: GPT, tokenizer_or_ids, prompts, eod_id, vocab_size):
     if prompts is not None:
         raise GenerationError("pass either (tokenizer, prompts) or a list of prompt id lists, not both")
     ids = [list(map(int, x)) for x in tokenizer_or_ids]
-    for i, x in enumerate(ids):
-        if not x:
-            raise GenerationError(f"prompt {i} is empty: give at least one token (e.g. the EOD id)")
+    check_prompts(model, ids)
     return ids, None, eod_id, vocab_size or model.cfg.vocab_size or model.cfg.padded_vocab_size, False
 
 

@@ -71,6 +71,18 @@ def attention_mask(valid_keys: torch.Tensor, num_queries: int) -> torch.Tensor:
     return (valid_keys[:, None, None, :] | own[None, None]).contiguous()
 
 
+def check_prompts(model: GPT, prompts: Sequence[Sequence[int]]) -> None:
+    """Every prompt non-empty with ids inside the embedding table (else a clear error, not an IndexError)."""
+    rows = model.cfg.padded_vocab_size
+    for i, p in enumerate(prompts):
+        if len(p) == 0:
+            raise GenerationError(f"prompt {i} is empty: give at least one token (e.g. the EOD id)")
+        lo, hi = min(p), max(p)
+        if lo < 0 or hi >= rows:
+            raise GenerationError(f"prompt {i} holds token id {lo if lo < 0 else hi}, outside the model's "
+                                  f"{rows} embedding rows: the prompt was tokenized with another vocabulary")
+
+
 def check_length(model: GPT, prompt_len: int, max_new: int) -> None:
     cfg = model.cfg
     if cfg.position_embedding == "learned" and prompt_len + max_new > cfg.max_position_embeddings:
@@ -139,9 +151,7 @@ def _run(model: GPT, prompt_ids: Sequence[Sequence[int]], *, max_new_tokens: int
     params.validate()
     if num_samples < 1 or batch_size < 1 or max_new_tokens < 0:
         raise GenerationError("num_samples and batch_size must be >= 1 and max_new_tokens >= 0")
-    for i, p in enumerate(prompt_ids):
-        if len(p) == 0:
-            raise GenerationError(f"prompt {i} is empty: give at least one token (e.g. the EOD id)")
+    check_prompts(model, prompt_ids)
     if vocab_size is None:
         vocab_size = model.cfg.vocab_size
     # Greedy samples of one prompt are identical: compute each prompt once and repeat it.
@@ -258,5 +268,5 @@ def load_for_inference(ckpt_dir: str, device="cpu", dtype=torch.float32):
     return model, tokenizer
 
 
-__all__ = ["PaddedBatch", "left_pad", "attention_mask", "check_length", "eval_mode", "generate",
+__all__ = ["PaddedBatch", "left_pad", "attention_mask", "check_prompts", "check_length", "eval_mode", "generate",
            "generate_ids", "encode_prompts", "real_vocab_size", "load_for_inference"]

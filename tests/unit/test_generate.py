@@ -180,6 +180,8 @@ def test_invalid_settings_raise_clear_errors():
         generate_ids(model, [[1]], temperature=1, top_p=0)
     with pytest.raises(GenerationError, match="empty"):
         generate_ids(model, [[]])
+    with pytest.raises(GenerationError, match="embedding rows"):
+        generate_ids(model, [[1, 128]])
     with pytest.raises(GenerationError, match="learned positions"):
         generate_ids(model, [[1] * 10], max_new_tokens=7)
     with pytest.raises(GenerationError, match="tokenizer"):
