@@ -289,7 +289,8 @@ class _Supervisor:
 
 def _pick_ids(limits: SandboxLimits, notes: list[str]) -> tuple[int | None, int | None]:
     if os.geteuid() != 0:
-        notes.append("not root: program keeps the caller's uid; process limit counts the caller's processes")
+        notes.append("not root: the program keeps the caller's uid (it could signal the caller's processes and write "
+                     "its files); the process limit counts the caller's processes")
         return None, None
     uid = limits.uid if limits.uid is not None else _UID_BASE + secrets.randbelow(_UID_SPAN)
     gid = limits.gid if limits.gid is not None else uid
