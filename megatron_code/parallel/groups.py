@@ -56,11 +56,15 @@ class RankGrid:
         return [sorted(self.rank(p, d, t) for p in range(self.pp) for t in range(self.tp)) for d in range(self.dp)]
 
 
-def resolve_layout(world_size: int, tp: int = 1, pp: int = 1, dp: Optional[int] = None) -> RankGrid:
-    """Check TP x PP x DP against the world size (DP inferred when None) and return the grid, or raise clearly."""
+def _check_positive(tp: int, pp: int) -> None:
     for name, v in (("tensor parallel size", tp), ("pipeline parallel size", pp)):
         if not isinstance(v, int) or v < 1:
             raise ParallelLayoutError(f"{name} must be a positive integer, got {v!r}")
+
+
+def resolve_layout(world_size: int, tp: int = 1, pp: int = 1, dp: Optional[int] = None) -> RankGrid:
+    """Check TP x PP x DP against the world size (DP inferred when None) and return the grid, or raise clearly."""
+    _check_positive(tp, pp)
     if dp is None:
         if world_size % (tp * pp) != 0:
             raise ParallelLayoutError(
@@ -103,8 +107,12 @@ class ParallelGroups:
         Without an initialized process group the world is this single process (all sizes must be 1).
         """
         if not dist.is_available() or not dist.is_initialized():
-            grid = resolve_layout(1, tp, pp, dp)
-            return cls(grid=grid)
+            if tp * pp * (dp or 1) != 1:
+                _check_positive(tp, pp)
+                raise ParallelLayoutError(
+                    f"tensor ({tp}) x pipeline ({pp}) parallelism needs {tp * pp * (dp or 1)} processes but "
+                    f"torch.distributed is not initialized (one process): launch with deepspeed, torchrun or srun")
+            return cls(grid=resolve_layout(1, tp, pp, dp))
         world, rank = dist.get_world_size(), dist.get_rank()
         grid = resolve_layout(world, tp, pp, dp)
         mine: dict[str, tuple[list[int], Any]] = {}

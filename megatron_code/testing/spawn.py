@@ -66,7 +66,10 @@ def _context():
         method = "spawn"
     ctx = mp.get_context(method)
     if method == "forkserver":
-        ctx.set_forkserver_preload(["torch", "torch.distributed", "megatron_code.testing.spawn"])
+        # torch._dynamo is imported lazily by the first optimizer step (seconds) and deepspeed by most
+        # distributed tests (seconds more): preload them once here. Missing modules are skipped by the server.
+        ctx.set_forkserver_preload(["torch", "torch.distributed", "torch._dynamo", "torch.testing", "deepspeed",
+                                    "deepspeed.comm", "megatron_code.testing.spawn"])
     return ctx
 
 

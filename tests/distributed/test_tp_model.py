@@ -89,7 +89,7 @@ def check_case(name, groups, sp):
         opt.step()
         opt_ref.zero_grad()
         opt.zero_grad()
-    return float(loss)
+    return float(loss.detach())
 
 
 def check_meta(groups):
