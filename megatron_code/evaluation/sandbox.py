@@ -1,12 +1,19 @@
 """Run one untrusted Python program (model-written code) so that it can fail only itself.
 
-Layout of one run (`run_program`):
+Layout (`run_program` runs one job on a fresh supervisor; `run_many` keeps one supervisor per worker):
 
-    caller (root)  --Popen-->  supervisor S (root, this file run as a script, own session)
+    caller (root)  --Popen-->  supervisor S (root, this file run as `python -I -S`, own session; one JSON job
+                                  |         per stdin line, one JSON report per stdout line)
                                   |  unshare(CLONE_NEWNET): S and all below see only a "down" loopback
                                   |  prctl(PR_SET_CHILD_SUBREAPER): every orphan below is reparented to S
-                                  '--fork-->  program P: rlimits, no-new-privs, setgroups/setgid/setuid to an
-                                              unprivileged uid, destructive calls patched, exec(source)
+                                  '--fork per job-->  program P: rlimits, no-new-privs, setgroups/setgid/setuid
+                                                      to a fresh unprivileged uid, destructive calls patched,
+                                                      exec(source) in a fresh directory
+
+P is a fork of S, which never runs user code, so every program starts from the same clean interpreter state; S
+survives every program (it is root, P cannot signal it) and saves one interpreter start-up per program
+(benchmarks/bench_humaneval_exec.py: ~7x). This file is long (two sides of one protocol) because S must be a
+stdlib-only script that starts fast without importing the package.
 
 Layers, each holding on its own (defence in depth):
 
@@ -58,7 +65,6 @@ STATUSES = ("passed", "failed", "timed_out", "crashed")
 # Fresh per-run uids/gids are drawn from this range: far above any distribution's user ids (< 65536) and below
 # the 32-bit "-1" sentinel. They need no /etc/passwd entry.
 _UID_BASE, _UID_SPAN = 1_500_000_000, 500_000_000
-_NOBODY = 65534
 _SETUP_FAILED = 121  # program-side exit code: the jail could not be entered; never run the program then
 _GRACE_SECONDS = 5.0  # caller waits this long beyond `timeout` for the supervisor's cleanup and report
 _TAIL_CHARS = 4000
