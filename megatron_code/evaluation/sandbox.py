@@ -249,9 +249,11 @@ class _Supervisor:
         else:
             why = "supervisor did not report within timeout + grace; its process group was killed"
         if line is None:
-            self.close(kill=True)
+            _killpg(self.proc.pid)  # before reading its stderr, so nothing is still being written
+            self.proc.wait()
             self._errors.seek(0)
             detail = self._errors.read().decode("utf-8", "replace").strip()[-500:]
+            self.close()
             return {"setup_error": why + (f": {detail}" if detail else "")}
         return json.loads(line)
 

@@ -274,3 +274,21 @@ def test_empty_batch_and_bad_settings():
         run_many(["pass"], timeout=0)
     with pytest.raises(SandboxError):
         run_many(["pass"], workers=0)
+
+
+@needs_root
+def test_unresponsive_supervisor_is_killed_and_replaced(monkeypatch):
+    """The caller's backstop: if no report arrives within timeout + grace, the supervisor's whole process group is
+    killed, the job is "crashed", and the next job on the same handle gets a fresh supervisor."""
+    from megatron_code.evaluation import sandbox
+
+    uid = fresh_uid()
+    monkeypatch.setattr(sandbox, "_GRACE_SECONDS", -1.5)  # caller gives up at 0.5 s, supervisor would wait 2 s
+    with sandbox._Supervisor() as supervisor:
+        first_pid = supervisor.proc.pid
+        result = sandbox._run_job(supervisor, "import time\ntime.sleep(30)", 2.0, SandboxLimits(uid=uid))
+        assert result.status == "crashed" and any("supervisor did not report" in n for n in result.notes), result
+        assert processes_of(uid) == []
+        monkeypatch.setattr(sandbox, "_GRACE_SECONDS", 5.0)
+        again = sandbox._run_job(supervisor, "print('fresh')", 2.0, SandboxLimits())
+        assert again.status == "passed" and supervisor.proc.pid != first_pid
