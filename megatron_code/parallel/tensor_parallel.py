@@ -92,8 +92,9 @@ def apply_tensor_parallel(model: nn.Module, plan: Plan, groups: ParallelGroups, 
     the forward returns VOCAB-SHARDED logits (B, T, V/tp) -> use `cross_entropy.parallel_lm_loss` with
     `groups.tp_group`. With `sequence_parallel`, T must be divisible by TP; inputs are full (B, T) on every TP
     rank. `rng_tracker` (from random.seed_parallel_rng) drives dropout inside TP regions; when None a tracker
-    is seeded from torch.initial_seed() + offset + tp_rank. With TP = 1 the plan is validated and the model
-    returned unchanged.
+    is seeded from torch.initial_seed() + offset + tp_rank. The tracker used is `model.tensor_parallel_info
+    ["rng_tracker"]` (checkpoint it with random.get_rng_state for exact resume with dropout > 0). With TP = 1 the
+    plan is validated and the model returned unchanged.
     """
     tp = groups.tp_size
     if sequence_parallel and tp == 1:
@@ -115,7 +116,9 @@ def apply_tensor_parallel(model: nn.Module, plan: Plan, groups: ParallelGroups, 
         if new is not module:
             parent_path, _, leaf = path.rpartition(".")
             setattr(model.get_submodule(parent_path) if parent_path else model, leaf, new)
-    model.tensor_parallel_info = {"tp_size": tp, "tp_rank": groups.tp_rank, "sequence_parallel": sequence_parallel}
+    # The tracker is kept here so the trainer can checkpoint it: random.get_rng_state(info["rng_tracker"]).
+    model.tensor_parallel_info = {"tp_size": tp, "tp_rank": groups.tp_rank, "sequence_parallel": sequence_parallel,
+                                  "rng_tracker": rng_tracker}
     return model
 
 

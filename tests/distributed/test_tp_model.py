@@ -16,6 +16,7 @@ from megatron_code.model import GPT
 from megatron_code.parallel.cross_entropy import make_loss_fn
 from megatron_code.parallel.groups import ParallelGroups
 from megatron_code.parallel.plans import PlanError, match_plan, plan_for
+from megatron_code.parallel.random import seed_parallel_rng
 from megatron_code.parallel.tensor_parallel import apply_tensor_parallel, tensor_parallel_state
 from megatron_code.testing import run_distributed
 from megatron_code.training.losses import causal_lm_loss
@@ -85,6 +86,12 @@ def check_case(name, groups, sp):
             ref_params = dict(ref.named_parameters())
             for pname, p in model.named_parameters():
                 close(p.grad, expected_shard(ref_params[pname].grad, p, tp, r), f"{tag} grad {pname}")
+            # DeepSpeed's own grad-norm with our mpu (sharded params counted on every TP rank, replicated ones
+            # once) equals the single-process norm.
+            from deepspeed.runtime.utils import clip_grad_norm_
+            norm = clip_grad_norm_(list(model.parameters()), float("inf"), mpu=groups.mpu)
+            ref_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in ref.parameters()]))
+            close(norm, ref_norm, f"{tag} DeepSpeed grad norm")
         opt_ref.step()
         opt.step()
         opt_ref.zero_grad()
@@ -108,13 +115,75 @@ def check_meta(groups):
     assert torch.isfinite(meta(torch.zeros(1, 4, dtype=torch.long))).all()
 
 
+def check_dropout_consistency(groups, sp):
+    """With every dropout on, TP ranks must still hold one model: the loss is identical on all TP ranks and
+    replicated parameters stay identical after a step (masks outside TP regions agree, inside they may not)."""
+    from megatron_code.parallel import mappings as M
+
+    cfg = ModelConfig(**BASE, **CASES["sequential_gqa_untied_outbias"], attention_dropout=0.2, hidden_dropout=0.2,
+                      embedding_dropout=0.2)
+    tracker = seed_parallel_rng(1234, groups.tp_rank)
+    model = GPT(cfg)
+    model.init_weights()
+    model = apply_tensor_parallel(model, plan_for(cfg, groups.tp_size), groups, sequence_parallel=sp,
+                                  rng_tracker=tracker)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    x, y, mask = batch()
+    for _ in range(2):
+        loss = make_loss_fn(groups.tp_group)(model(x), y, mask)
+        losses = M.all_gather(loss.detach().view(1), 0, groups.tp_group)
+        assert torch.equal(losses, losses[:1].expand_as(losses)), f"loss differs across TP ranks (sp={sp}): {losses}"
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+    # Residual dropout: same mask on all TP ranks without SP (same activations), different masks under SP
+    # (each rank holds other tokens; equal masks would correlate the shards).
+    masks = M.all_gather(model.layers[0].dropout(torch.ones(1, 2, 4, 32)), 0, groups.tp_group)
+    assert torch.equal(masks[0], masks[1]) != sp, f"residual dropout masks across TP ranks wrong (sp={sp})"
+    for name, p in model.named_parameters():
+        if not getattr(p, "tensor_model_parallel", False):
+            copies = M.all_gather(p.detach().unsqueeze(0), 0, groups.tp_group)
+            assert torch.equal(copies, copies[:1].expand_as(copies)), f"replicated {name} diverged (sp={sp})"
+
+
+def check_reduction_count(groups):
+    """The parallel block does ONE TP all-reduce per layer in the forward (attn + MLP summed first); the
+    sequential block two. Plus one for the vocab-parallel embedding."""
+    import torch.distributed as dist
+
+    calls = []
+    real = dist.all_reduce
+
+    def counting(tensor, *a, **k):
+        calls.append(tuple(tensor.shape))
+        return real(tensor, *a, **k)
+
+    for name, per_layer in (("parallel_mqa_swiglu_nobias_untied", 1), ("sequential_mha_gelu_learned_tied", 2)):
+        cfg = make_cfg(name)
+        model = apply_tensor_parallel(GPT(cfg), plan_for(cfg, groups.tp_size), groups)
+        calls.clear()
+        dist.all_reduce = counting
+        try:
+            with torch.no_grad():
+                model(torch.zeros(1, 4, dtype=torch.long))
+        finally:
+            dist.all_reduce = real
+        assert len(calls) == 1 + per_layer * cfg.num_layers, (name, calls)
+
+
 def _run(rank, world, cases, sps):
+    import deepspeed.comm as ds_dist
+
+    ds_dist.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, verbose=False)
     groups = ParallelGroups.build(tp=world)
     out = {}
     for sp in sps:
         for name in cases:
             out[(name, sp)] = check_case(name, groups, sp)
+        check_dropout_consistency(groups, sp)
     check_meta(groups)
+    check_reduction_count(groups)
     return out
 
 
