@@ -130,6 +130,8 @@ _WORKER: _Encoder | None = None  # one per worker process (set by the pool initi
 
 def _init_worker(tok_args, json_keys, append_eod, skip_bad_lines):
     global _WORKER
+    # The pool already uses every core we were given; the backend's own thread pool would oversubscribe them.
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER = _Encoder(tok_args, json_keys, append_eod, skip_bad_lines)
 
 

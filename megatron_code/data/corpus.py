@@ -39,7 +39,7 @@ def open_text_lines(path: str):
         import zstandard
 
         raw = open(path, "rb")
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, closefd=True)
+        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
         return io.BufferedReader(reader)
     return open(path, "rb")
 

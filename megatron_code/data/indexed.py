@@ -233,23 +233,36 @@ class IndexedDataset:
     def num_tokens(self) -> int:
         return int(self.sizes.sum(dtype=np.int64))
 
-    def max_token_id(self) -> int:
-        """Largest token id in the ``.bin`` (scans the file in chunks)."""
-        m = -1
+    def token_id_range(self) -> tuple[int, int]:
+        """(smallest, largest) token id in the ``.bin``, scanning it in 16M-token chunks."""
+        lo, hi = None, None
         step = 1 << 24
         for s in range(0, self._bin.size, step):
-            m = max(m, int(self._bin[s:s + step].max()))
-        return m
+            chunk = self._bin[s:s + step]
+            a, b = int(chunk.min()), int(chunk.max())
+            lo = a if lo is None else min(lo, a)
+            hi = b if hi is None else max(hi, b)
+        return (0, -1) if lo is None else (lo, hi)
+
+    def max_token_id(self) -> int:
+        """Largest token id in the ``.bin`` (-1 if it holds no tokens)."""
+        return self.token_id_range()[1]
 
     def check_vocab(self, vocab_size: int) -> None:
         """Raise if a token id is outside ``[0, vocab_size)``; call before training starts."""
-        mx = self.max_token_id()
-        mn = int(min((self._bin[s:s + (1 << 24)].min() for s in range(0, self._bin.size, 1 << 24)), default=0))
-        if mx >= vocab_size or mn < 0:
-            bad = mx if mx >= vocab_size else mn
+        lo, hi = self.token_id_range()
+        if hi >= vocab_size or lo < 0:
+            bad = hi if hi >= vocab_size else lo
             raise IndexedDatasetError(f"token id {bad} in {self.prefix} is outside the vocabulary (size "
                                       f"{vocab_size}); the data was tokenized with another tokenizer - "
                                       f"re-run preprocessing or pass the matching tokenizer")
+
+    def __getstate__(self):
+        # Re-open by path in DataLoader workers instead of pickling the memory maps' contents.
+        return {"prefix": self.prefix}
+
+    def __setstate__(self, state):
+        self.__init__(state["prefix"])
 
 
 def _read_index(path: str):

@@ -144,8 +144,16 @@ class Tokenizer:
         with open(os.path.join(directory, _META_FILE), "w") as f:
             json.dump(meta, f, indent=2)
 
+    def __reduce__(self):
+        # Rebuild from the model bytes (backends' native objects are not reliably picklable).
+        return (_rebuild, (type(self), self._files))
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(vocab_size={self.vocab_size}, eod={self.eod}, pad={self.pad})"
+
+
+def _rebuild(cls, files):
+    return cls(files)
 
 
 class HFTokenizer(Tokenizer):

@@ -107,3 +107,10 @@ def test_real_stdlib_corpus(tmp_path):
     assert n["train"] > 500 and n["valid"] > 0 and n["test"] > 0
     doc = json.loads(open(paths["train"]).readline())
     assert doc["language"] == "python" and doc["path"].endswith(".py")
+
+
+def test_zstd_multiple_frames(tmp_path):
+    c = zstandard.ZstdCompressor()
+    raw = c.compress(b'{"text": "a"}\n') + c.compress(b'{"text": "b"}\n')
+    (tmp_path / "m.jsonl.zst").write_bytes(raw)
+    assert [d["text"] for d in iter_jsonl(str(tmp_path / "m.jsonl.zst"))] == ["a", "b"]

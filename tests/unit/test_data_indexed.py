@@ -135,3 +135,13 @@ def test_merge(tmp_path):
     c = write(tmp_path / "c", [[1]], dtype=np.int32)
     with pytest.raises(IndexedDatasetError, match="different dtypes"):
         merge_datasets([a, c], str(tmp_path / "m2"))
+
+
+def test_pickle_reopens_by_path(tmp_path):
+    import pickle
+
+    ds = IndexedDataset(write(tmp_path / "p", [[1, 2, 3], [4]]))
+    blob = pickle.dumps(ds)
+    assert len(blob) < 500  # the path, not the data
+    again = pickle.loads(blob)
+    assert again[1].tolist() == [4] and again.token_id_range() == (1, 4)

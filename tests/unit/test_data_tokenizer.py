@@ -140,3 +140,12 @@ def test_train_from_files(tmp_path):
 def test_sentencepiece_too_small_vocab_is_clear(tmp_path):
     with pytest.raises(TokenizerError, match="SentencePiece training failed"):
         train_code_tokenizer(CODE, 280, str(tmp_path / "sp"), kind="sentencepiece-unigram")
+
+
+def test_pickle_round_trip(bpe, tmp_path):
+    import pickle
+
+    again = pickle.loads(pickle.dumps(bpe))
+    assert again.fingerprint() == bpe.fingerprint() and again.encode(CODE[0]) == bpe.encode(CODE[0])
+    sp = train_code_tokenizer(CODE, 420, str(tmp_path / "sp"), kind="sentencepiece-unigram")
+    assert pickle.loads(pickle.dumps(sp)).encode(CODE[0]) == sp.encode(CODE[0])

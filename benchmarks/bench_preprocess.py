@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""Preprocessing throughput: tools/preprocess_data.py against a Megatron-style per-document pool.
+
+Both use the same tokenizer (byte-level BPE, vocab 8192, trained on a slice of the corpus), the same number of
+worker processes (2), the standard-library JSONL corpus, ``--append-eod``, and write the same ``.bin/.idx``
+(checked byte for byte). The baseline is how Megatron-LM's tools/preprocess_data.py works: the main process
+reads lines, ``pool.imap(encoder.encode, lines, 32)`` parses and tokenizes one document per call in a worker
+and returns a Python list of ids, and the main process appends each document to the files.
+Runs are interleaved (baseline, ours, baseline, ours, ...); medians and their ratio are printed.
+
+    python benchmarks/bench_preprocess.py --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # one thread per worker process on both sides
+
+import numpy as np  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from megatron_code.data.corpus import build_stdlib_corpus  # noqa: E402
+from megatron_code.data.indexed import IndexedDatasetWriter, dtype_for_vocab  # noqa: E402
+from megatron_code.data.tokenizer import build_tokenizer, train_code_tokenizer  # noqa: E402
+
+
+def load_tool():
+    spec = importlib.util.spec_from_file_location("preprocess_data", os.path.join(ROOT, "tools",
+                                                                                  "preprocess_data.py"))
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules["preprocess_data"] = mod  # so pool workers can unpickle its functions
+    spec.loader.exec_module(mod)
+    return mod
+
+
+# --- baseline: Megatron-style one document per task -----------------------------------------------------------
+_TOK = None
+
+
+def _naive_init(tok_dir):
+    global _TOK
+    _TOK = build_tokenizer("HuggingFaceTokenizer", tokenizer_model=tok_dir)
+
+
+def _naive_encode(line):
+    text = json.loads(line)["text"]
+    ids = _TOK.encode(text)
+    ids.append(_TOK.eod)
+    return ids, len(line)
+
+
+def naive_preprocess(path, tok_dir, prefix, workers):
+    tok = build_tokenizer("HuggingFaceTokenizer", tokenizer_model=tok_dir)
+    with open(path, "r", encoding="utf-8") as fin, mp.get_context("fork").Pool(
+            workers, initializer=_naive_init, initargs=(tok_dir,)) as pool:
+        encoded = pool.imap(_naive_encode, fin, 32)
+        with IndexedDatasetWriter(prefix + "_text_document", dtype_for_vocab(tok.vocab_size)) as w:
+            for ids, _ in encoded:
+                w.add_document(np.array(ids, dtype=w.dtype))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--work-dir", default="/tmp/bench_preprocess")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--vocab-size", type=int, default=8192)
+    args = ap.parse_args()
+    os.makedirs(args.work_dir, exist_ok=True)
+    corpus = build_stdlib_corpus(os.path.join(args.work_dir, "stdlib"))["train"]
+    tok_dir = os.path.join(args.work_dir, f"tok{args.vocab_size}")
+    if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
+        texts = [json.loads(line)["text"] for i, line in enumerate(open(corpus, encoding="utf-8")) if i % 8 == 0]
+        train_code_tokenizer(texts, args.vocab_size, tok_dir)
+    tool = load_tool()
+    mb = os.path.getsize(corpus) / 1e6
+    print(f"corpus {corpus}: {mb:.1f} MB; tokenizer {tok_dir}; workers {args.workers}")
+
+    def ours():
+        tool.preprocess([corpus], os.path.join(args.work_dir, "ours"), "HuggingFaceTokenizer", tok_dir,
+                        append_eod=True, workers=args.workers, progress=False)
+
+    def baseline():
+        naive_preprocess(corpus, tok_dir, os.path.join(args.work_dir, "naive"), args.workers)
+
+    times = {"baseline": [], "ours": []}
+    for _ in range(args.repeats):
+        for name, fn in (("baseline", baseline), ("ours", ours)):
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+            print(f"  {name}: {times[name][-1]:.2f} s ({mb / times[name][-1]:.2f} MB/s)", flush=True)
+    for ext in (".bin", ".idx"):
+        a = open(os.path.join(args.work_dir, "ours_text_document" + ext), "rb").read()
+        b = open(os.path.join(args.work_dir, "naive_text_document" + ext), "rb").read()
+        assert a == b, f"outputs differ ({ext})"
+    med = {k: statistics.median(v) for k, v in times.items()}
+    print(f"baseline median {med['baseline']:.2f} s = {mb / med['baseline']:.2f} MB/s; ours median "
+          f"{med['ours']:.2f} s = {mb / med['ours']:.2f} MB/s; speedup {med['baseline'] / med['ours']:.2f}x "
+          f"(identical .bin/.idx)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,106 @@
+#!/usr/bin/env python
+"""Sample-index and blending-index build time: C++ helpers against the numpy twin (same inputs, same outputs).
+
+Synthetic dataset: 5M documents, 2B tokens (sizes drawn log-normally, rescaled), one shuffled epoch, S=2048.
+Runs are interleaved C++, numpy, C++, numpy, ... and the median of each is reported, with the ratio.
+
+    python benchmarks/bench_sample_index.py --repeats 5
+    python benchmarks/bench_sample_index.py --docs 500000 --tokens 200000000 --repeats 5   # smaller
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+
+from megatron_code.data import helpers
+
+
+def synthetic(num_docs: int, num_tokens: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    sizes = rng.lognormal(mean=5.0, sigma=1.0, size=num_docs)
+    sizes = np.maximum(1, np.round(sizes * (num_tokens / sizes.sum()))).astype(np.int32)
+    doc_idx = rng.permutation(num_docs).astype(np.int64)
+    return sizes, doc_idx
+
+
+def python_loop_sample_idx(sizes, doc_idx, seq_length, num_samples):
+    """Reference point only: the straightforward per-document Python walk (how a loop-based fallback, like
+    Megatron's original Python helper, would do it). Not used by the package."""
+    out = np.empty((num_samples + 1, 2), dtype=np.int64)
+    sizes_l = sizes.tolist()
+    order = doc_idx.tolist()
+    di, off = 0, 0
+    for k in range(num_samples + 1):
+        if k:
+            off += seq_length
+        while off >= sizes_l[order[di]]:
+            off -= sizes_l[order[di]]
+            di += 1
+        out[k, 0] = di
+        out[k, 1] = off
+    return out
+
+
+def timed(fn):
+    t = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - t, out
+
+
+def interleave(label, fns, repeats):
+    """fns: {name: callable}; returns {name: [seconds...]} measured A B A B ..."""
+    times = {k: [] for k in fns}
+    outs = {}
+    for r in range(repeats):
+        for name, fn in fns.items():
+            dt, out = timed(fn)
+            times[name].append(dt)
+            outs[name] = out
+    med = {k: statistics.median(v) for k, v in times.items()}
+    names = list(fns)
+    print(f"{label}: " + ", ".join(f"{k} median {med[k]:.3f} s (runs {', '.join(f'{x:.3f}' for x in times[k])})"
+                                   for k in names))
+    print(f"  ratio {names[1]}/{names[0]} = {med[names[1]] / med[names[0]]:.1f}x")
+    return med, outs
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--docs", type=int, default=5_000_000)
+    ap.add_argument("--tokens", type=int, default=2_000_000_000)
+    ap.add_argument("--seq-length", type=int, default=2048)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--blend-samples", type=int, default=1_000_000)
+    ap.add_argument("--blend-datasets", type=int, default=4)
+    ap.add_argument("--python-loop", action="store_true", help="also time a plain Python loop once (reference)")
+    args = ap.parse_args()
+    if not helpers.cpp_available():
+        raise SystemExit("C++ helpers not built: pip install -e . --no-build-isolation")
+    sizes, doc_idx = synthetic(args.docs, args.tokens)
+    total = int(sizes.sum(dtype=np.int64))
+    n = (total - 1) // args.seq_length
+    print(f"dataset: {args.docs} docs, {total} tokens, S={args.seq_length}, {n} samples")
+    _, outs = interleave("sample index", {
+        "cpp": lambda: helpers.build_sample_idx(sizes, doc_idx, args.seq_length, n, impl="cpp"),
+        "numpy": lambda: helpers.build_sample_idx(sizes, doc_idx, args.seq_length, n, impl="numpy"),
+    }, args.repeats)
+    assert np.array_equal(outs["cpp"], outs["numpy"]), "twins disagree"
+    if args.python_loop:
+        dt, ref = timed(lambda: python_loop_sample_idx(sizes, doc_idx, args.seq_length, n))
+        assert np.array_equal(ref, outs["cpp"])
+        print(f"  reference: per-document Python loop {dt:.2f} s (one run)")
+    w = np.random.default_rng(1).random(args.blend_datasets)
+    w /= w.sum()
+    _, outs = interleave(f"blending index ({args.blend_datasets} datasets, {args.blend_samples} samples)", {
+        "cpp": lambda: helpers.build_blending_indices(w, args.blend_samples, impl="cpp"),
+        "numpy": lambda: helpers.build_blending_indices(w, args.blend_samples, impl="numpy"),
+    }, max(3, args.repeats // 2))
+    assert all(np.array_equal(a, b) for a, b in zip(outs["cpp"], outs["numpy"])), "twins disagree"
+
+
+if __name__ == "__main__":
+    main()
