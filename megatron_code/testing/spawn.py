@@ -12,7 +12,8 @@ Contract of `run_distributed(fn, world_size, *args, timeout=..., **kwargs)`:
   names the ranks that were still running.
 - Teardown is in `finally`: the child destroys its process group, the parent kills leftovers and removes the
   temporary directory.
-Children run with one intra-op thread each so N ranks on a small CPU do not oversubscribe it.
+Children run with one intra-op thread each so N ranks on a small CPU do not oversubscribe it, and see
+RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE as under torchrun (DeepSpeed's engine requires them).
 """
 
 from __future__ import annotations
@@ -41,7 +42,9 @@ def _child(rank: int, world_size: int, init_file: str, backend: str, fn: Callabl
 
     torch.set_num_threads(1)
     # Ranks agree on nothing but the rendezvous file: no MASTER_ADDR/PORT, so parallel test runs cannot collide.
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    # The launcher variables are set as torchrun would (single node) because DeepSpeed's engine asserts them.
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
+                      LOCAL_WORLD_SIZE=str(world_size), OMP_NUM_THREADS="1")
     try:
         dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=max(timeout, 10)))
