@@ -1,0 +1,211 @@
+"""Hugging Face conversion, both ways: our checkpoints <-> `transformers` model directories.
+
+Export (:func:`export_checkpoint`): read one of our checkpoints in any layout through
+``training.checkpoint.load_consolidated`` (TP/PP/ZeRO merged there), pick the exact target architecture
+(keymaps.choose_target; anything inexact is refused), write ``model.safetensors`` (fp32), ``config.json`` with
+``architectures`` and a ``"megatron_code"`` record (our full ModelConfig, incl. the padded vocab size),
+``generation_config.json`` (eos/bos = our EOD, pad = ``<pad>``) and the tokenizer files. The directory loads with
+``AutoModelForCausalLM.from_pretrained`` / ``AutoTokenizer.from_pretrained`` and no custom code.
+
+Import (:func:`import_to_checkpoint`): read a transformers directory of a supported architecture, map it to our
+tensors and write one of our DeepSpeed checkpoints at iteration 0 (fresh optimizer state, zero consumed samples)
+plus config.yaml and the tokenizer, so ``pretrain_code.py --config SAVE/iter_0000000/config.yaml --load SAVE``
+continues pretraining. The checkpoint is written by a real DeepSpeed engine built in-process at world size 1, so
+its files are exactly what the trainer's ``--load`` expects.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+
+import torch
+
+from ..config.base import ConfigError
+from ..config.model import ModelConfig
+from .keymaps import (UnsupportedArchitecture, choose_target, from_hf_config, from_hf_state_dict,
+                      hf_config_kwargs, to_hf_state_dict)
+from .tokenizer_export import export_tokenizer, import_tokenizer
+
+
+class ConversionError(ConfigError):
+    """A conversion cannot be done as asked (bad directory, missing files, unsupported layout)."""
+
+
+# ------------------------------------------------------------------------------------------------ export
+def _config_class(target: str):
+    import transformers
+
+    return getattr(transformers, target.replace("ForCausalLM", "Config"))
+
+
+def export_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], out_dir: str, tokenizer=None,
+                 target: str | None = None) -> str:
+    """Write a transformers model directory for our (full, single-device) `state_dict`. Returns the target name.
+
+    Refuses (UnsupportedArchitecture) when no target expresses `cfg` exactly; `target` forces one."""
+    if cfg.vocab_size is None:
+        raise ConversionError("model.vocab_size is unknown: the checkpoint's config must record it")
+    target = choose_target(cfg, target)
+    hf_sd = to_hf_state_dict(cfg, state_dict, target)
+    kwargs = hf_config_kwargs(cfg, target)
+    eod = tokenizer.eod if tokenizer is not None else None
+    pad = tokenizer.pad if tokenizer is not None else None
+    kwargs.update(bos_token_id=eod, eos_token_id=eod, pad_token_id=pad,
+                  megatron_code={**cfg.to_dict(), "padded_vocab_size": cfg.padded_vocab_size})
+    hf_config = _config_class(target)(**kwargs)
+    os.makedirs(out_dir, exist_ok=True)
+    from safetensors.torch import save_file
+
+    save_file(hf_sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
+    hf_config.save_pretrained(out_dir)
+    from transformers import GenerationConfig
+
+    GenerationConfig(bos_token_id=eod, eos_token_id=eod, pad_token_id=pad).save_pretrained(out_dir)
+    if tokenizer is not None:
+        export_tokenizer(tokenizer, out_dir, cfg.max_position_embeddings)
+    return target
+
+
+def export_checkpoint(ckpt_dir: str, out_dir: str, target: str | None = None) -> str:
+    """Export one of our checkpoints (any layout; SAVE or SAVE/iter_XXXXXXX) to `out_dir`. Returns the target."""
+    from ..data.tokenizer import build_tokenizer, load_tokenizer
+    from ..training.checkpoint import load_consolidated
+
+    job, state, tok_dir = load_consolidated(ckpt_dir)
+    tokenizer = None
+    if tok_dir:
+        tokenizer = load_tokenizer(tok_dir)
+    elif job.data.tokenizer_type:
+        d = job.data
+        tokenizer = build_tokenizer(d.tokenizer_type, d.tokenizer_model, d.vocab_file, d.merge_file)
+    cfg = job.model
+    if cfg.vocab_size is None and tokenizer is not None:
+        cfg.vocab_size = tokenizer.vocab_size
+    return export_model(cfg, state, out_dir, tokenizer, target)
+
+
+# ------------------------------------------------------------------------------------------------ import
+def read_hf_state_dict(hf_dir: str) -> dict[str, torch.Tensor]:
+    """All tensors of a transformers directory (model*.safetensors, else pytorch_model*.bin), legacy names fixed."""
+    files = sorted(glob.glob(os.path.join(hf_dir, "*.safetensors")))
+    sd: dict[str, torch.Tensor] = {}
+    if files:
+        from safetensors.torch import load_file
+
+        for f in files:
+            sd.update(load_file(f))
+    else:
+        files = sorted(glob.glob(os.path.join(hf_dir, "pytorch_model*.bin")))
+        if not files:
+            raise ConversionError(f"{hf_dir} has no *.safetensors or pytorch_model*.bin weights")
+        for f in files:
+            sd.update(torch.load(f, map_location="cpu", weights_only=True))
+    if "embed_out.weight" in sd:  # GPT-NeoX checkpoints written before transformers renamed the head
+        sd["lm_head.weight"] = sd.pop("embed_out.weight")
+    return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
+
+
+def import_model(hf_dir: str):
+    """(target, our ModelConfig, our full state dict, our Tokenizer or None) from a transformers directory."""
+    if not os.path.isfile(os.path.join(hf_dir, "config.json")):
+        raise ConversionError(f"{hf_dir} has no config.json: pass a transformers model directory to --load")
+    from transformers import AutoConfig
+
+    hf_cfg = AutoConfig.from_pretrained(hf_dir)
+    sd = read_hf_state_dict(hf_dir)
+    target, cfg = from_hf_config(hf_cfg, sd)
+    state = from_hf_state_dict(cfg, sd, target)
+    tokenizer = import_tokenizer(hf_dir)
+    if tokenizer is not None and tokenizer.vocab_size > cfg.vocab_size:
+        raise ConversionError(f"{hf_dir}: tokenizer has {tokenizer.vocab_size} tokens but the model only "
+                              f"{cfg.vocab_size} rows")
+    return target, cfg, state, tokenizer
+
+
+def _check_loads(cfg: ModelConfig, state: dict[str, torch.Tensor]) -> None:
+    from ..model import GPT
+
+    with torch.device("meta"):
+        model = GPT(cfg)
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    if missing or unexpected:  # a bug in a key map, not a user error
+        raise RuntimeError(f"key map mismatch: missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}")
+
+
+def build_job(cfg: ModelConfig, base_job=None, tokenizer_path: str | None = None):
+    """The JobConfig saved with an imported checkpoint: `base_job` (or defaults) with our model section."""
+    from ..config.job import JobConfig
+
+    job = base_job if base_job is not None else JobConfig()
+    job.model = cfg
+    job.training.load = None
+    if job.data.seq_length > cfg.max_position_embeddings:
+        job.data.seq_length = cfg.max_position_embeddings
+    if tokenizer_path:
+        job.data.tokenizer_type = "HuggingFaceTokenizer"
+        job.data.tokenizer_model = tokenizer_path
+    return job
+
+
+def import_to_checkpoint(hf_dir: str, save_dir: str, tensor_parallel: int = 1, pipeline_parallel: int = 1,
+                         base_job=None) -> str:
+    """Write one of our checkpoints (iteration 0) for a transformers directory. Returns the checkpoint directory
+    (SAVE/iter_0000000). Refuses a non-empty `save_dir` holding checkpoints."""
+    if tensor_parallel * pipeline_parallel != 1:
+        raise ConversionError("importing straight into a TP/PP layout needs the resharding tool "
+                              "(tools/reshard_checkpoint.py), which is not available in this version: import with "
+                              "--tensor-model-parallel-size 1 --pipeline-model-parallel-size 1, then reshard")
+    from ..training.checkpoint import read_latest, tag_for
+
+    if os.path.isdir(save_dir) and read_latest(save_dir) is not None:
+        raise ConversionError(f"--save {save_dir} already holds a checkpoint: choose an empty directory")
+    target, cfg, state, tokenizer = import_model(hf_dir)
+    _check_loads(cfg, state)
+    final_tok = os.path.join(os.path.abspath(save_dir), tag_for(0), "tokenizer", "tokenizer.json")
+    job = build_job(cfg, base_job, final_tok if tokenizer is not None else None)
+    job.parallel.tensor_parallel = job.parallel.pipeline_parallel = 1
+    job.validate()
+    return _save_with_engine(job, cfg, state, tokenizer, save_dir)
+
+
+def _save_with_engine(job, cfg: ModelConfig, state, tokenizer, save_dir: str) -> str:
+    """Build the DeepSpeed engine at world size 1 around the imported weights and save iteration 0."""
+    import torch.distributed as dist
+
+    from ..model import GPT
+    from ..parallel.engine import deepspeed_config, init_distributed, initialize_engine
+    from ..training import checkpoint as ckpt
+    from ..training.optimizer import build_optimizer
+
+    env_keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+    saved_env = {k: os.environ.get(k) for k in env_keys}
+    created = not (dist.is_available() and dist.is_initialized())
+    try:
+        rank, world = init_distributed("gloo" if not torch.cuda.is_available() else "auto")
+        if world != 1:
+            raise ConversionError("run the HF import as a single process (python tools/convert_checkpoint.py ...)")
+        model = GPT(cfg)
+        model.load_state_dict(state, strict=True)
+        grad_accum = job.resolve_batch(1)
+        engine = initialize_engine(model, build_optimizer(model, job.optim), deepspeed_config(job, grad_accum))
+        fp = tokenizer.fingerprint() if tokenizer is not None else None
+        client = {"iteration": 0, "consumed_samples": 0, "rng": ckpt.rng_state(), "tokenizer_fingerprint": fp,
+                  "layout": {"tp": 1, "pp": 1, "dp": 1, "zero": job.parallel.zero_stage}}
+        path = ckpt.save_checkpoint(engine, job, save_dir, 0, client, tokenizer, is_rank0=True)
+        del engine
+    finally:
+        if created and dist.is_initialized():
+            dist.destroy_process_group()
+        for k, v in saved_env.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return path
+
+
+__all__ = ["ConversionError", "UnsupportedArchitecture", "export_model", "export_checkpoint", "import_model",
+           "import_to_checkpoint", "read_hf_state_dict", "build_job"]

@@ -1,0 +1,119 @@
+"""Tokenizer files for a `transformers` model directory, and back.
+
+Export writes ``tokenizer.json`` (the exact `tokenizers` model our HF/GPT-2 BPE backends run), a
+``tokenizer_config.json`` naming the stock ``PreTrainedTokenizerFast`` class (so ``AutoTokenizer`` needs no custom
+code) with our special tokens (``<|endoftext|>`` as eos/bos/unk, ``<pad>`` as pad when present, the FIM/MIM
+sentinels as additional special tokens), and ``special_tokens_map.json``. A SentencePiece tokenizer is written as
+its ``tokenizer.model`` plus a tokenizer.json converted by transformers' own converter, and the export is refused if
+the converted tokenizer does not encode a probe text exactly like ours.
+
+One documented difference: our ``encode`` treats special-token *strings* inside text as plain text (so data cannot
+forge document boundaries); `transformers` tokenizers match them as specials. Ordinary text encodes identically.
+
+Import reads the directory's ``tokenizer.json`` into our HFTokenizer; it needs ``<|endoftext|>`` in the vocabulary
+(our EOD). If it is missing, :func:`import_tokenizer` returns None and the caller reports it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+from ..data.tokenizer import SPECIAL_TOKENS, HFTokenizer, Tokenizer, TokenizerError
+
+PROBE = "def add(a, b):\n    return a + b  # sum\n\n\tx = [1, 22, 333]\nprint('héllo wörld', x)\n"
+
+
+class TokenizerExportError(ValueError):
+    """The tokenizer cannot be written as an exact `transformers` tokenizer."""
+
+
+def special_token_kwargs(tok: Tokenizer) -> dict:
+    """eos/bos/unk/pad and additional special tokens for tokenizer_config.json / special_tokens_map.json."""
+    eod = "<|endoftext|>"
+    pad = "<pad>" if "<pad>" in tok.special_tokens else eod
+    extra = [t for t in SPECIAL_TOKENS if t in tok.special_tokens and t not in (eod, pad)]
+    return {"bos_token": eod, "eos_token": eod, "unk_token": eod, "pad_token": pad,
+            "additional_special_tokens": extra}
+
+
+def _backend_json(tok: Tokenizer) -> str:
+    if isinstance(tok, HFTokenizer):  # includes GPT2BPETokenizer (built as a tokenizers.Tokenizer)
+        backend = tok.backend
+        # Our backend sets encode_special_tokens=True on the live object; the file keeps the default matching.
+        return backend.to_str()
+    if tok.tokenizer_type == "SentencePieceTokenizer":
+        return _sentencepiece_json(tok)
+    raise TokenizerExportError(f"cannot export tokenizer type {tok.tokenizer_type!r}")
+
+
+def _sentencepiece_json(tok: Tokenizer) -> str:
+    try:
+        from transformers.convert_slow_tokenizer import SpmConverter
+    except ImportError as exc:  # pragma: no cover - depends on the transformers version
+        raise TokenizerExportError(f"this transformers has no SentencePiece converter ({exc})") from None
+
+    class _Proto:  # the converter reads `vocab_file` and `original_tokenizer` fields only
+        def __init__(self, path):
+            self.vocab_file = path
+            self.legacy = False
+            self.add_prefix_space = False
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "tokenizer.model")
+        with open(path, "wb") as f:
+            f.write(tok._files["tokenizer.model"])
+        try:
+            backend = SpmConverter(_Proto(path)).converted()
+        except Exception as exc:  # noqa: BLE001 - converter internals vary by version
+            raise TokenizerExportError(f"could not convert the SentencePiece model to tokenizer.json ({exc}); "
+                                       f"export a model trained with a BPE tokenizer.json instead") from None
+    return backend.to_str()
+
+
+def export_tokenizer(tok: Tokenizer, out_dir: str, model_max_length: int) -> None:
+    """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `out_dir`; verify that
+    `transformers` loads them and encodes a probe text exactly like `tok`."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
+        f.write(_backend_json(tok))
+    if tok.tokenizer_type == "SentencePieceTokenizer":
+        with open(os.path.join(out_dir, "tokenizer.model"), "wb") as f:
+            f.write(tok._files["tokenizer.model"])
+    specials = special_token_kwargs(tok)
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length,
+              "clean_up_tokenization_spaces": False, "add_bos_token": False, "add_eos_token": False,
+              "megatron_code_tokenizer_type": tok.tokenizer_type, **specials}
+    with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    with open(os.path.join(out_dir, "special_tokens_map.json"), "w") as f:
+        json.dump(specials, f, indent=2)
+    check_exported_tokenizer(tok, out_dir)
+
+
+def check_exported_tokenizer(tok: Tokenizer, out_dir: str, text: str = PROBE) -> None:
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(out_dir)
+    ours, theirs = tok.encode(text), hf(text, add_special_tokens=False)["input_ids"]
+    if ours != theirs:
+        raise TokenizerExportError(f"the exported tokenizer encodes differently from ours ({theirs[:12]} vs "
+                                   f"{ours[:12]}); this tokenizer cannot be exported exactly")
+    if hf.eos_token_id != tok.eod:
+        raise TokenizerExportError(f"exported eos id {hf.eos_token_id} != our EOD {tok.eod}")
+
+
+def import_tokenizer(hf_dir: str) -> Tokenizer | None:
+    """Our tokenizer from a transformers directory's tokenizer.json; None when there is none or it lacks our EOD
+    token ``<|endoftext|>``."""
+    path = os.path.join(hf_dir, "tokenizer.json")
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return HFTokenizer({"tokenizer.json": data})
+    except TokenizerError:
+        return None
