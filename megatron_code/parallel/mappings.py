@@ -75,12 +75,13 @@ def reduce_scatter(x: torch.Tensor, dim: int, group) -> torch.Tensor:
     if x.size(dim) % n != 0:
         raise ValueError(f"cannot reduce-scatter dimension {dim} of size {x.size(dim)} over {n} ranks: it must be "
                          f"divisible (for sequence parallelism choose a sequence length divisible by TP)")
-    if dist.get_backend(group) == "gloo":
-        # gloo has no reduce_scatter: all-reduce then keep our chunk (same result, more traffic; CPU tests only).
-        return split(all_reduce(x, group), dim, group)
     parts = [p.contiguous() for p in x.chunk(n, dim=dim)]
     out = torch.empty_like(parts[0])
-    dist.reduce_scatter(out, parts, group=group)
+    try:
+        dist.reduce_scatter(out, parts, group=group)
+    except (RuntimeError, NotImplementedError):
+        # gloo before torch 2.x had no reduce_scatter (it fails before communicating): all-reduce, keep our chunk.
+        return split(all_reduce(x, group), dim, group)
     return out
 
 
