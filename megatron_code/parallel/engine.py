@@ -13,7 +13,7 @@ import os
 import re
 import socket
 import subprocess
-from typing import Any
+from typing import Any, MutableMapping
 
 import torch
 
@@ -42,20 +42,28 @@ def _first_slurm_host(nodelist: str) -> str:
     return m.group(1) + (m.group(3) or "")
 
 
-def launch_environment() -> dict[str, str]:
-    """Fill RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT from whichever launcher started us."""
-    env = os.environ
+def launch_environment(environ: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """Fill RANK/WORLD_SIZE/LOCAL_RANK/MASTER_ADDR/MASTER_PORT (in `environ`, default os.environ) from whichever
+    launcher started us: torchrun/deepspeed (RANK set), an `srun` step (SLURM_STEP_ID set), or plain python.
+
+    A SLURM batch script itself also has SLURM_PROCID=0 and SLURM_NTASKS=N but is one process, not a step: plain
+    `python pretrain_code.py` there runs world size 1 instead of waiting forever for N-1 peers."""
+    env = os.environ if environ is None else environ
+    step = env.get("SLURM_STEP_ID", env.get("SLURM_STEPID"))
     if "RANK" in env and "WORLD_SIZE" in env:
         env.setdefault("LOCAL_RANK", "0")
         env.setdefault("MASTER_ADDR", "127.0.0.1")
         env.setdefault("MASTER_PORT", "29500")
-    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:
+    elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env and step is not None:
         env["RANK"] = env["SLURM_PROCID"]
         env["WORLD_SIZE"] = env["SLURM_NTASKS"]
         env["LOCAL_RANK"] = env.get("SLURM_LOCALID", "0")
         env.setdefault("MASTER_ADDR", _first_slurm_host(env.get("SLURM_JOB_NODELIST", "127.0.0.1")))
-        # Deterministic per job so every task agrees without talking first.
-        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+        # Deterministic per job and step so every task agrees without talking first, and two steps of one job
+        # (run one after another or side by side) do not share a port: 20000-39999.
+        job_id = int(env.get("SLURM_JOB_ID", "0"))
+        step_id = int(step) if step.isdigit() else 0
+        env.setdefault("MASTER_PORT", str(20000 + (job_id % 1000) * 20 + step_id % 20))
     else:
         env.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
         env.setdefault("MASTER_ADDR", "127.0.0.1")
