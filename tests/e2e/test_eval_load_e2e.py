@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import textwrap
 
 import pytest
 
@@ -25,40 +24,16 @@ def _run(args, **kw):
     return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, **kw)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from megatron_code.data.tokenizer import train_code_tokenizer
-
-    root = tmp_path_factory.mktemp("eval_e2e")
-    src = root / "src"
-    src.mkdir()
-    stdlib = os.path.dirname(textwrap.__file__)
-    for name in ("textwrap.py", "heapq.py", "bisect.py"):
-        (src / name).write_bytes(open(os.path.join(stdlib, name), "rb").read())
-    tok_dir = root / "tok"
-    train_code_tokenizer(sorted(str(p) for p in src.iterdir()), 400, str(tok_dir))
-    r = _run(["tools/preprocess_data.py", "--input", str(src), "--output-prefix", str(root / "data"),
-              "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(tok_dir), "--append-eod",
-              "--workers", "1", "--no-progress"])
-    assert r.returncode == 0, r.stderr
-    ckpt = root / "ckpt"
-    r = _run(["pretrain_code.py", "--preset", "tiny", "--data-path", str(root / "data_text_document"),
-              "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(tok_dir), "--train-iters", "2",
-              "--micro-batch-size", "2", "--seq-length", "32", "--save", str(ckpt), "--save-interval", "2",
-              "--eval-interval", "1000", "--log-interval", "1"])
-    assert r.returncode == 0, r.stderr[-3000:]
-    return str(ckpt)
-
-
-def test_evaluate_humaneval_load(checkpoint, tmp_path):
+def test_evaluate_humaneval_load(tiny_checkpoint, tmp_path):
     problems = read_problems()
     subset = [problems[t] for t in ("HumanEval/0", "HumanEval/4", "HumanEval/7")]
     problem_file = tmp_path / "problems.jsonl"
     write_jsonl(str(problem_file), subset)
     out = tmp_path / "out"
-    r = _run(["tools/evaluate_humaneval.py", "--load", checkpoint, "--problem-file", str(problem_file),
-              "--n-samples", "2", "--temperature", "0.8", "--max-new-tokens", "24", "--output", str(out),
-              "--workers", "2", "--timeout", "2", "--no-progress"], timeout=300)
+    r = _run(["tools/evaluate_humaneval.py", "--load", tiny_checkpoint,
+              "--problem-file", str(problem_file), "--n-samples", "2", "--temperature", "0.8",
+              "--max-new-tokens", "24", "--output", str(out), "--workers", "2", "--timeout", "2",
+              "--no-progress"], timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     assert re.search(r"^pass@1: [01]\.\d{4}$", r.stdout, re.M), r.stdout
     samples = [json.loads(x) for x in open(out / "samples.jsonl")]
@@ -71,12 +46,12 @@ def test_evaluate_humaneval_load(checkpoint, tmp_path):
     assert summary["num_samples"] == 6 and set(summary["pass_at_k"]) == {"pass@1"}
 
 
-def test_generate_docstrings_load(checkpoint, tmp_path):
+def test_generate_docstrings_load(tiny_checkpoint, tmp_path):
     code = tmp_path / "code.py"
     code.write_text("def add(a, b):\n    return a + b\n\n\ndef neg(a):\n    return -a\n")
     out = tmp_path / "doc.jsonl"
-    r = _run(["tools/generate_docstrings.py", "--load", checkpoint, "--input", str(code), "--max-new-tokens", "12",
-              "--output", str(out)], timeout=300)
+    r = _run(["tools/generate_docstrings.py", "--load", tiny_checkpoint, "--input", str(code),
+              "--max-new-tokens", "12", "--output", str(out)], timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("add (line 1): The previous function")

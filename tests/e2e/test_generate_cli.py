@@ -8,7 +8,6 @@ import importlib.util
 import os
 import subprocess
 import sys
-import textwrap
 
 import pytest
 import torch
@@ -24,32 +23,7 @@ def _run(args, **kw):
     return subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, **kw)
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from megatron_code.data.tokenizer import train_code_tokenizer
-
-    root = tmp_path_factory.mktemp("gen_e2e")
-    src = root / "src"
-    src.mkdir()
-    stdlib = os.path.dirname(textwrap.__file__)
-    for name in ("textwrap.py", "heapq.py", "bisect.py", "copy.py"):
-        (src / name).write_bytes(open(os.path.join(stdlib, name), "rb").read())
-    tok_dir = root / "tok"
-    train_code_tokenizer(sorted(str(p) for p in src.iterdir()), 400, str(tok_dir))
-    r = _run(["tools/preprocess_data.py", "--input", str(src), "--output-prefix", str(root / "data"),
-              "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(tok_dir), "--append-eod",
-              "--workers", "1", "--no-progress"])
-    assert r.returncode == 0, r.stderr
-    ckpt = root / "ckpt"
-    r = _run(["pretrain_code.py", "--preset", "tiny", "--data-path", str(root / "data_text_document"),
-              "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(tok_dir), "--train-iters", "2",
-              "--micro-batch-size", "2", "--seq-length", "32", "--save", str(ckpt), "--save-interval", "2",
-              "--eval-interval", "1000", "--log-interval", "1"])
-    assert r.returncode == 0, r.stderr[-3000:]
-    return str(ckpt)
-
-
-def test_cli_prints_only_the_completion(checkpoint, capsys, monkeypatch):
+def test_cli_prints_only_the_completion(tiny_checkpoint, capsys, monkeypatch):
     from megatron_code.inference import contrastive_search, generate, load_for_inference
     from megatron_code.inference.stopping import HUMANEVAL_STOPS
 
@@ -58,11 +32,11 @@ def test_cli_prints_only_the_completion(checkpoint, capsys, monkeypatch):
     spec.loader.exec_module(cli)
 
     torch.set_num_threads(1)
-    model, tok = load_for_inference(checkpoint)
+    model, tok = load_for_inference(tiny_checkpoint)
     assert not model.training and tok.vocab_size <= model.cfg.padded_vocab_size
 
     # 1. a real subprocess: stdout is the greedy completion, byte for byte; logs went to stderr
-    r = _run(["tools/generate.py", "--load", checkpoint, "--prompt", PROMPT, "--max-new-tokens", "12",
+    r = _run(["tools/generate.py", "--load", tiny_checkpoint, "--prompt", PROMPT, "--max-new-tokens", "12",
               "--temperature", "0"])
     assert r.returncode == 0, r.stderr
     expect = generate(model, tok, [PROMPT], max_new_tokens=12)[0][0]
@@ -70,22 +44,22 @@ def test_cli_prints_only_the_completion(checkpoint, capsys, monkeypatch):
     assert "loaded" in r.stderr
 
     # 2. sampling with n samples and HumanEval stops, in process
-    assert cli.main(["--load", checkpoint, "--prompt", PROMPT, "--max-new-tokens", "16", "--temperature", "1.0",
-                     "--top-p", "0.95", "--seed", "3", "--num-samples", "2", "--stop", "humaneval",
-                     "--separator", "@@"]) == 0
+    assert cli.main(["--load", tiny_checkpoint, "--prompt", PROMPT, "--max-new-tokens", "16",
+                     "--temperature", "1.0", "--top-p", "0.95", "--seed", "3", "--num-samples", "2",
+                     "--stop", "humaneval", "--separator", "@@"]) == 0
     samples = generate(model, tok, [PROMPT], max_new_tokens=16, temperature=1.0, top_p=0.95, seed=3,
                        num_samples=2, stop=list(HUMANEVAL_STOPS))[0]
     assert capsys.readouterr().out == "\n@@\n".join(samples)
 
     # 3. contrastive search
-    assert cli.main(["--load", checkpoint, "--prompt", PROMPT, "--max-new-tokens", "10", "--contrastive-alpha",
-                     "0.6", "--contrastive-k", "3"]) == 0
+    assert cli.main(["--load", tiny_checkpoint, "--prompt", PROMPT, "--max-new-tokens", "10",
+                     "--contrastive-alpha", "0.6", "--contrastive-k", "3"]) == 0
     assert capsys.readouterr().out == contrastive_search(model, tok, [PROMPT], top_k=3, alpha=0.6,
                                                          max_new_tokens=10)[0]
 
     # 4. user mistakes: one line on stderr, exit code 2, nothing on stdout
-    assert cli.main(["--load", checkpoint + "_missing", "--prompt", "x"]) == 2
+    assert cli.main(["--load", tiny_checkpoint + "_missing", "--prompt", "x"]) == 2
     out = capsys.readouterr()
     assert out.out == "" and out.err.startswith("error:") and "Traceback" not in out.err
-    assert cli.main(["--load", checkpoint, "--prompt", "x", "--top-p", "0"]) == 2
+    assert cli.main(["--load", tiny_checkpoint, "--prompt", "x", "--top-p", "0"]) == 2
     assert "top_p" in capsys.readouterr().err
