@@ -127,6 +127,25 @@ class ParallelGroups:
                    tp_ranks=mine["tp"][0], tp_group=mine["tp"][1], dp_ranks=mine["dp"][0], dp_group=mine["dp"][1],
                    pp_ranks=mine["pp"][0], pp_group=mine["pp"][1], mp_ranks=mine["mp"][0], mp_group=mine["mp"][1])
 
+    @classmethod
+    def virtual(cls, tp: int = 1, pp: int = 1, dp: int = 1, rank: int = 0) -> "ParallelGroups":
+        """The view of global `rank` in a TP x PP x DP layout, without processes: groups are `VirtualGroup`s that
+        only know their size and this rank's position (plan / count / reshard a meta-device model for a layout
+        this machine cannot launch). Running collectives on them raises."""
+        from .mappings import VirtualGroup
+
+        grid = resolve_layout(tp * pp * dp, tp, pp, dp)
+        if not 0 <= rank < grid.world_size:
+            raise ParallelLayoutError(f"rank {rank} is outside the world of {grid.world_size} processes")
+        found = {}
+        for kind, lists in (("tp", grid.tp_groups()), ("dp", grid.dp_groups()), ("pp", grid.pp_groups()),
+                            ("mp", grid.mp_groups())):
+            ranks = next(r for r in lists if rank in r)
+            found[kind] = (ranks, VirtualGroup(len(ranks), ranks.index(rank)))
+        return cls(grid=grid, rank=rank, tp_ranks=found["tp"][0], tp_group=found["tp"][1],
+                   dp_ranks=found["dp"][0], dp_group=found["dp"][1], pp_ranks=found["pp"][0],
+                   pp_group=found["pp"][1], mp_ranks=found["mp"][0], mp_group=found["mp"][1])
+
     # ------------------------------------------------------------------ sizes and ranks
     @property
     def world_size(self) -> int:

@@ -25,22 +25,50 @@ import torch.distributed as dist
 SEQ_DIM = 1
 
 
+class VirtualGroup:
+    """A stand-in for a process group of `size` ranks seen from `rank`, with no processes behind it: enough to
+    shard a (meta-device) model for rank `rank` of a layout this machine cannot launch (count a 540B model's
+    per-rank parameters, compute resharding specs). Any collective on it raises."""
+
+    def __init__(self, size: int, rank: int):
+        if not 0 <= rank < size:
+            raise ValueError(f"rank {rank} outside a group of size {size}")
+        self.size, self.rank = size, rank
+
+    def __repr__(self) -> str:
+        return f"VirtualGroup(size={self.size}, rank={self.rank})"
+
+
 def group_size(group) -> int:
+    if isinstance(group, VirtualGroup):
+        return group.size
     if group is None or not dist.is_available() or not dist.is_initialized():
         return 1
     return dist.get_world_size(group)
 
 
 def group_rank(group) -> int:
+    if isinstance(group, VirtualGroup):
+        return group.rank
     if group is None or not dist.is_available() or not dist.is_initialized():
         return 0
     return dist.get_rank(group)
 
 
+def _communicating(group) -> bool:
+    """False when a collective over `group` is the identity (size 1); raises for virtual groups."""
+    if group_size(group) == 1:
+        return False
+    if isinstance(group, VirtualGroup):
+        raise RuntimeError(f"{group} is for planning (shapes, meta-device models) and cannot run collectives: "
+                           f"build ParallelGroups.build(...) inside a launched job to run the model")
+    return True
+
+
 # ----------------------------------------------------------------------------- raw (non-autograd) collectives
 def all_reduce(x: torch.Tensor, group, op=dist.ReduceOp.SUM) -> torch.Tensor:
     """Out-of-place all-reduce (the input may be saved by autograd elsewhere)."""
-    if group_size(group) == 1:
+    if not _communicating(group):
         return x
     out = x.contiguous().clone()
     dist.all_reduce(out, op=op, group=group)
@@ -48,9 +76,9 @@ def all_reduce(x: torch.Tensor, group, op=dist.ReduceOp.SUM) -> torch.Tensor:
 
 
 def all_gather(x: torch.Tensor, dim: int, group) -> torch.Tensor:
-    n = group_size(group)
-    if n == 1:
+    if not _communicating(group):
         return x
+    n = group_size(group)
     x = x.contiguous()
     parts = [torch.empty_like(x) for _ in range(n)]
     dist.all_gather(parts, x, group=group)
@@ -69,9 +97,9 @@ def split(x: torch.Tensor, dim: int, group) -> torch.Tensor:
 
 
 def reduce_scatter(x: torch.Tensor, dim: int, group) -> torch.Tensor:
-    n = group_size(group)
-    if n == 1:
+    if not _communicating(group):
         return x
+    n = group_size(group)
     if x.size(dim) % n != 0:
         raise ValueError(f"cannot reduce-scatter dimension {dim} of size {x.size(dim)} over {n} ranks: it must be "
                          f"divisible (for sequence parallelism choose a sequence length divisible by TP)")

@@ -173,3 +173,43 @@ def _check_coverage(model: nn.Module, matches: dict) -> None:
 def tensor_parallel_state(model: nn.Module) -> dict:
     """Which parameters are sharded and along which dim: {param name: partition_dim} (resharding / checkpoints)."""
     return {n: p.partition_dim for n, p in model.named_parameters() if getattr(p, "tensor_model_parallel", False)}
+
+
+# ----------------------------------------------------------------------------- resharding (no processes needed)
+def partition_spec(cfg, tp: int) -> dict[str, Optional[int]]:
+    """{parameter name: dim it is split along at tensor-parallel size `tp`, or None if every TP rank holds it
+    whole}, computed from a meta-device GPT sharded for a virtual rank (no memory, no processes). Optimizer
+    state tensors shaped like their parameter (Adam moments) follow the same spec."""
+    from ..model import GPT
+    from .plans import plan_for
+
+    with torch.device("meta"):
+        model = GPT(cfg)
+    if tp > 1:
+        apply_tensor_parallel(model, plan_for(cfg, tp), ParallelGroups.virtual(tp=tp))
+    split = tensor_parallel_state(model)
+    return {n: split.get(n) for n, _ in model.named_parameters()}
+
+
+def merge_tp_shards(shards: list[dict], spec: dict[str, Optional[int]]) -> dict:
+    """Full (TP = 1) state dict from the per-TP-rank state dicts [rank 0, rank 1, ...] of one pipeline stage /
+    data replica. Split tensors are concatenated along their dim; replicated ones are taken from rank 0."""
+    out = {}
+    for key, value in shards[0].items():
+        dim = spec.get(key)
+        out[key] = value if dim is None or len(shards) == 1 else torch.cat([s[key] for s in shards], dim=dim)
+    return out
+
+
+def split_for_tp(full: dict, spec: dict[str, Optional[int]], tp: int, rank: int) -> dict:
+    """TP rank `rank`'s state dict at size `tp` from a full state dict (the inverse of merge_tp_shards)."""
+    out = {}
+    for key, value in full.items():
+        dim = spec.get(key)
+        if dim is None or tp == 1:
+            out[key] = value
+        else:
+            if value.shape[dim] % tp != 0:
+                raise PlanError(f"'{key}' has {value.shape[dim]} rows along dim {dim}, not divisible by TP {tp}")
+            out[key] = value.chunk(tp, dim=dim)[rank].clone()
+    return out

@@ -17,7 +17,8 @@ from megatron_code.parallel.cross_entropy import make_loss_fn
 from megatron_code.parallel.groups import ParallelGroups
 from megatron_code.parallel.plans import PlanError, match_plan, plan_for
 from megatron_code.parallel.random import seed_parallel_rng
-from megatron_code.parallel.tensor_parallel import apply_tensor_parallel, tensor_parallel_state
+from megatron_code.parallel.tensor_parallel import (apply_tensor_parallel, merge_tp_shards, partition_spec,
+                                                    split_for_tp, tensor_parallel_state)
 from megatron_code.testing import run_distributed
 from megatron_code.training.losses import causal_lm_loss
 
@@ -236,3 +237,41 @@ def test_tp1_is_identity_without_process_group():
     before = model(x)
     assert apply_tensor_parallel(model, plan_for(cfg, 1), ParallelGroups.build()) is model
     close(model(x), before, "tp1")
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_reshard_state_dicts_round_trip(tp):
+    """Shard a model for every TP rank of a virtual layout (no processes): merging the shards gives back the full
+    state dict, and splitting the full one gives each rank's shard (weights of every architecture case)."""
+    for name in CASES:
+        cfg = make_cfg(name)
+        torch.manual_seed(0)
+        full_model = GPT(cfg)
+        full_model.init_weights()
+        full = full_model.state_dict()
+        spec = partition_spec(cfg, tp)
+        assert set(spec) == set(full)
+        shards = [apply_tensor_parallel(copy.deepcopy(full_model), plan_for(cfg, tp),
+                                        ParallelGroups.virtual(tp=tp, rank=r)).state_dict() for r in range(tp)]
+        merged = merge_tp_shards(shards, spec)
+        for k in full:
+            assert torch.equal(merged[k], full[k]), (name, k)
+        for r in range(tp):
+            mine = split_for_tp(full, spec, tp, r)
+            for k in shards[r]:
+                assert torch.equal(mine[k], shards[r][k]), (name, r, k)
+
+
+def test_virtual_groups_plan_a_large_layout_without_memory():
+    """Per-rank parameter count of a big config at TP 8 on the meta device; collectives are refused."""
+    cfg = ModelConfig(num_layers=4, hidden_size=1024, num_attention_heads=16, num_kv_heads=1, vocab_size=50000,
+                      activation="swiglu", ffn_hidden_size=4096, block="parallel", tie_embeddings=False)
+    with torch.device("meta"):
+        model = GPT(cfg)
+    total = sum(p.numel() for p in model.parameters())
+    model = apply_tensor_parallel(model, plan_for(cfg, 8), ParallelGroups.virtual(tp=8, rank=3))
+    per_rank = sum(p.numel() for p in model.parameters())
+    replicated = sum(p.numel() for p in model.parameters() if not getattr(p, "tensor_model_parallel", False))
+    assert per_rank == (total - replicated) // 8 + replicated
+    with pytest.raises(RuntimeError, match="cannot run collectives"):
+        model.to_empty(device="cpu")(torch.zeros(1, 4, dtype=torch.long))
