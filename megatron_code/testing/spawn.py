@@ -19,6 +19,7 @@ RANK / WORLD_SIZE / LOCAL_RANK / LOCAL_WORLD_SIZE as under torchrun (DeepSpeed's
 from __future__ import annotations
 
 import os
+import pickle
 import queue as queue_mod
 import shutil
 import tempfile
@@ -49,6 +50,10 @@ def _child(rank: int, world_size: int, init_file: str, backend: str, fn: Callabl
         dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=max(timeout, 10)))
         out = fn(rank, world_size, *args, **kwargs)
+        try:
+            pickle.dumps(out)  # the queue pickles in a background thread, where a failure would be silent
+        except Exception as exc:  # noqa: BLE001
+            raise TypeError(f"{fn.__name__} returned a value that cannot be pickled back to the parent: {exc}")
         results.put((rank, "ok", out))
     except BaseException:  # noqa: BLE001 - every failure must reach the parent with its traceback
         results.put((rank, "error", traceback.format_exc()))

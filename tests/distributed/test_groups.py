@@ -135,6 +135,16 @@ def test_spawn_reraises_child_exception_with_traceback():
     assert time.monotonic() - start < 30  # the hung rank 0 was killed, not waited for
 
 
+def _returns_unpicklable(rank, world):
+    return lambda: rank
+
+
+@pytest.mark.distributed
+def test_spawn_reports_unpicklable_results():
+    with pytest.raises(DistributedTestError, match="cannot be pickled back to the parent"):
+        run_distributed(_returns_unpicklable, 1, timeout=60)
+
+
 @pytest.mark.distributed
 def test_spawn_timeout_kills_hung_ranks():
     start = time.monotonic()
