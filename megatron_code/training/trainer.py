@@ -24,6 +24,7 @@ from ..config.job import JobConfig
 from ..model import GPT, flops_per_token
 from ..parallel.engine import deepspeed_config, init_distributed, initialize_engine, trainer_clips_gradients
 from ..parallel.groups import ParallelGroups
+from ..parallel.pipeline import PipelineBatches, StepClipper, build_pipeline
 from . import checkpoint as ckpt
 from .data import build_job_data, make_loader
 from .guards import StopSignal, check_finite
@@ -31,6 +32,8 @@ from .objective import Collate, Objective
 from .lr_schedule import lr_at
 from .metrics import MetricsSink, Throughput, peak_flops
 from .optimizer import build_optimizer
+
+MIM_PARTS = ("fwd_ce", "bwd_ce", "agreement")  # training/losses.py mim_loss parts, logged per step
 
 
 def log(msg: str, rank: int = 0) -> None:
@@ -90,9 +93,6 @@ class Trainer:
         self.rank, self.world = init_distributed(job.parallel.backend)
         self.groups = ParallelGroups.build(job.parallel.tensor_parallel, job.parallel.pipeline_parallel)
         self.grad_accum = job.resolve_batch(self.groups.dp_size)
-        if job.parallel.pipeline_parallel > 1:
-            raise ConfigError("pipeline parallelism is not wired into the trainer yet: use "
-                              "--pipeline-model-parallel-size 1")
         ckpt.check_fresh_save_dir(t.save, t.load)
         seed_everything(t.seed)
         self.tokenizer = resolve_tokenizer(job)
@@ -100,9 +100,14 @@ class Trainer:
         job.validate()
         model = build_model(job, self.groups)
         self.mpu = self.groups.mpu if self.world > 1 else None
-        self.engine = initialize_engine(model, build_optimizer(model, job.optim),
-                                        deepspeed_config(job, self.grad_accum), mpu=self.mpu)
+        self.pipelined = self.groups.pp_size > 1
+        if self.pipelined:
+            model, self.mpu = self._pipeline_module(model), None  # DeepSpeed uses the pipeline grid as mpu
+        optimizer = build_optimizer(model, job.optim)
         self.own_clip = trainer_clips_gradients(job)
+        if self.pipelined and self.own_clip:
+            self.step_clipper = StepClipper(optimizer, model, job.optim.clip_grad or float("inf"), self.groups)
+        self.engine = initialize_engine(model, optimizer, deepspeed_config(job, self.grad_accum), mpu=self.mpu)
         self.grad_norm = float("nan")
         self.iteration, self.consumed = 0, 0
         self.resume_rng = None
@@ -136,6 +141,8 @@ class Trainer:
 
     def train_step(self, batches) -> float:
         """One optimizer step over `grad_accum` micro batches. Returns the mean loss (averaged over DP)."""
+        if self.pipelined:
+            return self._train_step_pipeline(batches)
         total = 0.0
         self.loss_parts = {}
         for micro in range(self.grad_accum):
@@ -164,6 +171,8 @@ class Trainer:
         self.engine.eval()
         loader = make_loader(dataset, self.job, 0, self.groups.dp_rank, self.groups.dp_size,
                              Collate(self.objective, train=False))
+        if self.pipelined:
+            return self._evaluate_pipeline(loader)
         total, n = torch.zeros(()), 0
         for i, batch in enumerate(loader):
             if i >= self.job.training.eval_iters * self.grad_accum:
@@ -176,6 +185,39 @@ class Trainer:
             dist.all_reduce(mean, group=self.groups.dp_group)
             mean = mean / self.groups.dp_size
         return float(mean)
+
+    # ------------------------------------------------------------------ pipeline parallelism (parallel/pipeline.py)
+    def _pipeline_module(self, model: torch.nn.Module) -> torch.nn.Module:
+        """The seed-initialized (and TP-sharded) GPT carved into this rank's DeepSpeed pipeline stage."""
+        p = self.job.parallel
+        return build_pipeline(model, self.groups, self._pipeline_loss, partition_method=p.pipeline_partition,
+                              checkpoint_interval=p.activation_checkpoint_interval,
+                              part_names=MIM_PARTS if self.job.objective.objective == "mim" else ())
+
+    def _pipeline_loss(self, logits: torch.Tensor, batch: dict, train: bool):
+        """Last stage: the objective's loss on this micro batch's (vocab-parallel) logits."""
+        return self.objective.loss(logits, batch, self.tp_group, train)
+
+    def _train_step_pipeline(self, batches) -> float:
+        """engine.train_batch pulls `grad_accum` micro batches (first and last stage read the same ones: each
+        rank has its own loader over its DP rank's samples); the loss comes back DP-averaged on every stage."""
+        loss = self.engine.train_batch(PipelineBatches(batches))
+        parts = self.engine.get_additional_losses() or {}
+        self.loss_parts = {k: float(v) for k, v in parts.items()}
+        if self.own_clip:
+            self.grad_norm = self.step_clipper.norm
+        else:
+            norm = self.engine.get_global_grad_norm()
+            self.grad_norm = float(norm) if norm is not None else float("nan")
+        return float(loss)
+
+    def _evaluate_pipeline(self, loader) -> float:
+        """Mean over eval_iters global batches; eval_batch returns the DP-averaged loss on every stage."""
+        batches = PipelineBatches(iter(loader))
+        n = min(self.job.training.eval_iters, len(loader) // self.grad_accum)
+        total = sum(float(self.engine.eval_batch(batches)) for _ in range(n))
+        self.engine.train()
+        return total / max(n, 1)
 
     # ------------------------------------------------------------------ bookkeeping
     def save(self) -> None:

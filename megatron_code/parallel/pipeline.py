@@ -1,0 +1,343 @@
+"""Pipeline parallelism: our GPT as a DeepSpeed `PipelineModule` (Huang et al., 2019 GPipe / Narayanan et al., 2019
+PipeDream-1F1B schedule, as DeepSpeed's pipeline engine runs it).
+
+The model is built and initialized whole from the job seed (and sharded by the TP plan) exactly as without
+pipelining, then carved into pipeline layers that REUSE its modules, so every layout starts from identical weights:
+
+    layer 0        EmbeddingPipe   (input_ids, position_ids) -> (hidden, position_ids)   [tied key "embed"]
+    layer 1..L     BlockPipe       (hidden, position_ids) -> (hidden, position_ids)      RoPE from position_ids
+    layer L+1      FinalNormPipe   (hidden, position_ids) -> hidden
+    layer L+2      head            hidden -> logits (B, T, V/tp): the tied embedding (TiedLayerSpec "embed", its
+                                   gradient all-reduced between first and last stage) or HeadPipe(lm_head)
+
+Position ids travel between stages beside the hidden states (integer tensors carry no gradient, DeepSpeed skips
+them in the backward sends), so RoPE and reset position ids work on every stage. Each wrapper holds the original
+module under its GPT attribute path, so a pipeline layer's state-dict keys ARE the GPT's keys ("layers.3.attn.
+q_proj.weight"): the union of DeepSpeed's `layer_XX-model_YY-model_states.pt` files is the GPT state dict of TP
+rank YY (see `gpt_keys_of_layer`).
+
+Batches: DeepSpeed feeds `(inputs, labels)` tuples, inputs to the first stage and labels to the last;
+`to_pipeline_batch` / `batch_from_labels` translate our batch dicts (causal: labels + loss_mask; MIM training:
+`mim_labels_tuple`). The loss on the last stage is the objective's (vocab-parallel under TP), computed by a
+`loss_fn(logits, batch, train) -> (loss, parts)` the trainer passes in.
+
+Gradient norm: DeepSpeed's fp32 (ZeRO-0) clipping counts parameters that are not tensor-parallel on model-parallel
+rank 0 only, i.e. on the FIRST pipeline stage only; `clip_grad_norm_pipeline` counts them on TP rank 0 of every
+stage and the tied copy once. ZeRO-1's own norm is correct with PP and is used as is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Callable, Iterable, Iterator, Optional
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.utils.checkpoint import checkpoint as torch_checkpoint
+
+from ..data.objectives.mim import mim_batch_from_labels, mim_labels_tuple
+from ..model.rope import rotary_cos_sin
+from .groups import ParallelGroups
+from .random import RNGTracker
+
+TIED_KEY = "embed"
+PARTITION_METHODS = ("parameters", "uniform")
+
+LossFn = Callable[[torch.Tensor, dict, bool], "tuple[torch.Tensor, dict]"]
+
+
+class PipelineConfigError(ValueError):
+    """The pipeline layout cannot be built as asked (unknown partition method, a stage left without layers)."""
+
+
+# ----------------------------------------------------------------------------- the pipeline layers
+class EmbeddingPipe(nn.Module):
+    """First stage. Also the tied head's owner on the last stage (see `tied_logits`)."""
+
+    def __init__(self, embed: nn.Module):
+        super().__init__()
+        self.embed = embed
+
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        input_ids, position_ids = inputs  # (B, T) long each
+        return self.embed(input_ids, position_ids), position_ids  # (B, T, H) [(B, T/tp, H) under SP]
+
+
+def tied_logits(owner: EmbeddingPipe, hidden: torch.Tensor) -> torch.Tensor:
+    """Tied head: hidden (B, T, H) -> logits (B, T, V/tp) with this rank's vocabulary rows of the embedding."""
+    return torch.nn.functional.linear(hidden, owner.embed.word.weight)
+
+
+class BlockPipe(nn.Module):
+    """One transformer block; `layers` is a one-entry ModuleDict so keys read `layers.<i>.…` as in the GPT."""
+
+    def __init__(self, index: int, block: nn.Module, rotary_dims: Optional[int], rotary_base: float):
+        super().__init__()
+        self.key = str(index)
+        self.layers = nn.ModuleDict({self.key: block})
+        self.rotary_dims, self.rotary_base = rotary_dims, rotary_base
+
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        x, position_ids = inputs
+        rope = None
+        if self.rotary_dims:
+            # Recomputed per block (a few elementwise ops on (B, T, r)): cheaper than shipping cos/sin between
+            # stages, which would also need gradients.
+            rope = rotary_cos_sin(position_ids, self.rotary_dims, self.rotary_base, x.dtype)
+        return self.layers[self.key](x, rope), position_ids
+
+
+class FinalNormPipe(nn.Module):
+    def __init__(self, final_norm: nn.Module):
+        super().__init__()
+        self.final_norm = final_norm
+
+    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        return self.final_norm(inputs[0])  # TP: its hook brings the output into the TP region
+
+
+class HeadPipe(nn.Module):
+    def __init__(self, lm_head: nn.Module):
+        super().__init__()
+        self.lm_head = lm_head
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(hidden)  # (B, T, V/tp)
+
+
+CHECKPOINTABLE = [EmbeddingPipe.__name__, BlockPipe.__name__, FinalNormPipe.__name__]
+
+
+# ----------------------------------------------------------------------------- batches
+def to_pipeline_batch(batch: dict) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple]:
+    """Our batch dict -> DeepSpeed's `((input_ids, position_ids), labels)`. Labels: MIM training batches (they
+    carry `agree_mask`) -> `mim_labels_tuple`; every other batch -> (labels, loss_mask)."""
+    labels = mim_labels_tuple(batch) if "agree_mask" in batch else (batch["labels"], batch["loss_mask"])
+    return (batch["input_ids"], batch["position_ids"]), labels
+
+
+def batch_from_labels(labels: tuple) -> dict:
+    """Inverse of the label half of `to_pipeline_batch`: the dict the objective's loss reads."""
+    labels = tuple(labels)
+    if len(labels) == 2:
+        return {"labels": labels[0], "loss_mask": labels[1]}
+    return mim_batch_from_labels(labels)
+
+
+class PipelineBatches:
+    """Iterator adapter: our batch dicts -> pipeline tuples (what `engine.train_batch(data_iter)` pulls)."""
+
+    def __init__(self, batches: Iterator[dict]):
+        self.batches = batches
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return to_pipeline_batch(next(self.batches))
+
+
+# ----------------------------------------------------------------------------- activation checkpointing
+def make_checkpoint_fn(tracker: Optional[RNGTracker]):
+    """DeepSpeed calls `fn(run_layers, *inputs)` for each chunk of N layers. Non-reentrant torch checkpointing
+    (inputs need not require grad, so the embedding may sit in a chunk) that also replays the TP RNG tracker's
+    stream during recomputation, so dropout inside TP regions draws the same masks twice (the default CPU/CUDA
+    stream is replayed by torch itself)."""
+
+    def fn(run, *inputs):
+        if tracker is None:
+            return torch_checkpoint(run, *inputs, use_reentrant=False)
+        before = tracker.get_states()
+
+        @contextlib.contextmanager
+        def replay():
+            after = tracker.get_states()
+            tracker.set_states(before)
+            try:
+                yield
+            finally:
+                tracker.set_states(after)
+
+        return torch_checkpoint(run, *inputs, use_reentrant=False,
+                                context_fn=lambda: (contextlib.nullcontext(), replay()))
+
+    return fn
+
+
+# ----------------------------------------------------------------------------- the module
+def _pipeline_module_class():
+    from deepspeed.pipe import PipelineModule
+
+    class GPTPipe(PipelineModule):
+        """DeepSpeed PipelineModule over our GPT's modules; the loss is the objective's (see module docstring)."""
+
+        def attach_loss(self, loss_fn: LossFn, part_names: tuple[str, ...]) -> None:
+            self._objective_loss = loss_fn
+            self.part_names = tuple(part_names)
+            self._last_parts: dict = {}
+            self.loss_fn = self._loss
+
+        def _loss(self, logits: torch.Tensor, labels) -> torch.Tensor:
+            loss, parts = self._objective_loss(logits, batch_from_labels(labels), self.training)
+            self._last_parts = {k: torch.as_tensor(float(v)) for k, v in parts.items()}
+            return loss
+
+        def _synchronize_tied_weights(self):
+            # DeepSpeed broadcasts the tied weight in place (at build and after loading a checkpoint); outside
+            # no_grad autograd records the c10d op on a leaf parameter and warns at every backward.
+            with torch.no_grad():
+                super()._synchronize_tied_weights()
+
+        def get_additional_losses(self):
+            """The objective's logged loss parts (MIM: fwd_ce, bwd_ce, agreement) for the engine to average over
+            micro batches and DP and broadcast to every stage; non-last stages only report the names."""
+            if not self.part_names or not self.training:
+                return None
+            return {k: self._last_parts.get(k, torch.zeros(())) for k in self.part_names}
+
+    return GPTPipe
+
+
+def _layer_specs(model: nn.Module) -> list:
+    from deepspeed.pipe import LayerSpec, TiedLayerSpec
+
+    cfg = model.cfg
+    tied = cfg.tie_embeddings
+    rotary = cfg.rotary_size if cfg.position_embedding == "rope" else None
+    specs: list = []
+    if tied:
+        specs.append(TiedLayerSpec(TIED_KEY, EmbeddingPipe, model.embed, tied_weight_attr="embed.word.weight"))
+    else:
+        specs.append(LayerSpec(EmbeddingPipe, model.embed))
+    for i, block in enumerate(model.layers):
+        specs.append(BlockPipe(i, block, rotary, cfg.rotary_base))
+    specs.append(FinalNormPipe(model.final_norm))
+    if tied:
+        specs.append(TiedLayerSpec(TIED_KEY, EmbeddingPipe, model.embed, forward_fn=tied_logits,
+                                   tied_weight_attr="embed.word.weight"))
+    else:
+        specs.append(HeadPipe(model.lm_head))
+    return specs
+
+
+def gpt_keys_of_layer(num_layers: int, layer_index: int, tied: bool) -> str:
+    """What pipeline layer `layer_index` holds, in GPT terms (for tools reading `layer_XX-*` files): 'embed',
+    'layers.<i>', 'final_norm' or 'lm_head' (None for the tied head, which is saved with layer 0)."""
+    if layer_index == 0:
+        return "embed"
+    if layer_index <= num_layers:
+        return f"layers.{layer_index - 1}"
+    if layer_index == num_layers + 1:
+        return "final_norm"
+    return None if tied else "lm_head"
+
+
+def build_pipeline(model: nn.Module, groups: ParallelGroups, loss_fn: LossFn, *,
+                   partition_method: str = "parameters", checkpoint_interval: int = 0,
+                   part_names: Iterable[str] = (), release_other_stages: bool = True):
+    """Carve `model` (a GPT, initialized, already sharded by the TP plan) into this rank's pipeline stage.
+
+    Collective over the whole world (DeepSpeed builds its grid and tied-weight groups). Every rank must pass a
+    model with identical weights (same seed). `partition_method`: "parameters" (balance trainable parameters;
+    DeepSpeed's default), "uniform" (balance layer counts) or "type:<regex>". `checkpoint_interval` N > 0
+    recomputes activations in chunks of N pipeline layers of a stage (the embedding and final norm count as
+    layers; the head is never recomputed). With `release_other_stages` the other stages' parameters are moved
+    to the meta device (the GPT passed in is consumed). Returns the `PipelineModule` to hand to
+    `deepspeed.initialize(model=..., mpu=None)` (the pipeline grid serves as mpu)."""
+    method = partition_method.lower()
+    if method not in PARTITION_METHODS and not method.startswith("type:"):
+        raise PipelineConfigError(f"unknown pipeline partition method '{partition_method}': use 'parameters', "
+                                  f"'uniform' or 'type:<layer class regex>' (e.g. type:BlockPipe)")
+    n_layers = model.cfg.num_layers + 3
+    if groups.pp_size > n_layers:
+        raise PipelineConfigError(f"{groups.pp_size} pipeline stages for {n_layers} pipeline layers (embedding, "
+                                  f"{model.cfg.num_layers} blocks, norm, head): use fewer stages")
+    _ensure_deepspeed_comm()
+    tracker = getattr(model, "tensor_parallel_info", {}).get("rng_tracker")
+    specs = _layer_specs(model)
+    pipe = _pipeline_module_class()(
+        layers=specs, topology=groups.topology(), partition_method=method,
+        activation_checkpoint_interval=checkpoint_interval, activation_checkpoint_func=make_checkpoint_fn(tracker),
+        checkpointable_layers=list(CHECKPOINTABLE))
+    parts = [int(p) for p in pipe.parts]
+    empty = [s for s in range(groups.pp_size) if parts[s + 1] <= parts[s]]
+    if empty:
+        raise PipelineConfigError(f"pipeline partition '{partition_method}' leaves stage(s) {empty} without layers "
+                                  f"(boundaries {parts}): use --parallel.pipeline_partition uniform or fewer stages")
+    pipe.attach_loss(loss_fn, tuple(part_names))
+    if tracker is not None:
+        pipe.tensor_parallel_info = model.tensor_parallel_info  # the trainer checkpoints the TP RNG stream
+    if release_other_stages:
+        _release(specs, parts[groups.pp_rank], parts[groups.pp_rank + 1], pipe)
+    return pipe
+
+
+def _ensure_deepspeed_comm() -> None:
+    """PipelineModule talks through deepspeed.comm; attach it to an already initialized torch.distributed (test
+    helpers and some launchers initialize torch only)."""
+    import deepspeed
+
+    if not deepspeed.comm.is_initialized():
+        deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False, verbose=False)
+
+
+def _release(specs: list, start: int, stop: int, pipe: nn.Module) -> None:
+    """Free the parameters of layers other stages own (they stay referenced by DeepSpeed's layer list)."""
+    local = {id(p) for p in pipe.parameters()}
+    for i, spec in enumerate(specs):
+        if start <= i < stop:
+            continue
+        module = spec if isinstance(spec, nn.Module) else spec.module_args[0]
+        if not any(id(p) in local for p in module.parameters()):
+            module.to("meta")
+
+
+# ----------------------------------------------------------------------------- gradient norm
+def pipeline_grad_norm(parameters: Iterable[torch.nn.Parameter], groups: ParallelGroups) -> torch.Tensor:
+    """Global L2 norm of the gradients of the whole model, from any rank (collective over TP x PP).
+
+    Tensor-parallel shards (`tensor_model_parallel`) are counted on every TP rank, replicated parameters on TP rank
+    0 only, the tied embedding's second copy (`ds_pipe_replicated`, set by DeepSpeed) not at all. The result is
+    the same on every rank (DP replicas hold all-reduced gradients)."""
+    sq = torch.zeros((), dtype=torch.float32)
+    for p in parameters:
+        if p.grad is None or getattr(p, "ds_pipe_replicated", False):
+            continue
+        if getattr(p, "tensor_model_parallel", False) or groups.tp_rank == 0:
+            sq = sq + p.grad.detach().float().pow(2).sum().to(sq.device)
+    if groups.mp_group is not None and groups.tp_size * groups.pp_size > 1:
+        dist.all_reduce(sq, group=groups.mp_group)
+    return sq.sqrt()
+
+
+def clip_grad_norm_pipeline(parameters: Iterable[torch.nn.Parameter], max_norm: float,
+                            groups: ParallelGroups) -> float:
+    """Scale gradients in place so the global norm is at most `max_norm` (inf: measure only); returns the norm."""
+    params = [p for p in parameters if p.grad is not None]
+    norm = pipeline_grad_norm(params, groups)
+    if max_norm != float("inf"):
+        coef = torch.clamp(max_norm / (norm + 1e-6), max=1.0)
+        for p in params:
+            p.grad.detach().mul_(coef.to(p.grad.device))
+    return float(norm)
+
+
+class StepClipper:
+    """Clips (and records the norm) right before each optimizer step of the pipeline engine, which runs backward,
+    reductions and the step inside `train_batch` with no hook of its own. Used on the plain fp32 ZeRO-0 path,
+    where DeepSpeed's clipping would count the first stage only. `norm` is the last step's value."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, module: nn.Module, max_norm: float,
+                 groups: ParallelGroups):
+        self.module, self.max_norm, self.groups = module, max_norm, groups
+        self.norm = float("nan")
+        self.handle = optimizer.register_step_pre_hook(self._hook)
+
+    def _hook(self, optimizer, args, kwargs):
+        self.norm = clip_grad_norm_pipeline(self.module.parameters(), self.max_norm, self.groups)
+
+
+__all__ = ["EmbeddingPipe", "BlockPipe", "FinalNormPipe", "HeadPipe", "build_pipeline", "to_pipeline_batch",
+           "batch_from_labels", "PipelineBatches", "pipeline_grad_norm", "clip_grad_norm_pipeline", "StepClipper",
+           "make_checkpoint_fn", "gpt_keys_of_layer", "PipelineConfigError"]
