@@ -253,9 +253,6 @@ def to_hf_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor], target: str)
 
 # ----------------------------------------------------------------------------------------------- import
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh"}
-# Fields of our ModelConfig restored from the "megatron_code" record of an exported config.json when present.
-RECORDED_FIELDS = ("vocab_pad_multiple", "init_std", "scaled_init", "attention_dropout", "hidden_dropout",
-                   "embedding_dropout", "bias", "norm_bias", "output_bias")
 
 
 def _nonzero(tensors) -> bool:
@@ -316,14 +313,14 @@ def from_hf_config(hf_cfg, sd: dict[str, torch.Tensor]) -> tuple[str, ModelConfi
             kw.update(norm="layernorm", norm_bias=False, norm_eps=hf_cfg.layer_norm_eps, block="parallel",
                       parallel_shared_norm=True)
     kw.update(_bias_flags(target, hf_cfg, sd))
-    record = getattr(hf_cfg, "megatron_code", None)
-    if isinstance(record, dict):
-        _apply_record(kw, record)
     cfg = ModelConfig(**kw)
     try:
         cfg.validate()
     except ConfigError as exc:
         raise UnsupportedArchitecture(f"{target} config cannot be expressed: {exc}") from None
+    recorded = _config_from_record(getattr(hf_cfg, "megatron_code", None), cfg, target)
+    if recorded is not None:
+        cfg = recorded
     return target, cfg
 
 
@@ -341,16 +338,32 @@ def _bias_flags(target: str, hf_cfg, sd) -> dict:
     return out
 
 
-def _apply_record(kw: dict, record: dict) -> None:
-    """Take non-architectural fields (padding, init, dropout) from our own export record, and bias flags when the
-    record asks for biases that are all zero (so a bias-on model exported at init round-trips with its biases)."""
-    for name in RECORDED_FIELDS:
-        if name not in record:
-            continue
-        if name in ("bias", "norm_bias", "output_bias"):
-            kw[name] = bool(kw.get(name, False) or record[name])
-        else:
-            kw[name] = record[name]
+ARCH_PROPERTIES = ("num_layers", "hidden_size", "num_attention_heads", "kv_heads", "head_size", "ffn_size",
+                   "vocab_size", "max_position_embeddings", "position_embedding", "rotary_size", "rotary_base",
+                   "norm", "norm_eps", "activation", "block", "tie_embeddings")
+
+
+def _config_from_record(record, inferred: ModelConfig, target: str) -> ModelConfig | None:
+    """Our own exported ModelConfig (config.json "megatron_code"), if it describes exactly the inferred function:
+    it restores the padding, init, dropout and bias flags (biases that were zero at export stay trainable)."""
+    if not isinstance(record, dict):
+        return None
+    fields = {k: v for k, v in record.items() if k in ModelConfig.__dataclass_fields__}
+    try:
+        rec = ModelConfig(**fields)
+        rec.validate()
+    except (ConfigError, TypeError):
+        return None
+    same = all(getattr(rec, k) == getattr(inferred, k) for k in ARCH_PROPERTIES)
+    if rec.block == "parallel":
+        same = same and rec.parallel_shared_norm == inferred.parallel_shared_norm
+    # a flag may be on in the record with all-zero tensors, never off while the tensors are non-zero
+    same = same and all(getattr(rec, f) or not getattr(inferred, f) for f in ("bias", "norm_bias", "output_bias"))
+    try:
+        same = same and choose_target(rec, target) == target
+    except UnsupportedArchitecture:
+        return None
+    return rec if same else None
 
 
 def from_hf_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor], target: str) -> dict[str, torch.Tensor]:
@@ -424,7 +437,9 @@ def from_hf_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor], target: st
         norm("final_norm", "model.final_layernorm" if target == "PhiForCausalLM" else "model.norm", nb)
     out["embed.word.weight"] = _pad_rows(embed, cfg.padded_vocab_size)
     if not cfg.tie_embeddings:
-        out["lm_head.weight"] = _pad_rows(take("lm_head.weight"), cfg.padded_vocab_size)
+        # a tied HF model whose head has a non-zero bias is imported untied (ours cannot tie with an output bias)
+        head = sd["lm_head.weight"] if "lm_head.weight" in sd else embed
+        out["lm_head.weight"] = _pad_rows(head, cfg.padded_vocab_size)
     if cfg.output_bias:
         out["lm_head.bias"] = _pad_rows(take("lm_head.bias"), cfg.padded_vocab_size)
     return {k: t.detach().to(torch.float32).contiguous().clone() for k, t in out.items()}

@@ -38,10 +38,16 @@ def special_token_kwargs(tok: Tokenizer) -> dict:
 
 
 def _backend_json(tok: Tokenizer) -> str:
+    if "tokenizer.json" in tok._files:  # byte-identical copy: an import gets back the same fingerprint
+        return tok._files["tokenizer.json"].decode("utf-8")
     if isinstance(tok, HFTokenizer):  # includes GPT2BPETokenizer (built as a tokenizers.Tokenizer)
-        backend = tok.backend
-        # Our backend sets encode_special_tokens=True on the live object; the file keeps the default matching.
-        return backend.to_str()
+        # GPT-2 vocab.json + merges.txt: serialize the tokenizers object we built from them. Our live object has
+        # encode_special_tokens=True; clear it in the copy so the file keeps transformers' default matching.
+        from tokenizers import Tokenizer as _HF
+
+        copy = _HF.from_str(tok.backend.to_str())
+        copy.encode_special_tokens = False
+        return copy.to_str()
     if tok.tokenizer_type == "SentencePieceTokenizer":
         return _sentencepiece_json(tok)
     raise TokenizerExportError(f"cannot export tokenizer type {tok.tokenizer_type!r}")

@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""Convert between our checkpoints and Hugging Face `transformers` model directories.
+
+    # ours (any TP/PP/ZeRO layout) -> transformers (GPT-NeoX, Phi, Llama or Cohere, chosen from the architecture)
+    python tools/convert_checkpoint.py --to hf --load CKPT_DIR --save OUT_DIR [--target LlamaForCausalLM]
+
+    # transformers -> ours (a DeepSpeed checkpoint at iteration 0 that pretrain_code.py --load continues)
+    python tools/convert_checkpoint.py --from hf --load HF_DIR --save CKPT_DIR [--config JOB.yaml]
+    python pretrain_code.py --config CKPT_DIR/iter_0000000/config.yaml --load CKPT_DIR --save NEW_DIR ...
+
+An architecture that no target expresses exactly is refused with a message saying why. Errors a user can cause end
+with one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    way = p.add_mutually_exclusive_group(required=True)
+    way.add_argument("--to", choices=["hf"], help="export one of our checkpoints")
+    way.add_argument("--from", dest="from_", choices=["hf"], help="import a transformers directory")
+    p.add_argument("--load", required=True, help="source: our checkpoint dir (--to) or a transformers dir (--from)")
+    p.add_argument("--save", required=True, help="destination directory")
+    p.add_argument("--target", default=None, help="force a transformers architecture (export only)")
+    p.add_argument("--config", default=None,
+                   help="import only: a job YAML whose non-model sections (precision, ZeRO, batch, optimizer) the "
+                        "new checkpoint is written with (its model section is replaced by the imported one)")
+    p.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    p.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from megatron_code.config.base import ConfigError
+    from megatron_code.convert import hf
+
+    try:
+        if args.to:
+            if args.config or args.tensor_model_parallel_size != 1 or args.pipeline_model_parallel_size != 1:
+                raise ConfigError("--config / --tensor-model-parallel-size / --pipeline-model-parallel-size apply "
+                                  "to --from hf only (export reads any layout by itself)")
+            target = hf.export_checkpoint(args.load, args.save, args.target)
+            print(f"exported {args.load} -> {args.save} as {target}")
+        else:
+            base = None
+            if args.config:
+                from megatron_code.config.job import JobConfig
+
+                if not os.path.isfile(args.config):
+                    raise ConfigError(f"--config {args.config}: file not found")
+                base = JobConfig.load(args.config)
+            path = hf.import_to_checkpoint(args.load, args.save, args.tensor_model_parallel_size,
+                                           args.pipeline_model_parallel_size, base_job=base)
+            print(f"imported {args.load} -> {path}")
+            print(f"continue with: python pretrain_code.py --config {os.path.join(path, 'config.yaml')} "
+                  f"--load {args.save} --save NEW_DIR ...")
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
