@@ -107,14 +107,17 @@ def plan_for(cfg: ModelConfig, tp: int) -> Plan:
         "embed": "sequence_scatter",
         "embed.word": "vocab_embedding",
         "layers.*.norm1": "norm",
-        "layers.*.attn": "tp_rng",
         "layers.*.attn.q_proj": "column",
         "layers.*.attn.k_proj": kv,
         "layers.*.attn.v_proj": kv,
         "layers.*.attn.o_proj": out_proj,
-        "layers.*.dropout": "sequence_rng",
         "final_norm": "norm",
     }
+    # RNG forks cost two generator-state swaps per module call: only where a dropout actually draws.
+    if cfg.attention_dropout > 0:
+        plan["layers.*.attn"] = "tp_rng"
+    if cfg.hidden_dropout > 0:
+        plan["layers.*.dropout"] = "sequence_rng"
     if cfg.position_embedding == "learned":
         plan["embed.position"] = "replicated"
     if not (parallel and cfg.parallel_shared_norm):

@@ -15,7 +15,7 @@ Seeds follow Megatron's convention: default stream `seed + 100 * pp_rank`, TP st
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -96,3 +96,28 @@ def set_rng_state(state: dict, tracker: RNGTracker | None) -> None:
     RNGTracker._restore(state["default"])
     if tracker is not None and state.get("tracker"):
         tracker.set_states(state["tracker"])
+
+
+def checkpoint(function: Callable, *args: Any, tracker: RNGTracker | None = None, **kwargs: Any):
+    """Activation checkpointing (torch.utils.checkpoint, non-reentrant) that also replays the TP RNG stream:
+    the recomputation in backward draws the same dropout masks inside TP regions as the forward did. Without
+    this, the tracker has moved on by the time of the recompute and the gradients would be wrong whenever
+    dropout > 0 inside TP regions. Usable as PipelineModule's `activation_checkpoint_func` via functools.partial.
+    """
+    import torch.utils.checkpoint as ckpt
+
+    if tracker is None:
+        return ckpt.checkpoint(function, *args, use_reentrant=False, preserve_rng_state=True, **kwargs)
+    snapshot = tracker.get_states()
+
+    @contextlib.contextmanager
+    def replay():
+        current = tracker.get_states()
+        tracker.set_states(snapshot)
+        try:
+            yield
+        finally:
+            tracker.set_states(current)
+
+    return ckpt.checkpoint(function, *args, use_reentrant=False, preserve_rng_state=True,
+                           context_fn=lambda: (contextlib.nullcontext(), replay()), **kwargs)

@@ -220,3 +220,39 @@ def test_layers_world_size_one_without_process_group():
     logits, labels = torch.randn(B, T, 10), torch.randint(0, 10, (B, T))
     close(vocab_parallel_cross_entropy(logits, labels), F.cross_entropy(logits.view(-1, 10), labels.view(-1),
                                                                         reduction="none").view(B, T), "tp1 CE")
+
+
+def test_checkpoint_replays_tp_rng_stream():
+    """Recomputation under activation checkpointing draws the same TP-stream dropout masks as the forward."""
+    import torch.utils.checkpoint as tckpt
+
+    from megatron_code.parallel.random import RNGTracker, checkpoint
+
+    torch.manual_seed(0)
+    lin = _linear(H, H)
+    x = torch.randn(B, T, H)
+
+    def grads(mode):
+        tracker = RNGTracker()
+        tracker.add("tensor_parallel", 5)
+        torch.manual_seed(1)
+        lin.zero_grad()
+
+        def body(inp):
+            with tracker.fork():
+                return F.dropout(lin(inp), p=0.5, training=True)
+
+        if mode == "plain":
+            out = body(x)
+        elif mode == "ours":
+            out = checkpoint(body, x, tracker=tracker)
+        else:
+            out = tckpt.checkpoint(body, x, use_reentrant=False)
+        with tracker.fork():
+            torch.rand(3)  # the stream moves on before backward, as later layers would move it
+        out.sum().backward()
+        return lin.weight.grad.clone()
+
+    ref = grads("plain")
+    close(grads("ours"), ref, "checkpointed grads with TP-stream replay")
+    assert not torch.allclose(grads("torch"), ref), "without replay the recompute should draw other masks"
