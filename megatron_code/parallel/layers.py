@@ -27,6 +27,34 @@ from . import mappings as M
 ROW_REDUCTIONS = ("all_reduce", "reduce_scatter", "none")
 
 
+class GroupRef:
+    """Holds a process group so modules that keep one can still be deep-copied (ProcessGroup objects cannot be
+    copied or pickled; a copy of a model must talk over the same group anyway)."""
+
+    __slots__ = ("group",)
+
+    def __init__(self, group):
+        self.group = group
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __copy__(self):
+        return self
+
+
+class _GroupAttr:
+    """Mixin: `self.group` is stored through a GroupRef (deepcopy-safe)."""
+
+    @property
+    def group(self):
+        return self.__dict__["_group_ref"].group
+
+    @group.setter
+    def group(self, value):
+        self.__dict__["_group_ref"] = GroupRef(value)
+
+
 class ShardingError(ValueError):
     """A dimension does not divide by the tensor-parallel size; the message names the config knob to change."""
 
@@ -75,7 +103,7 @@ class _AddBiasFirstRank(torch.autograd.Function):
         return g, g.reshape(-1, g.shape[-1]).sum(0), None
 
 
-class ColumnParallelLinear(nn.Linear):
+class ColumnParallelLinear(_GroupAttr, nn.Linear):
     """y_local = x W_r^T + b_r, W split along its output rows: (out/tp, in). Output stays sharded on its last dim
     (e.g. this rank's heads, FFN columns or vocabulary slice) unless `gather_output`."""
 
@@ -117,7 +145,7 @@ class ColumnParallelLinear(nn.Linear):
         return f"{super().extra_repr()}, full_out={self.full_out_features}, tp_shard_start={self.shard_start}"
 
 
-class RowParallelLinear(nn.Linear):
+class RowParallelLinear(_GroupAttr, nn.Linear):
     """y = sum_r x_r W_r^T + b, W split along its input columns: (out, in/tp).
 
     reduce: "all_reduce" (plain TP), "reduce_scatter" (sequence parallel: output sharded along T) or "none"
@@ -170,7 +198,7 @@ class RowParallelLinear(nn.Linear):
         return f"{super().extra_repr()}, full_in={self.full_in_features}, reduce={self.reduce}"
 
 
-class ReplicatedKVLinear(nn.Linear):
+class ReplicatedKVLinear(_GroupAttr, nn.Linear):
     """K or V projection when there are fewer KV heads than TP ranks (MQA as BigCode trained StarCoder, or GQA
     with kv_heads < tp). The full weight (kv_heads * head_dim, in) is replicated on every TP rank; the forward
     uses only the rows of the KV head this rank's query heads attend to (rank r: head r // (tp / kv_heads)), and
@@ -220,7 +248,7 @@ class ReplicatedKVLinear(nn.Linear):
         return f"{super().extra_repr()}, replicated full_out={self.full_out_features}, rows={self.rows}"
 
 
-class VocabParallelEmbedding(nn.Embedding):
+class VocabParallelEmbedding(_GroupAttr, nn.Embedding):
     """Embedding whose vocabulary rows are split over TP: rank r holds ids [r*V/tp, (r+1)*V/tp). Tokens outside
     the local range look up zeros; the partial results are all-reduced (each token found on exactly one rank).
     Tied heads reuse `weight`, so F.linear(h, weight) yields this rank's vocabulary slice of the logits."""
@@ -261,7 +289,7 @@ class VocabParallelEmbedding(nn.Embedding):
                f"vocab_start={self.vocab_start}"
 
 
-class TPReduce(nn.Module):
+class TPReduce(_GroupAttr, nn.Module):
     """Replaces the parallel block's `parallel_reduce` identity: the one reduction of attn + MLP partial sums
     (all-reduce; reduce-scatter along T under sequence parallelism)."""
 

@@ -18,8 +18,8 @@ from torch import nn
 
 from . import mappings as M
 from .groups import ParallelGroups
-from .layers import (ColumnParallelLinear, ReplicatedKVLinear, RowParallelLinear, TPReduce, VocabParallelEmbedding,
-                     region_entry)
+from .layers import (ColumnParallelLinear, GroupRef, ReplicatedKVLinear, RowParallelLinear, TPReduce,
+                     VocabParallelEmbedding, region_entry)
 from .plans import Plan, PlanError, match_plan
 from .random import TP_SEED_OFFSET, RNGTracker
 
@@ -32,15 +32,16 @@ class _ReduceParamGrads:
     in backward). Used for norms under sequence parallelism, whose per-rank gradients cover only this rank's
     tokens. Part of the autograd graph, so it runs in the same order on every rank."""
 
-    _tp_grad_group: Any = None
+    _tp_grad_group: Any = None  # a GroupRef (deepcopy-safe)
 
     def forward(self, *args, **kwargs):
         saved = dict(self._parameters)
+        group = self._tp_grad_group.group
         try:
             for name, p in saved.items():
                 if p is not None:
                     # a non-leaf view of p: module code reading self.weight gets it, the optimizer still sees p
-                    self._parameters[name] = M.reduce_grad(p, self._tp_grad_group)
+                    self._parameters[name] = M.reduce_grad(p, group)
             return super().forward(*args, **kwargs)
         finally:
             self._parameters.update(saved)
@@ -147,7 +148,7 @@ def _convert(path: str, module: nn.Module, style: str, opts: dict, group, sp: bo
         return TPReduce(group, sequence_parallel=sp)
     if style == "norm":
         if sp:
-            _swap_class(module, _ReduceParamGrads, _tp_grad_group=group)
+            _swap_class(module, _ReduceParamGrads, _tp_grad_group=GroupRef(group))
         module.register_forward_hook(_region_entry_hook(group, sp))
         return module
     if style == "sequence_scatter":

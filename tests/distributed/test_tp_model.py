@@ -146,6 +146,10 @@ def check_dropout_consistency(groups, sp):
         if not getattr(p, "tensor_model_parallel", False):
             copies = M.all_gather(p.detach().unsqueeze(0), 0, groups.tp_group)
             assert torch.equal(copies, copies[:1].expand_as(copies)), f"replicated {name} diverged (sp={sp})"
+    # A sharded model can be deep-copied (process groups are shared, not copied) and the copy computes the same.
+    clone = copy.deepcopy(model).eval()
+    model.eval()
+    close(clone(x), model(x), f"deepcopy of the sharded model (sp={sp})")
 
 
 def check_reduction_count(groups):
