@@ -1,15 +1,28 @@
-"""Command line -> JobConfig. Three ways in, one result:
+"""Command line -> JobConfig. Three ways in, one result.
 
-1. ``--preset NAME`` (applied first), then ``--config FILE.yaml`` files in order, then overrides in the order given;
-2. dotted overrides ``--model.num_layers 4`` (any field of any section);
-3. the Megatron / Megatron-DeepSpeed flags users already have in their launch scripts (table below).
+Precedence, lowest first (each layer overrides what came before it):
+
+1. ``--preset NAME`` (wherever it stands on the line);
+2. ``--config FILE.yaml`` files, in the order given. A file holding ``preset: X`` applies preset X first and then
+   its own values, at the file's position: a later file's preset overrides an earlier file's values;
+3. the command line: dotted overrides (``--model.num_layers 4``, any field of any section) and the Megatron /
+   Megatron-DeepSpeed flags users already have in their launch scripts (table below), in the order given.
+
+Lengths that can be given in several units (run length: --train-iters | --train-samples / --train-tokens; LR
+decay: --lr-decay-iters | --lr-decay-samples / --lr-decay-tokens; LR warmup: --lr-warmup-iters /
+--lr-warmup-fraction | --lr-warmup-samples / --lr-warmup-tokens): on the command line, one kind of unit per
+length (both is an error, as in Megatron). A layer that sets a length replaces all of that length's fields from
+earlier layers. A file may hold both kinds (every saved config does): samples/tokens then win, because
+JobConfig.resolve_units() derives the iterations from them once the global batch size is known.
 
 Unknown flags are an error naming the closest known flag. Flags that Megatron needs but that have no effect here
-(fusion switches, logging toggles we always do) are accepted and listed in ``CliArgs.notes``.
+(fusion switches, logging toggles we always do) are accepted and listed in ``CliArgs.notes``; flags for features
+we do not have are an error that says so.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
 from dataclasses import dataclass, field
@@ -18,6 +31,7 @@ from typing import Any, Callable
 import yaml
 
 from .base import ConfigError
+from .data import TOKENIZER_TYPES
 from .job import SECTIONS, JobConfig
 from .presets import get_preset
 
@@ -58,6 +72,12 @@ def _loss_scale_power(v: str) -> int:
     return int(round(math.log2(float(v))))
 
 
+# Megatron and Megatron-DeepSpeed names for our tokenizer types (Megatron-DeepSpeed's HFTokenizer loads a Hugging
+# Face tokenizer like Megatron-LM's HuggingFaceTokenizer; GPTSentencePieceTokenizer is a SentencePiece .model).
+TOKENIZER_ALIASES = {**{name: name for name in TOKENIZER_TYPES}, "HFTokenizer": "HuggingFaceTokenizer",
+                     "GPTSentencePieceTokenizer": "SentencePieceTokenizer"}
+
+
 def _fim_rate(values: dict[str, dict[str, Any]], v: Any) -> None:
     """BigCode's convention: a positive --fim-rate turns FIM on."""
     values.setdefault("objective", {})["fim_rate"] = v
@@ -77,12 +97,15 @@ MEGATRON_FLAGS: dict[str, tuple[Any, Setter]] = {
     "position-embedding-type": (1, _map("model.position_embedding", {
         "learned_absolute": "learned", "rope": "rope", "none": "none", "learned": "learned"},
         "position-embedding-type")),
+    # --no-position-embedding is handled in parse_args (it must not undo --use-rotary-position-embeddings).
     "use-rotary-position-embeddings": (0, _const("model.position_embedding", "rope")),
     "rotary-percent": (1, _set("model.rotary_percent")),
     "rotary-base": (1, _set("model.rotary_base")),
     "rope-theta": (1, _set("model.rotary_base")),
     "swiglu": (0, _const("model.activation", "swiglu")),
-    "normalization": (1, _map("model.norm", {"LayerNorm": "layernorm", "RMSNorm": "rmsnorm"}, "normalization")),
+    # Megatron-LM spells them LayerNorm/RMSNorm, Megatron-DeepSpeed's Llama scripts layernorm/rmsnorm.
+    "normalization": (1, _map("model.norm", {"LayerNorm": "layernorm", "RMSNorm": "rmsnorm", "layernorm": "layernorm",
+                                             "rmsnorm": "rmsnorm"}, "normalization")),
     "layernorm-epsilon": (1, _set("model.norm_eps")),
     "norm-epsilon": (1, _set("model.norm_eps")),
     "untie-embeddings-and-output-weights": (0, _const("model.tie_embeddings", False)),
@@ -95,12 +118,23 @@ MEGATRON_FLAGS: dict[str, tuple[Any, Setter]] = {
     "micro-batch-size": (1, _set("training.micro_batch_size")),
     "global-batch-size": (1, _set("training.global_batch_size")),
     "train-iters": (1, _set("training.train_iters")),
+    "train-samples": (1, _set("training.train_samples")),
+    "train-tokens": (1, _set("training.train_tokens")),
+    "exit-duration-in-mins": (1, _set("training.exit_duration_mins")),
     "seed": (1, _set("training.seed")),
     "fp16": (0, _const("training.precision", "fp16")),
     "bf16": (0, _const("training.precision", "bf16")),
+    "loss-scale": (1, _set("training.loss_scale")),
     "initial-loss-scale": (1, _set("training.initial_loss_scale_power", _loss_scale_power)),
+    "loss-scale-window": (1, _set("training.loss_scale_window")),
+    "hysteresis": (1, _set("training.hysteresis")),
+    "min-loss-scale": (1, _set("training.min_loss_scale")),
     "save": (1, _set("training.save")),
     "load": (1, _set("training.load")),
+    "no-save-optim": (0, _const("training.save_optim", False)),
+    "no-load-optim": (0, _const("training.load_optim", False)),
+    "no-load-rng": (0, _const("training.load_rng", False)),
+    "finetune": (0, _const("training.finetune", True)),
     "save-interval": (1, _set("training.save_interval")),
     "exit-interval": (1, _set("training.exit_interval")),
     "eval-interval": (1, _set("training.eval_interval")),
@@ -115,6 +149,10 @@ MEGATRON_FLAGS: dict[str, tuple[Any, Setter]] = {
     "lr-warmup-iters": (1, _set("optim.lr_warmup_iters")),
     "lr-warmup-fraction": (1, _set("optim.lr_warmup_fraction")),
     "lr-decay-iters": (1, _set("optim.lr_decay_iters")),
+    "lr-warmup-samples": (1, _set("optim.lr_warmup_samples")),
+    "lr-decay-samples": (1, _set("optim.lr_decay_samples")),
+    "lr-warmup-tokens": (1, _set("optim.lr_warmup_tokens")),
+    "lr-decay-tokens": (1, _set("optim.lr_decay_tokens")),
     "weight-decay": (1, _set("optim.weight_decay")),
     "clip-grad": (1, _set("optim.clip_grad")),
     "adam-beta1": (1, _set("optim.adam_beta1")),
@@ -133,7 +171,7 @@ MEGATRON_FLAGS: dict[str, tuple[Any, Setter]] = {
     "reset-position-ids": (0, _const("data.reset_position_ids", True)),
     "num-workers": (1, _set("data.num_workers")),
     "mock-data": (0, _const("data.mock_data", True)),
-    "tokenizer-type": (1, _set("data.tokenizer_type")),
+    "tokenizer-type": (1, _map("data.tokenizer_type", TOKENIZER_ALIASES, "tokenizer-type")),
     "tokenizer-model": (1, _set("data.tokenizer_model")),
     "vocab-file": (1, _set("data.vocab_file")),
     "merge-file": (1, _set("data.merge_file")),
@@ -148,19 +186,33 @@ MEGATRON_FLAGS: dict[str, tuple[Any, Setter]] = {
     "mim-divergence": (1, _set("objective.mim_divergence")),
     # parallelism and DeepSpeed
     "tensor-model-parallel-size": (1, _set("parallel.tensor_parallel")),
+    "model-parallel-size": (1, _set("parallel.tensor_parallel")),  # Megatron's name before pipelines existed
     "pipeline-model-parallel-size": (1, _set("parallel.pipeline_parallel")),
-    "no-pipeline-parallel": (0, _const("parallel.pipeline_parallel", 1)),
+    # --no-pipeline-parallel is handled in parse_args (it wins wherever it stands, as in Megatron-DeepSpeed).
+    # With TP=1 parse_args turns it off with a note, as Megatron does.
     "sequence-parallel": (0, _const("parallel.sequence_parallel", True)),
     "zero-stage": (1, _set("parallel.zero_stage")),
     "use-distributed-optimizer": (0, _const("parallel.zero_stage", 1)),
     "cpu-optimizer": (0, _const("parallel.cpu_offload", True)),
     "deepspeed_config": (1, _set("parallel.deepspeed_config")),
     "deepspeed-config": (1, _set("parallel.deepspeed_config")),
-    "checkpoint-activations": (0, _const("parallel.activation_checkpoint_interval", 1)),
-    "checkpoint-num-layers": (1, _set("parallel.activation_checkpoint_interval")),
-    "recompute-granularity": (1, _map("parallel.activation_checkpoint_interval", {"full": 1, "selective": 1},
-                                      "recompute-granularity")),
+    # --checkpoint-activations / --recompute-* are handled in parse_args (they combine with a layer count).
     "distributed-backend": (1, _set("parallel.backend")),
+}
+
+# Flags whose effect depends on other flags of the same line: handled by _LineState (name -> arity).
+_STATEFUL_FLAGS: dict[str, Any] = {
+    "checkpoint-activations": 0, "checkpoint-num-layers": 1, "recompute-activations": 0,
+    "recompute-granularity": 1, "recompute-method": 1, "recompute-num-layers": 1,
+    "no-position-embedding": 0, "no-pipeline-parallel": 0,
+}
+
+# Flags for features we do not have: an error naming why (arity, message), never silently ignored.
+ERROR_FLAGS: dict[str, tuple[Any, str]] = {
+    "rampup-batch-size": ("+", "batch size ramp-up is not supported yet; remove the flag"),
+    "num-layers-per-virtual-pipeline-stage": (
+        1, "the interleaved (virtual pipeline) schedule is not supported: DeepSpeed's pipeline engine runs one "
+           "stage per rank; remove the flag"),
 }
 
 # Accepted for compatibility, no effect here (arity, why).
@@ -189,9 +241,25 @@ NOOP_FLAGS: dict[str, tuple[Any, str]] = {
     "partition-activations": (0, "not used on CPU"),
     "contigious-checkpointing": (0, "not used on CPU"),
     "synchronize-each-layer": (0, "not used on CPU"),
-    "no-load-optim": (0, "not supported yet: optimizer state is always loaded"),
-    "no-load-rng": (0, "not supported yet: RNG state is always loaded"),
+    "tensorboard-log-interval": (1, "TensorBoard scalars are written at every --log-interval"),
+    "log-optimizer-states-to-tensorboard": (0, "not logged"),
+    "accumulate-allreduce-grads-in-fp32": (0, "the gradient accumulation/all-reduce dtype is DeepSpeed's: set "
+                                              "data_types.grad_accum_dtype in the DeepSpeed JSON"),
+    "checkpoint-in-cpu": (0, "activation checkpoints stay on the compute device"),
+    "fp16-lm-cross-entropy": (0, "the loss is always computed in fp32"),
+    "override-opt_param-scheduler": (0, "the LR schedule is a function of the iteration and the command line"),
+    "use-checkpoint-opt_param-scheduler": (0, "the LR schedule is a function of the iteration and the command line"),
+    "override-lr-scheduler": (0, "the LR schedule is a function of the iteration and the command line"),
+    "use-checkpoint-lr-scheduler": (0, "the LR schedule is a function of the iteration and the command line"),
 }
+
+# Length groups: (what, fields counted in iterations, fields in samples/tokens); see the module docstring.
+_UNIT_GROUPS = (
+    ("run length", ("training.train_iters",), ("training.train_samples", "training.train_tokens")),
+    ("LR decay length", ("optim.lr_decay_iters",), ("optim.lr_decay_samples", "optim.lr_decay_tokens")),
+    ("LR warmup length", ("optim.lr_warmup_iters", "optim.lr_warmup_fraction"),
+     ("optim.lr_warmup_samples", "optim.lr_warmup_tokens")),
+)
 
 # Megatron's --num-query-groups only takes effect together with --group-query-attention.
 _QUERY_GROUPS = "num-query-groups"
@@ -203,6 +271,18 @@ class CliArgs:
     print_config: bool = False
     local_rank: int | None = None
     notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class _LineState:
+    """What the flags of one command line say together (Megatron reads them all before acting)."""
+    query_groups: str | None = None
+    gqa: bool = False
+    checkpointing: bool = False  # --checkpoint-activations / --recompute-activations / --recompute-granularity
+    chunk: int | None = None  # --checkpoint-num-layers / --recompute-num-layers
+    rope: bool = False  # rotary positions requested on this line
+    no_pipeline: bool = False
+    sequence_parallel: bool = False
 
 
 def _split_flag(token: str) -> tuple[str, str | None]:
@@ -236,41 +316,132 @@ def _dotted_arity(name: str) -> Any:
 
 
 def _unknown(name: str) -> ConfigError:
-    known = list(MEGATRON_FLAGS) + list(NOOP_FLAGS) + ["preset", "config", "print-config", _QUERY_GROUPS]
+    known = (list(MEGATRON_FLAGS) + list(NOOP_FLAGS) + list(_STATEFUL_FLAGS) + list(ERROR_FLAGS)
+             + ["preset", "config", "print-config", _QUERY_GROUPS])
     close = difflib.get_close_matches(name, known, n=3)
     hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else ""
     return ConfigError(f"unknown flag --{name}{hint} (use --section.key VALUE for any config field; "
                        f"--print-config shows them)")
 
 
+def _arity(name: str) -> Any:
+    if name in ("local_rank", "local-rank", "preset", "config", _QUERY_GROUPS):
+        return 1
+    if name == "print-config":
+        return 0
+    if "." in name:
+        return _dotted_arity(name)
+    for table in (MEGATRON_FLAGS, NOOP_FLAGS, ERROR_FLAGS):
+        if name in table:
+            return table[name][0]
+    if name in _STATEFUL_FLAGS:
+        return _STATEFUL_FLAGS[name]
+    raise _unknown(name)
+
+
+def _layer_count(flag: str, value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"--{flag} must be a positive number of layers, got '{value}'")
+    return n
+
+
+def _stateful_flag(name: str, value: Any, state: _LineState, overrides: list[tuple[Setter, Any]],
+                   notes: list[str]) -> None:
+    """Flags that combine with others. Setters that read `state` run after the whole line is read."""
+    interval = _set("parallel.activation_checkpoint_interval")
+    if name in ("checkpoint-num-layers", "recompute-num-layers"):
+        state.chunk = _layer_count(name, value)
+    elif name == "checkpoint-activations" or (name == "recompute-granularity" and value == "full"):
+        # Megatron: checkpoint chunks of --checkpoint-num-layers (default 1) blocks.
+        state.checkpointing = True
+        overrides.append((lambda values, _v: interval(values, state.chunk or 1), None))
+    elif name == "recompute-activations" or (name == "recompute-granularity" and value == "selective"):
+        state.checkpointing = True
+        overrides.append((lambda values, _v: interval(values, 1), None))
+        notes.append(f"--{name}: Megatron's selective recompute (attention core only) is done as full "
+                     "recompute of every block (activation_checkpoint_interval 1): same memory bound, more compute")
+    elif name == "recompute-granularity":
+        raise ConfigError(f"--recompute-granularity: unknown value '{value}' (choose from full, selective)")
+    elif name == "recompute-method":
+        if value not in ("uniform", "block"):
+            raise ConfigError(f"--recompute-method: unknown value '{value}' (choose from uniform, block)")
+        if value == "block":
+            notes.append("--recompute-method block: done as uniform (every block in chunks of "
+                         "--recompute-num-layers is recomputed, not only the first ones of each stage)")
+    elif name == "no-position-embedding":
+        # Megatron-DeepSpeed: drops the learned absolute table; rotary positions asked for on the line stay.
+        overrides.append((lambda values, _v: None if state.rope else
+                          _set("model.position_embedding")(values, "none"), None))
+    elif name == "no-pipeline-parallel":
+        state.no_pipeline = True
+
+
+def _unit_fields(values: dict[str, Any]) -> set[str]:
+    return {f"{section}.{key.replace('-', '_')}" for section, sub in values.items() if isinstance(sub, dict)
+            for key in sub}
+
+
+def _apply_layer(job: JobConfig, values: dict[str, Any], source: str, one_unit: bool = False) -> None:
+    """Merge one layer (preset, file or command line) into `job`: a layer that sets a length replaces every field
+    of that length from earlier layers; with `one_unit` (the command line) iterations and samples/tokens for the
+    same length are an error."""
+    given = _unit_fields(values)
+    for what, iteration_fields, unit_fields in _UNIT_GROUPS:
+        in_iters = [f for f in iteration_fields if f in given]
+        in_units = [f for f in unit_fields if f in given]
+        if one_unit and in_iters and in_units:
+            def flags(paths: list[str]) -> str:
+                return " ".join("--" + p.split(".")[1].replace("_", "-") for p in paths)
+            raise ConfigError(f"{source}: the {what} is given both in iterations ({flags(in_iters)}) and in "
+                              f"samples/tokens ({flags(in_units)}): give it in one unit")
+        if in_iters or in_units:
+            for path in iteration_fields + unit_fields:
+                if path not in given:
+                    section, key = path.split(".")
+                    default = {f.name: f.default for f in dataclasses.fields(SECTIONS[section])}[key]
+                    setattr(getattr(job, section), key, default)
+    job.update(values)
+
+
+def _load_yaml(path: str) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            loaded = yaml.safe_load(f) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: file not found") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"--config {path}: not valid YAML ({exc})") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"--config {path}: expected a mapping of sections (model:, training:, ...)")
+    return loaded
+
+
+def _apply_preset(job: JobConfig, name: str) -> None:
+    values = get_preset(name)
+    values.pop("source", None)
+    _apply_layer(job, values, f"preset {name}")
+    job.preset = name
+
+
 def parse_args(argv: list[str]) -> CliArgs:
-    """Parse a command line into a validated JobConfig (vocab size may still come from the tokenizer)."""
+    """Parse a command line into a validated JobConfig (vocab size may still come from the tokenizer; lengths in
+    samples/tokens become iterations in JobConfig.resolve_units)."""
     preset: str | None = None
     config_files: list[str] = []
     overrides: list[tuple[Setter, Any]] = []
     out = CliArgs(job=JobConfig())
-    query_groups: str | None = None
-    gqa = False
+    state = _LineState()
     i = 0
     while i < len(argv):
         token = argv[i]
         if not token.startswith("--"):
             raise ConfigError(f"unexpected argument '{token}' (flags start with --)")
         name, inline = _split_flag(token)
-        if name in ("local_rank", "local-rank"):
-            arity = 1
-        elif name in ("preset", "config", _QUERY_GROUPS):
-            arity = 1
-        elif name == "print-config":
-            arity = 0
-        elif "." in name:
-            arity = _dotted_arity(name)
-        elif name in MEGATRON_FLAGS:
-            arity = MEGATRON_FLAGS[name][0]
-        elif name in NOOP_FLAGS:
-            arity = NOOP_FLAGS[name][0]
-        else:
-            raise _unknown(name)
+        arity = _arity(name)
         values: list[str] = []
         i += 1
         if inline is not None:
@@ -291,38 +462,56 @@ def parse_args(argv: list[str]) -> CliArgs:
         elif name == "print-config":
             out.print_config = True
         elif name == _QUERY_GROUPS:
-            query_groups = value
+            state.query_groups = value
         elif "." in name:
             overrides.append((_set(name), value))
+        elif name in ERROR_FLAGS:
+            raise ConfigError(f"--{name}: {ERROR_FLAGS[name][1]}")
+        elif name in _STATEFUL_FLAGS:
+            _stateful_flag(name, value, state, overrides, out.notes)
         elif name in MEGATRON_FLAGS:
+            state.rope = state.rope or name == "use-rotary-position-embeddings" or (
+                name == "position-embedding-type" and value == "rope")
+            state.sequence_parallel = state.sequence_parallel or name == "sequence-parallel"
             overrides.append((MEGATRON_FLAGS[name][1], value))
         else:
-            gqa = gqa or name == "group-query-attention"
+            state.gqa = state.gqa or name == "group-query-attention"
             out.notes.append(f"--{name}: accepted, no effect ({NOOP_FLAGS[name][1]})")
-    if query_groups is not None:
-        if gqa:
-            overrides.append((_set("model.num_kv_heads"), query_groups))
-        else:
-            out.notes.append("--num-query-groups ignored without --group-query-attention (as in Megatron)")
+    _finish_line(state, overrides, out.notes)
 
     job = out.job
     if preset is not None:
-        values = get_preset(preset)
-        values.pop("source", None)
-        job.update(values)
-        job.preset = preset
+        _apply_preset(job, preset)
     for path in config_files:
-        try:
-            with open(path) as f:
-                loaded = yaml.safe_load(f) or {}
-        except FileNotFoundError:
-            raise ConfigError(f"--config {path}: file not found") from None
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--config {path}: not valid YAML ({exc})") from None
-        job.update(loaded)
-    for setter, value in overrides:
-        one: dict[str, dict[str, Any]] = {}
-        setter(one, value)
-        job.update(one)
+        loaded = _load_yaml(path)
+        if loaded.get("preset") is not None:
+            _apply_preset(job, str(loaded["preset"]))
+        _apply_layer(job, loaded, f"--config {path}")
+    line: dict[str, dict[str, Any]] = {}
+    for setter, value in overrides:  # later flags overwrite earlier ones: the order given decides
+        setter(line, value)
+    _apply_layer(job, line, "the command line", one_unit=True)
+    d = job.data
+    if d.tokenizer_type is None and d.vocab_file and d.merge_file:
+        # Megatron's pretrain_gpt.py defaults the tokenizer to GPT2BPETokenizer, so GPT launch scripts omit it.
+        d.tokenizer_type = "GPT2BPETokenizer"
+        out.notes.append("--tokenizer-type not given: GPT2BPETokenizer (from --vocab-file/--merge-file), as "
+                         "Megatron's pretrain_gpt.py does")
+    if state.sequence_parallel and job.parallel.tensor_parallel == 1:
+        job.parallel.sequence_parallel = False
+        out.notes.append("--sequence-parallel: no effect with tensor parallel size 1 (as in Megatron)")
     job.validate()
     return out
+
+
+def _finish_line(state: _LineState, overrides: list[tuple[Setter, Any]], notes: list[str]) -> None:
+    if state.query_groups is not None:
+        if state.gqa:
+            overrides.append((_set("model.num_kv_heads"), state.query_groups))
+        else:
+            notes.append("--num-query-groups ignored without --group-query-attention (as in Megatron)")
+    if state.chunk is not None and not state.checkpointing:
+        notes.append("--checkpoint-num-layers/--recompute-num-layers: no effect without --checkpoint-activations "
+                     "or --recompute-granularity full (as in Megatron)")
+    if state.no_pipeline:  # wins over --pipeline-model-parallel-size wherever it stands (Megatron-DeepSpeed)
+        overrides.append((_const("parallel.pipeline_parallel", 1), None))

@@ -26,6 +26,13 @@ class OptimConfig(ConfigBase):
     lr_warmup_fraction: Optional[float] = None
     # None -> train_iters.
     lr_decay_iters: Optional[int] = None
+    # The same two lengths in samples (Megatron) or tokens (Megatron-DeepSpeed); None: not given. They are
+    # converted to lr_warmup_iters / lr_decay_iters by JobConfig.resolve_units() once the global batch size is
+    # known (rounding up), so the schedule itself stays a function of the iteration only.
+    lr_warmup_samples: Optional[int] = None
+    lr_decay_samples: Optional[int] = None
+    lr_warmup_tokens: Optional[int] = None
+    lr_decay_tokens: Optional[int] = None
 
     def validate(self) -> None:
         if self.optimizer not in ("adamw",):
@@ -40,3 +47,11 @@ class OptimConfig(ConfigBase):
             raise ConfigError("--adam-beta1/--adam-beta2 must be in [0, 1)")
         if self.clip_grad < 0 or self.weight_decay < 0 or self.lr_warmup_iters < 0:
             raise ConfigError("--clip-grad, --weight-decay and --lr-warmup-iters must be >= 0")
+        for name in ("lr_warmup_samples", "lr_warmup_tokens"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
+        for name in ("lr_decay_samples", "lr_decay_tokens"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")

@@ -13,15 +13,41 @@ class TrainingConfig(ConfigBase):
     micro_batch_size: int = 4
     # None -> micro_batch_size x data-parallel size (no accumulation).
     global_batch_size: Optional[int] = None
+    # Run length in optimizer steps. Megatron's --train-samples / Megatron-DeepSpeed's --train-tokens below are
+    # other units for the same thing: JobConfig.resolve_units() overwrites train_iters from them once the global
+    # batch size is known (see its docstring for the rounding).
     train_iters: int = 100
+    # Run length in samples (None: not given). Resolved to train_iters = ceil(train_samples / global batch).
+    train_samples: Optional[int] = None
+    # Run length in tokens (None: not given). Resolved through samples = ceil(tokens / seq_length); when both
+    # train_samples and train_tokens are given, the run ends at whichever comes first (Megatron-DeepSpeed's
+    # scripts give both, with train_samples deliberately larger).
+    train_tokens: Optional[int] = None
     seed: int = 1234
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (dynamic loss scaling)
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (loss scaling below)
+    # fp16 loss scaling (DeepSpeed's fp16 section). loss_scale > 0: a static scale (Megatron's --loss-scale);
+    # 0: dynamic scaling starting at 2**initial_loss_scale_power, halved after `hysteresis` consecutive overflows
+    # (never below min_loss_scale) and doubled after loss_scale_window overflow-free steps.
+    loss_scale: float = 0.0
     initial_loss_scale_power: int = 16
+    loss_scale_window: int = 1000
+    hysteresis: int = 2
+    min_loss_scale: float = 1.0
     save: Optional[str] = None
     load: Optional[str] = None
     save_interval: int = 0
     # Stop after this many iterations of this run (a save happens first); for planned preemption and tests.
     exit_interval: int = 0
+    # Stop (after a save) once this many minutes of wall clock have passed since the start of this run; 0 = no
+    # limit (Megatron's --exit-duration-in-mins, checked by the trainer at every iteration).
+    exit_duration_mins: float = 0.0
+    # Checkpoint contents. save_optim False: checkpoints hold no optimizer state (Megatron's --no-save-optim).
+    # load_optim / load_rng False: --load restores weights but starts the optimizer / RNG fresh. finetune: --load
+    # restores weights only and starts at iteration 0 with 0 consumed samples (implies no optimizer/RNG state).
+    save_optim: bool = True
+    load_optim: bool = True
+    load_rng: bool = True
+    finetune: bool = False
     eval_interval: int = 0
     eval_iters: int = 10
     log_interval: int = 10
@@ -42,3 +68,15 @@ class TrainingConfig(ConfigBase):
                 raise ConfigError(f"--{name.replace('_', '-')} must be positive")
         if self.global_batch_size is not None and self.global_batch_size <= 0:
             raise ConfigError("--global-batch-size must be positive")
+        for name in ("train_samples", "train_tokens"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                raise ConfigError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.loss_scale < 0:
+            raise ConfigError(f"--loss-scale must be >= 0 (0 = dynamic loss scaling), got {self.loss_scale}")
+        if self.loss_scale_window <= 0 or self.hysteresis <= 0:
+            raise ConfigError("--loss-scale-window and --hysteresis must be positive")
+        if self.min_loss_scale <= 0:
+            raise ConfigError(f"--min-loss-scale must be positive, got {self.min_loss_scale}")
+        if self.exit_duration_mins < 0:
+            raise ConfigError("--exit-duration-in-mins must be >= 0 (0 = no limit)")

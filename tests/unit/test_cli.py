@@ -124,7 +124,41 @@ FLAG_TABLE = [
 ]
 
 
-@pytest.mark.parametrize("argv, path, expected", FLAG_TABLE, ids=[" ".join(a) for a, _, _ in FLAG_TABLE])
+# Flags beyond issue 2's list that real Megatron / Megatron-DeepSpeed launch scripts carry, each with its meaning.
+MORE_FLAGS = [
+    (["--loss-scale", "4096"], "training.loss_scale", 4096.0),
+    (["--hysteresis", "4"], "training.hysteresis", 4),
+    (["--loss-scale-window", "500"], "training.loss_scale_window", 500),
+    (["--min-loss-scale", "0.5"], "training.min_loss_scale", 0.5),
+    (["--train-samples", "1000"], "training.train_samples", 1000),
+    (["--train-tokens", "65536"], "training.train_tokens", 65536),
+    (["--lr-decay-samples", "800"], "optim.lr_decay_samples", 800),
+    (["--lr-warmup-samples", "16"], "optim.lr_warmup_samples", 16),
+    (["--lr-decay-tokens", "51200"], "optim.lr_decay_tokens", 51200),
+    (["--lr-warmup-tokens", "1024"], "optim.lr_warmup_tokens", 1024),
+    (["--exit-duration-in-mins", "30"], "training.exit_duration_mins", 30.0),
+    (["--no-save-optim"], "training.save_optim", False),
+    (["--no-load-optim"], "training.load_optim", False),
+    (["--no-load-rng"], "training.load_rng", False),
+    (["--finetune"], "training.finetune", True),
+    (["--model-parallel-size", "2"], "parallel.tensor_parallel", 2),
+    (["--no-position-embedding"], "model.position_embedding", "none"),
+    (["--tokenizer-type", "HFTokenizer"], "data.tokenizer_type", "HuggingFaceTokenizer"),
+    (["--tokenizer-type", "GPTSentencePieceTokenizer"], "data.tokenizer_type", "SentencePieceTokenizer"),
+    (["--tokenizer-type", "SentencePieceTokenizer"], "data.tokenizer_type", "SentencePieceTokenizer"),
+    (["--normalization", "rmsnorm"], "model.norm", "rmsnorm"),
+    (["--checkpoint-activations"], "parallel.activation_checkpoint_interval", 1),
+    (["--checkpoint-activations", "--checkpoint-num-layers", "2"], "parallel.activation_checkpoint_interval", 2),
+    (["--checkpoint-num-layers", "3", "--checkpoint-activations"], "parallel.activation_checkpoint_interval", 3),
+    (["--recompute-activations"], "parallel.activation_checkpoint_interval", 1),
+    (["--recompute-granularity", "selective"], "parallel.activation_checkpoint_interval", 1),
+    (["--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "2"],
+     "parallel.activation_checkpoint_interval", 2),
+]
+
+
+@pytest.mark.parametrize("argv, path, expected", FLAG_TABLE + MORE_FLAGS,
+                         ids=[" ".join(a) for a, _, _ in FLAG_TABLE + MORE_FLAGS])
 def test_megatron_flag_lands_in_field(argv, path, expected):
     job = parse_args(argv).job
     value = get(job, path)
@@ -266,3 +300,172 @@ def test_megatron_deepspeed_launch_line():
     noted = {n.split(":")[0] for n in out.notes}
     assert {"--deepspeed", "--no-query-key-layer-scaling", "--log-timers-to-tensorboard"} <= noted
     assert out.job.resolve_batch(data_parallel_size=1) == 2
+
+
+def test_no_pipeline_parallel_wins_wherever_it_stands():
+    assert parse_args(["--pipeline-model-parallel-size", "2"]).job.parallel.pipeline_parallel == 2
+    for argv in (["--no-pipeline-parallel", "--pipeline-model-parallel-size", "2"],
+                 ["--pipeline-model-parallel-size", "2", "--no-pipeline-parallel"]):
+        assert parse_args(argv).job.parallel.pipeline_parallel == 1
+
+
+@pytest.mark.parametrize("argv", [["--checkpoint-num-layers", "2"], ["--recompute-num-layers", "4"]])
+def test_checkpoint_layer_count_alone_does_not_checkpoint(argv):
+    out = parse_args(argv)
+    assert out.job.parallel.activation_checkpoint_interval == 0
+    assert any("no effect without --checkpoint-activations" in n for n in out.notes)
+
+
+def test_no_position_embedding_keeps_requested_rope():
+    # Megatron-DeepSpeed's Llama scripts: rotary on, learned absolute table off, in either order.
+    base = ["--position-embedding-type", "learned_absolute"]
+    for argv in (["--use-rotary-position-embeddings", "--no-position-embedding"],
+                 ["--no-position-embedding", "--use-rotary-position-embeddings"]):
+        assert parse_args(base + argv).job.model.position_embedding == "rope"
+    assert parse_args(base + ["--no-position-embedding"]).job.model.position_embedding == "none"
+
+
+def test_sequence_parallel_follows_tensor_parallel_size():
+    out = parse_args(["--sequence-parallel"])
+    assert out.job.parallel.sequence_parallel is False
+    assert any(n.startswith("--sequence-parallel: no effect with tensor parallel size 1") for n in out.notes)
+    job = parse_args(["--sequence-parallel", "--tensor-model-parallel-size", "2"]).job
+    assert job.parallel.sequence_parallel is True and job.parallel.tensor_parallel == 2
+
+
+def test_gpt2_tokenizer_is_the_default_with_vocab_and_merges():
+    out = parse_args(["--vocab-file", "v.json", "--merge-file", "m.txt"])
+    assert out.job.data.tokenizer_type == "GPT2BPETokenizer"
+    assert any("GPT2BPETokenizer" in n for n in out.notes)
+    job = parse_args(["--vocab-file", "v.json", "--merge-file", "m.txt", "--tokenizer-type", "HFTokenizer"]).job
+    assert job.data.tokenizer_type == "HuggingFaceTokenizer"
+
+
+@pytest.mark.parametrize("name", sorted(NOOP_FLAGS))
+def test_every_noop_flag_is_accepted_with_a_note(name):
+    arity = NOOP_FLAGS[name][0]
+    out = parse_args([f"--{name}"] + (["1"] if arity == 1 else []))
+    assert out.job.to_dict() == JobConfig().to_dict()
+    assert [n for n in out.notes if n.startswith(f"--{name}: accepted, no effect")]
+
+
+@pytest.mark.parametrize("argv, pattern", [
+    (["--rampup-batch-size", "32", "32", "2000"], r"^--rampup-batch-size: batch size ramp-up is not supported yet; "
+                                                  r"remove the flag$"),
+    (["--num-layers-per-virtual-pipeline-stage", "2"], r"interleaved .* DeepSpeed's pipeline engine"),
+    (["--recompute-granularity", "partial"], r"--recompute-granularity: unknown value 'partial'"),
+    (["--recompute-method", "random"], r"--recompute-method: unknown value 'random'"),
+    (["--checkpoint-num-layers", "0"], r"--checkpoint-num-layers must be a positive number of layers"),
+    (["--tokenizer-type", "BertWordPieceCase"], r"--tokenizer-type: unknown value 'BertWordPieceCase'"),
+    (["--train-iters", "10", "--train-samples", "100"],
+     r"the command line: the run length is given both in iterations \(--train-iters\) and in samples/tokens "
+     r"\(--train-samples\): give it in one unit"),
+    (["--lr-decay-iters", "10", "--lr-decay-tokens", "640"], r"LR decay length is given both"),
+    (["--lr-warmup-fraction", "0.1", "--lr-warmup-samples", "8"], r"LR warmup length is given both"),
+    (["--training.train_iters", "10", "--train-tokens", "640"], r"run length is given both"),
+    (["--loss-scale", "-1"], r"--loss-scale must be >= 0"),
+    (["--train-samples", "0"], r"--train-samples must be positive"),
+])
+def test_unsupported_and_conflicting_flags(argv, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        parse_args(argv)
+
+
+def test_later_layer_replaces_a_length_given_in_another_unit(tmp_path):
+    in_iters = write_yaml(tmp_path, "iters.yaml", {"training": {"train_iters": 50},
+                                                   "optim": {"lr_warmup_iters": 5, "lr_decay_iters": 40}})
+    job = parse_args(["--config", in_iters, "--train-samples", "100", "--lr-warmup-samples", "16",
+                      "--global-batch-size", "8", "--micro-batch-size", "8"]).job
+    assert job.optim.lr_decay_iters == 40  # not mentioned on the command line: the file's value stays
+    job.resolve_batch(data_parallel_size=1)
+    assert (job.training.train_iters, job.optim.lr_warmup_iters) == (13, 2)  # ceil(100/8), ceil(16/8)
+    in_samples = write_yaml(tmp_path, "samples.yaml", {"training": {"train_samples": 100, "train_tokens": 6400}})
+    job = parse_args(["--config", in_samples, "--train-iters", "7", "--global-batch-size", "8",
+                      "--micro-batch-size", "8"]).job
+    assert job.training.train_samples is None and job.training.train_tokens is None
+    job.resolve_batch(data_parallel_size=1)
+    assert job.training.train_iters == 7
+    # A file may hold both (saved configs do): the samples win, as resolve_units derives iterations from them.
+    both = write_yaml(tmp_path, "both.yaml", {"training": {"train_iters": 3, "train_samples": 100,
+                                                           "global_batch_size": 8, "micro_batch_size": 8}})
+    job = parse_args(["--config", both]).job
+    job.resolve_batch(data_parallel_size=1)
+    assert job.training.train_iters == 13
+
+
+def test_preset_run_length_replaced_by_samples():
+    assert get_preset("tiny")["training"]["train_iters"] == 300
+    job = parse_args(["--preset", "tiny", "--train-samples", "64", "--global-batch-size", "16"]).job
+    job.resolve_batch(data_parallel_size=1)
+    assert job.training.train_iters == 4
+
+
+def test_yaml_preset_applies_before_the_file(tmp_path):
+    tiny, phi = get_preset("tiny"), get_preset("phi-1-small")
+    path = write_yaml(tmp_path, "run.yaml", {"preset": "tiny", "model": {"num_layers": 7}})
+    job = parse_args(["--config", path]).job
+    assert job.preset == "tiny"
+    assert job.model.num_layers == 7                                       # the file beats its own preset
+    assert job.model.ffn_hidden_size == tiny["model"]["ffn_hidden_size"]   # the preset beats the defaults
+    assert job.optim.lr == tiny["optim"]["lr"]
+    # The file's preset, at the file's position, overrides the command line's --preset (applied first) ...
+    job = parse_args(["--preset", "phi-1-small", "--config", path]).job
+    assert job.preset == "tiny" and job.model.hidden_size == tiny["model"]["hidden_size"] != phi["model"]["hidden_size"]
+    # ... and command-line flags still override everything.
+    assert parse_args(["--config", path, "--num-layers", "3"]).job.model.num_layers == 3
+
+
+def test_saved_config_parses_back_identically(tmp_path):
+    job = parse_args(["--preset", "tiny", "--train-samples", "100", "--lr-decay-tokens", "6400", "--fp16",
+                      "--loss-scale-window", "200", "--global-batch-size", "8", "--micro-batch-size", "8"]).job
+    job.resolve_batch(data_parallel_size=1)
+    path = str(tmp_path / "config.yaml")
+    job.save(path)  # what every checkpoint holds: preset name plus every field, resolved
+    again = parse_args(["--config", path]).job
+    assert again.to_dict() == job.to_dict()
+
+
+# Megatron-DeepSpeed's GPT-3 125M recipe (examples_deepspeed ds_pretrain_gpt_125M-style), paths swapped: lengths
+# in tokens, train_samples deliberately larger than the token budget, fp16 knobs, DeepSpeed JSON.
+MEGATRON_DS_125M = """
+--override-opt_param-scheduler --adam-beta1 0.9 --adam-beta2 0.95 --tensor-model-parallel-size 1
+--init-method-std 0.02 --lr-decay-tokens 300000000000 --lr-warmup-tokens 3000000000 --micro-batch-size 2
+--exit-duration-in-mins 30000000 --global-batch-size 256 --num-layers 12 --hidden-size 768
+--num-attention-heads 12 --seq-length 2048 --max-position-embeddings 2048 --train-tokens 300000000000
+--train-samples 292968750 --lr 6.0e-4 --min-lr 1.0e-6 --lr-decay-style cosine --split 949,50,1
+--log-interval 100 --eval-interval 1000 --eval-iters 100 --save-interval 1000 --weight-decay 0.1 --clip-grad 1.0
+--hysteresis 2 --num-workers 0 --fp16 --seed 1234 --load /ckpt --save /ckpt --no-async-tensor-model-parallel-allreduce
+--tensorboard-queue-size 1 --log-timers-to-tensorboard --log-batch-size-to-tensorboard
+--log-validation-ppl-to-tensorboard --tensorboard-dir /tb --checkpoint-activations --log-optimizer-states-to-tensorboard
+--vocab-file /tok/gpt2-vocab.json --merge-file /tok/gpt2-merges.txt --data-path /data/my-gpt2_text_document
+--data-impl mmap --deepspeed --deepspeed_config ds.json --zero-stage 0 --pipeline-model-parallel-size 1
+--no-pipeline-parallel --deepspeed-activation-checkpointing
+""".split()
+
+
+def test_megatron_deepspeed_125m_recipe_resolves_tokens_to_iterations():
+    out = parse_args(["--local_rank=0"] + MEGATRON_DS_125M)
+    job = out.job
+    assert job.data.tokenizer_type == "GPT2BPETokenizer"
+    assert job.training.precision == "fp16" and job.training.hysteresis == 2 and job.training.loss_scale == 0
+    assert job.training.exit_duration_mins == 30000000.0
+    assert job.parallel.activation_checkpoint_interval == 1 and job.parallel.pipeline_parallel == 1
+    assert job.resolve_batch(data_parallel_size=1) == 128
+    # 300e9 tokens / 2048 = 146,484,375 samples (< train_samples 292,968,750, so tokens end the run);
+    # / 256 = 572,204.6 -> 572,205 iterations. Warmup: 3e9 / 2048 = 1,464,843.75 -> 1,464,844 samples;
+    # / 256 = 5,722.05 -> 5,723 iterations.
+    assert job.training.train_iters == 572_205
+    assert job.optim.lr_decay_iters == 572_205
+    assert job.optim.lr_warmup_iters == 5_723
+
+
+def test_fp16_scaler_flags_reach_the_deepspeed_config():
+    from megatron_code.parallel.engine import deepspeed_config
+
+    job = parse_args(["--fp16", "--loss-scale", "0", "--initial-loss-scale", "4096", "--hysteresis", "3",
+                      "--loss-scale-window", "500", "--min-loss-scale", "0.25", "--micro-batch-size", "2"]).job
+    fp16 = deepspeed_config(job, job.resolve_batch(data_parallel_size=1))["fp16"]
+    assert fp16 == {"enabled": True, "loss_scale": 0.0, "initial_scale_power": 12, "loss_scale_window": 500,
+                    "hysteresis": 3, "min_loss_scale": 0.25}
+    static = parse_args(["--fp16", "--loss-scale", "1024"]).job
+    assert deepspeed_config(static, static.resolve_batch(data_parallel_size=1))["fp16"]["loss_scale"] == 1024.0

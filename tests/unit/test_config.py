@@ -1,8 +1,11 @@
 """Config validation messages (each names the fix), type coercion and the YAML/JSON round trip."""
 
 import dataclasses
+import math
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from megatron_code.config import (ConfigError, DataConfig, JobConfig, ModelConfig, OptimConfig, ParallelConfig,
                                   TrainingConfig, get_preset)
@@ -201,3 +204,106 @@ def test_yaml_text_round_trip():
     for section in ("model", "parallel", "optim", "data", "objective", "training"):
         cls = type(getattr(job, section))
         assert set(d[section]) == {f.name for f in dataclasses.fields(cls)}
+
+
+def _units_job(batch=8, seq=64, **fields) -> JobConfig:
+    job = JobConfig()
+    job.update({"data": {"seq_length": seq}, "training": {"micro_batch_size": batch, "global_batch_size": batch}})
+    for path, value in fields.items():
+        section, key = path.split("__")
+        setattr(getattr(job, section), key, value)
+    return job
+
+
+@pytest.mark.parametrize("fields, expected", [
+    # (fields, (train_iters, lr_warmup_iters, lr_decay_iters)) with global batch 8, seq 64.
+    ({}, (100, 0, None)),                                                  # nothing in samples/tokens: untouched
+    ({"training__train_samples": 100}, (13, 0, None)),                     # ceil(100 / 8)
+    ({"training__train_samples": 96}, (12, 0, None)),                      # exact
+    ({"training__train_tokens": 6400}, (13, 0, None)),                     # 6400 / 64 = 100 samples
+    ({"training__train_tokens": 6145}, (13, 0, None)),                     # ceil(6145 / 64) = 97 -> ceil(97/8)
+    ({"training__train_tokens": 6144}, (12, 0, None)),                     # 96 samples
+    ({"training__train_samples": 40, "training__train_tokens": 6400}, (5, 0, None)),     # the smaller wins
+    ({"training__train_samples": 400, "training__train_tokens": 6400}, (13, 0, None)),
+    ({"optim__lr_decay_samples": 50, "optim__lr_warmup_samples": 0}, (100, 0, 7)),
+    ({"optim__lr_decay_tokens": 3200, "optim__lr_decay_samples": 8}, (100, 0, 7)),       # tokens win
+    ({"optim__lr_warmup_tokens": 65}, (100, 1, None)),                     # 2 samples -> 1 iteration
+    ({"optim__lr_warmup_samples": 17, "optim__lr_warmup_fraction": 0.5}, (100, 3, None)),
+])
+def test_resolve_units_rounds_up(fields, expected):
+    job = _units_job(**fields)
+    assert job.resolve_batch(data_parallel_size=1) == 1
+    got = (job.training.train_iters, job.optim.lr_warmup_iters, job.optim.lr_decay_iters)
+    assert got == expected
+    if "optim__lr_warmup_samples" in fields or "optim__lr_warmup_tokens" in fields:
+        assert job.optim.lr_warmup_fraction is None  # an explicit warmup replaces the fraction
+    job.resolve_units()  # idempotent
+    assert (job.training.train_iters, job.optim.lr_warmup_iters, job.optim.lr_decay_iters) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(samples=st.integers(1, 10 ** 12), tokens=st.integers(1, 10 ** 15), batch=st.integers(1, 4096),
+       seq=st.integers(1, 8192))
+def test_resolve_units_never_stops_short(samples, tokens, batch, seq):
+    """Rounding up: the run sees at least the requested samples/tokens, and one iteration fewer would not."""
+    job = _units_job(batch=batch, seq=seq, training__train_samples=samples, training__train_tokens=tokens)
+    job.resolve_units()
+    iters = job.training.train_iters
+    need = min(samples, math.ceil(tokens / seq))
+    assert iters * batch >= need and (iters - 1) * batch < need
+    assert iters * batch >= samples or iters * batch * seq >= tokens
+
+
+def test_resolve_units_needs_the_global_batch():
+    job = JobConfig()
+    job.training.train_samples = 100
+    with pytest.raises(ConfigError, match="need the global batch size"):
+        job.resolve_units()
+    job.training.micro_batch_size = 4
+    job.resolve_batch(data_parallel_size=2)  # global batch 8 from micro x DP
+    assert job.training.train_iters == 13
+
+
+@pytest.mark.parametrize("heads, kv, tp, ok", [
+    (8, 8, 4, True), (8, 4, 2, True), (8, 2, 2, True),   # KV heads sharded over TP
+    (8, 2, 4, True), (8, 1, 8, True), (8, 2, 8, True),   # fewer KV heads than TP: each replicated
+    (12, 3, 2, False),                                   # 3 KV heads cannot be split over 2 ranks
+    (12, 3, 4, False),                                   # nor replicated evenly over 4
+])
+def test_tensor_parallel_and_kv_heads(heads, kv, tp, ok):
+    job = JobConfig()
+    job.update({"model": {"hidden_size": 16 * heads, "num_attention_heads": heads, "num_kv_heads": kv},
+                "parallel": {"tensor_parallel": tp}})
+    if ok:
+        job.validate()
+    else:
+        with pytest.raises(ConfigError, match=rf"--tensor-model-parallel-size \({tp}\) does not fit num_kv_heads "
+                                              rf"\({kv}\).*replicated.*TP sizes that fit: 1, 3, 6, 12"):
+            job.validate()
+
+
+def test_padded_vocab_must_split_over_tensor_parallel():
+    job = JobConfig()
+    job.update({"model": {"hidden_size": 96, "num_attention_heads": 6, "ffn_hidden_size": 384, "vocab_size": 200},
+                "parallel": {"tensor_parallel": 3}})
+    with pytest.raises(ConfigError, match=r"padded vocabulary \(256 rows: 200 rounded up to a multiple of "
+                                          r"--make-vocab-size-divisible-by 128\).*--make-vocab-size-divisible-by 384"):
+        job.validate()
+    job.model.vocab_pad_multiple = 384
+    job.validate()
+    assert job.model.padded_vocab_size == 384
+    job.model.vocab_size = None  # unknown until the tokenizer is read: checked again then
+    job.model.vocab_pad_multiple = 128
+    job.validate()
+
+
+@pytest.mark.parametrize("kw, pattern", [
+    (dict(loss_scale=-1.0), "--loss-scale must be >= 0"),
+    (dict(hysteresis=0), "--loss-scale-window and --hysteresis must be positive"),
+    (dict(min_loss_scale=0.0), "--min-loss-scale must be positive"),
+    (dict(train_tokens=0), "--train-tokens must be positive"),
+    (dict(exit_duration_mins=-1.0), "--exit-duration-in-mins must be >= 0"),
+])
+def test_training_knob_errors(kw, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        TrainingConfig(**kw).validate()
