@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Set up and run the whole test suite (the README's test command). Installs what it needs itself.
+#   bash tools/run_tests.sh [extra pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python}
+echo "== installing (torch 2.13.0 CPU wheel, build helpers, this package with test extras)"
+$PY -m pip install -q torch==2.13.0
+$PY -m pip install -q "setuptools>=64" wheel "pybind11>=2.10"
+$PY -m pip install -q --no-build-isolation -e ".[test]"
+$PY -c "import megatron_code.data.helpers as h; print('C++ sample-index helpers:', 'built' if h.cpp_available() else 'NOT built (numpy twin in use)')"
+if [[ -f tools/ci/setup_local_slurm.sh ]]; then
+  echo "== local SLURM (for tests/e2e/test_slurm.py)"
+  bash tools/ci/setup_local_slurm.sh || echo "SLURM could not be set up here; its test reports why"
+fi
+echo "== tests"
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false
+exec $PY -m pytest -q -rs --durations=25 --timeout=900 tests "$@"
