@@ -19,6 +19,7 @@ Facts each map relies on (read from transformers 5.23's modeling code):
 - GPT-NeoX fuses q, k, v into ``query_key_value`` with rows ordered per head: [q_h, k_h, v_h] for h = 0..H-1
   (it views the output as (..., H, 3 * D) and chunks the last dim). It has no GQA and no head_dim != hidden/H.
   Its MLP always has biases and its LayerNorms always have a bias: when ours have none we write zeros (exact).
+  Its untied head is stored as ``embed_out.weight`` (what transformers' own save_pretrained writes).
 - Phi: one LayerNorm per layer shared by attention and MLP (parallel block), all projections biased, an lm_head with
   bias (zeros when ours has none).
 - Llama: RMSNorm computed in fp32 like ours; no partial rotary (the head is fully rotated); attention_bias and
@@ -245,7 +246,9 @@ def to_hf_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor], target: str)
         final = {"PhiForCausalLM": "model.final_layernorm"}.get(target, "model.norm")
         norm(final, "final_norm", target == "PhiForCausalLM")
     if head_w is not None:
-        out["lm_head.weight"] = head_w
+        # transformers (5.x) still writes GPT-NeoX's head under its legacy name embed_out (and renames on load);
+        # we write what transformers itself writes, so older versions load it too.
+        out["embed_out.weight" if target == "GPTNeoXForCausalLM" else "lm_head.weight"] = head_w
     if target == "PhiForCausalLM":
         out["lm_head.bias"] = head_b if head_b is not None else _zeros_like_bias(v)
     return {k: t.detach().to(torch.float32).contiguous().clone() for k, t in out.items()}

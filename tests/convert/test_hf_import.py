@@ -1,0 +1,142 @@
+"""Import from transformers: models built by `transformers` itself (random weights, non-zero biases) give the same
+logits in our GPT; HF -> ours -> HF gives identical tensors; the import writes a DeepSpeed checkpoint that our
+loaders read back exactly; unsupported inputs are refused with a clear message."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+
+from megatron_code.convert import ConversionError, UnsupportedArchitecture, export_checkpoint, export_model
+from megatron_code.convert import import_model, import_to_checkpoint
+from megatron_code.model import GPT
+
+transformers = pytest.importorskip("transformers")
+from safetensors.torch import load_file  # noqa: E402
+
+COMMON = dict(vocab_size=200, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=80,
+              max_position_embeddings=128)
+FOREIGN = {
+    # name: (config class, kwargs, HF -> ours -> HF gives the same tensor names)
+    "neox_parallel": ("GPTNeoXConfig", dict(use_parallel_residual=True, hidden_act="gelu",
+                                            rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                             "partial_rotary_factor": 0.25}), True),
+    "neox_sequential_untied": ("GPTNeoXConfig", dict(use_parallel_residual=False, hidden_act="gelu_new",
+                                                     tie_word_embeddings=False), True),
+    "neox_no_attention_bias": ("GPTNeoXConfig", dict(attention_bias=False, tie_word_embeddings=True), False),
+    "phi": ("PhiConfig", dict(hidden_act="gelu_new", num_key_value_heads=2,
+                              rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                               "partial_rotary_factor": 0.5}), True),
+    "llama_gqa": ("LlamaConfig", dict(num_key_value_heads=2, tie_word_embeddings=False), True),
+    "llama_attention_bias_only": ("LlamaConfig", dict(num_key_value_heads=1, attention_bias=True), False),
+    "cohere_mqa": ("CohereConfig", dict(num_key_value_heads=1, logit_scale=1.0, tie_word_embeddings=True), True),
+}
+
+
+def make_hf(name: str, path: str, seed: int = 0):
+    cls, kw, _ = FOREIGN[name]
+    config = getattr(transformers, cls)(**{**COMMON, **kw})
+    torch.manual_seed(seed)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    with torch.no_grad():  # random everything: biases and norms included, so misplaced tensors show
+        for pname, p in model.named_parameters():
+            if "norm" in pname and pname.endswith("weight"):
+                p.copy_(1.0 + 0.1 * torch.randn_like(p))
+            else:
+                p.copy_(0.1 * torch.randn_like(p))
+    model.save_pretrained(path)
+    return model.eval()
+
+
+@pytest.mark.parametrize("name", sorted(FOREIGN))
+def test_import_foreign_model_logits_and_round_trip(name, tmp_path):
+    src = str(tmp_path / "src")
+    hf = make_hf(name, src)
+    target, cfg, state, _ = import_model(src)
+    assert target == type(hf).__name__
+    with torch.device("meta"):
+        model = GPT(cfg)
+    model.load_state_dict(state, strict=True, assign=True)
+    model.eval()
+    ids = torch.randint(0, COMMON["vocab_size"], (2, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours, theirs = model(ids)[..., :COMMON["vocab_size"]], hf(ids).logits
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=0)
+
+    out = str(tmp_path / "out")
+    assert export_model(cfg, state, out) == target
+    a, b = load_file(os.path.join(src, "model.safetensors")), load_file(os.path.join(out, "model.safetensors"))
+    if FOREIGN[name][2]:
+        assert sorted(a) == sorted(b)
+    for key, value in a.items():  # every source tensor comes back identical (extra keys are zero biases)
+        assert torch.equal(b[key], value), key
+    for key in set(b) - set(a):
+        assert key.endswith(".bias") and not b[key].any(), key
+
+
+def test_import_writes_a_checkpoint_our_loaders_read(tmp_path):
+    from megatron_code.data.tokenizer import train_code_tokenizer
+    from megatron_code.training.checkpoint import load_consolidated, load_job_config
+
+    tok = train_code_tokenizer(["def f(x):\n    return x\n"] * 40, 300, str(tmp_path / "tok"))
+    src = str(tmp_path / "src")
+    cfg_kw = dict(num_layers=2, hidden_size=32, num_attention_heads=4, ffn_hidden_size=64, vocab_size=tok.vocab_size,
+                  norm="rmsnorm", activation="swiglu", num_kv_heads=2, bias=False, tie_embeddings=False,
+                  max_position_embeddings=64)
+    from megatron_code.config.model import ModelConfig
+
+    model = GPT(ModelConfig(**cfg_kw))
+    model.init_weights(torch.Generator().manual_seed(0))
+    export_model(model.cfg, model.state_dict(), src, tokenizer=tok)
+
+    save = str(tmp_path / "ckpt")
+    path = import_to_checkpoint(src, save)
+    assert os.path.basename(path) == "iter_0000000"
+    job = load_job_config(save)
+    assert job.model.to_dict() == model.cfg.to_dict()  # restored from our own export record
+    assert job.data.tokenizer_type == "HuggingFaceTokenizer" and os.path.isfile(job.data.tokenizer_model)
+    meta = json.load(open(os.path.join(path, "meta.json")))
+    assert meta["iteration"] == 0 and meta["tokenizer_fingerprint"] == tok.fingerprint()
+    _, state, tok_dir = load_consolidated(save)
+    for key, value in model.state_dict().items():
+        rows = tok.vocab_size if key in ("embed.word.weight", "lm_head.weight") else None
+        assert torch.equal(state[key][:rows], value[:rows]), key
+    assert tok_dir is not None
+
+    out = str(tmp_path / "again")
+    export_checkpoint(save, out)
+    a, b = load_file(os.path.join(src, "model.safetensors")), load_file(os.path.join(out, "model.safetensors"))
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+    with open(os.path.join(src, "tokenizer.json"), "rb") as f1, open(os.path.join(out, "tokenizer.json"), "rb") as f2:
+        assert f1.read() == f2.read()
+
+    with pytest.raises(ConversionError, match="already holds a checkpoint"):
+        import_to_checkpoint(src, save)
+    with pytest.raises(ConversionError, match="resharding tool"):
+        import_to_checkpoint(src, str(tmp_path / "tp2"), tensor_parallel=2)
+
+
+def test_unsupported_inputs_are_refused(tmp_path):
+    with pytest.raises(ConversionError, match="no config.json"):
+        import_model(str(tmp_path))
+    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
+    gpt2.save_pretrained(str(tmp_path / "gpt2"))
+    with pytest.raises(UnsupportedArchitecture, match="model_type 'gpt2' is not supported"):
+        import_model(str(tmp_path / "gpt2"))
+
+    def save(cls, **kw):
+        d = str(tmp_path / f"m{len(os.listdir(tmp_path))}")
+        transformers.AutoModelForCausalLM.from_config(getattr(transformers, cls)(**{**COMMON, **kw})).save_pretrained(d)
+        return d
+
+    with pytest.raises(UnsupportedArchitecture, match="logit_scale"):
+        import_model(save("CohereConfig", logit_scale=0.0625))
+    with pytest.raises(UnsupportedArchitecture, match="rope_type='linear'"):
+        import_model(save("LlamaConfig", rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 1e4}))
+    with pytest.raises(UnsupportedArchitecture, match="qk_layernorm"):
+        import_model(save("PhiConfig", qk_layernorm=True))
+    with pytest.raises(UnsupportedArchitecture, match="hidden_act='relu'"):
+        import_model(save("LlamaConfig", hidden_act="relu"))
