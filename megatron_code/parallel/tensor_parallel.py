@@ -98,6 +98,8 @@ def apply_tensor_parallel(model: nn.Module, plan: Plan, groups: ParallelGroups, 
     plan is validated and the model returned unchanged.
     """
     tp = groups.tp_size
+    if getattr(model, "tensor_parallel_info", None) is not None:
+        raise PlanError("this model is already tensor-parallel: apply the plan once, to the unsharded model")
     if sequence_parallel and tp == 1:
         raise PlanError("sequence parallelism needs tensor parallel size > 1 (--sequence-parallel shards the "
                         "sequence over the TP group)")

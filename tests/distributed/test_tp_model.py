@@ -111,6 +111,8 @@ def check_meta(groups):
     for n, p in meta.named_parameters():
         assert p.device.type == "meta" and p.shape == shapes[n], n
     assert tensor_parallel_state(meta) == tensor_parallel_state(real)
+    with pytest.raises(PlanError, match="already tensor-parallel"):
+        apply_tensor_parallel(meta, plan_for(cfg, groups.tp_size), groups)
     meta.to_empty(device="cpu")
     meta.init_weights()  # the model's own init works on the sharded layers
     assert torch.isfinite(meta(torch.zeros(1, 4, dtype=torch.long))).all()
