@@ -2,9 +2,10 @@
 
 Contract of `run_distributed(fn, world_size, *args, timeout=..., **kwargs)`:
 - `fn(rank, world_size, *args, **kwargs)` runs in `world_size` fresh processes started by torch.multiprocessing
-  ("forkserver" with torch preloaded, see `_context`; "spawn" where forkserver is unavailable), each already inside `torch.distributed.init_process_group(backend, init_method="file://...")`
-  with a rendezvous file in a private temporary directory; `fn` and its arguments must be picklable
-  (a module-level function in a test file is).
+  ("forkserver" with torch preloaded, see `_context`; "spawn" where forkserver is unavailable), each already
+  inside `torch.distributed.init_process_group(backend, init_method="file://...")` with a rendezvous file in a
+  private temporary directory; `fn` and its arguments must be picklable (a module-level function in a test
+  file is). Children see the caller's current sys.path, working directory and environment variables.
 - Returns the list of `fn`'s return values indexed by rank (they must be picklable).
 - If any rank raises, the parent raises `DistributedTestError` whose message contains that rank's
   traceback; the other ranks are killed (they would otherwise hang in a collective).
@@ -35,12 +36,16 @@ class DistributedTestError(RuntimeError):
 
 
 def _child(rank: int, world_size: int, init_file: str, backend: str, fn: Callable, args: tuple,
-           kwargs: dict, results: Any, timeout: float) -> None:
+           kwargs: dict, results: Any, timeout: float, environ: dict) -> None:
     import datetime
 
     import torch
     import torch.distributed as dist
 
+    # A forkserver child inherits the server's environment from when it started, not the caller's current one
+    # (multiprocessing forwards sys.path and cwd, not os.environ): restore the caller's.
+    os.environ.clear()
+    os.environ.update(environ)
     torch.set_num_threads(1)
     # Ranks agree on nothing but the rendezvous file: no MASTER_ADDR/PORT, so parallel test runs cannot collide.
     # The launcher variables are set as torchrun would (single node) because DeepSpeed's engine asserts them.
@@ -94,7 +99,7 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout: float = 
     try:
         for rank in range(world_size):
             p = ctx.Process(target=_child, args=(rank, world_size, init_file, backend, fn, args, kwargs, results,
-                                                 timeout), daemon=True)
+                                                 timeout, dict(os.environ)), daemon=True)
             p.start()
             procs.append(p)
         outputs: dict[int, Any] = {}

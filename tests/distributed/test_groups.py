@@ -99,11 +99,13 @@ def _ds_wrapped(rank, world):
 
 # ----------------------------------------------------------------------------- the spawn helper itself
 def _returns_rank(rank, world, scale):
+    import os
+
     import torch.distributed as dist
 
     x = torch.tensor([float(rank)])
     dist.all_reduce(x)
-    return rank * scale, x.item(), world
+    return rank * scale, x.item(), world, os.environ.get("MC_TEST_MARKER"), os.getcwd()
 
 
 def _raises_on_rank_one(rank, world):
@@ -121,8 +123,14 @@ def _sleeps_on_rank_zero(rank, world):
 
 
 @pytest.mark.distributed
-def test_spawn_returns_results_by_rank():
-    assert run_distributed(_returns_rank, 3, 10) == [(0, 3.0, 3), (10, 3.0, 3), (20, 3.0, 3)]
+def test_spawn_returns_results_by_rank(monkeypatch, tmp_path):
+    run_distributed(_returns_rank, 1, 0)  # the (forkserver) helper has started before the environment changes
+    monkeypatch.setenv("MC_TEST_MARKER", "set-after-start")
+    monkeypatch.chdir(tmp_path)
+    here = str(tmp_path)
+    assert run_distributed(_returns_rank, 3, 10) == [(0, 3.0, 3, "set-after-start", here),
+                                                     (10, 3.0, 3, "set-after-start", here),
+                                                     (20, 3.0, 3, "set-after-start", here)]
 
 
 @pytest.mark.distributed
