@@ -251,6 +251,20 @@ NOOP_FLAGS: dict[str, tuple[Any, str]] = {
     "use-checkpoint-opt_param-scheduler": (0, "the LR schedule is a function of the iteration and the command line"),
     "override-lr-scheduler": (0, "the LR schedule is a function of the iteration and the command line"),
     "use-checkpoint-lr-scheduler": (0, "the LR schedule is a function of the iteration and the command line"),
+    # Newer Megatron-LM (core) implementation switches: one implementation here.
+    "use-mcore-models": (0, "one model implementation"),
+    "use-legacy-models": (0, "one model implementation"),
+    "transformer-impl": (1, "one model implementation (PyTorch; fused kernels chosen automatically)"),
+    "attention-backend": (1, "the attention kernel is chosen automatically"),
+    "no-bias-swiglu-fusion": (0, "fusions are selected automatically"),
+    "no-rope-fusion": (0, "fusions are selected automatically"),
+    "no-persist-layer-norm": (0, "fusions are selected automatically"),
+    "overlap-grad-reduce": (0, "communication overlap is DeepSpeed's (its JSON: overlap_comm)"),
+    "overlap-param-gather": (0, "communication overlap is DeepSpeed's (its JSON: overlap_comm)"),
+    "log-throughput": (0, "tokens/s and MFU are always logged"),
+    "log-memory-to-tensorboard": (0, "memory is always logged"),
+    "log-world-size-to-tensorboard": (0, "the layout is printed at start"),
+    "timing-log-level": (1, "no timers beyond the per-interval log line"),
 }
 
 # Length groups: (what, fields counted in iterations, fields in samples/tokens); see the module docstring.

@@ -469,3 +469,53 @@ def test_fp16_scaler_flags_reach_the_deepspeed_config():
                     "hysteresis": 3, "min_loss_scale": 0.25}
     static = parse_args(["--fp16", "--loss-scale", "1024"]).job
     assert deepspeed_config(static, static.resolve_batch(data_parallel_size=1))["fp16"]["loss_scale"] == 1024.0
+
+
+# Megatron-DeepSpeed's Llama-2 example (pretrain_llama2_distributed.sh), sizes shrunk, paths swapped.
+MEGATRON_DS_LLAMA2 = """
+--tensor-model-parallel-size 2 --pipeline-model-parallel-size 2 --num-layers 4 --hidden-size 128
+--ffn-hidden-size 344 --num-attention-heads 8 --micro-batch-size 4 --global-batch-size 32 --seq-length 256
+--max-position-embeddings 256 --train-iters 100 --save /ckpt --load /ckpt --data-path 1 /data/books_text_sentence
+--data-impl mmap --tokenizer-type GPTSentencePieceTokenizer --tokenizer-model /tok/tokenizer.model --split 949,50,1
+--distributed-backend gloo --lr 3e-4 --lr-decay-style cosine --min-lr 3e-5 --weight-decay 0.1 --clip-grad 1
+--lr-warmup-iters 20 --optimizer adam --adam-beta1 0.9 --adam-beta2 0.95 --log-interval 1 --save-interval 10000
+--eval-interval 1000 --eval-iters 10 --bf16 --no-query-key-layer-scaling --attention-dropout 0 --hidden-dropout 0
+--use-rotary-position-embeddings --untie-embeddings-and-output-weights --swiglu --normalization rmsnorm
+--disable-bias-linear --num-key-value-heads 2
+--recompute-granularity full --recompute-method uniform --deepspeed-activation-checkpointing
+--zero-stage=0 --deepspeed_config=/ds.json --deepspeed
+""".split()
+
+
+def test_megatron_deepspeed_llama2_line():
+    job = parse_args(MEGATRON_DS_LLAMA2).job
+    m = job.model
+    assert (m.norm, m.activation, m.position_embedding, m.bias, m.tie_embeddings) == (
+        "rmsnorm", "swiglu", "rope", False, False)
+    assert (m.num_kv_heads, m.ffn_hidden_size, m.attention_dropout) == (2, 344, 0.0)
+    assert job.data.tokenizer_type == "SentencePieceTokenizer"
+    assert job.data.data_path == ["1", "/data/books_text_sentence"]
+    assert (job.parallel.tensor_parallel, job.parallel.pipeline_parallel) == (2, 2)
+    assert job.parallel.activation_checkpoint_interval == 1 and job.training.precision == "bf16"
+
+
+# Megatron-LM's GPT-3 175B example (examples/gpt3), sizes shrunk; its batch-size ramp-up is refused clearly.
+MEGATRON_LM_GPT3 = """
+--num-layers 4 --hidden-size 128 --num-attention-heads 8 --seq-length 256 --max-position-embeddings 256
+--attention-backend auto --micro-batch-size 1 --global-batch-size 16 --train-iters 500 --weight-decay 0.1
+--adam-beta1 0.9 --adam-beta2 0.95 --init-method-std 0.006 --clip-grad 1.0 --fp16 --lr 6.0e-5
+--lr-decay-style cosine --min-lr 6.0e-6 --lr-warmup-fraction .001 --lr-decay-iters 430 --tensor-model-parallel-size 2
+--pipeline-model-parallel-size 2 --data-path /data/gpt_text_document --vocab-file /tok/vocab.json
+--merge-file /tok/merges.txt --split 949,50,1 --log-interval 100 --save-interval 10000 --eval-interval 1000
+--save /ckpt --load /ckpt --eval-iters 10 --tensorboard-dir /tb --use-mcore-models --transformer-impl local
+""".split()
+
+
+def test_megatron_lm_gpt3_line():
+    out = parse_args(MEGATRON_LM_GPT3)
+    job = out.job
+    assert job.optim.lr_warmup_fraction == 0.001 and job.optim.lr_decay_iters == 430
+    assert job.data.tokenizer_type == "GPT2BPETokenizer" and job.parallel.tensor_parallel == 2
+    assert {"--attention-backend", "--use-mcore-models", "--transformer-impl"} <= {n.split(":")[0] for n in out.notes}
+    with pytest.raises(ConfigError, match="batch size ramp-up is not supported yet"):
+        parse_args(MEGATRON_LM_GPT3 + ["--rampup-batch-size", "16", "16", "5859375"])
