@@ -189,7 +189,7 @@ MEGATRON_FLAGS: dict[str, tuple[Any, Setter]] = {
     "model-parallel-size": (1, _set("parallel.tensor_parallel")),  # Megatron's name before pipelines existed
     "pipeline-model-parallel-size": (1, _set("parallel.pipeline_parallel")),
     # --no-pipeline-parallel is handled in parse_args (it wins wherever it stands, as in Megatron-DeepSpeed).
-    # With TP=1 parse_args turns it off with a note, as Megatron does.
+    # --sequence-parallel with TP=1: parse_args turns it off with a note, as Megatron does.
     "sequence-parallel": (0, _const("parallel.sequence_parallel", True)),
     "zero-stage": (1, _set("parallel.zero_stage")),
     "use-distributed-optimizer": (0, _const("parallel.zero_stage", 1)),
