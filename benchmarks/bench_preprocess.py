@@ -18,6 +18,7 @@ import importlib.util
 import json
 import multiprocessing as mp
 import os
+import resource
 import statistics
 import sys
 import time
@@ -69,22 +70,39 @@ def naive_preprocess(path, tok_dir, prefix, workers):
                 w.add_document(np.array(ids, dtype=w.dtype))
 
 
+def chunk_corpus(path, n_lines):
+    """The same text as many small documents (n_lines lines each), like snippet-level code corpora."""
+    out = f"{path[:-len('.jsonl')]}.chunks{n_lines}.jsonl"
+    with open(path, encoding="utf-8") as fin, open(out, "w", encoding="utf-8") as fout:
+        for line in fin:
+            lines = json.loads(line)["text"].splitlines(keepends=True)
+            for i in range(0, len(lines), n_lines):
+                fout.write(json.dumps({"text": "".join(lines[i:i + n_lines])}) + "\n")
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--work-dir", default="/tmp/bench_preprocess")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--vocab-size", type=int, default=8192)
+    ap.add_argument("--chunk-lines", type=int, default=0,
+                    help="re-cut every file into documents of this many lines (0: one document per file)")
     args = ap.parse_args()
     os.makedirs(args.work_dir, exist_ok=True)
-    corpus = build_stdlib_corpus(os.path.join(args.work_dir, "stdlib"))["train"]
+    full = corpus = build_stdlib_corpus(os.path.join(args.work_dir, "stdlib"))["train"]
+    if args.chunk_lines:
+        corpus = chunk_corpus(full, args.chunk_lines)
     tok_dir = os.path.join(args.work_dir, f"tok{args.vocab_size}")
     if not os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
-        texts = [json.loads(line)["text"] for i, line in enumerate(open(corpus, encoding="utf-8")) if i % 8 == 0]
+        texts = [json.loads(line)["text"] for i, line in enumerate(open(full, encoding="utf-8")) if i % 8 == 0]
         train_code_tokenizer(texts, args.vocab_size, tok_dir)
     tool = load_tool()
     mb = os.path.getsize(corpus) / 1e6
-    print(f"corpus {corpus}: {mb:.1f} MB; tokenizer {tok_dir}; workers {args.workers}")
+    with open(corpus, "rb") as f:
+        n_docs = sum(1 for _ in f)
+    print(f"corpus {corpus}: {mb:.1f} MB, {n_docs} documents; tokenizer {tok_dir}; workers {args.workers}")
 
     def ours():
         tool.preprocess([corpus], os.path.join(args.work_dir, "ours"), "HuggingFaceTokenizer", tok_dir,
@@ -93,13 +111,22 @@ def main():
     def baseline():
         naive_preprocess(corpus, tok_dir, os.path.join(args.work_dir, "naive"), args.workers)
 
+    def cpu_seconds():
+        # main process + reaped pool workers: robust to other load on a shared machine, unlike wall time
+        return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
+                   for who in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+
     times = {"baseline": [], "ours": []}
+    cpu = {"baseline": [], "ours": []}
     for _ in range(args.repeats):
         for name, fn in (("baseline", baseline), ("ours", ours)):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), cpu_seconds()
             fn()
             times[name].append(time.perf_counter() - t)
-            print(f"  {name}: {times[name][-1]:.2f} s ({mb / times[name][-1]:.2f} MB/s)", flush=True)
+            cpu[name].append(cpu_seconds() - c)
+            print(f"  {name}: {times[name][-1]:.2f} s wall ({mb / times[name][-1]:.2f} MB/s), "
+                  f"{cpu[name][-1]:.2f} CPU s ({mb / cpu[name][-1]:.2f} MB per CPU s), load average "
+                  f"{os.getloadavg()[0]:.1f}", flush=True)
     for ext in (".bin", ".idx"):
         a = open(os.path.join(args.work_dir, "ours_text_document" + ext), "rb").read()
         b = open(os.path.join(args.work_dir, "naive_text_document" + ext), "rb").read()
@@ -108,6 +135,9 @@ def main():
     print(f"baseline median {med['baseline']:.2f} s = {mb / med['baseline']:.2f} MB/s; ours median "
           f"{med['ours']:.2f} s = {mb / med['ours']:.2f} MB/s; speedup {med['baseline'] / med['ours']:.2f}x "
           f"(identical .bin/.idx)")
+    mc = {k: statistics.median(v) for k, v in cpu.items()}
+    print(f"CPU time: baseline median {mc['baseline']:.2f} s, ours median {mc['ours']:.2f} s, ratio "
+          f"{mc['baseline'] / mc['ours']:.2f}x")
 
 
 if __name__ == "__main__":

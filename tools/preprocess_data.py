@@ -6,9 +6,10 @@ Flags follow Megatron's tools/preprocess_data.py (``--input --output-prefix --js
 --tokenizer-model --vocab-file --merge-file --append-eod --workers --partitions``) plus ``--skip-bad-lines``.
 
 Parallelism: the main process only reads raw bytes and writes tokens; workers receive *batches* of ~1 MB of raw
-JSONL lines (or source texts), parse JSON, tokenize the whole batch with the backend's batch encoder and return
-one flat numpy array plus lengths per key. Compared with Megatron's one-document-per-task pool this removes the
-per-document pickling of Python int lists and the per-document writes (benchmarks/bench_preprocess.py).
+JSONL lines (or source texts), parse JSON, tokenize the whole batch with the backend's batch encoder (no offset
+tracking) and return one flat numpy array plus lengths per key, which the main process appends with one write.
+This removes Megatron's per-document costs (pickled Python int lists, one write per document); on corpora of
+large documents the tokenizer itself dominates, so the gain there is small (BENCHMARKS.md, "Data pipeline").
 
 Example::
 

@@ -22,6 +22,7 @@ from typing import Iterable, Sequence
 SPECIAL_TOKENS = ["<|endoftext|>", "<pad>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>",
                   "<l2r>", "<r2l>"]
 
+EOD_ALIASES = ("<|end_of_text|>", "</s>", "<eos>")
 TOKENIZER_TYPES = ("GPT2BPETokenizer", "HuggingFaceTokenizer", "SentencePieceTokenizer")
 _META_FILE = "megatron_code_tokenizer.json"
 
@@ -55,7 +56,8 @@ class Tokenizer:
     """Common interface. Subclasses fill ``_files`` (name -> exact bytes), ``vocab_size`` and implement
     ``_encode``/``_decode_plain``/``_token_to_id``.
 
-    Attributes: ``vocab_size`` (true size incl. specials), ``eod`` (id of ``<|endoftext|>``), ``pad`` (id of
+    Attributes: ``vocab_size`` (true size incl. specials), ``eod`` (id of ``<|endoftext|>``, else of the first of
+    EOD_ALIASES in the vocabulary), ``pad`` (id of
     ``<pad>``, else ``eod``), ``special_tokens`` (the entries of SPECIAL_TOKENS present in the vocabulary).
     """
 
@@ -69,10 +71,15 @@ class Tokenizer:
             tid = self._token_to_id(tok)
             if tid is not None:
                 self.special_tokens[tok] = tid
-        if "<|endoftext|>" not in self.special_tokens:
-            raise TokenizerError(f"{self.tokenizer_type}: the vocabulary has no '<|endoftext|>' token; train the "
-                                 f"tokenizer with tools/train_tokenizer.py (which registers it) or add it")
-        self.eod = self.special_tokens["<|endoftext|>"]
+        eod = self.special_tokens.get("<|endoftext|>")
+        for alias in EOD_ALIASES:  # foreign tokenizers (Llama/T5 style) name their end-of-document differently
+            if eod is None:
+                eod = self._token_to_id(alias)
+        if eod is None:
+            raise TokenizerError(f"{self.tokenizer_type}: the vocabulary has no '<|endoftext|>' (or "
+                                 f"{', '.join(EOD_ALIASES)}) token; train the tokenizer with tools/train_tokenizer.py "
+                                 f"(which registers it) or add it")
+        self.eod = eod
         self.pad = self.special_tokens.get("<pad>", self.eod)
         self._id_to_special = {v: k for k, v in self.special_tokens.items()}
 

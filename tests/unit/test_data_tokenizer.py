@@ -122,6 +122,10 @@ def test_missing_eod_is_an_error(tmp_path):
     hf.save(str(tmp_path / "tokenizer.json"))
     with pytest.raises(TokenizerError, match="<\\|endoftext\\|>"):
         build_tokenizer("HuggingFaceTokenizer", tokenizer_model=str(tmp_path))
+    hf = HF(models.BPE(vocab={"a": 0, "b": 1, "</s>": 2}, merges=[]))
+    hf.save(str(tmp_path / "tokenizer.json"))
+    tok = build_tokenizer("HuggingFaceTokenizer", tokenizer_model=str(tmp_path))
+    assert tok.eod == 2 and tok.pad == 2 and tok.special_tokens == {}
 
 
 def test_train_from_files(tmp_path):
