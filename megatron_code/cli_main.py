@@ -12,6 +12,7 @@ def print_config(job) -> None:
     from .model import count_parameters
     from .training.trainer import resolve_tokenizer
     resolve_tokenizer(job)
+    job.resolve_units()
     job.validate()
     print(job.to_yaml(), end="")
     print(f"padded_vocab_size: {job.model.padded_vocab_size}")

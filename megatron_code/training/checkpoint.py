@@ -26,6 +26,7 @@ import torch
 
 from ..config.base import ConfigError
 from ..config.job import JobConfig
+from ..parallel.reshard import FULL_FILE, check_same_layout, consolidate_layout, load_full_checkpoint
 
 STAGING = ".staging"
 # Fields that may change between runs without changing the saved tensors' meaning.
@@ -79,6 +80,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def nothing_to_load(load_dir: str, save_dir: str | None) -> bool:
+    """True when --load names the --save directory of a run that has not saved yet (Megatron launch scripts pass
+    --load X --save X from the first launch on). A --load elsewhere that holds nothing stays an error."""
+    if not save_dir or os.path.abspath(load_dir) != os.path.abspath(save_dir):
+        return False
+    return not os.path.isdir(load_dir) or read_latest(load_dir) is None
+
+
 def check_fresh_save_dir(save_dir: str | None, load_dir: str | None) -> None:
     """Refuse to start a new run on top of another run's checkpoints (they would be mixed and overwritten)."""
     if not save_dir or load_dir:
@@ -114,7 +123,8 @@ def _write_atomic(path: str, text: str) -> None:
 
 def save_checkpoint(engine, job: JobConfig, save_dir: str, iteration: int, client_state: dict[str, Any],
                     tokenizer=None, is_rank0: bool = True, keep: int = 0) -> str:
-    """Collective: every rank calls it. Returns the final checkpoint directory."""
+    """Collective: every rank calls it. Returns the final checkpoint directory. With training.save_optim False the
+    optimizer state is left out (smaller checkpoints; resuming then needs --no-load-optim)."""
     tag = tag_for(iteration)
     staging_root = os.path.join(save_dir, STAGING)
     staged = os.path.join(staging_root, tag)
@@ -130,7 +140,10 @@ def save_checkpoint(engine, job: JobConfig, save_dir: str, iteration: int, clien
         job.save(os.path.join(staged, "config.yaml"))
         meta = {"iteration": iteration, "consumed_samples": client_state.get("consumed_samples"),
                 "tokenizer_fingerprint": client_state.get("tokenizer_fingerprint"),
-                "layout": client_state.get("layout"), "time": time.time()}
+                "layout": client_state.get("layout"), "has_optimizer": job.training.save_optim,
+                "time": time.time()}
+        if not job.training.save_optim:
+            strip_optimizer_state(staged)
         _write_atomic(os.path.join(staged, "meta.json"), json.dumps(meta, indent=2))
         if tokenizer is not None:
             tokenizer.save(os.path.join(staged, "tokenizer"))
@@ -172,7 +185,8 @@ def check_compatible(saved: JobConfig, job: JobConfig) -> None:
 
 
 def load_checkpoint(engine, job: JobConfig, load_dir: str, tokenizer_fingerprint: str | None) -> dict[str, Any]:
-    """Collective. Loads weights, optimizer and client state into the engine; returns the client state."""
+    """Collective. Loads weights (and, unless told otherwise or absent, optimizer state) into the engine; returns
+    the client state. training.finetune loads the weights only; training.load_optim False skips the optimizer."""
     root, tag = resolve_checkpoint(load_dir)
     saved = load_job_config(root, tag)
     check_compatible(saved, job)
@@ -183,11 +197,50 @@ def load_checkpoint(engine, job: JobConfig, load_dir: str, tokenizer_fingerprint
         raise CheckpointError(f"the checkpoint in {root}/{tag} was trained with a different tokenizer "
                               f"(fingerprint {saved_fp[:12]} vs {tokenizer_fingerprint[:12]}): use the same "
                               f"--tokenizer-model/--vocab-file as the saved run")
-    path, client_state = engine.load_checkpoint(root, tag=tag, load_optimizer_states=True,
-                                                load_lr_scheduler_states=False)
+    t = job.training
+    with_optim = t.load_optim and not t.finetune
+    if with_optim and not meta.get("has_optimizer", True):
+        raise CheckpointError(f"{root}/{tag} was saved without optimizer state (--no-save-optim): pass "
+                              f"--no-load-optim to start the optimizer fresh, or --finetune")
+    full = os.path.join(root, tag, FULL_FILE)
+    if os.path.exists(full):  # written by tools/reshard_checkpoint.py: loads at any layout
+        return load_full_checkpoint(engine, full, job.model, job.parallel.tensor_parallel, with_optim)
+    check_same_layout(meta.get("layout"), current_layout(engine, job), f"{root}/{tag}")
+    path, client_state = engine.load_checkpoint(root, tag=tag, load_optimizer_states=with_optim,
+                                                load_lr_scheduler_states=False, load_module_only=t.finetune)
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load {root}/{tag} (files missing for this layout?)")
     return client_state or {}
+
+
+def current_layout(engine, job: JobConfig) -> dict[str, int]:
+    p = job.parallel
+    return {"tp": p.tensor_parallel, "pp": p.pipeline_parallel, "dp": int(getattr(engine, "dp_world_size", 1)),
+            "zero": p.zero_stage}
+
+
+def optimizer_param_names(job: JobConfig) -> list[str]:
+    """Parameter names in the order build_optimizer hands them to the optimizer (ZeRO-0 state is keyed by it)."""
+    from ..model import GPT
+    from .optimizer import param_groups
+    with torch.device("meta"):
+        model = GPT(job.model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    return [names[id(p)] for g in param_groups(model, job.optim.weight_decay) for p in g["params"]]
+
+
+def strip_optimizer_state(tag_dir: str) -> None:
+    """Remove optimizer state from a staged checkpoint (--no-save-optim): ZeRO shards are deleted, the ZeRO-0
+    optimizer entry of the model-states files is dropped."""
+    for name in os.listdir(tag_dir):
+        path = os.path.join(tag_dir, name)
+        if name.endswith("optim_states.pt"):
+            os.remove(path)
+        elif name.startswith("mp_rank_") and name.endswith("_model_states.pt"):
+            state = torch.load(path, map_location="cpu", weights_only=False)
+            if state.get("optimizer") is not None:
+                state["optimizer"] = None
+                torch.save(state, path)
 
 
 def load_consolidated(ckpt_dir: str, tag: str | None = None) -> tuple[JobConfig, dict[str, torch.Tensor], str | None]:
@@ -197,8 +250,7 @@ def load_consolidated(ckpt_dir: str, tag: str | None = None) -> tuple[JobConfig,
     job = load_job_config(root, tag)
     d = os.path.join(root, tag)
     p = job.parallel
-    if p.tensor_parallel > 1 or p.pipeline_parallel > 1:
-        from ..parallel.reshard import consolidate_layout  # written with the parallelism issue
+    if p.tensor_parallel > 1 or p.pipeline_parallel > 1 or os.path.exists(os.path.join(d, FULL_FILE)):
         state = consolidate_layout(d, job)
     elif p.zero_stage == 3:
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

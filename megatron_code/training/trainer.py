@@ -111,12 +111,20 @@ class Trainer:
         self.grad_norm = float("nan")
         self.iteration, self.consumed = 0, 0
         self.resume_rng = None
+        if t.load and ckpt.nothing_to_load(t.load, t.save):
+            log(f"note: --load {t.load} holds no checkpoint yet and equals --save: starting from scratch "
+                f"(the Megatron first-launch convention)")
+            t.load = None
         if t.load:
             state = ckpt.load_checkpoint(self.engine, job, t.load, self.tok_fp)
-            self.iteration = int(state["iteration"])
-            self.consumed = int(state["consumed_samples"])
-            self.resume_rng = state["rng"]  # restored right before the loop, after all setup work
-            log(f"resumed from {t.load} at iteration {self.iteration} ({self.consumed} samples consumed)")
+            if t.finetune:
+                log(f"fine-tuning from the weights in {t.load} (iteration, data position and optimizer start fresh)")
+            else:
+                self.iteration = int(state["iteration"])
+                self.consumed = int(state["consumed_samples"])
+                if t.load_rng:
+                    self.resume_rng = state["rng"]  # restored right before the loop, after all setup work
+                log(f"resumed from {t.load} at iteration {self.iteration} ({self.consumed} samples consumed)")
         eod = self.tokenizer.eod if self.tokenizer is not None else None
         self.objective = Objective(job, self.tokenizer)
         self.data = build_job_data(job, eod, is_builder=self.rank == 0,
@@ -235,7 +243,10 @@ class Trainer:
         tps, mfu = self.throughput.rates()
         loss = loss_sum / max(steps, 1)
         gn = self.grad_norm
-        scale = getattr(self.engine.optimizer, "cur_scale", None) if t.precision == "fp16" else None
+        scale = None
+        if t.precision == "fp16":  # DeepSpeed's fp16 optimizers expose the dynamic scale as loss_scale / cur_scale
+            opt = self.engine.optimizer
+            scale = getattr(opt, "loss_scale", None) or getattr(opt, "cur_scale", None)
         lr = self.engine.optimizer.param_groups[0]["lr"]
         parts = "".join(f"{k} {v:.4f} | " for k, v in self.loss_parts.items())
         log(f"iter {self.iteration}/{t.train_iters} | loss {loss:.4f} | {parts}lr {lr:.3e} | grad norm {gn:.3f} | "
@@ -248,6 +259,14 @@ class Trainer:
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
         self.throughput.reset()
 
+    def _agreed(self, flag: bool) -> bool:
+        """True on every rank if it is true on any (clocks differ across ranks; the decision must not)."""
+        if self.world == 1:
+            return flag
+        t = torch.tensor([1.0 if flag else 0.0])
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
     def _validate(self, history: dict) -> None:
         v = self.evaluate(self.data.valid)
         history["valid_loss"].append((self.iteration, v))
@@ -256,20 +275,48 @@ class Trainer:
         self.throughput.reset()  # evaluation time is not training throughput
 
     # ------------------------------------------------------------------ the loop
+    def _should_stop(self, start_iter: int, started: float, stop: StopSignal) -> tuple[bool, str]:
+        """(stop now?, why) - agreed across ranks so every rank saves and leaves at the same iteration."""
+        t = self.job.training
+        if t.exit_interval and self.iteration - start_iter >= t.exit_interval:
+            return True, "exit interval"
+        if t.exit_duration_mins and self._agreed(time.time() - started >= 60 * t.exit_duration_mins):
+            return True, "exit duration"
+        if self._agreed(stop.received is not None):  # a signal seen by any rank stops all
+            return True, f"signal {stop.received}"
+        return False, ""
+
+    def _after_step(self, loss: float, lr: float, history: dict, bar) -> None:
+        """Record one finished iteration: metrics, periodic log line, periodic validation."""
+        t = self.job.training
+        check_finite(loss, self.iteration, t.precision)
+        self.throughput.add(t.global_batch_size * self.job.data.seq_length)
+        self.sink.write(self.iteration, {"loss": loss, "lr": lr, "consumed_samples": self.consumed,
+                                         **self.loss_parts})
+        history["train_loss"].append((self.iteration, loss))
+        self.window_loss, self.window_steps = self.window_loss + loss, self.window_steps + 1
+        bar.update(1)
+        if self.iteration % t.log_interval == 0 or self.iteration == t.train_iters:
+            self._log_interval(self.window_loss, self.window_steps, bar)
+            self.window_loss, self.window_steps = 0.0, 0
+        if t.eval_interval and self.data.valid is not None and (
+                self.iteration % t.eval_interval == 0 or self.iteration == t.train_iters):
+            self._validate(history)
+
     def train(self) -> dict:
         job, t = self.job, self.job.training
-        gbs = t.global_batch_size
         batches = iter(make_loader(self.data.train, job, self.consumed, self.groups.dp_rank,
                                    self.groups.dp_size, Collate(self.objective, train=True)))
         bar = tqdm(total=t.train_iters, initial=self.iteration, desc="train", unit="it", dynamic_ncols=True,
                    disable=self.rank != 0 or not t.progress_bar, file=sys.stderr, mininterval=1.0)
         history = {"train_loss": [], "valid_loss": []}
-        loss_sum, steps, start_iter = 0.0, 0, self.iteration
+        self.window_loss, self.window_steps, start_iter = 0.0, 0, self.iteration
         if self.resume_rng is not None:
             ckpt.set_rng_state(self.resume_rng)
         if t.eval_interval and self.data.valid is not None and self.iteration == 0:
             self._validate(history)  # the untrained model's loss: the baseline every later value is read against
         self.throughput.reset()
+        started = time.time()
         with StopSignal() as stop:
             while self.iteration < t.train_iters:
                 lr = lr_at(self.iteration, job.optim, t.train_iters)
@@ -277,27 +324,13 @@ class Trainer:
                     group["lr"] = lr
                 loss = self.train_step(batches)
                 self.iteration += 1
-                self.consumed += gbs
-                check_finite(loss, self.iteration, t.precision)
-                self.throughput.add(gbs * job.data.seq_length)
-                self.sink.write(self.iteration, {"loss": loss, "lr": lr, "consumed_samples": self.consumed,
-                                                 **self.loss_parts})
-                history["train_loss"].append((self.iteration, loss))
-                loss_sum, steps = loss_sum + loss, steps + 1
-                bar.update(1)
-                if self.iteration % t.log_interval == 0 or self.iteration == t.train_iters:
-                    self._log_interval(loss_sum, steps, bar)
-                    loss_sum, steps = 0.0, 0
-                if t.eval_interval and self.data.valid is not None and (
-                        self.iteration % t.eval_interval == 0 or self.iteration == t.train_iters):
-                    self._validate(history)
+                self.consumed += t.global_batch_size
+                self._after_step(loss, lr, history, bar)
+                stopping, why = self._should_stop(start_iter, started, stop)
                 last = self.iteration == t.train_iters
-                planned_exit = t.exit_interval and self.iteration - start_iter >= t.exit_interval
-                if t.save and (last or planned_exit or stop.received is not None
-                               or (t.save_interval and self.iteration % t.save_interval == 0)):
+                if t.save and (last or stopping or (t.save_interval and self.iteration % t.save_interval == 0)):
                     self.save()
-                if planned_exit or stop.received is not None:
-                    why = "exit interval" if planned_exit else f"signal {stop.received}"
+                if stopping:
                     log(f"stopping at iteration {self.iteration} ({why})", self.rank)
                     break
         bar.close()

@@ -24,7 +24,7 @@ def env() -> dict:
     return e
 
 
-def run(args: list[str], timeout: int = 300, check: bool = True, launcher: list[str] | None = None):
+def run(args: list[str], timeout: int = 900, check: bool = True, launcher: list[str] | None = None):
     cmd = (launcher or [sys.executable]) + [os.path.join(ROOT, "pretrain_code.py")] + args
     proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
