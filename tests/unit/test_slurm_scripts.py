@@ -77,3 +77,24 @@ def test_missing_data_is_named():
     proc = subprocess.run(["bash", path], env={**env, "DRY_RUN": "1", "REPO": ROOT}, capture_output=True,
                           text=True, timeout=60)
     assert proc.returncode != 0 and "DATA_PREFIX" in proc.stderr
+
+
+def test_deepspeed_multinode_example_parses_and_matches_its_hostfile():
+    script = os.path.join(ROOT, "examples", "deepspeed_multinode.sh")
+    hostfile = os.path.join(ROOT, "examples", "hostfile.example")
+    slots = [int(m) for m in re.findall(r"^\S+\s+slots=(\d+)\s*$", open(hostfile).read(), re.M)]
+    assert len(slots) == 8 and sum(slots) == 64
+    base = {k: v for k, v in os.environ.items() if k not in ("NODE_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    base.update(DRY_RUN="1", DATA_PREFIX="/data/x_text_document", TOKENIZER="/data/tok")
+    for extra, no_ssh in (({}, False), ({"NODE_RANK": "3"}, True)):
+        proc = subprocess.run(["bash", script], env={**base, **extra}, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        cmd = shlex.split(proc.stdout.strip().splitlines()[-1])
+        launcher = cmd[:cmd.index("pretrain_code.py")]
+        assert launcher[0] == "deepspeed" and launcher[launcher.index("--hostfile") + 1] == "examples/hostfile.example"
+        assert launcher[launcher.index("--master_addr") + 1] == "gpu-node01"  # the hostfile's first host
+        assert ("--no_ssh" in launcher) == no_ssh and (launcher[-1] == "3") == no_ssh
+        job = parse_args(cmd[cmd.index("pretrain_code.py") + 1:]).job
+        job.validate()
+        dp = sum(slots) // (job.parallel.tensor_parallel * job.parallel.pipeline_parallel)
+        assert job.training.global_batch_size % (job.training.micro_batch_size * dp) == 0
