@@ -441,6 +441,19 @@ def _apply_preset(job: JobConfig, name: str) -> None:
     job.preset = name
 
 
+# Megatron-LM's argument defaults (megatron/training/arguments.py) for every setting where ours differ. Applied
+# under the command line when neither --preset nor --config is given, so a copied launch script trains the model
+# it trained in Megatron. Embedding dropout follows --hidden-dropout there (one flag), hence 0.1 as well.
+MEGATRON_DEFAULTS: dict[str, dict[str, Any]] = {
+    "model": {"position_embedding": "learned", "attention_dropout": 0.1, "hidden_dropout": 0.1,
+              "embedding_dropout": 0.1, "activation": "gelu", "block": "sequential", "norm": "layernorm",
+              "bias": True, "tie_embeddings": True, "rotary_percent": 1.0},
+    "optim": {"adam_beta1": 0.9, "adam_beta2": 0.999, "adam_eps": 1e-8, "weight_decay": 0.01,
+              "lr_decay_style": "linear", "min_lr": 0.0, "clip_grad": 1.0},
+    "training": {"eval_iters": 100, "log_interval": 100, "seed": 1234},
+}
+
+
 def parse_args(argv: list[str]) -> CliArgs:
     """Parse a command line into a validated JobConfig (vocab size may still come from the tokenizer; lengths in
     samples/tokens become iterations in JobConfig.resolve_units)."""
@@ -496,6 +509,11 @@ def parse_args(argv: list[str]) -> CliArgs:
     job = out.job
     if preset is not None:
         _apply_preset(job, preset)
+    elif not config_files:
+        # A bare command line is a Megatron launch script: settings it leaves out mean what they mean there.
+        _apply_layer(job, MEGATRON_DEFAULTS, "Megatron's defaults")
+        out.notes.append("no --preset or --config: settings not on the command line take Megatron-LM's defaults "
+                         "(learned positions, dropout 0.1, Adam beta2 0.999, weight decay 0.01, linear decay)")
     for path in config_files:
         loaded = _load_yaml(path)
         if loaded.get("preset") is not None:

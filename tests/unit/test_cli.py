@@ -6,7 +6,14 @@ import pytest
 import yaml
 
 from megatron_code.config import ConfigError, JobConfig, get_preset
-from megatron_code.config.cli import MEGATRON_FLAGS, NOOP_FLAGS, parse_args
+from megatron_code.config.cli import MEGATRON_DEFAULTS, MEGATRON_FLAGS, NOOP_FLAGS, parse_args
+
+
+def megatron_baseline() -> JobConfig:
+    """What a bare command line starts from: our defaults overlaid with Megatron-LM's."""
+    job = JobConfig()
+    job.update(MEGATRON_DEFAULTS)
+    return job
 
 
 def get(job: JobConfig, path: str):
@@ -22,8 +29,18 @@ def write_yaml(tmp_path, name, values):
 
 def test_defaults_without_arguments():
     out = parse_args([])
-    assert out.job.to_dict() == JobConfig().to_dict()
-    assert out.print_config is False and out.local_rank is None and out.notes == []
+    assert out.job.to_dict() == megatron_baseline().to_dict()
+    assert out.job.model.position_embedding == "learned" and out.job.optim.adam_beta2 == 0.999
+    assert out.print_config is False and out.local_rank is None
+    assert [n for n in out.notes if "Megatron-LM's defaults" in n]
+
+
+def test_megatron_defaults_only_for_bare_command_lines(tmp_path):
+    assert parse_args(["--preset", "tiny"]).job.model.position_embedding == "rope"
+    cfg = write_yaml(tmp_path, "a.yaml", {"model": {"num_layers": 3}})
+    job = parse_args(["--config", cfg]).job
+    assert job.model.position_embedding == JobConfig().model.position_embedding
+    assert job.model.hidden_dropout == 0.0
 
 
 def test_precedence_preset_then_yaml_then_command_line(tmp_path):
@@ -164,11 +181,12 @@ def test_megatron_flag_lands_in_field(argv, path, expected):
     value = get(job, path)
     assert value == expected
     assert type(value) is type(expected)
-    # Nothing else changed: the rest of the config equals the defaults.
-    default = JobConfig().to_dict()
+    # Nothing else changed: the rest of the config equals the bare-command-line defaults.
+    default = megatron_baseline().to_dict()
     changed = {(s, k) for s, sub in job.to_dict().items() if isinstance(sub, dict)
                for k, v in sub.items() if default[s][k] != v}
-    assert changed == {tuple(path.split("."))}
+    section, key = path.split(".")
+    assert changed == ({(section, key)} if default[section][key] != expected else set())
 
 
 def test_flag_table_covers_every_listed_flag():
@@ -188,7 +206,7 @@ def test_flag_table_covers_every_listed_flag():
 
 def test_deepspeed_switch_accepted_with_note():
     out = parse_args(["--deepspeed"])
-    assert out.job.to_dict() == JobConfig().to_dict()
+    assert out.job.to_dict() == megatron_baseline().to_dict()
     assert any(n.startswith("--deepspeed:") for n in out.notes)
     assert "deepspeed" in NOOP_FLAGS
 
@@ -279,7 +297,7 @@ MEGATRON_DS_LAUNCH = """
 
 def test_megatron_deepspeed_launch_line():
     out = parse_args(MEGATRON_DS_LAUNCH)
-    expected = JobConfig()
+    expected = megatron_baseline()
     expected.update({
         "model": dict(num_layers=2, hidden_size=64, num_attention_heads=4, max_position_embeddings=64,
                       init_std=0.02, attention_dropout=0.1, hidden_dropout=0.1),
@@ -345,7 +363,7 @@ def test_gpt2_tokenizer_is_the_default_with_vocab_and_merges():
 def test_every_noop_flag_is_accepted_with_a_note(name):
     arity = NOOP_FLAGS[name][0]
     out = parse_args([f"--{name}"] + (["1"] if arity == 1 else []))
-    assert out.job.to_dict() == JobConfig().to_dict()
+    assert out.job.to_dict() == megatron_baseline().to_dict()
     assert [n for n in out.notes if n.startswith(f"--{name}: accepted, no effect")]
 
 
