@@ -106,11 +106,12 @@ if [[ ! -f $CONF ]] || [[ "$(cat "$CONF")" != "$NEW_CONF" ]]; then
 fi
 
 # ---------------------------------------------------------------- 3. daemons
-running() {  # running PIDFILE: the daemon whose pid is recorded there is alive
-  [[ -f $1 ]] && kill -0 "$(cat "$1" 2>/dev/null)" 2>/dev/null
+running() {  # running PIDFILE NAME: the pid recorded there is alive and is that daemon (not a reused pid)
+  local pid; pid=$(cat "$1" 2>/dev/null) || return 1
+  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null && [[ "$(cat "/proc/$pid/comm" 2>/dev/null)" == "$2"* ]]
 }
-stop() {  # stop PIDFILE: end that one daemon (by its recorded pid) and wait for it
-  running "$1" || return 0
+stop() {  # stop PIDFILE NAME: end that one daemon (by its recorded pid) and wait for it
+  running "$1" "$2" || return 0
   local pid; pid=$(cat "$1")
   kill "$pid" 2>/dev/null
   for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || return 0; sleep 0.1; done
@@ -132,7 +133,7 @@ if ! (munge -n 2>/dev/null | unmunge >/dev/null 2>&1); then
   chmod 0700 /etc/munge; chmod 0400 /etc/munge/munge.key
   mkdir -p /run/munge && chown munge:munge /run/munge && chmod 0755 /run/munge
   rm -f /run/munge/munge.socket.2 /run/munge/munge.socket.2.lock
-  stop "$MUNGE_PID"
+  stop "$MUNGE_PID" munged
   log "starting munged"
   runuser -u munge -- /usr/sbin/munged || fail_with_logs "munged did not start"
   for _ in $(seq 50); do (munge -n | unmunge) >/dev/null 2>&1 && break; sleep 0.1; done
@@ -140,15 +141,15 @@ if ! (munge -n 2>/dev/null | unmunge >/dev/null 2>&1); then
 fi
 
 if [[ $conf_changed == 1 ]]; then
-  stop "$SLURMD_PID"
-  stop "$CTLD_PID"
+  stop "$SLURMD_PID" slurmd
+  stop "$CTLD_PID" slurmctld
 fi
-if ! running "$CTLD_PID"; then
+if ! running "$CTLD_PID" slurmctld; then
   log "starting slurmctld"
   # -c: start from a clean state (a test cluster has no jobs worth keeping); -i: ignore stale state files.
   slurmctld -c -i || fail_with_logs "slurmctld did not start"
 fi
-if ! running "$SLURMD_PID"; then
+if ! running "$SLURMD_PID" slurmd; then
   log "starting slurmd"
   slurmd -N "$NODE" || fail_with_logs "slurmd did not start"
 fi
