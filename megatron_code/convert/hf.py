@@ -154,10 +154,6 @@ def import_to_checkpoint(hf_dir: str, save_dir: str, tensor_parallel: int = 1, p
                          base_job=None) -> str:
     """Write one of our checkpoints (iteration 0) for a transformers directory. Returns the checkpoint directory
     (SAVE/iter_0000000). Refuses a non-empty `save_dir` holding checkpoints."""
-    if tensor_parallel * pipeline_parallel != 1:
-        raise ConversionError("importing straight into a TP/PP layout needs the resharding tool "
-                              "(tools/reshard_checkpoint.py), which is not available in this version: import with "
-                              "--tensor-model-parallel-size 1 --pipeline-model-parallel-size 1, then reshard")
     from ..training.checkpoint import read_latest, tag_for
 
     if os.path.isdir(save_dir) and read_latest(save_dir) is not None:
@@ -168,13 +164,47 @@ def import_to_checkpoint(hf_dir: str, save_dir: str, tensor_parallel: int = 1, p
     job = build_job(cfg, base_job, final_tok if tokenizer is not None else None)
     job.parallel.tensor_parallel = job.parallel.pipeline_parallel = 1
     job.validate()
-    return _save_with_engine(job, cfg, state, tokenizer, save_dir)
+    if tensor_parallel * pipeline_parallel == 1:
+        return _save_with_engine(job, cfg, state, tokenizer, save_dir)
+    return _save_resharded(job, cfg, state, tokenizer, save_dir, tensor_parallel, pipeline_parallel)
+
+
+def _save_resharded(job, cfg, state, tokenizer, save_dir: str, tp: int, pp: int) -> str:
+    """Write the world-size-1 checkpoint to a scratch directory, then let the resharding tool turn it into a
+    layout-free checkpoint configured for TP x PP (loaded at that layout by the trainer)."""
+    import tempfile
+
+    try:
+        from ..parallel.reshard import reshard_to_full
+    except ImportError:
+        raise ConversionError("importing straight into a TP/PP layout needs the resharding tool "
+                              "(parallel/reshard.py, tools/reshard_checkpoint.py), which this version lacks: import "
+                              "with --tensor-model-parallel-size 1 --pipeline-model-parallel-size 1") from None
+    from ..training.optimizer import param_groups
+
+    os.makedirs(save_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=save_dir, prefix=".import-") as scratch:
+        tag_dir = _save_with_engine(job, cfg, state, tokenizer, scratch)
+        from ..model import GPT
+
+        with torch.device("meta"):  # ZeRO-0 Adam state is keyed by position in build_optimizer's order
+            meta_model = GPT(cfg)
+        names = {id(p): n for n, p in meta_model.named_parameters()}
+        order = [names[id(p)] for g in param_groups(meta_model, job.optim.weight_decay) for p in g["params"]]
+        return reshard_to_full(tag_dir, job, save_dir, tp, pp, opt_order=order)
+
+
+def _fresh_adam_state(optimizer: torch.optim.Optimizer) -> None:
+    """Materialize AdamW's state as torch would create it lazily (step 0, zero moments): the same optimizer
+    trajectory as an empty state, but the checkpoint then carries moments, which resharding tools require."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            optimizer.state[p] = {"step": torch.tensor(0.0), "exp_avg": torch.zeros_like(p),
+                                  "exp_avg_sq": torch.zeros_like(p)}
 
 
 def _save_with_engine(job, cfg: ModelConfig, state, tokenizer, save_dir: str) -> str:
     """Build the DeepSpeed engine at world size 1 around the imported weights and save iteration 0."""
-    import torch.distributed as dist
-
     from ..model import GPT
     from ..parallel.engine import deepspeed_config, init_distributed, initialize_engine
     from ..training import checkpoint as ckpt
@@ -182,23 +212,24 @@ def _save_with_engine(job, cfg: ModelConfig, state, tokenizer, save_dir: str) ->
 
     env_keys = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
     saved_env = {k: os.environ.get(k) for k in env_keys}
-    created = not (dist.is_available() and dist.is_initialized())
     try:
+        # A world-size-1 process group stays initialized afterwards: DeepSpeed caches its groups module-wide, so
+        # destroying it would break any later engine in this process (e.g. a second import).
         rank, world = init_distributed("gloo" if not torch.cuda.is_available() else "auto")
         if world != 1:
             raise ConversionError("run the HF import as a single process (python tools/convert_checkpoint.py ...)")
         model = GPT(cfg)
         model.load_state_dict(state, strict=True)
         grad_accum = job.resolve_batch(1)
-        engine = initialize_engine(model, build_optimizer(model, job.optim), deepspeed_config(job, grad_accum))
+        optimizer = build_optimizer(model, job.optim)
+        _fresh_adam_state(optimizer)
+        engine = initialize_engine(model, optimizer, deepspeed_config(job, grad_accum))
         fp = tokenizer.fingerprint() if tokenizer is not None else None
         client = {"iteration": 0, "consumed_samples": 0, "rng": ckpt.rng_state(), "tokenizer_fingerprint": fp,
                   "layout": {"tp": 1, "pp": 1, "dp": 1, "zero": job.parallel.zero_stage}}
         path = ckpt.save_checkpoint(engine, job, save_dir, 0, client, tokenizer, is_rank0=True)
         del engine
     finally:
-        if created and dist.is_initialized():
-            dist.destroy_process_group()
         for k, v in saved_env.items():
             if v is None:
                 os.environ.pop(k, None)

@@ -115,8 +115,23 @@ def test_import_writes_a_checkpoint_our_loaders_read(tmp_path):
 
     with pytest.raises(ConversionError, match="already holds a checkpoint"):
         import_to_checkpoint(src, save)
-    with pytest.raises(ConversionError, match="resharding tool"):
-        import_to_checkpoint(src, str(tmp_path / "tp2"), tensor_parallel=2)
+
+
+def test_import_into_tensor_parallel_layout(tmp_path):
+    """--tensor-model-parallel-size 2: a layout-free checkpoint configured for TP2 (via parallel.reshard); the
+    export from it gives back the source tensors exactly."""
+    pytest.importorskip("megatron_code.parallel.reshard").reshard_to_full
+    from megatron_code.training.checkpoint import load_job_config
+
+    src = str(tmp_path / "src")
+    make_hf("llama_gqa", src)
+    save = str(tmp_path / "tp2")
+    import_to_checkpoint(src, save, tensor_parallel=2)
+    assert load_job_config(save).parallel.tensor_parallel == 2
+    out = str(tmp_path / "out")
+    export_checkpoint(save, out)
+    a, b = load_file(os.path.join(src, "model.safetensors")), load_file(os.path.join(out, "model.safetensors"))
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_unsupported_inputs_are_refused(tmp_path):
