@@ -1,0 +1,383 @@
+"""Checkpoints across layouts: read a checkpoint of any TP x DP x ZeRO layout into full single-device tensors
+(weights AND Adam state), write them as a layout-free "full" checkpoint, and put a full state into a live DeepSpeed
+engine of any ZeRO stage / DP size / TP size. `tools/reshard_checkpoint.py` and `training.checkpoint` use it.
+
+Source files (DeepSpeed 0.19.8 on-disk layout, read directly, no process group; `tp` = the `mp_rank_XX` index,
+`dp` = the `zero_pp_rank_N` index):
+
+- ZeRO 0: `mp_rank_{tp:02d}_model_states.pt` holds 'module' (this TP rank's tensors) and 'optimizer', the torch
+  AdamW state_dict whose state is keyed by position in the optimizer's parameter order (`opt_order` below).
+- ZeRO 1/2: 'module' as above (every DP rank holds full weights); `zero_pp_rank_{dp}_mp_rank_{tp:02d}_optim_states.pt`
+  holds per param group g a flat fp32 partition ('single_partition_of_fp32_groups'[g]) and the Adam state of the
+  same shape ('base_optimizer_state'['state'][g]). Concatenated over dp ranks they form the group's flat buffer in
+  which the parameters named by the model file's 'param_shapes'[g] lie back to back (each followed by its
+  'param_alignment_paddings' entry; the tail is padding).
+- ZeRO 3: `zero_pp_rank_{dp}_mp_rank_{tp:02d}_model_states.pt` ('param_shapes') and optim files with
+  'fp32_flat_groups' and 'optimizer_state_dict'. Every parameter is split on its own into ceil(numel / DP) pieces,
+  rank r holding piece r (the last padded); a rank's flat buffer is its pieces back to back in 'param_shapes'
+  order, over all groups.
+
+TP shards are merged with `tensor_parallel.partition_spec` (which dim each parameter is split along). Pipeline
+checkpoints (per-layer files of DeepSpeed's PipelineModule) are not read yet: a clear error says so.
+
+The full format (`full_state.pt` in a checkpoint tag directory): {"format", "module": {name: fp32},
+"exp_avg"/"exp_avg_sq": {name: fp32} or None, "step", "client_state" (iteration, consumed samples, RNG, ...),
+"engine": DeepSpeed counters}. It is loaded with mmap, so each rank pages in only the slices it keeps.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import torch
+
+from ..config.base import ConfigError
+
+FULL_FILE = "full_state.pt"
+FULL_FORMAT = "megatron_code.full/1"
+ADAM_KEYS = ("exp_avg", "exp_avg_sq")
+
+
+class ReshardError(ConfigError):
+    """A checkpoint cannot be read or converted as asked (missing shards, unsupported layout)."""
+
+
+@dataclass
+class FullState:
+    """Single-device view of a training state. `exp_avg`/`exp_avg_sq` are None when the optimizer was not saved."""
+
+    module: dict[str, torch.Tensor]
+    exp_avg: Optional[dict[str, torch.Tensor]] = None
+    exp_avg_sq: Optional[dict[str, torch.Tensor]] = None
+    step: Optional[int] = None
+    client_state: dict[str, Any] = field(default_factory=dict)
+    engine: dict[str, Any] = field(default_factory=dict)  # DeepSpeed's global_steps / global_samples / skipped
+
+
+# ----------------------------------------------------------------------------- reading one TP rank
+def _load(path: str) -> dict:
+    if not os.path.exists(path):
+        raise ReshardError(f"{path} is missing: the checkpoint is incomplete for the layout its config.yaml records")
+    return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+
+
+def _count(d: str, prefix: str, suffix: str) -> int:
+    return sum(1 for f in os.listdir(d) if f.startswith(prefix) and f.endswith(suffix))
+
+
+def _names_shapes(model_states: dict) -> list[list[tuple[str, torch.Size]]]:
+    return [list(g.items()) for g in model_states["param_shapes"]]
+
+
+def _read_zero0(d: str, tp_rank: int, opt_order: Optional[list[str]]):
+    sd = _load(os.path.join(d, f"mp_rank_{tp_rank:02d}_model_states.pt"))
+    module = dict(sd["module"])
+    opt = sd.get("optimizer")
+    if not opt or not opt.get("state") or opt_order is None:
+        return sd, module, None, None
+    indices = [i for g in opt["param_groups"] for i in g["params"]]
+    if len(indices) != len(opt_order):
+        raise ReshardError(f"{d}: the saved optimizer has {len(indices)} parameters but the model {len(opt_order)}")
+    moments = {k: {} for k in ADAM_KEYS}
+    step = None
+    for pos, name in zip(indices, opt_order):
+        st = opt["state"][pos]
+        for k in ADAM_KEYS:
+            moments[k][name] = st[k]
+        step = int(st["step"])
+    return sd, module, moments, step
+
+
+def _split_flat(flat: torch.Tensor, names_shapes, paddings=None) -> dict[str, torch.Tensor]:
+    out, offset = {}, 0
+    for i, (name, shape) in enumerate(names_shapes):
+        n = math.prod(shape)
+        out[name] = flat[offset:offset + n].view(shape).clone()
+        offset += n + (paddings[i] if paddings else 0)
+    if offset > flat.numel():
+        raise ReshardError(f"flat ZeRO buffer has {flat.numel()} elements but the parameters need {offset}")
+    return out
+
+
+def _read_zero12(d: str, tp_rank: int, dp: int):
+    sd = _load(os.path.join(d, f"mp_rank_{tp_rank:02d}_model_states.pt"))
+    groups = _names_shapes(sd)
+    shards = [_load(os.path.join(d, f"zero_pp_rank_{r}_mp_rank_{tp_rank:02d}_optim_states.pt"))["optimizer_state_dict"]
+              for r in range(dp)]
+    module, moments, step = {}, {k: {} for k in ADAM_KEYS}, None
+    pads = shards[0].get("param_alignment_paddings")
+    for g, names_shapes in enumerate(groups):
+        p = pads[g] if pads else None
+        flat = torch.cat([s["single_partition_of_fp32_groups"][g] for s in shards])
+        module.update(_split_flat(flat, names_shapes, p))
+        for k in ADAM_KEYS:
+            flat = torch.cat([s["base_optimizer_state"]["state"][g][k] for s in shards])
+            moments[k].update(_split_flat(flat, names_shapes, p))
+        step = int(shards[0]["base_optimizer_state"]["state"][g]["step"])
+    # Buffers and anything not in the optimizer come from the module copy.
+    for k, v in sd["module"].items():
+        module.setdefault(k, v)
+    return sd, module, moments, step
+
+
+def _merge_zero3(flats: list[torch.Tensor], names_shapes) -> dict[str, torch.Tensor]:
+    """flats[r] = rank r's flat buffer (all groups) -> {name: full tensor}."""
+    dp, out, offset = len(flats), {}, 0
+    for name, shape in names_shapes:
+        n = math.prod(shape)
+        part = math.ceil(n / dp)  # every rank holds `part` elements of each parameter, the last one padded
+        out[name] = torch.cat([f[offset:offset + part] for f in flats])[:n].view(shape).clone()
+        offset += part
+    return out
+
+
+def _read_zero3(d: str, tp_rank: int, dp: int):
+    sd = _load(os.path.join(d, f"zero_pp_rank_0_mp_rank_{tp_rank:02d}_model_states.pt"))
+    names_shapes = [ns for g in _names_shapes(sd) for ns in g]
+    shards = [_load(os.path.join(d, f"zero_pp_rank_{r}_mp_rank_{tp_rank:02d}_optim_states.pt"))["optimizer_state_dict"]
+              for r in range(dp)]
+    module = _merge_zero3([torch.cat(list(s["fp32_flat_groups"])) for s in shards], names_shapes)
+    moments = {}
+    for k in ADAM_KEYS:
+        flats = [torch.cat([s["optimizer_state_dict"]["state"][i][k]
+                            for i in sorted(s["optimizer_state_dict"]["state"])]) for s in shards]
+        moments[k] = _merge_zero3(flats, names_shapes)
+    states = shards[0]["optimizer_state_dict"]["state"]
+    step = int(states[min(states)]["step"])
+    return sd, module, moments, step
+
+
+def _layout(job) -> tuple[int, int, int, int]:
+    p = job.parallel
+    return p.tensor_parallel, p.pipeline_parallel, p.zero_stage, p.cpu_offload
+
+
+def read_full_state(tag_dir: str, job, opt_order: Optional[list[str]] = None) -> FullState:
+    """Everything in a checkpoint tag directory as single-device tensors. `job` is the config saved with it;
+    `opt_order` = parameter names in the optimizer's order (needed for ZeRO-0 Adam state only)."""
+    full = os.path.join(tag_dir, FULL_FILE)
+    if os.path.exists(full):
+        return load_full_file(full)
+    tp, pp, zero, _ = _layout(job)
+    if pp > 1:
+        raise ReshardError(f"{tag_dir} was saved with pipeline parallelism (PP={pp}); reading pipeline checkpoints "
+                           f"is not supported yet: resume it at the same layout")
+    if zero == 3:
+        dp = _count(tag_dir, "zero_pp_rank_", "_mp_rank_00_model_states.pt")
+    else:
+        dp = _count(tag_dir, "zero_pp_rank_", "_mp_rank_00_optim_states.pt") or 1
+    per_tp = []
+    for r in range(tp):
+        if zero == 0:
+            per_tp.append(_read_zero0(tag_dir, r, opt_order))
+        elif zero in (1, 2):
+            per_tp.append(_read_zero12(tag_dir, r, dp))
+        else:
+            per_tp.append(_read_zero3(tag_dir, r, dp))
+    sd0, _, moments0, step = per_tp[0]
+    merge = _tp_merger(job.model, tp)
+    module = merge([m for _, m, _, _ in per_tp])
+    moments = {k: merge([mo[k] for _, _, mo, _ in per_tp]) for k in ADAM_KEYS} if moments0 else None
+    client = {k: v for k, v in sd0.items() if k in ("iteration", "consumed_samples", "rng",
+                                                      "tokenizer_fingerprint", "layout")}
+    engine = {k: sd0.get(k) for k in ("global_steps", "global_samples", "skipped_steps")}
+    module = {k.removeprefix("module."): v for k, v in module.items()}
+    return FullState(module=module, exp_avg=moments and moments["exp_avg"],
+                     exp_avg_sq=moments and moments["exp_avg_sq"], step=step, client_state=client, engine=engine)
+
+
+def _tp_merger(model_cfg, tp: int):
+    if tp == 1:
+        return lambda shards: dict(shards[0])
+    from .tensor_parallel import merge_tp_shards, partition_spec
+    spec = partition_spec(model_cfg, tp)
+    return lambda shards: merge_tp_shards(shards, spec)
+
+
+def consolidate_layout(ckpt_tag_dir: str, job) -> dict[str, torch.Tensor]:
+    """Full single-device GPT state dict (fp32 for fp32 runs) from a checkpoint of any supported layout."""
+    return read_full_state(ckpt_tag_dir, job).module
+
+
+# ----------------------------------------------------------------------------- the full (layout-free) file
+def save_full_file(path: str, state: FullState) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    torch.save({"format": FULL_FORMAT, "module": state.module, "exp_avg": state.exp_avg,
+                "exp_avg_sq": state.exp_avg_sq, "step": state.step, "client_state": state.client_state,
+                "engine": state.engine}, tmp)
+    os.replace(tmp, path)
+
+
+def load_full_file(path: str) -> FullState:
+    sd = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    if sd.get("format") != FULL_FORMAT:
+        raise ReshardError(f"{path}: unknown full-checkpoint format {sd.get('format')!r} (expected {FULL_FORMAT})")
+    return FullState(module=sd["module"], exp_avg=sd["exp_avg"], exp_avg_sq=sd["exp_avg_sq"], step=sd["step"],
+                     client_state=sd["client_state"], engine=sd["engine"])
+
+
+# ----------------------------------------------------------------------------- into a live engine
+def _shard_fn(model_cfg, tp: int, tp_rank: int):
+    if tp == 1:
+        return lambda name, t: t
+    from .tensor_parallel import partition_spec
+    spec = partition_spec(model_cfg, tp)
+
+    def shard(name: str, t: torch.Tensor) -> torch.Tensor:
+        dim = spec.get(name)
+        return t if dim is None else t.chunk(tp, dim=dim)[tp_rank]
+    return shard
+
+
+@torch.no_grad()
+def load_full_into_engine(engine, state: FullState, model_cfg, tp: int = 1, tp_rank: int = 0,
+                          load_optimizer: bool = True) -> None:
+    """Collective over the engine's ranks. Copy a full state into `engine` (any ZeRO stage, DP size, offload),
+    taking this TP rank's slice of split parameters. Every parameter of the engine must be in the state."""
+    shard = _shard_fn(model_cfg, tp, tp_rank)
+    named = list(engine.module.named_parameters())
+    missing = [n for n, _ in named if n not in state.module]
+    if missing:
+        raise ReshardError(f"the full checkpoint lacks parameters {missing[:5]}: it was saved from another model")
+    with_opt = load_optimizer and state.exp_avg is not None
+    base = getattr(engine.optimizer, "optimizer", engine.optimizer)
+    if with_opt:
+        _ensure_adam_state(engine.optimizer, base, state.step or 0)
+    for name, p in named:
+        value = shard(name, state.module[name]).to(torch.float32)
+        _set_param(p, value)
+        if not with_opt:
+            continue
+        moments = {k: shard(name, getattr(state, k)[name]).to(torch.float32) for k in ADAM_KEYS}
+        if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):
+            from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
+            safe_set_full_fp32_param(p, value)
+            for k, v in moments.items():
+                safe_set_full_optimizer_state(p, v, k)
+        else:  # plain torch optimizer (ZeRO-0, fp32): the state is keyed by the model parameter itself
+            for k, v in moments.items():
+                base.state[p][k].copy_(v.view_as(p))
+    for k, v in state.engine.items():
+        if v is not None and hasattr(engine, k):
+            setattr(engine, k, v)
+
+
+# Where each DeepSpeed optimizer wrapper keeps the fp32 tensors its inner torch optimizer steps (the state keys):
+# ZeRO-3, ZeRO-1/2, and the bf16 ZeRO-0 wrapper. A plain torch optimizer steps the model parameters themselves.
+_FLAT_FP32 = ("fp32_partitioned_groups_flat", "single_partition_of_fp32_groups", "fp32_groups_flat_partition")
+
+
+def _ensure_adam_state(wrapper, base, step: int) -> None:
+    """torch Adam(W) builds its state lazily at the first step, and DeepSpeed links its per-parameter views of it
+    only then: create the state in torch's own format (zeroed, with the checkpoint's step count) and link it, so
+    the full values can be written into it before any step."""
+    keys = next((list(getattr(wrapper, a)) for a in _FLAT_FP32 if hasattr(wrapper, a)), None)
+    if keys is None:
+        keys = [p for group in base.param_groups for p in group["params"]]
+    for p in keys:
+        st = base.state[p]
+        for k in ADAM_KEYS:
+            if k not in st:
+                st[k] = torch.zeros_like(p, memory_format=torch.preserve_format)
+        old = st.get("step")
+        st["step"] = torch.full_like(old, float(step)) if torch.is_tensor(old) else torch.tensor(float(step))
+    link = getattr(wrapper, "_lazy_init_hp_params_optimizer_state", None)
+    if link is not None:
+        link()
+
+
+def _set_param(p: torch.nn.Parameter, value: torch.Tensor) -> None:
+    if hasattr(p, "ds_id"):  # ZeRO-3: gather, let rank 0 write, re-partition (one parameter in memory at a time)
+        import deepspeed
+        with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
+            p.data.copy_(value.view(p.shape).to(p.dtype))
+        return
+    if tuple(p.shape) != tuple(value.shape):
+        raise ReshardError(f"shape mismatch loading a full checkpoint: engine {tuple(p.shape)} vs {tuple(value.shape)}")
+    p.data.copy_(value.to(p.dtype))
+
+
+# ----------------------------------------------------------------------------- the conversion
+def reshard_to_full(tag_dir: str, job, save_dir: str, tp: int, pp: int, zero: Optional[int] = None,
+                    opt_order: Optional[list[str]] = None, progress=None) -> str:
+    """Write SAVE/<same tag>/ holding the full state of `tag_dir` and a config.yaml with the target layout
+    (TP `tp`, PP `pp`, ZeRO `zero` or unchanged), then point SAVE/latest at it. Returns the new tag directory.
+    `job` is the source checkpoint's config (it is modified). Atomic: staged in SAVE/.staging, then renamed."""
+    import json
+    import shutil
+    import time
+
+    src_layout = dict(tp=job.parallel.tensor_parallel, pp=job.parallel.pipeline_parallel, zero=job.parallel.zero_stage)
+    if pp > 1:
+        raise ReshardError("resharding to pipeline parallelism (PP > 1) is not supported yet: use "
+                           "--pipeline-model-parallel-size 1")
+    state = read_full_state(tag_dir, job, opt_order)
+    if progress:
+        progress("read")
+    job.parallel.tensor_parallel, job.parallel.pipeline_parallel = tp, pp
+    if zero is not None:
+        job.parallel.zero_stage = zero
+    job.validate()
+    if tp > 1:
+        from .plans import plan_for
+        plan_for(job.model, tp)  # raises a clear PlanError when the model does not shard at this size
+    if state.exp_avg is None:
+        raise ReshardError(f"{tag_dir} holds no optimizer state (saved without it, or a ZeRO-0 checkpoint read "
+                           f"without the parameter order): a resharded run could not continue exactly")
+    tag = os.path.basename(os.path.normpath(tag_dir))
+    final = os.path.join(save_dir, tag)
+    if os.path.exists(final):
+        raise ReshardError(f"{final} already exists: choose an empty --save directory")
+    staged = os.path.join(save_dir, ".staging", tag)
+    shutil.rmtree(staged, ignore_errors=True)
+    os.makedirs(staged)
+    state.client_state["layout"] = {"tp": tp, "pp": pp, "zero": job.parallel.zero_stage, "format": "full",
+                                    "resharded_from": src_layout}
+    save_full_file(os.path.join(staged, FULL_FILE), state)
+    if progress:
+        progress("written")
+    job.parallel.deepspeed_config = None  # the source run's JSON may pin the old ZeRO stage
+    job.save(os.path.join(staged, "config.yaml"))
+    meta = {"iteration": state.client_state.get("iteration"),
+            "consumed_samples": state.client_state.get("consumed_samples"),
+            "tokenizer_fingerprint": state.client_state.get("tokenizer_fingerprint"),
+            "layout": state.client_state["layout"], "time": time.time()}
+    with open(os.path.join(staged, "meta.json"), "w") as f:
+        json.dump(meta, f, indent=2)
+    tok = os.path.join(tag_dir, "tokenizer")
+    if os.path.isdir(tok):
+        shutil.copytree(tok, os.path.join(staged, "tokenizer"))
+    os.rename(staged, final)
+    shutil.rmtree(os.path.join(save_dir, ".staging"), ignore_errors=True)
+    tmp = os.path.join(save_dir, f"latest.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(tag)
+    os.replace(tmp, os.path.join(save_dir, "latest"))
+    return final
+
+
+# ----------------------------------------------------------------------------- load-side helpers (training.checkpoint)
+def load_full_checkpoint(engine, path: str, model_cfg, tp: int, load_optimizer: bool) -> dict[str, Any]:
+    """Collective. Load a `full_state.pt` into the engine at whatever layout it runs; returns the client state."""
+    state = load_full_file(path)
+    mpu = getattr(engine, "mpu", None)
+    tp_rank = mpu.get_tensor_model_parallel_rank() if (mpu is not None and tp > 1) else 0
+    load_full_into_engine(engine, state, model_cfg, tp=tp, tp_rank=tp_rank, load_optimizer=load_optimizer)
+    return dict(state.client_state)
+
+
+def check_same_layout(saved: Optional[dict], now: dict, where: str) -> None:
+    """A native DeepSpeed checkpoint loads only at the TP/PP/ZeRO layout it was saved at (and, with ZeRO >= 1, the
+    same DP size, which fixes the optimizer partitions). Raise naming the converter otherwise."""
+    if not saved:
+        return
+    keys = ("tp", "pp", "zero") + (("dp",) if saved.get("zero", 0) >= 1 or now.get("zero", 0) >= 1 else ())
+    diffs = [f"{k} {saved.get(k)} -> {now.get(k)}" for k in keys if saved.get(k) is not None and saved.get(k) != now[k]]
+    if diffs:
+        raise ReshardError(f"{where} was saved at another parallel layout ({', '.join(diffs)}): resume at the saved "
+                           f"layout, or convert it first with `python tools/reshard_checkpoint.py --load {where} "
+                           f"--save NEW_DIR --tensor-model-parallel-size N --pipeline-model-parallel-size M "
+                           f"[--zero-stage Z]` and --load NEW_DIR")
