@@ -34,9 +34,14 @@ def slurm():
 
 def test_sbatch_cpu_tiny_trains_world_4_and_checkpoints(slurm, tmp_path):
     save, log = tmp_path / "ckpt", tmp_path / "job.out"
-    cmd = ["sbatch", "--wait", f"--output={log}", "--time=15", f"--chdir={ROOT}",
+    name = f"mc-test-{os.getpid()}-{tmp_path.name}"  # unique, so a timed-out job can be cancelled by name
+    cmd = ["sbatch", "--wait", f"--job-name={name}", f"--output={log}", "--time=15", f"--chdir={ROOT}",
            f"--export=ALL,SAVE={save},ITERS={ITERS},PYTHON={sys.executable}", SCRIPT]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=840)
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env(), capture_output=True, text=True, timeout=840)
+    except subprocess.TimeoutExpired:
+        subprocess.run(["scancel", f"--name={name}"], timeout=60)
+        raise
     text = log.read_text() if log.exists() else "(no job log)"
     assert proc.returncode == 0, f"job failed ({proc.returncode}): {proc.stdout}{proc.stderr}\n--- log\n{text[-6000:]}"
     assert re.search(r"Submitted batch job \d+", proc.stdout)
