@@ -29,6 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--load", required=True, help="source: our checkpoint dir (--to) or a transformers dir (--from)")
     p.add_argument("--save", required=True, help="destination directory")
     p.add_argument("--target", default=None, help="force a transformers architecture (export only)")
+    p.add_argument("--no-tokenizer", action="store_true", help="export only: write the model without tokenizer files")
     p.add_argument("--config", default=None,
                    help="import only: a job YAML whose non-model sections (precision, ZeRO, batch, optimizer) the "
                         "new checkpoint is written with (its model section is replaced by the imported one)")
@@ -47,7 +48,7 @@ def main(argv=None) -> int:
             if args.config or args.tensor_model_parallel_size != 1 or args.pipeline_model_parallel_size != 1:
                 raise ConfigError("--config / --tensor-model-parallel-size / --pipeline-model-parallel-size apply "
                                   "to --from hf only (export reads any layout by itself)")
-            target = hf.export_checkpoint(args.load, args.save, args.target)
+            target = hf.export_checkpoint(args.load, args.save, args.target, with_tokenizer=not args.no_tokenizer)
             print(f"exported {args.load} -> {args.save} as {target}")
         else:
             base = None

@@ -45,6 +45,9 @@ def export_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], out_dir:
                  target: str | None = None) -> str:
     """Write a transformers model directory for our (full, single-device) `state_dict`. Returns the target name.
 
+    Only the true `cfg.vocab_size` rows of the embedding/head are written (policy in keymaps' docstring); the
+    padded size is recorded in config.json["megatron_code"]["padded_vocab_size"].
+
     Refuses (UnsupportedArchitecture) when no target expresses `cfg` exactly; `target` forces one."""
     if cfg.vocab_size is None:
         raise ConversionError("model.vocab_size is unknown: the checkpoint's config must record it")
@@ -56,6 +59,8 @@ def export_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], out_dir:
     kwargs.update(bos_token_id=eod, eos_token_id=eod, pad_token_id=pad,
                   megatron_code={**cfg.to_dict(), "padded_vocab_size": cfg.padded_vocab_size})
     hf_config = _config_class(target)(**kwargs)
+    if tokenizer is not None:  # first: a tokenizer that cannot be exported stops us before any file is written
+        export_tokenizer(tokenizer, out_dir, cfg.max_position_embeddings)
     os.makedirs(out_dir, exist_ok=True)
     from safetensors.torch import save_file
 
@@ -64,13 +69,12 @@ def export_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], out_dir:
     from transformers import GenerationConfig
 
     GenerationConfig(bos_token_id=eod, eos_token_id=eod, pad_token_id=pad).save_pretrained(out_dir)
-    if tokenizer is not None:
-        export_tokenizer(tokenizer, out_dir, cfg.max_position_embeddings)
     return target
 
 
-def export_checkpoint(ckpt_dir: str, out_dir: str, target: str | None = None) -> str:
-    """Export one of our checkpoints (any layout; SAVE or SAVE/iter_XXXXXXX) to `out_dir`. Returns the target."""
+def export_checkpoint(ckpt_dir: str, out_dir: str, target: str | None = None, with_tokenizer: bool = True) -> str:
+    """Export one of our checkpoints (any layout; SAVE or SAVE/iter_XXXXXXX) to `out_dir`. Returns the target.
+    `with_tokenizer=False` writes the model only (e.g. for a SentencePiece tokenizer, which is not exportable)."""
     from ..data.tokenizer import build_tokenizer, load_tokenizer
     from ..training.checkpoint import load_consolidated
 
@@ -84,7 +88,7 @@ def export_checkpoint(ckpt_dir: str, out_dir: str, target: str | None = None) ->
     cfg = job.model
     if cfg.vocab_size is None and tokenizer is not None:
         cfg.vocab_size = tokenizer.vocab_size
-    return export_model(cfg, state, out_dir, tokenizer, target)
+    return export_model(cfg, state, out_dir, tokenizer if with_tokenizer else None, target)
 
 
 # ------------------------------------------------------------------------------------------------ import

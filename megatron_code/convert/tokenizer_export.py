@@ -3,9 +3,9 @@
 Export writes ``tokenizer.json`` (the exact `tokenizers` model our HF/GPT-2 BPE backends run), a
 ``tokenizer_config.json`` naming the stock ``PreTrainedTokenizerFast`` class (so ``AutoTokenizer`` needs no custom
 code) with our special tokens (``<|endoftext|>`` as eos/bos/unk, ``<pad>`` as pad when present, the FIM/MIM
-sentinels as additional special tokens), and ``special_tokens_map.json``. A SentencePiece tokenizer is written as
-its ``tokenizer.model`` plus a tokenizer.json converted by transformers' own converter, and the export is refused if
-the converted tokenizer does not encode a probe text exactly like ours.
+sentinels as additional special tokens), and ``special_tokens_map.json``. After writing, the directory is loaded
+with ``AutoTokenizer`` and must encode a probe text exactly like ours. SentencePiece tokenizers are refused (see
+:func:`_sentencepiece_json`).
 
 One documented difference: our ``encode`` treats special-token *strings* inside text as plain text (so data cannot
 forge document boundaries); `transformers` tokenizers match them as specials. Ordinary text encodes identically.
@@ -54,40 +54,20 @@ def _backend_json(tok: Tokenizer) -> str:
 
 
 def _sentencepiece_json(tok: Tokenizer) -> str:
-    try:
-        from transformers.convert_slow_tokenizer import SpmConverter
-    except ImportError as exc:  # pragma: no cover - depends on the transformers version
-        raise TokenizerExportError(f"this transformers has no SentencePiece converter ({exc})") from None
-
-    class _Proto:  # the converter reads `vocab_file` and `original_tokenizer` fields only
-        def __init__(self, path):
-            self.vocab_file = path
-            self.legacy = False
-            self.add_prefix_space = False
-
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as d:
-        path = os.path.join(d, "tokenizer.model")
-        with open(path, "wb") as f:
-            f.write(tok._files["tokenizer.model"])
-        try:
-            backend = SpmConverter(_Proto(path)).converted()
-        except Exception as exc:  # noqa: BLE001 - converter internals vary by version
-            raise TokenizerExportError(f"could not convert the SentencePiece model to tokenizer.json ({exc}); "
-                                       f"export a model trained with a BPE tokenizer.json instead") from None
-    return backend.to_str()
+    # transformers' SpmConverter strips trailing spaces and collapses runs of spaces; our SentencePiece models use
+    # identity normalization and whitespace-only pieces, so its output would not encode like ours. Refuse.
+    raise TokenizerExportError("SentencePiece tokenizers cannot be exported exactly yet (transformers' converter "
+                               "normalizes whitespace, ours does not): train the model with a BPE tokenizer.json "
+                               "(tools/train_tokenizer.py --kind bpe), or export the weights without a tokenizer")
 
 
 def export_tokenizer(tok: Tokenizer, out_dir: str, model_max_length: int) -> None:
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `out_dir`; verify that
     `transformers` loads them and encodes a probe text exactly like `tok`."""
+    text = _backend_json(tok)  # raises before anything is written when the tokenizer cannot be exported
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
-        f.write(_backend_json(tok))
-    if tok.tokenizer_type == "SentencePieceTokenizer":
-        with open(os.path.join(out_dir, "tokenizer.model"), "wb") as f:
-            f.write(tok._files["tokenizer.model"])
+        f.write(text)
     specials = special_token_kwargs(tok)
     config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length,
               "clean_up_tokenization_spaces": False, "add_bos_token": False, "add_eos_token": False,
