@@ -23,6 +23,7 @@ import os
 import pickle
 import queue as queue_mod
 import shutil
+import socket
 import tempfile
 import time
 import traceback
@@ -47,8 +48,10 @@ def _child(rank: int, world_size: int, init_file: str, backend: str, fn: Callabl
     os.environ.clear()
     os.environ.update(environ)
     torch.set_num_threads(1)
-    # Ranks agree on nothing but the rendezvous file: no MASTER_ADDR/PORT, so parallel test runs cannot collide.
-    # The launcher variables are set as torchrun would (single node) because DeepSpeed's engine asserts them.
+    # Ranks meet through the rendezvous file. The launcher variables are set as torchrun would (single node)
+    # because DeepSpeed's engine asserts them; MASTER_PORT is a port free at launch, unique per call, because
+    # some code keys shared resources on MASTER_ADDR/PORT (DeepSpeed's CPU shared-memory all-reduce names its
+    # segments after them) and concurrent test runs must not collide.
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank),
                       LOCAL_WORLD_SIZE=str(world_size), OMP_NUM_THREADS="1")
     try:
@@ -68,6 +71,12 @@ def _child(rank: int, world_size: int, init_file: str, backend: str, fn: Callabl
                 dist.destroy_process_group()
             except Exception:  # noqa: BLE001 - a peer may already be gone; nothing left to clean
                 pass
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def _context():
@@ -93,13 +102,14 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout: float = 
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     ctx = _context()
     tmpdir = tempfile.mkdtemp(prefix="mc_dist_")
+    environ = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
     init_file = os.path.join(tmpdir, "rendezvous")
     results = ctx.Queue()
     procs = []
     try:
         for rank in range(world_size):
             p = ctx.Process(target=_child, args=(rank, world_size, init_file, backend, fn, args, kwargs, results,
-                                                 timeout, dict(os.environ)), daemon=True)
+                                                 timeout, environ), daemon=True)
             p.start()
             procs.append(p)
         outputs: dict[int, Any] = {}

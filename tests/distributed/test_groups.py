@@ -1,6 +1,7 @@
 """Process groups: rank layout equals DeepSpeed's PipeModelDataParallelTopology, the mpu answers what DeepSpeed's
 own PipelineParallelGrid answers, layout errors are clear; and the multi-process test helper itself."""
 
+import copy
 import time
 
 import pytest
@@ -79,7 +80,35 @@ def _groups_worker(rank, world):
         out.append((g.tp_rank, g.pp_rank, g.dp_rank))
     with pytest.raises(ParallelLayoutError, match="not divisible"):
         ParallelGroups.build(tp=3)
+    check_deepspeed_grad_norm(ParallelGroups.build(tp=2))
     return out
+
+
+def check_deepspeed_grad_norm(groups):
+    """DeepSpeed's own gradient norm with our mpu on a TP2 x DP2 model (sharded parameters counted on every TP
+    rank, replicated ones once) equals the single-process norm."""
+    from deepspeed.runtime.utils import clip_grad_norm_
+
+    from megatron_code.config.model import ModelConfig
+    from megatron_code.model import GPT
+    from megatron_code.parallel.plans import plan_for
+    from megatron_code.parallel.tensor_parallel import apply_tensor_parallel
+    from megatron_code.parallel.cross_entropy import parallel_lm_loss
+    from megatron_code.training.losses import causal_lm_loss
+
+    cfg = ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=4, num_kv_heads=1, ffn_hidden_size=64,
+                      vocab_size=50, vocab_pad_multiple=8, block="parallel", activation="swiglu",
+                      tie_embeddings=False)
+    torch.manual_seed(0)
+    ref = GPT(cfg)
+    ref.init_weights()
+    model = apply_tensor_parallel(copy.deepcopy(ref), plan_for(cfg, groups.tp_size), groups)
+    x = torch.randint(0, 50, (2, 8), generator=torch.Generator().manual_seed(1))
+    causal_lm_loss(ref(x), x, torch.ones(2, 8)).backward()
+    parallel_lm_loss(model(x), x, None, groups.tp_group).backward()
+    norm = clip_grad_norm_(list(model.parameters()), float("inf"), mpu=groups.mpu)
+    ref_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in ref.parameters()]))
+    torch.testing.assert_close(norm, ref_norm, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.distributed

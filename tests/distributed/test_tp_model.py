@@ -87,12 +87,6 @@ def check_case(name, groups, sp):
             ref_params = dict(ref.named_parameters())
             for pname, p in model.named_parameters():
                 close(p.grad, expected_shard(ref_params[pname].grad, p, tp, r), f"{tag} grad {pname}")
-            # DeepSpeed's own grad-norm with our mpu (sharded params counted on every TP rank, replicated ones
-            # once) equals the single-process norm.
-            from deepspeed.runtime.utils import clip_grad_norm_
-            norm = clip_grad_norm_(list(model.parameters()), float("inf"), mpu=groups.mpu)
-            ref_norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in ref.parameters()]))
-            close(norm, ref_norm, f"{tag} DeepSpeed grad norm")
         opt_ref.step()
         opt.step()
         opt_ref.zero_grad()
@@ -180,9 +174,6 @@ def check_reduction_count(groups):
 
 
 def _run(rank, world, cases, sps):
-    import deepspeed.comm as ds_dist
-
-    ds_dist.init_distributed(dist_backend="gloo", auto_mpi_discovery=False, verbose=False)
     groups = ParallelGroups.build(tp=world)
     out = {}
     for sp in sps:
