@@ -153,3 +153,26 @@ def test_pickle_round_trip(bpe, tmp_path):
     assert again.fingerprint() == bpe.fingerprint() and again.encode(CODE[0]) == bpe.encode(CODE[0])
     sp = train_code_tokenizer(CODE, 420, str(tmp_path / "sp"), kind="sentencepiece-unigram")
     assert pickle.loads(pickle.dumps(sp)).encode(CODE[0]) == sp.encode(CODE[0])
+
+
+def test_long_texts_encoded_in_line_pieces_give_identical_ids(bpe):
+    from megatron_code.data.tokenizer import _line_pieces
+
+    assert bpe._piecewise  # our code tokenizer qualifies
+    block = "".join(CODE[:4]).replace("\r", "") + "  \n\n\n\t\tx = 1  \n    \n é\u0301 中文\n" + " " * 9 + "y\n"
+    long = block * 200
+    assert len(_line_pieces(long)) > 5 and "".join(_line_pieces(long)) == long
+    whole = bpe.backend.encode(long, add_special_tokens=False).ids
+    assert bpe.encode(long) == whole and bpe.encode_batch(["a", long, ""]) == [bpe.encode("a"), whole, []]
+    unsafe = long + "\x0c\n  \r\n z"  # form feed / CR: pieces are not provably independent -> one piece
+    assert _line_pieces(unsafe) == [unsafe]
+    assert bpe.encode(unsafe) == bpe.backend.encode(unsafe, add_special_tokens=False).ids
+    assert bpe.decode(bpe.encode(long)) == long
+
+
+def test_foreign_pretokenizer_is_not_split(bpe, tmp_path):
+    d = tmp_path / "gpt2"
+    d.mkdir()
+    bpe.backend.model.save(str(d))
+    tok = build_tokenizer("GPT2BPETokenizer", vocab_file=str(d / "vocab.json"), merge_file=str(d / "merges.txt"))
+    assert not tok._piecewise
