@@ -18,8 +18,9 @@ Styles (activations are (B, T, H); "SP" = sequence parallelism, residual stream 
   norm              a norm whose output enters a TP region: output -> copy_to_tp (SP: all-gather along T);
                     under SP its parameter gradients are all-reduced over TP (each rank saw other tokens)
   sequence_scatter  module whose output enters the residual stream (embedding): SP splits it along T
-  tp_rng            module run under the per-TP-rank RNG stream (attention: dropout on this rank's heads)
-  sequence_rng      like tp_rng but only under SP (residual dropout on sequence shards)
+  tp_rng            module run under the per-TP-rank RNG stream (attention: dropout on this rank's heads);
+                    plan_for emits it only when attention_dropout > 0
+  sequence_rng      like tp_rng but only under SP (residual dropout on sequence shards); only if hidden_dropout > 0
   replicated        explicitly left whole and identical on all TP ranks (e.g. learned position embedding)
 """
 
