@@ -28,17 +28,17 @@ stage and the tied copy once. ZeRO-1's own norm is correct with PP and is used a
 
 from __future__ import annotations
 
-import contextlib
+import functools
 from typing import Callable, Iterable, Iterator, Optional
 
 import torch
 import torch.distributed as dist
 from torch import nn
-from torch.utils.checkpoint import checkpoint as torch_checkpoint
 
 from ..data.objectives.mim import mim_batch_from_labels, mim_labels_tuple
 from ..model.rope import rotary_cos_sin
 from .groups import ParallelGroups
+from . import random as tp_random
 from .random import RNGTracker
 
 TIED_KEY = "embed"
@@ -140,29 +140,10 @@ class PipelineBatches:
 
 # ----------------------------------------------------------------------------- activation checkpointing
 def make_checkpoint_fn(tracker: Optional[RNGTracker]):
-    """DeepSpeed calls `fn(run_layers, *inputs)` for each chunk of N layers. Non-reentrant torch checkpointing
+    """DeepSpeed calls `fn(run_layers, *inputs)` for each chunk of N layers: non-reentrant torch checkpointing
     (inputs need not require grad, so the embedding may sit in a chunk) that also replays the TP RNG tracker's
-    stream during recomputation, so dropout inside TP regions draws the same masks twice (the default CPU/CUDA
-    stream is replayed by torch itself)."""
-
-    def fn(run, *inputs):
-        if tracker is None:
-            return torch_checkpoint(run, *inputs, use_reentrant=False)
-        before = tracker.get_states()
-
-        @contextlib.contextmanager
-        def replay():
-            after = tracker.get_states()
-            tracker.set_states(before)
-            try:
-                yield
-            finally:
-                tracker.set_states(after)
-
-        return torch_checkpoint(run, *inputs, use_reentrant=False,
-                                context_fn=lambda: (contextlib.nullcontext(), replay()))
-
-    return fn
+    stream during recomputation (random.checkpoint), so dropout inside TP regions draws the same masks twice."""
+    return functools.partial(tp_random.checkpoint, tracker=tracker)
 
 
 # ----------------------------------------------------------------------------- the module
