@@ -81,7 +81,9 @@ def init_distributed(backend: str = "auto") -> tuple[int, int]:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl" and not torch.cuda.is_available():
         raise ConfigError("--distributed-backend nccl needs CUDA; this machine has none: use gloo")
-    if not dist.is_initialized():
+    if not dist.is_initialized() or not deepspeed.comm.is_initialized():
+        # Also when torch.distributed is already up (a test harness, another framework): deepspeed.comm then wraps
+        # the existing group; zero.Init needs it before any engine exists.
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
@@ -162,3 +164,33 @@ def initialize_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
     import deepspeed
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config, mpu=mpu)
     return engine
+
+
+def build_partitioned_gpt(job: JobConfig, grad_accum: int, dp_group=None) -> torch.nn.Module:
+    """ZeRO-3: build the GPT under `deepspeed.zero.Init`, so each module's parameters are split over the DP ranks
+    as soon as that module is constructed and no rank ever holds the whole model (peak: one module, whole).
+
+    Seed-identical to the single-process build (DP parity holds): construction runs the same Python in the same
+    order (so torch's global RNG is consumed identically), then `init_gpt_weights` is replayed module by module in
+    `named_modules()` order, the order it walks a whole model, drawing from one generator seeded with
+    training.seed; each module's parameters are gathered whole for their draw (all ranks draw, rank 0's values are
+    kept) and re-partitioned on exit. Every rank therefore ends with its slice of exactly the weights
+    `GPT(cfg).init_weights(Generator().manual_seed(seed))` gives."""
+    import deepspeed
+    from torch import nn
+
+    from ..model import GPT
+    from ..model.init import init_gpt_weights
+
+    with deepspeed.zero.Init(config_dict_or_path=deepspeed_config(job, grad_accum), data_parallel_group=dp_group):
+        model = GPT(job.model)
+    generator = torch.Generator().manual_seed(job.training.seed)
+    for name, module in model.named_modules():
+        own = list(module.parameters(recurse=False))
+        if not own:
+            continue  # containers draw nothing: init_gpt_weights only touches modules that own weights
+        holder = nn.Module()  # init rules key on the module's own name (o_proj, norm...): keep it
+        holder.add_module(name.rsplit(".", 1)[-1], module)
+        with torch.no_grad(), deepspeed.zero.GatheredParameters(own, modifier_rank=0):
+            init_gpt_weights(holder, job.model, generator)
+    return model

@@ -22,7 +22,8 @@ from tqdm import tqdm
 from ..config.base import ConfigError
 from ..config.job import JobConfig
 from ..model import GPT, flops_per_token
-from ..parallel.engine import deepspeed_config, init_distributed, initialize_engine, trainer_clips_gradients
+from ..parallel.engine import (build_partitioned_gpt, deepspeed_config, init_distributed, initialize_engine,
+                               trainer_clips_gradients)
 from ..parallel.groups import ParallelGroups
 from ..parallel.pipeline import PipelineBatches, StepClipper, build_pipeline
 from . import checkpoint as ckpt
@@ -66,8 +67,10 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(job: JobConfig, groups: ParallelGroups) -> torch.nn.Module:
+def build_model(job: JobConfig, groups: ParallelGroups, grad_accum: int = 1) -> torch.nn.Module:
     """Full model initialized from the job seed (identical in every layout), then sharded by the TP plan."""
+    if job.parallel.zero_stage == 3 and groups.tp_size == 1 and groups.pp_size == 1:
+        return build_partitioned_gpt(job, grad_accum, groups.dp_group)  # never whole on one rank (zero.Init)
     model = GPT(job.model)
     model.init_weights(torch.Generator().manual_seed(job.training.seed))
     if groups.tp_size > 1:
@@ -98,7 +101,7 @@ class Trainer:
         self.tokenizer = resolve_tokenizer(job)
         self.tok_fp = self.tokenizer.fingerprint() if self.tokenizer is not None else None
         job.validate()
-        model = build_model(job, self.groups)
+        model = build_model(job, self.groups, self.grad_accum)
         self.mpu = self.groups.mpu if self.world > 1 else None
         self.pipelined = self.groups.pp_size > 1
         if self.pipelined:

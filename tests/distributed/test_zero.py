@@ -11,6 +11,7 @@ import pytest
 
 from megatron_code.testing import run_distributed
 
+import _dp_train
 from _dp_train import MODELS, assert_close_losses, run_jobs
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # ~50 s on a loaded 2-core machine, one launch per world size
@@ -26,6 +27,40 @@ def single():
     return run_distributed(run_jobs, 1, jobs, timeout=300)[0]
 
 
+def zero3_init_matches_plain_init(rank, world):
+    """The ZeRO-3 build (deepspeed.zero.Init, weights drawn module by module) gives every rank its slice of the very
+    weights the single-device build draws, and no rank holds more than its share."""
+    import deepspeed
+    import torch
+
+    from megatron_code.config.cli import parse_args
+    from megatron_code.model import GPT
+    from megatron_code.parallel.engine import build_partitioned_gpt, init_distributed
+
+    init_distributed("gloo")  # deepspeed.comm on top of the spawned group, as the trainer does
+    out = {}
+    for m in MODELS:
+        job = parse_args(_dp_train.BASE + MODELS[m] + ["--zero-stage", "3"]).job
+        torch.manual_seed(job.training.seed)
+        part = build_partitioned_gpt(job, job.resolve_batch(world))
+        torch.manual_seed(job.training.seed)
+        plain = GPT(job.model)
+        plain.init_weights(torch.Generator().manual_seed(job.training.seed))
+        local = sum(p.ds_tensor.numel() for p in part.parameters())
+        total = sum(p.numel() for p in plain.parameters())
+        assert all(p.numel() == 0 for p in part.parameters()), "parameters left whole after zero.Init"
+        params = dict(part.named_parameters())
+        for name, ref in plain.named_parameters():
+            with deepspeed.zero.GatheredParameters([params[name]]):
+                assert torch.equal(params[name].data, ref.data), f"{m}: {name} differs from the plain init"
+        out[m] = (local, total)
+    return out
+
+
+def dp2_launch(rank, world, jobs):
+    return {"init": zero3_init_matches_plain_init(rank, world), **run_jobs(rank, world, jobs)}
+
+
 @pytest.fixture(scope="module")
 def dp2(tmp_path_factory):
     root = tmp_path_factory.mktemp("zero")
@@ -37,8 +72,10 @@ def dp2(tmp_path_factory):
         args = MODELS["sequential"] + ["--zero-stage", str(s), "--save", save]
         jobs += [(f"resume:z{s}:first", args + ["--exit-interval", "5"]),
                  (f"resume:z{s}:second", args + ["--load", save])]
-    out = run_distributed(run_jobs, 2, jobs, timeout=600)
+    out = run_distributed(dp2_launch, 2, jobs, timeout=600)
+    init = [o.pop("init") for o in out]
     assert out[0] == out[1], "ranks disagree on the (DP-averaged) loss"
+    out[0]["init"] = init
     out[0]["root"] = root
     return out[0]
 
@@ -65,3 +102,10 @@ def test_resume_at_dp2_is_exact(single, dp2, stage):
     assert open(save / "latest").read().strip() == "iter_0000010"
     shards = [f for f in os.listdir(save / "iter_0000005") if f.startswith("zero_pp_rank_")]
     assert len(shards) == (4 if stage == 3 else 2), shards  # the optimizer really was partitioned over DP
+
+
+def test_zero3_builds_partitioned_with_the_plain_init(dp2):
+    for m in MODELS:
+        (local0, total), (local1, _) = dp2["init"][0][m], dp2["init"][1][m]
+        # each rank holds about half: every parameter is split in ceil(numel / 2) pieces
+        assert local0 == local1 and total / 2 <= local0 <= total / 2 + len(dp2["init"]) * 64, (m, local0, total)
