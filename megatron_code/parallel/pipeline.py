@@ -214,6 +214,28 @@ def gpt_keys_of_layer(num_layers: int, layer_index: int, tied: bool) -> str:
     return None if tied else "lm_head"
 
 
+def pipeline_model_states(tag_dir: str) -> list[dict[str, torch.Tensor]]:
+    """Read a pipeline checkpoint's weights without a process group: one GPT state dict per TP rank (keys as in
+    `GPT.state_dict()`, tensors this TP rank's shards), merged from DeepSpeed's `layer_XX-model_YY-model_states.pt`
+    files (layer XX of `_layer_specs`, TP rank YY; the tied head has no file: it is the embedding)."""
+    import glob
+    import os
+    import re
+
+    files = glob.glob(os.path.join(tag_dir, "layer_*-model_states.pt"))
+    if not files:
+        raise FileNotFoundError(f"{tag_dir} has no layer_*-model_states.pt files: not a pipeline checkpoint")
+    per_rank: dict[int, dict[str, torch.Tensor]] = {}
+    for f in sorted(files):
+        m = re.search(r"layer_(\d+)(?:-model_(\d+))?-model_states\.pt$", f)
+        if m is None:
+            continue
+        rank = int(m.group(2) or 0)
+        state = torch.load(f, map_location="cpu", weights_only=True)
+        per_rank.setdefault(rank, {}).update(state)
+    return [per_rank[r] for r in sorted(per_rank)]
+
+
 def build_pipeline(model: nn.Module, groups: ParallelGroups, loss_fn: LossFn, *,
                    partition_method: str = "parameters", checkpoint_interval: int = 0,
                    part_names: Iterable[str] = (), release_other_stages: bool = True):
@@ -321,4 +343,4 @@ class StepClipper:
 
 __all__ = ["EmbeddingPipe", "BlockPipe", "FinalNormPipe", "HeadPipe", "build_pipeline", "to_pipeline_batch",
            "batch_from_labels", "PipelineBatches", "pipeline_grad_norm", "clip_grad_norm_pipeline", "StepClipper",
-           "make_checkpoint_fn", "gpt_keys_of_layer", "PipelineConfigError"]
+           "make_checkpoint_fn", "gpt_keys_of_layer", "pipeline_model_states", "PipelineConfigError"]

@@ -93,8 +93,13 @@ def reference():
     return out
 
 
-def test_pp2_matches_single_process(reference):
+def test_pp2_matches_single_process_and_resumes(reference, tmp_path):
+    first, resumed = str(tmp_path / "first"), str(tmp_path / "resumed")
     runs = {m: BASE + a + PP2 for m, a in MODELS.items()}
+    # The tied model saves at 5 (the head on stage 1 shares stage 0's embedding: only stage 0 writes it).
+    runs["sequential_tied"] += ["--save", first, "--save-interval", "5"]
+    runs["resumed"] = BASE + MODELS["sequential_tied"] + PP2 + ["--load", os.path.join(first, "iter_0000005"),
+                                                                "--save", resumed]
     # Activation checkpointing every layer and the uniform partition: still the same losses.
     runs["ckpt"] = BASE + MODELS["sequential_tied"] + PP2 + ["--checkpoint-activations",
                                                              "--parallel.pipeline_partition", "uniform"]
@@ -102,6 +107,8 @@ def test_pp2_matches_single_process(reference):
     for m in MODELS:
         _check(out[m], reference[m], f"PP2 {m}")
     _check(out["ckpt"], reference["sequential_tied"], "PP2 checkpointed")
+    assert out["resumed"]["loss"] == out["sequential_tied"]["loss"][5:]
+    assert out["resumed"]["grad_norm"] == out["sequential_tied"]["grad_norm"][5:]
 
 
 def test_pp4_and_tp2_pp2_match_single_process(reference):
@@ -142,6 +149,17 @@ def test_tp2_pp2_dp2_zero1_and_resume(reference, tmp_path):
     files = os.listdir(os.path.join(first, "iter_0000005"))
     # DeepSpeed's per-layer files: embedding, 4 blocks, final norm, head, each for TP ranks 0 and 1.
     assert sum(f.startswith("layer_") and f.endswith("-model_states.pt") for f in files) == 7 * 2
+    # ... whose keys are the GPT's own: one state dict per TP rank, this rank's shards.
+    from megatron_code.config.cli import parse_args
+    from megatron_code.model import GPT
+    from megatron_code.parallel.pipeline import pipeline_model_states
+
+    with torch.device("meta"):
+        full = GPT(parse_args(BASE + model).job.model).state_dict()
+    shards = pipeline_model_states(os.path.join(first, "iter_0000005"))
+    assert len(shards) == 2 and all(set(s) == set(full) for s in shards)
+    assert shards[0]["layers.0.attn.q_proj.weight"].shape[0] * 2 == full["layers.0.attn.q_proj.weight"].shape[0]
+    assert not torch.equal(shards[0]["lm_head.weight"], shards[1]["lm_head.weight"])  # two vocabulary halves
 
 
 # ----------------------------------------------------------------------------- no process group needed
