@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import subprocess
+import sys
 from typing import Any, MutableMapping
 
 import torch
@@ -71,8 +72,36 @@ def launch_environment(environ: MutableMapping[str, str] | None = None) -> dict[
     return {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
 
 
+STALE_LOCK_SECONDS = 300
+
+
+def clear_stale_extension_locks(max_age: float = STALE_LOCK_SECONDS) -> list[str]:
+    """Remove torch JIT-extension lock files older than `max_age` seconds.
+
+    DeepSpeed loads its compiled comm helper through torch.utils.cpp_extension, which holds
+    TORCH_EXTENSIONS_DIR/<ext>/lock while loading (and while building, ~40 s here on a first run). A process killed
+    inside that window leaves the file behind and every later run waits on it forever. A lock older than any build
+    takes is stale."""
+    import glob
+    import time
+
+    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                                   "torch_extensions")
+    removed = []
+    for lock in glob.glob(os.path.join(root, "*", "*", "lock")):
+        try:
+            if time.time() - os.path.getmtime(lock) > max_age:
+                os.remove(lock)
+                removed.append(lock)
+        except OSError:
+            pass  # another process removed or took it
+    return removed
+
+
 def init_distributed(backend: str = "auto") -> tuple[int, int]:
     """Initialize torch.distributed through DeepSpeed (idempotent). Returns (rank, world_size)."""
+    for lock in clear_stale_extension_locks():
+        print(f"note: removed a stale torch extension lock {lock} (left by a killed process)", file=sys.stderr)
     import deepspeed
     import torch.distributed as dist
 
@@ -86,7 +115,8 @@ def init_distributed(backend: str = "auto") -> tuple[int, int]:
         # the existing group; zero.Init needs it before any engine exists.
         deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
     if torch.cuda.is_available():
-        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+        # Sites that bind one GPU per task show each task a single device: wrap the local rank.
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())
     return dist.get_rank(), dist.get_world_size()
 
 

@@ -37,7 +37,8 @@ from .optimizer import build_optimizer
 MIM_PARTS = ("fwd_ce", "bwd_ce", "agreement")  # training/losses.py mim_loss parts, logged per step
 
 
-def log(msg: str, rank: int = 0) -> None:
+def log(msg: str, rank: int) -> None:
+    """Print on global rank 0 only (every rank passes its rank)."""
     if rank == 0:
         tqdm.write(msg, file=sys.stdout)
         sys.stdout.flush()
@@ -113,21 +114,22 @@ class Trainer:
         self.engine = initialize_engine(model, optimizer, deepspeed_config(job, self.grad_accum), mpu=self.mpu)
         self.grad_norm = float("nan")
         self.iteration, self.consumed = 0, 0
-        self.resume_rng = None
+        self.resume_rng = self.resume_tp_rng = None
         if t.load and ckpt.nothing_to_load(t.load, t.save):
             log(f"note: --load {t.load} holds no checkpoint yet and equals --save: starting from scratch "
-                f"(the Megatron first-launch convention)")
+                f"(the Megatron first-launch convention)", self.rank)
             t.load = None
         if t.load:
             state = ckpt.load_checkpoint(self.engine, job, t.load, self.tok_fp)
             if t.finetune:
-                log(f"fine-tuning from the weights in {t.load} (iteration, data position and optimizer start fresh)")
+                log(f"fine-tuning from the weights in {t.load} (iteration, data position and optimizer start fresh)", self.rank)
             else:
                 self.iteration = int(state["iteration"])
                 self.consumed = int(state["consumed_samples"])
                 if t.load_rng:
                     self.resume_rng = state["rng"]  # restored right before the loop, after all setup work
-                log(f"resumed from {t.load} at iteration {self.iteration} ({self.consumed} samples consumed)")
+                    self.resume_tp_rng = state.get("tp_rng")
+                log(f"resumed from {t.load} at iteration {self.iteration} ({self.consumed} samples consumed)", self.rank)
         eod = self.tokenizer.eod if self.tokenizer is not None else None
         self.objective = Objective(job, self.tokenizer)
         self.data = build_job_data(job, eod, is_builder=self.rank == 0,
@@ -143,7 +145,7 @@ class Trainer:
         log(f"model: {n_params:,} parameters on this rank | world {self.world} = TP {self.groups.tp_size} x "
             f"PP {self.groups.pp_size} x DP {self.groups.dp_size} | global batch {t.global_batch_size} "
             f"(micro {t.micro_batch_size} x accumulation {self.grad_accum}) | {t.precision} | "
-            f"ZeRO {job.parallel.zero_stage} | peak {peak / 1e12:.2f} TFLOP/s ({source})")
+            f"ZeRO {job.parallel.zero_stage} | peak {peak / 1e12:.2f} TFLOP/s ({source})", self.rank)
 
     # ------------------------------------------------------------------ one step
     def _loss(self, batch: dict, train: bool = True):
@@ -226,20 +228,26 @@ class Trainer:
         """Mean over eval_iters global batches; eval_batch returns the DP-averaged loss on every stage."""
         batches = PipelineBatches(iter(loader))
         n = min(self.job.training.eval_iters, len(loader) // self.grad_accum)
+        # Stages size their receive buffers from the first activation they see; validation batches may have
+        # another shape (MIM trains on doubled batches), so renegotiate shapes on the way in and out.
+        self.engine.reset_activation_shape()
         total = sum(float(self.engine.eval_batch(batches)) for _ in range(n))
+        self.engine.reset_activation_shape()
         self.engine.train()
         return total / max(n, 1)
 
     # ------------------------------------------------------------------ bookkeeping
     def save(self) -> None:
         t = self.job.training
+        tracker = self._tp_rng_tracker()
         state = {"iteration": self.iteration, "consumed_samples": self.consumed, "rng": ckpt.rng_state(),
+                 "tp_rng": tracker.get_states() if tracker is not None else None,
                  "tokenizer_fingerprint": self.tok_fp,
                  "layout": {"tp": self.groups.tp_size, "pp": self.groups.pp_size, "dp": self.groups.dp_size,
                             "zero": self.job.parallel.zero_stage}}
         path = ckpt.save_checkpoint(self.engine, self.job, t.save, self.iteration, state, self.tokenizer,
                                     is_rank0=self.rank == 0, keep=t.keep_checkpoints)
-        log(f"saved checkpoint {path}")
+        log(f"saved checkpoint {path}", self.rank)
 
     def _log_interval(self, loss_sum: float, steps: int, bar) -> None:
         t = self.job.training
@@ -261,6 +269,11 @@ class Trainer:
         if bar is not None:
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
         self.throughput.reset()
+
+    def _tp_rng_tracker(self):
+        """The tensor-parallel RNG tracker (per-TP-rank dropout stream) when the model is sharded, else None."""
+        info = getattr(self.engine.module, "tensor_parallel_info", None)
+        return info.get("rng_tracker") if info else None
 
     def _agreed(self, flag: bool) -> bool:
         """True on every rank if it is true on any (clocks differ across ranks; the decision must not)."""
@@ -316,6 +329,9 @@ class Trainer:
         self.window_loss, self.window_steps, start_iter = 0.0, 0, self.iteration
         if self.resume_rng is not None:
             ckpt.set_rng_state(self.resume_rng)
+            tracker = self._tp_rng_tracker()
+            if tracker is not None and self.resume_tp_rng:
+                tracker.set_states(self.resume_tp_rng)  # dropout inside TP regions continues its own stream
         if t.eval_interval and self.data.valid is not None and self.iteration == 0:
             self._validate(history)  # the untrained model's loss: the baseline every later value is read against
         self.throughput.reset()
