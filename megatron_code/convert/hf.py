@@ -17,9 +17,8 @@ its files are exactly what the trainer's ``--load`` expects.
 from __future__ import annotations
 
 import glob
-import json
+import logging
 import os
-import shutil
 
 import torch
 
@@ -28,6 +27,9 @@ from ..config.model import ModelConfig
 from .keymaps import (UnsupportedArchitecture, choose_target, from_hf_config, from_hf_state_dict,
                       hf_config_kwargs, to_hf_state_dict)
 from .tokenizer_export import export_tokenizer, import_tokenizer
+
+
+log = logging.getLogger(__name__)
 
 
 class ConversionError(ConfigError):
@@ -163,6 +165,9 @@ def import_to_checkpoint(hf_dir: str, save_dir: str, tensor_parallel: int = 1, p
     if os.path.isdir(save_dir) and read_latest(save_dir) is not None:
         raise ConversionError(f"--save {save_dir} already holds a checkpoint: choose an empty directory")
     target, cfg, state, tokenizer = import_model(hf_dir)
+    if tokenizer is None:
+        log.warning("%s: no tokenizer.json with an '<|endoftext|>' token; the checkpoint is written without a "
+                    "tokenizer: pass --tokenizer-type/--tokenizer-model when training from it", hf_dir)
     _check_loads(cfg, state)
     final_tok = os.path.join(os.path.abspath(save_dir), tag_for(0), "tokenizer", "tokenizer.json")
     job = build_job(cfg, base_job, final_tok if tokenizer is not None else None)

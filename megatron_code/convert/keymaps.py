@@ -285,7 +285,8 @@ def from_hf_config(hf_cfg, sd: dict[str, torch.Tensor]) -> tuple[str, ModelConfi
     kw = dict(num_layers=hf_cfg.num_hidden_layers, hidden_size=hidden, num_attention_heads=heads,
               num_kv_heads=getattr(hf_cfg, "num_key_value_heads", None) or heads,
               head_dim=None if head_dim * heads == hidden else head_dim, ffn_hidden_size=hf_cfg.intermediate_size,
-              vocab_size=hf_cfg.vocab_size, vocab_pad_multiple=1, max_position_embeddings=hf_cfg.max_position_embeddings,
+              vocab_size=hf_cfg.vocab_size, vocab_pad_multiple=1,
+              max_position_embeddings=hf_cfg.max_position_embeddings,
               position_embedding="rope", rotary_dims=int(head_dim * factor), rotary_base=theta,
               tie_embeddings=bool(getattr(hf_cfg, "tie_word_embeddings", False)), output_bias=False)
     if kw["num_kv_heads"] == heads:
