@@ -46,16 +46,17 @@ def _train(args):
     from megatron_code.training.trainer import Trainer
 
     trainer = Trainer(parse_args(args).job)
-    norms, step = [], trainer.train_step
+    norms, parts, step = [], [], trainer.train_step
 
     def recording_step(batches):
         loss = step(batches)
         norms.append(trainer.grad_norm)
+        parts.append(dict(trainer.loss_parts))
         return loss
 
     trainer.train_step = recording_step
     history = trainer.train()
-    return {"loss": [v for _, v in history["train_loss"]], "grad_norm": norms,
+    return {"loss": [v for _, v in history["train_loss"]], "grad_norm": norms, "parts": parts,
             "valid": [v for _, v in history["valid_loss"]]}
 
 
@@ -160,6 +161,25 @@ def test_tp2_pp2_dp2_zero1_and_resume(reference, tmp_path):
     assert len(shards) == 2 and all(set(s) == set(full) for s in shards)
     assert shards[0]["layers.0.attn.q_proj.weight"].shape[0] * 2 == full["layers.0.attn.q_proj.weight"].shape[0]
     assert not torch.equal(shards[0]["lm_head.weight"], shards[1]["lm_head.weight"])  # two vocabulary halves
+
+
+def test_mim_objective_through_the_pipeline(tmp_path):
+    """MIM's doubled batch and its four-tensor label slot reach the last stage; its three logged loss terms come
+    back averaged over micro batches on every stage, equal to the single-process values."""
+    from megatron_code.data.tokenizer import train_code_tokenizer
+
+    texts = [f"def f{i}(x):\n    return x * {i} + {i % 7}\n" for i in range(200)]
+    train_code_tokenizer(texts, 300, str(tmp_path / "tok"))
+    args = [a for a in BASE if a not in ("--model.vocab_size", "96")] + MODELS["parallel_mqa_swiglu"] + [
+        "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(tmp_path / "tok"), "--mim",
+        "--mim-beta", "0.5", "--train-iters", "4", "--eval-interval", "2"]
+    ref = run_distributed(_runs, 1, {"mim": args}, timeout=300)[0]["mim"]
+    out = _same_on_all_ranks(run_distributed(_runs, 2, {"mim": args + PP2}, timeout=300))["mim"]
+    _check(out, ref, "MIM PP2")
+    assert set(ref["parts"][0]) == {"fwd_ce", "bwd_ce", "agreement"}
+    for got, want in zip(out["parts"], ref["parts"]):
+        for k in want:
+            _close([got[k]], [want[k]], f"MIM PP2 {k}")
 
 
 # ----------------------------------------------------------------------------- no process group needed
