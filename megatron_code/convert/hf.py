@@ -215,7 +215,8 @@ def _fresh_adam_state(optimizer: torch.optim.Optimizer) -> None:
 def _save_with_engine(job, cfg: ModelConfig, state, tokenizer, save_dir: str) -> str:
     """Build the DeepSpeed engine at world size 1 around the imported weights and save iteration 0."""
     from ..model import GPT
-    from ..parallel.engine import deepspeed_config, init_distributed, initialize_engine
+    from ..parallel.engine import (deepspeed_config, init_distributed, initialize_engine,
+                                   trainer_clips_gradients)
     from ..training import checkpoint as ckpt
     from ..training.optimizer import build_optimizer
 
@@ -231,7 +232,8 @@ def _save_with_engine(job, cfg: ModelConfig, state, tokenizer, save_dir: str) ->
         model.load_state_dict(state, strict=True)
         grad_accum = job.resolve_batch(1)
         optimizer = build_optimizer(model, job.optim)
-        _fresh_adam_state(optimizer)
+        if trainer_clips_gradients(job):  # the plain torch-optimizer path (ZeRO-0, fp32); DeepSpeed's ZeRO/bf16
+            _fresh_adam_state(optimizer)  # wrappers rebuild the state over their own flat partitions
         engine = initialize_engine(model, optimizer, deepspeed_config(job, grad_accum))
         fp = tokenizer.fingerprint() if tokenizer is not None else None
         client = {"iteration": 0, "consumed_samples": 0, "rng": ckpt.rng_state(), "tokenizer_fingerprint": fp,

@@ -144,6 +144,27 @@ def test_import_into_tensor_parallel_layout(tmp_path):
     assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_import_with_a_base_job_zero1(tmp_path):
+    """--config JOB.yaml: the checkpoint is written with that job's ZeRO stage (here 1) and batch settings."""
+    from megatron_code.config.job import JobConfig
+    from megatron_code.training.checkpoint import load_job_config
+
+    src = str(tmp_path / "src")
+    make_hf("phi", src)
+    base = JobConfig()
+    base.parallel.zero_stage = 1
+    base.training.micro_batch_size = 3
+    save = str(tmp_path / "z1")
+    path = import_to_checkpoint(src, save, base_job=base)
+    assert any(f.startswith("zero_pp_rank_0") for f in os.listdir(path))  # ZeRO optimizer shard written
+    job = load_job_config(save)
+    assert job.parallel.zero_stage == 1 and job.training.micro_batch_size == 3
+    out = str(tmp_path / "out")
+    export_checkpoint(save, out)
+    a, b = load_file(os.path.join(src, "model.safetensors")), load_file(os.path.join(out, "model.safetensors"))
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_unsupported_inputs_are_refused(tmp_path):
     with pytest.raises(ConversionError, match="no config.json"):
         import_model(str(tmp_path))
