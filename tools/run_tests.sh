@@ -13,6 +13,7 @@ if [[ -f tools/ci/setup_local_slurm.sh ]]; then
   echo "== local SLURM (for tests/e2e/test_slurm.py)"
   bash tools/ci/setup_local_slurm.sh || echo "SLURM could not be set up here; its test reports why"
 fi
+$PY -c "from megatron_code.parallel.engine import clear_stale_extension_locks as c; [print(\"removed stale lock\", l) for l in c(0)]"
 echo "== tests"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false
 exec $PY -m pytest -q -rs --durations=25 --timeout=900 tests "$@"
