@@ -29,6 +29,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--load", required=True, help="source: our checkpoint dir (--to) or a transformers dir (--from)")
     p.add_argument("--save", required=True, help="destination directory")
     p.add_argument("--target", default=None, help="force a transformers architecture (export only)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32",
+                   help="export only: tensor dtype (float32 is exact; the others are rounded once)")
     p.add_argument("--no-tokenizer", action="store_true", help="export only: write the model without tokenizer files")
     p.add_argument("--config", default=None,
                    help="import only: a job YAML whose non-model sections (precision, ZeRO, batch, optimizer) the "
@@ -51,7 +53,8 @@ def main(argv=None) -> int:
             if args.config or args.tensor_model_parallel_size != 1 or args.pipeline_model_parallel_size != 1:
                 raise ConfigError("--config / --tensor-model-parallel-size / --pipeline-model-parallel-size apply "
                                   "to --from hf only (export reads any layout by itself)")
-            target = hf.export_checkpoint(args.load, args.save, args.target, with_tokenizer=not args.no_tokenizer)
+            target = hf.export_checkpoint(args.load, args.save, args.target, with_tokenizer=not args.no_tokenizer,
+                                         dtype=args.dtype)
             print(f"exported {args.load} -> {args.save} as {target}")
         else:
             base = None

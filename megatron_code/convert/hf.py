@@ -43,19 +43,26 @@ def _config_class(target: str):
     return getattr(transformers, target.replace("ForCausalLM", "Config"))
 
 
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def export_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], out_dir: str, tokenizer=None,
-                 target: str | None = None) -> str:
+                 target: str | None = None, dtype: str = "float32") -> str:
     """Write a transformers model directory for our (full, single-device) `state_dict`. Returns the target name.
 
     Only the true `cfg.vocab_size` rows of the embedding/head are written (policy in keymaps' docstring); the
-    padded size is recorded in config.json["megatron_code"]["padded_vocab_size"].
+    padded size is recorded in config.json["megatron_code"]["padded_vocab_size"]. `dtype` "float32" (exact; the
+    default) or "bfloat16"/"float16" (rounded once, for serving).
 
     Refuses (UnsupportedArchitecture) when no target expresses `cfg` exactly; `target` forces one."""
     if cfg.vocab_size is None:
         raise ConversionError("model.vocab_size is unknown: the checkpoint's config must record it")
+    if dtype not in DTYPES:
+        raise ConversionError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
     target = choose_target(cfg, target)
-    hf_sd = to_hf_state_dict(cfg, state_dict, target)
+    hf_sd = {k: v.to(DTYPES[dtype]) for k, v in to_hf_state_dict(cfg, state_dict, target).items()}
     kwargs = hf_config_kwargs(cfg, target)
+    kwargs["dtype"] = dtype
     eod = tokenizer.eod if tokenizer is not None else None
     pad = tokenizer.pad if tokenizer is not None else None
     kwargs.update(bos_token_id=eod, eos_token_id=eod, pad_token_id=pad,
@@ -74,7 +81,8 @@ def export_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], out_dir:
     return target
 
 
-def export_checkpoint(ckpt_dir: str, out_dir: str, target: str | None = None, with_tokenizer: bool = True) -> str:
+def export_checkpoint(ckpt_dir: str, out_dir: str, target: str | None = None, with_tokenizer: bool = True,
+                      dtype: str = "float32") -> str:
     """Export one of our checkpoints (any layout; SAVE or SAVE/iter_XXXXXXX) to `out_dir`. Returns the target.
     `with_tokenizer=False` writes the model only (e.g. for a SentencePiece tokenizer, which is not exportable)."""
     from ..data.tokenizer import build_tokenizer, load_tokenizer
@@ -90,7 +98,7 @@ def export_checkpoint(ckpt_dir: str, out_dir: str, target: str | None = None, wi
     cfg = job.model
     if cfg.vocab_size is None and tokenizer is not None:
         cfg.vocab_size = tokenizer.vocab_size
-    return export_model(cfg, state, out_dir, tokenizer if with_tokenizer else None, target)
+    return export_model(cfg, state, out_dir, tokenizer if with_tokenizer else None, target, dtype)
 
 
 # ------------------------------------------------------------------------------------------------ import

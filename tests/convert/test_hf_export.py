@@ -194,3 +194,16 @@ def test_sentencepiece_tokenizer_is_refused_before_writing(tmp_path):
     with pytest.raises(TokenizerExportError, match="SentencePiece"):
         export_model(model.cfg, model.state_dict(), str(out), tokenizer=tok)
     assert not out.exists()
+
+
+def test_bfloat16_export_rounds_once(tmp_path):
+    model = make_model(**CASES["llama_gqa"][1])
+    out = str(tmp_path / "bf16")
+    export_model(model.cfg, model.state_dict(), out, dtype="bfloat16")
+    tensors = load_file(os.path.join(out, "model.safetensors"))
+    assert all(t.dtype == torch.bfloat16 for t in tensors.values())
+    want = model.state_dict()["layers.0.attn.q_proj.weight"].to(torch.bfloat16)
+    assert torch.equal(tensors["model.layers.0.self_attn.q_proj.weight"], want)
+    assert json.load(open(os.path.join(out, "config.json")))["dtype"] == "bfloat16"
+    with pytest.raises(ValueError, match="--dtype"):
+        export_model(model.cfg, model.state_dict(), str(tmp_path / "x"), dtype="int8")
