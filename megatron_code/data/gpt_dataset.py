@@ -18,6 +18,7 @@ permutation. ``num_samples=None`` means one pass over the split without repetiti
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
@@ -166,8 +167,8 @@ def _build_split(entries, ranges_of, num_samples, seq_length, seed, cache, opene
             parts.append((p, ds, r))
             kept.append(j)
         elif weights is not None and weights[j] > 0:
-            raise DatasetConfigError(f"{p}: the {split_name} split is empty but has blend weight {weights[j]}; "
-                                     f"change --split or the weights")
+            # Small datasets can have an empty valid/test range; the others keep their relative weights.
+            warnings.warn(f"{p}: the {split_name} split is empty; blending the {split_name} split without it")
     if not parts:
         return None
     if weights is None:  # proportional to the split's token count

@@ -130,6 +130,15 @@ def test_blend_through_builder(tmp_path):
         np.testing.assert_array_equal(tr[i]["tokens"], tr_long[i]["tokens"])
 
 
+def test_blend_component_with_empty_split_is_dropped(tmp_path):
+    make_dataset(tmp_path / "a", seed=1, n_docs=60)
+    make_dataset(tmp_path / "b", seed=2, n_docs=5)  # 2% of 5 documents rounds to an empty valid range
+    with pytest.warns(UserWarning, match="valid split is empty"):
+        tr, va, te = build_gpt_datasets(data_path=["0.5", str(tmp_path / "a"), "0.5", str(tmp_path / "b")],
+                                        split="98,2,0", seq_length=8, seed=1, num_samples=(100, 10, 0))
+    assert isinstance(tr, BlendedDataset) and isinstance(va, GPTDataset) and te is None
+
+
 def test_separate_split_paths_and_size_weights(tmp_path):
     a, _ = make_dataset(tmp_path / "a", seed=1, n_docs=20)
     b, _ = make_dataset(tmp_path / "b", seed=2, n_docs=60)
