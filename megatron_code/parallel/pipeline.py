@@ -238,7 +238,8 @@ def pipeline_model_states(tag_dir: str) -> list[dict[str, torch.Tensor]]:
 
 def build_pipeline(model: nn.Module, groups: ParallelGroups, loss_fn: LossFn, *,
                    partition_method: str = "parameters", checkpoint_interval: int = 0,
-                   part_names: Iterable[str] = (), release_other_stages: bool = True):
+                   part_names: Iterable[str] = (), release_other_stages: bool = True,
+                   seed: Optional[int] = None):
     """Carve `model` (a GPT, initialized, already sharded by the TP plan) into this rank's pipeline stage.
 
     Collective over the whole world (DeepSpeed builds its grid and tied-weight groups). Every rank must pass a
@@ -246,8 +247,10 @@ def build_pipeline(model: nn.Module, groups: ParallelGroups, loss_fn: LossFn, *,
     DeepSpeed's default), "uniform" (balance layer counts) or "type:<regex>". `checkpoint_interval` N > 0
     recomputes activations in chunks of N pipeline layers of a stage (the embedding and final norm count as
     layers; the head is never recomputed). With `release_other_stages` the other stages' parameters are moved
-    to the meta device (the GPT passed in is consumed). Returns the `PipelineModule` to hand to
-    `deepspeed.initialize(model=..., mpu=None)` (the pipeline grid serves as mpu)."""
+    to the meta device (the GPT passed in is consumed). With `seed` (the job seed) the stage's dropout streams are
+    re-seeded Megatron-style (random.seed_parallel_rng: default stream seed + 100 x stage, TP stream + 2718 + TP
+    rank), so different stages do not draw identical dropout masks. Returns the
+    `PipelineModule` to hand to `deepspeed.initialize(model=..., mpu=None)` (the pipeline grid serves as mpu)."""
     method = partition_method.lower()
     if method not in PARTITION_METHODS and not method.startswith("type:"):
         raise PipelineConfigError(f"unknown pipeline partition method '{partition_method}': use 'parameters', "
@@ -271,6 +274,10 @@ def build_pipeline(model: nn.Module, groups: ParallelGroups, loss_fn: LossFn, *,
     pipe.attach_loss(loss_fn, tuple(part_names))
     if tracker is not None:
         pipe.tensor_parallel_info = model.tensor_parallel_info  # the trainer checkpoints the TP RNG stream
+    if seed is not None:
+        stage_streams = tp_random.seed_parallel_rng(seed, groups.tp_rank, groups.pp_rank)
+        if tracker is not None:
+            tracker.set_states(stage_streams.get_states())
     if release_other_stages:
         _release(specs, parts[groups.pp_rank], parts[groups.pp_rank + 1], pipe)
     return pipe

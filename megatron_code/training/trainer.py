@@ -205,7 +205,8 @@ class Trainer:
         p = self.job.parallel
         return build_pipeline(model, self.groups, self._pipeline_loss, partition_method=p.pipeline_partition,
                               checkpoint_interval=p.activation_checkpoint_interval,
-                              part_names=MIM_PARTS if self.job.objective.objective == "mim" else ())
+                              part_names=MIM_PARTS if self.job.objective.objective == "mim" else (),
+                              seed=self.job.training.seed)
 
     def _pipeline_loss(self, logits: torch.Tensor, batch: dict, train: bool):
         """Last stage: the objective's loss on this micro batch's (vocab-parallel) logits."""
