@@ -303,6 +303,18 @@ def _release(specs: list, start: int, stop: int, pipe: nn.Module) -> None:
             module.to("meta")
 
 
+def pipeline_ds_config(ds_config: dict, sequence_parallel: bool) -> dict:
+    """Adjust the DeepSpeed config for the pipeline engine. By default DeepSpeed sends each stage's output split
+    across the TP group and all-gathers it on the receiving side ("pipe_partitioned"/"grad_partitioned"), which
+    assumes the activation is the same on every TP rank; under sequence parallelism each TP rank holds another
+    slice of the sequence, so the reassembled tensor would be wrong: send whole shards instead."""
+    if sequence_parallel:
+        pipe = dict(ds_config.get("pipeline", {}))
+        pipe.update(pipe_partitioned=False, grad_partitioned=False)
+        ds_config = {**ds_config, "pipeline": pipe}
+    return ds_config
+
+
 # ----------------------------------------------------------------------------- gradient norm
 def pipeline_grad_norm(parameters: Iterable[torch.nn.Parameter], groups: ParallelGroups) -> torch.Tensor:
     """Global L2 norm of the gradients of the whole model, from any rank (collective over TP x PP).
@@ -350,4 +362,5 @@ class StepClipper:
 
 __all__ = ["EmbeddingPipe", "BlockPipe", "FinalNormPipe", "HeadPipe", "build_pipeline", "to_pipeline_batch",
            "batch_from_labels", "PipelineBatches", "pipeline_grad_norm", "clip_grad_norm_pipeline", "StepClipper",
-           "make_checkpoint_fn", "gpt_keys_of_layer", "pipeline_model_states", "PipelineConfigError"]
+           "make_checkpoint_fn", "gpt_keys_of_layer", "pipeline_model_states", "pipeline_ds_config",
+           "PipelineConfigError"]

@@ -25,7 +25,7 @@ from ..model import GPT, flops_per_token
 from ..parallel.engine import (build_partitioned_gpt, deepspeed_config, init_distributed, initialize_engine,
                                trainer_clips_gradients)
 from ..parallel.groups import ParallelGroups
-from ..parallel.pipeline import PipelineBatches, StepClipper, build_pipeline
+from ..parallel.pipeline import PipelineBatches, StepClipper, build_pipeline, pipeline_ds_config
 from . import checkpoint as ckpt
 from .data import build_job_data, make_loader
 from .guards import StopSignal, check_finite
@@ -111,7 +111,10 @@ class Trainer:
         self.own_clip = trainer_clips_gradients(job)
         if self.pipelined and self.own_clip:
             self.step_clipper = StepClipper(optimizer, model, job.optim.clip_grad or float("inf"), self.groups)
-        self.engine = initialize_engine(model, optimizer, deepspeed_config(job, self.grad_accum), mpu=self.mpu)
+        ds_config = deepspeed_config(job, self.grad_accum)
+        if self.pipelined:
+            ds_config = pipeline_ds_config(ds_config, job.parallel.sequence_parallel)
+        self.engine = initialize_engine(model, optimizer, ds_config, mpu=self.mpu)
         self.grad_norm = float("nan")
         self.iteration, self.consumed = 0, 0
         self.resume_rng = self.resume_tp_rng = None

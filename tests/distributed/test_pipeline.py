@@ -1,12 +1,12 @@
 """Pipeline parallelism (DeepSpeed's pipeline engine over our GPT) trains the same model as one process.
 
-The real trainer runs in spawned gloo processes (CPU, fp32, dropout 0, same seed and mock data): 10 steps of loss and
-grad norm for PP2, PP4, TP2 x PP2 and TP2 x PP2 x DP2 with ZeRO-1 (8 processes) equal the single-process run to
-1e-5 relative, for a sequential-block model (learned positions, tied embedding: the head on the last stage shares
-the first stage's embedding) and a parallel-block MQA SwiGLU no-bias RMSNorm model (RoPE, untied head).
-Also: validation loss through eval_batch, activation checkpointing (same losses; with dropout on and TP, the
-recomputation replays the TP RNG stream so checkpointed and plain runs agree), resume at TP2 x PP2 x DP2, and the
-batch/label translation for the causal and MIM objectives. Several layouts of one world size share one spawn.
+The real trainer runs in spawned gloo processes (CPU, fp32, dropout 0, same seed and mock data): 10 steps of loss,
+grad norm and validation loss for PP2, PP4, TP2 x PP2 (also with sequence parallelism) and TP2 x PP2 x DP2 with
+ZeRO-1 (8 processes) equal the single-process run to 1e-5 relative, for a sequential-block model (learned
+positions, tied embedding: the head on the last stage shares the first stage's embedding) and a parallel-block MQA
+SwiGLU no-bias RMSNorm model (RoPE, untied head). Also: activation checkpointing (same losses; with dropout on and
+TP, the recomputation replays the TP RNG stream so checkpointed and plain runs agree), resume at PP2 and
+TP2 x PP2 x DP2, MIM through PP2, and the batch/label translation. Several layouts of one world size share a spawn.
 """
 
 import json
@@ -112,11 +112,13 @@ def test_pp2_matches_single_process_and_resumes(reference, tmp_path):
     assert out["resumed"]["grad_norm"] == out["sequential_tied"]["grad_norm"][5:]
 
 
-def test_pp4_and_tp2_pp2_match_single_process(reference):
+def test_pp4_tp2_pp2_and_sp_match_single_process(reference):
     runs = {}
     for m, a in MODELS.items():
         runs[f"pp4 {m}"] = BASE + a + PP4 + ["--parallel.pipeline_partition", "uniform"]
         runs[f"tp2pp2 {m}"] = BASE + a + TP2 + PP2
+    # Sequence parallelism: stages exchange sequence shards (DeepSpeed's TP-partitioned sends must be off).
+    runs["tp2pp2 sp"] = BASE + MODELS["parallel_mqa_swiglu"] + TP2 + PP2 + ["--sequence-parallel"]
     # Dropout on, TP2 x PP2: checkpointed recomputation must replay both RNG streams (default and the TP
     # tracker's), so the run equals the plain one exactly.
     drop = BASE + MODELS["parallel_mqa_swiglu"] + TP2 + PP2 + ["--hidden-dropout", "0.2", "--attention-dropout",
@@ -127,6 +129,7 @@ def test_pp4_and_tp2_pp2_match_single_process(reference):
     for m in MODELS:
         _check(out[f"pp4 {m}"], reference[m], f"PP4 {m}")
         _check(out[f"tp2pp2 {m}"], reference[m], f"TP2xPP2 {m}")
+    _check(out["tp2pp2 sp"], reference["parallel_mqa_swiglu"], "TP2xPP2 sequence parallel")
     assert out["dropout ckpt"]["loss"] == out["dropout"]["loss"]
     assert out["dropout"]["loss"] != reference["parallel_mqa_swiglu"]["loss"][:4]  # dropout was really on
 
