@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from ..config.base import ConfigError
 from ..config.job import JobConfig
-from ..data.gpt_dataset import build_gpt_datasets, check_vocab
+from ..data.gpt_dataset import build_gpt_datasets, check_vocab, num_samples_for
 from ..data.sampler import PretrainingSampler
 
 
@@ -53,10 +53,13 @@ def build_job_data(job: JobConfig, eod: int | None, is_builder: bool, barrier) -
     if eod is None:
         raise ConfigError("a tokenizer is needed with --data-path: pass --tokenizer-type and --tokenizer-model "
                           "(or --vocab-file/--merge-file)")
+    # Megatron's counts (the same function tools/build_index.py uses, so caches built ahead of time are reused).
+    counts = num_samples_for(global_batch_size=gbs, train_iters=t.train_iters, eval_interval=t.eval_interval or 1,
+                             eval_iters=max(1, t.eval_iters))
     train, valid, test = build_gpt_datasets(
         data_path=d.data_path or None, split=d.split, train_data_path=d.train_data_path or None,
         valid_data_path=d.valid_data_path or None, test_data_path=d.test_data_path or None,
-        seq_length=d.seq_length, seed=t.seed, num_samples=(n_train, n_eval if t.eval_interval else 0, n_eval),
+        seq_length=d.seq_length, seed=t.seed, num_samples=(counts[0], counts[1] if t.eval_interval else 0, counts[2]),
         cache_dir=d.data_cache_path, is_builder=is_builder, barrier=barrier)
     if train is None:
         raise ConfigError("the training split is empty: check --split / --train-data-path")
