@@ -325,8 +325,9 @@ def reshard_to_full(tag_dir: str, job, save_dir: str, tp: int, pp: int, zero: Op
         from .plans import plan_for
         plan_for(job.model, tp)  # raises a clear PlanError when the model does not shard at this size
     if state.exp_avg is None:
-        raise ReshardError(f"{tag_dir} holds no optimizer state (saved without it, or a ZeRO-0 checkpoint read "
-                           f"without the parameter order): a resharded run could not continue exactly")
+        raise ReshardError(f"{tag_dir} holds no optimizer state we can read (saved with --no-save-optim, or a "
+                           f"ZeRO-0 bf16/fp16 checkpoint, whose optimizer format is not read yet: save with "
+                           f"--zero-stage 1 or higher): a resharded run could not continue exactly")
     tag = os.path.basename(os.path.normpath(tag_dir))
     final = os.path.join(save_dir, tag)
     if os.path.exists(final):
@@ -362,6 +363,9 @@ def reshard_to_full(tag_dir: str, job, save_dir: str, tp: int, pp: int, zero: Op
 # ----------------------------------------------------------------------------- load-side helpers (training.checkpoint)
 def load_full_checkpoint(engine, path: str, model_cfg, tp: int, load_optimizer: bool) -> dict[str, Any]:
     """Collective. Load a `full_state.pt` into the engine at whatever layout it runs; returns the client state."""
+    if type(engine).__name__ == "PipelineEngine":
+        raise ReshardError(f"{path} is a layout-free checkpoint; loading it into a pipeline-parallel run is not "
+                           f"supported yet: resume it with --pipeline-model-parallel-size 1")
     state = load_full_file(path)
     mpu = getattr(engine, "mpu", None)
     tp_rank = mpu.get_tensor_model_parallel_rank() if (mpu is not None and tp > 1) else 0
