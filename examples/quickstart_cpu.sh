@@ -48,9 +48,11 @@ $PY pretrain_code.py --preset tiny "${TOK[@]}" \
 echo "== did it learn? (validation loss on held-out standard-library files)"
 $PY tools/summarize_run.py --save "$SAVE" --min-drop 0.4
 
-echo "== a sample (greedy) from the trained model:"
+echo "== a sample from the trained model (temperature 0.7, top-p 0.9; greedy decoding of a model this small loops):"
 PROMPT=$'def read_lines(path):\n    """Return the lines of a text file."""\n'
 printf '%s' "$PROMPT"
-$PY tools/generate.py --load "$SAVE" --prompt "$PROMPT" --max-new-tokens 64 --temperature 0
+$PY tools/generate.py --load "$SAVE" --prompt "$PROMPT" --max-new-tokens 80 --temperature 0.7 --top-p 0.9 \
+    --seed 1 --stop '\ndef ' '\nclass '
+
 echo
 echo "== done. Checkpoint: $SAVE  (resume with --load $SAVE, TensorBoard: $SAVE/tensorboard)"
