@@ -5,11 +5,13 @@
 #
 #   bash examples/quickstart_cpu.sh            (a few minutes on 2 cores)
 #
-# Environment knobs: WORK (default runs/quickstart), ITERS (default 300), SKIP_INSTALL=1.
+# Environment knobs: WORK (default runs/quickstart), ITERS (default 300), TOKENIZER_CHARS (characters the tokenizer
+# trains on, default 20,000,000), SKIP_INSTALL=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${WORK:-runs/quickstart}
 ITERS=${ITERS:-300}
+TOKENIZER_CHARS=${TOKENIZER_CHARS:-20000000}
 PY=${PYTHON:-python}
 
 if [[ "${SKIP_INSTALL:-0}" != 1 ]]; then
@@ -26,7 +28,7 @@ fi
 if [[ ! -f "$WORK/tokenizer/tokenizer.json" ]]; then
   echo "== training a byte-level BPE code tokenizer (vocab 8192)"
   $PY tools/train_tokenizer.py --input "$WORK/corpus/train.jsonl" --vocab-size 8192 \
-      --output-dir "$WORK/tokenizer" --max-chars 20000000
+      --output-dir "$WORK/tokenizer" --max-chars "$TOKENIZER_CHARS"
 fi
 TOK=(--tokenizer-type HuggingFaceTokenizer --tokenizer-model "$WORK/tokenizer/tokenizer.json")
 for split in train valid; do
