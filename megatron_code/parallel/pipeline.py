@@ -147,7 +147,9 @@ def make_checkpoint_fn(tracker: Optional[RNGTracker]):
 
 
 # ----------------------------------------------------------------------------- the module
+@functools.lru_cache(maxsize=None)
 def _pipeline_module_class():
+    """GPTPipe, defined lazily so importing this module does not import DeepSpeed."""
     from deepspeed.pipe import PipelineModule
 
     class GPTPipe(PipelineModule):
@@ -202,7 +204,7 @@ def _layer_specs(model: nn.Module) -> list:
     return specs
 
 
-def gpt_keys_of_layer(num_layers: int, layer_index: int, tied: bool) -> str:
+def gpt_keys_of_layer(num_layers: int, layer_index: int, tied: bool) -> Optional[str]:
     """What pipeline layer `layer_index` holds, in GPT terms (for tools reading `layer_XX-*` files): 'embed',
     'layers.<i>', 'final_norm' or 'lm_head' (None for the tied head, which is saved with layer 0)."""
     if layer_index == 0:

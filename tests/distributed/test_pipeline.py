@@ -164,6 +164,13 @@ def test_tp2_pp2_dp2_zero1_and_resume(reference, tmp_path):
     assert len(shards) == 2 and all(set(s) == set(full) for s in shards)
     assert shards[0]["layers.0.attn.q_proj.weight"].shape[0] * 2 == full["layers.0.attn.q_proj.weight"].shape[0]
     assert not torch.equal(shards[0]["lm_head.weight"], shards[1]["lm_head.weight"])  # two vocabulary halves
+    from megatron_code.parallel.pipeline import gpt_keys_of_layer
+
+    for f in files:
+        if f.startswith("layer_") and f.endswith("-model_states.pt"):
+            prefix = gpt_keys_of_layer(4, int(f[6:8]), tied=False)
+            keys = torch.load(os.path.join(first, "iter_0000005", f), weights_only=True)
+            assert keys and all(k.startswith(prefix + ".") for k in keys), (f, prefix, list(keys))
 
 
 def test_mim_objective_through_the_pipeline(tmp_path):
