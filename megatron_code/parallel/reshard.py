@@ -18,7 +18,7 @@ Source files (DeepSpeed 0.19.8 on-disk layout, read directly, no process group; 
   order, over all groups.
 
 TP shards are merged with `tensor_parallel.partition_spec` (which dim each parameter is split along). Pipeline
-checkpoints (per-layer files of DeepSpeed's PipelineModule) are not read yet: a clear error says so.
+checkpoints: weights from DeepSpeed's per-layer files; Adam state from ZeRO-1 shards of every stage (`_read_pipeline`).
 
 The full format (`full_state.pt` in a checkpoint tag directory): {"format", "module": {name: fp32},
 "exp_avg"/"exp_avg_sq": {name: fp32} or None, "step", "client_state" (iteration, consumed samples, RNG, ...),
@@ -117,8 +117,8 @@ def _read_zero12(d: str, tp_rank: int, dp: int):
             flat = torch.cat([s["base_optimizer_state"]["state"][g][k] for s in shards])
             moments[k].update(_split_flat(flat, names_shapes, p))
         step = int(shards[0]["base_optimizer_state"]["state"][g]["step"])
-    # Buffers and anything not in the optimizer come from the module copy.
-    for k, v in sd["module"].items():
+    # Buffers and anything not in the optimizer come from the module copy (pipeline checkpoints have none here).
+    for k, v in (sd.get("module") or {}).items():
         module.setdefault(k, v)
     return sd, module, moments, step
 
@@ -155,7 +155,8 @@ def _layout(job) -> tuple[int, int, int, int]:
     return p.tensor_parallel, p.pipeline_parallel, p.zero_stage, p.cpu_offload
 
 
-def read_full_state(tag_dir: str, job, opt_order: Optional[list[str]] = None) -> FullState:
+def read_full_state(tag_dir: str, job, opt_order: Optional[list[str]] = None,
+                    weights_only: bool = False) -> FullState:
     """Everything in a checkpoint tag directory as single-device tensors. `job` is the config saved with it;
     `opt_order` = parameter names in the optimizer's order (needed for ZeRO-0 Adam state only)."""
     full = os.path.join(tag_dir, FULL_FILE)
@@ -163,8 +164,7 @@ def read_full_state(tag_dir: str, job, opt_order: Optional[list[str]] = None) ->
         return load_full_file(full)
     tp, pp, zero, _ = _layout(job)
     if pp > 1:
-        raise ReshardError(f"{tag_dir} was saved with pipeline parallelism (PP={pp}); reading pipeline checkpoints "
-                           f"is not supported yet: resume it at the same layout")
+        return _read_pipeline(tag_dir, job, weights_only)
     if zero == 3:
         dp = _count(tag_dir, "zero_pp_rank_", "_mp_rank_00_model_states.pt")
     else:
@@ -189,6 +189,52 @@ def read_full_state(tag_dir: str, job, opt_order: Optional[list[str]] = None) ->
                      exp_avg_sq=moments and moments["exp_avg_sq"], step=step, client_state=client, engine=engine)
 
 
+def _gpt_name(pipe_name: str) -> str:
+    """PipelineModule parameter name -> GPT name: '3.layers.2.attn.q_proj.weight' -> 'layers.2.attn.q_proj.weight',
+    'tied_modules.embed.embed.word.weight' -> 'embed.word.weight' (pipeline.py keeps GPT paths under the layer)."""
+    head, _, rest = pipe_name.partition(".")
+    if head.isdigit():
+        return rest
+    if head == "tied_modules":
+        return rest.partition(".")[2]
+    return pipe_name
+
+
+def _read_pipeline(tag_dir: str, job, weights_only: bool) -> FullState:
+    """PP > 1: weights from the per-layer files (pipeline.pipeline_model_states); with ZeRO-1, fp32 weights and Adam
+    state from each stage's shards, `mp_rank_XX` = pp_rank x TP + tp_rank (DeepSpeed's model-parallel rank). The
+    tied embedding lives on the first and last stage with identical values and state: the first stage's is kept."""
+    tp, pp, zero, _ = _layout(job)
+    merge = _tp_merger(job.model, tp)
+    if weights_only:
+        from .pipeline import pipeline_model_states
+        return FullState(module={k.removeprefix("module."): v for k, v in merge(pipeline_model_states(tag_dir)).items()})
+    if zero != 1:
+        raise ReshardError(f"{tag_dir} is a pipeline checkpoint with ZeRO-{zero}; its optimizer state is read for "
+                           f"ZeRO-1 only (the ZeRO-0 pipeline Adam state is not read yet): train pipelines with "
+                           f"--zero-stage 1 to reshard them")
+    dp = _count(tag_dir, "zero_pp_rank_", "_mp_rank_00_optim_states.pt")
+    per_tp = []
+    sd0 = step = None
+    for t in range(tp):
+        module, moments = {}, {k: {} for k in ADAM_KEYS}
+        for stage in range(pp):
+            sd, mod, mom, step = _read_zero12(tag_dir, stage * tp + t, dp)
+            sd0 = sd0 or sd
+            for name, v in mod.items():
+                module.setdefault(_gpt_name(name), v)
+            for k in ADAM_KEYS:
+                for name, v in mom[k].items():
+                    moments[k].setdefault(_gpt_name(name), v)
+        per_tp.append((module, moments))
+    moments = {k: merge([mo[k] for _, mo in per_tp]) for k in ADAM_KEYS}
+    client = {k: v for k, v in sd0.items() if k in ("iteration", "consumed_samples", "rng", "tokenizer_fingerprint",
+                                                      "layout")}
+    engine = {k: sd0.get(k) for k in ("global_steps", "global_samples", "skipped_steps")}
+    return FullState(module=merge([m for m, _ in per_tp]), exp_avg=moments["exp_avg"],
+                     exp_avg_sq=moments["exp_avg_sq"], step=step, client_state=client, engine=engine)
+
+
 def _tp_merger(model_cfg, tp: int):
     if tp == 1:
         return lambda shards: dict(shards[0])
@@ -199,7 +245,7 @@ def _tp_merger(model_cfg, tp: int):
 
 def consolidate_layout(ckpt_tag_dir: str, job) -> dict[str, torch.Tensor]:
     """Full single-device GPT state dict (fp32 for fp32 runs) from a checkpoint of any supported layout."""
-    return read_full_state(ckpt_tag_dir, job).module
+    return read_full_state(ckpt_tag_dir, job, weights_only=True).module
 
 
 # ----------------------------------------------------------------------------- the full (layout-free) file

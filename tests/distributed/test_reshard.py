@@ -1,4 +1,4 @@
-"""Changing layout: checkpoints saved at DP2 ZeRO-2, DP2 ZeRO-3 and TP2 are converted by
+"""Changing layout: checkpoints saved at DP2 ZeRO-2, DP2 ZeRO-3, TP2 and PP2 ZeRO-1 are converted by
 tools/reshard_checkpoint.py (run as a user would) and resumed in one process with ZeRO-0; a DP2 ZeRO-2 checkpoint
 is also resumed at TP2. The resumed losses continue the uninterrupted single-process run (1e-5 relative), and
 iteration, consumed samples and config are carried over. Loading a checkpoint natively at another layout is a
@@ -24,6 +24,7 @@ SOURCES = {  # name: (model, layout flags of the saved run)
     "dp2_zero2": ("sequential", ["--zero-stage", "2"]),
     "dp2_zero3": ("parallel_mqa_swiglu", ["--zero-stage", "3"]),
     "tp2": ("parallel_mqa_swiglu", ["--tensor-model-parallel-size", "2"]),
+    "pp2_zero1": ("sequential", ["--pipeline-model-parallel-size", "2", "--zero-stage", "1"]),
 }
 
 
