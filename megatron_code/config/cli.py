@@ -85,6 +85,12 @@ def _fim_rate(values: dict[str, dict[str, Any]], v: Any) -> None:
         values["objective"]["objective"] = "fim"
 
 
+def _hidden_dropout(values: dict[str, dict[str, Any]], v: Any) -> None:
+    """Megatron has one flag for both: its embedding dropout is --hidden-dropout."""
+    values.setdefault("model", {})["hidden_dropout"] = v
+    values["model"]["embedding_dropout"] = v
+
+
 MEGATRON_FLAGS: dict[str, tuple[Any, Setter]] = {
     # model
     "num-layers": (1, _set("model.num_layers")),
@@ -111,7 +117,7 @@ MEGATRON_FLAGS: dict[str, tuple[Any, Setter]] = {
     "untie-embeddings-and-output-weights": (0, _const("model.tie_embeddings", False)),
     "disable-bias-linear": (0, _const("model.bias", False)),
     "attention-dropout": (1, _set("model.attention_dropout")),
-    "hidden-dropout": (1, _set("model.hidden_dropout")),
+    "hidden-dropout": (1, _hidden_dropout),
     "init-method-std": (1, _set("model.init_std")),
     "make-vocab-size-divisible-by": (1, _set("model.vocab_pad_multiple")),
     # training

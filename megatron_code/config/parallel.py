@@ -39,5 +39,9 @@ class ParallelConfig(ConfigBase):
             raise ConfigError("--sequence-parallel needs --tensor-model-parallel-size > 1")
         if self.backend not in ("auto", "gloo", "nccl"):
             raise ConfigError(f"parallel.backend must be auto, gloo or nccl, got '{self.backend}'")
+        method = self.pipeline_partition
+        if method not in ("parameters", "uniform") and not method.startswith("type:"):
+            raise ConfigError(f"parallel.pipeline_partition must be 'parameters', 'uniform' or 'type:<regex>', "
+                              f"got '{method}'")
         if self.activation_checkpoint_interval < 0:
             raise ConfigError("parallel.activation_checkpoint_interval must be >= 0")

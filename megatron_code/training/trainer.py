@@ -24,6 +24,7 @@ from ..config.job import JobConfig
 from ..model import GPT, flops_per_token
 from ..parallel.engine import (build_partitioned_gpt, deepspeed_config, init_distributed, initialize_engine,
                                trainer_clips_gradients)
+from ..parallel.activation_checkpoint import apply_activation_checkpointing
 from ..parallel.groups import ParallelGroups
 from ..parallel.pipeline import PipelineBatches, StepClipper, build_pipeline, pipeline_ds_config
 from . import checkpoint as ckpt
@@ -79,6 +80,8 @@ def build_model(job: JobConfig, groups: ParallelGroups, grad_accum: int = 1) -> 
         from ..parallel.tensor_parallel import apply_tensor_parallel
         apply_tensor_parallel(model, plan_for(job.model, groups.tp_size), groups,
                               sequence_parallel=job.parallel.sequence_parallel)
+    if groups.pp_size == 1 and job.parallel.activation_checkpoint_interval:
+        apply_activation_checkpointing(model, job.parallel.activation_checkpoint_interval)
     return model
 
 

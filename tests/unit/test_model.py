@@ -368,3 +368,28 @@ def test_flops_per_token_by_hand(tiny_model_cfg, kw):
         n += v
     expected = 6 * n + 12 * L * 4 * 16 * T  # PaLM appendix B: 6N + 12 L H Q T
     assert flops_per_token(cfg, T) == expected
+
+
+def test_activation_checkpointing_keeps_names_outputs_and_gradients(tiny_model_cfg):
+    """Recomputing blocks in backward changes neither the state dict keys nor the loss or gradients."""
+    import copy
+
+    from megatron_code.model import GPT
+    from megatron_code.parallel.activation_checkpoint import apply_activation_checkpointing
+
+    cfg = tiny_model_cfg(num_layers=3)
+    ref = GPT(cfg)
+    ref.init_weights(torch.Generator().manual_seed(0))
+    ck = copy.deepcopy(ref)
+    assert apply_activation_checkpointing(ck, 1) == 3
+    assert list(ck.state_dict()) == list(ref.state_dict())
+    x = torch.randint(0, cfg.vocab_size, (2, 16))
+    losses = []
+    for m in (ref, ck):
+        m.train()
+        loss = m(x).float().logsumexp(-1).mean()
+        loss.backward()
+        losses.append(loss.item())
+    assert losses[0] == losses[1]
+    for (n, a), (_, b) in zip(ref.named_parameters(), ck.named_parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=0, atol=1e-6, msg=n)
