@@ -1,4 +1,4 @@
-"""Changing layout: checkpoints saved at DP2 ZeRO-2, DP2 ZeRO-3, TP2 and PP2 ZeRO-1 are converted by
+"""Changing layout: checkpoints saved at DP2 ZeRO-2, DP2 ZeRO-3, TP2, PP2 ZeRO-1 and TP2 x PP2 ZeRO-1 are converted by
 tools/reshard_checkpoint.py (run as a user would) and resumed in one process with ZeRO-0; a DP2 ZeRO-2 checkpoint
 is also resumed at TP2. The resumed losses continue the uninterrupted single-process run (1e-5 relative), and
 iteration, consumed samples and config are carried over. Loading a checkpoint natively at another layout is a
@@ -17,7 +17,7 @@ from megatron_code.training import checkpoint as ckpt
 
 from _dp_train import MODELS, assert_close_losses, run_jobs
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # ~60 s on a loaded 2-core machine: 2 launches + 2 commands
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # ~70 s on a loaded 2-core machine: 3 launches + 2 commands
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SOURCES = {  # name: (model, layout flags of the saved run)
@@ -25,6 +25,8 @@ SOURCES = {  # name: (model, layout flags of the saved run)
     "dp2_zero3": ("parallel_mqa_swiglu", ["--zero-stage", "3"]),
     "tp2": ("parallel_mqa_swiglu", ["--tensor-model-parallel-size", "2"]),
     "pp2_zero1": ("sequential", ["--pipeline-model-parallel-size", "2", "--zero-stage", "1"]),
+    "tp2_pp2_zero1": ("parallel_mqa_swiglu", ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size",
+                                              "2", "--zero-stage", "1"]),  # 4 processes
 }
 
 
@@ -36,7 +38,7 @@ def world2(rank, world, root):
     from megatron_code.training import checkpoint as ckpt
 
     jobs = [(name, MODELS[m] + flags + ["--save", f"{root}/{name}", "--exit-interval", "5"])
-            for name, (m, flags) in SOURCES.items()]
+            for name, (m, flags) in SOURCES.items() if name != "tp2_pp2_zero1"]
     out = run_jobs(rank, world, jobs)
     if rank == 0:
         tag_dir = f"{root}/dp2_zero2/iter_0000005"
@@ -46,6 +48,12 @@ def world2(rank, world, root):
     out.update(run_jobs(rank, world, [("to_tp2", MODELS["sequential"] + ["--tensor-model-parallel-size", "2",
                                                                          "--load", f"{root}/to_tp2"])]))
     return out
+
+
+def world4(rank, world, root):
+    m, flags = SOURCES["tp2_pp2_zero1"]
+    return run_jobs(rank, world, [("tp2_pp2_zero1", MODELS[m] + flags + ["--save", f"{root}/tp2_pp2_zero1",
+                                                                          "--exit-interval", "5"])])
 
 
 def world1(rank, world, root):
@@ -60,6 +68,7 @@ def world1(rank, world, root):
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("reshard")
     w2 = run_distributed(world2, 2, str(root), timeout=600)[0]
+    w2.update(run_distributed(world4, 4, str(root), timeout=600)[0])
     # One conversion through the command, as a user runs it; the others through the same function in-process
     # (each command start costs seconds of torch import on a busy 2-core machine).
     cmd = [sys.executable, os.path.join(ROOT, "tools", "reshard_checkpoint.py"), "--load", str(root / "dp2_zero2"),
