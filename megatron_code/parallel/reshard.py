@@ -208,7 +208,8 @@ def _read_pipeline(tag_dir: str, job, weights_only: bool) -> FullState:
     merge = _tp_merger(job.model, tp)
     if weights_only:
         from .pipeline import pipeline_model_states
-        return FullState(module={k.removeprefix("module."): v for k, v in merge(pipeline_model_states(tag_dir)).items()})
+        weights = merge(pipeline_model_states(tag_dir))
+        return FullState(module={k.removeprefix("module."): v for k, v in weights.items()})
     if zero != 1:
         raise ReshardError(f"{tag_dir} is a pipeline checkpoint with ZeRO-{zero}; its optimizer state is read for "
                            f"ZeRO-1 only (the ZeRO-0 pipeline Adam state is not read yet): train pipelines with "

@@ -1,5 +1,5 @@
-"""Changing layout: checkpoints saved at DP2 ZeRO-2, DP2 ZeRO-3, TP2, PP2 ZeRO-1 and TP2 x PP2 ZeRO-1 are converted by
-tools/reshard_checkpoint.py (run as a user would) and resumed in one process with ZeRO-0; a DP2 ZeRO-2 checkpoint
+"""Changing layout: checkpoints saved at DP2 ZeRO-2, DP2 ZeRO-3, TP2, PP2 ZeRO-1 and TP2 x PP2 ZeRO-1 are
+converted by tools/reshard_checkpoint.py (run as a user would) and resumed in one process with ZeRO-0; a DP2 ZeRO-2 checkpoint
 is also resumed at TP2. The resumed losses continue the uninterrupted single-process run (1e-5 relative), and
 iteration, consumed samples and config are carried over. Loading a checkpoint natively at another layout is a
 clear error naming the tool."""
