@@ -420,12 +420,16 @@ def load_full_checkpoint(engine, path: str, model_cfg, tp: int, load_optimizer: 
     return dict(state.client_state)
 
 
-def check_same_layout(saved: Optional[dict], now: dict, where: str) -> None:
+def check_same_layout(saved: Optional[dict], now: dict, where: str, module_only: bool = False) -> None:
     """A native DeepSpeed checkpoint loads only at the TP/PP/ZeRO layout it was saved at (and, with ZeRO >= 1, the
-    same DP size, which fixes the optimizer partitions). Raise naming the converter otherwise."""
+    same DP size, which fixes the optimizer partitions). Raise naming the converter otherwise. `module_only`
+    (fine-tuning from the weights): only TP/PP matter, unless the weights themselves are ZeRO-3 partitions."""
     if not saved:
         return
-    keys = ("tp", "pp", "zero") + (("dp",) if saved.get("zero", 0) >= 1 or now.get("zero", 0) >= 1 else ())
+    if module_only and saved.get("zero", 0) != 3 and now.get("zero", 0) != 3:
+        keys: tuple[str, ...] = ("tp", "pp")
+    else:
+        keys = ("tp", "pp", "zero") + (("dp",) if saved.get("zero", 0) >= 1 or now.get("zero", 0) >= 1 else ())
     diffs = [f"{k} {saved.get(k)} -> {now.get(k)}" for k in keys if saved.get(k) is not None and saved.get(k) != now[k]]
     if diffs:
         raise ReshardError(f"{where} was saved at another parallel layout ({', '.join(diffs)}): resume at the saved "

@@ -205,7 +205,7 @@ def load_checkpoint(engine, job: JobConfig, load_dir: str, tokenizer_fingerprint
     full = os.path.join(root, tag, FULL_FILE)
     if os.path.exists(full):  # written by tools/reshard_checkpoint.py: loads at any layout
         return load_full_checkpoint(engine, full, job.model, job.parallel.tensor_parallel, with_optim)
-    check_same_layout(meta.get("layout"), current_layout(engine, job), f"{root}/{tag}")
+    check_same_layout(meta.get("layout"), current_layout(engine, job), f"{root}/{tag}", module_only=t.finetune)
     path, client_state = engine.load_checkpoint(root, tag=tag, load_optimizer_states=with_optim,
                                                 load_lr_scheduler_states=False, load_module_only=t.finetune)
     if path is None:
