@@ -330,7 +330,11 @@ def _ensure_adam_state(wrapper, base, step: int) -> None:
             if k not in st:
                 st[k] = torch.zeros_like(p, memory_format=torch.preserve_format)
         old = st.get("step")
-        st["step"] = torch.full_like(old, float(step)) if torch.is_tensor(old) else torch.tensor(float(step))
+        if torch.is_tensor(old):
+            st["step"] = torch.full_like(old, float(step))
+        else:  # torch keeps the step on the parameter's device for fused/capturable Adam, on the CPU otherwise
+            on_device = base.defaults.get("fused") or base.defaults.get("capturable")
+            st["step"] = torch.tensor(float(step), device=p.device if on_device else "cpu")
     link = getattr(wrapper, "_lazy_init_hp_params_optimizer_state", None)
     if link is not None:
         link()
