@@ -147,7 +147,7 @@ class Trainer:
         self.throughput = Throughput(fpt, peak, self.world)
         self.sink = MetricsSink(os.path.join(t.save, "metrics.jsonl") if t.save else None, t.tensorboard_dir,
                                 enabled=self.rank == 0)
-        n_params = sum(p.numel() for p in self.engine.module.parameters())
+        n_params = sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters())  # ZeRO-3: full
         log(f"model: {n_params:,} parameters on this rank | world {self.world} = TP {self.groups.tp_size} x "
             f"PP {self.groups.pp_size} x DP {self.groups.dp_size} | global batch {t.global_batch_size} "
             f"(micro {t.micro_batch_size} x accumulation {self.grad_accum}) | {t.precision} | "
