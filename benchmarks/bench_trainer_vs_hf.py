@@ -21,6 +21,7 @@ import sys
 import time
 
 import torch
+from deepspeed.runtime.utils import clip_grad_norm_
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -64,8 +65,8 @@ class Ours:
         logits = self.engine(tokens[:, :-1], self.pos)
         loss = causal_lm_loss(logits, tokens[:, 1:], self.mask)
         self.engine.backward(loss)
-        if self.job.training.precision == "fp32":  # as the trainer does on this path (it clips itself)
-            torch.nn.utils.clip_grad_norm_(self.engine.module.parameters(), 1.0)
+        if self.job.training.precision == "fp32":  # the trainer clips itself on this path, with DeepSpeed's function
+            clip_grad_norm_(self.engine.module.parameters(), 1.0)
         self.engine.step()
 
 
@@ -85,7 +86,8 @@ class HF:
 
     def step(self, tokens: torch.Tensor) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.mode == "bf16-autocast"):
-            out = self.model(input_ids=tokens[:, :-1], labels=tokens[:, :-1])
+            # shift_labels: the same SEQ next-token targets as ours (HF would otherwise shift again and score SEQ-1)
+            out = self.model(input_ids=tokens[:, :-1], labels=tokens[:, 1:], shift_labels=tokens[:, 1:])
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
@@ -109,7 +111,8 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     batches = [torch.randint(0, VOCAB, (BATCH, SEQ + 1), generator=gen) for _ in range(args.steps)]
     fpt = flops_per_token(job_for("fp32").model, SEQ)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; flops/token {fpt:.3e}")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; flops/token {fpt:.3e}; "
+          f"load average {os.getloadavg()[0]:.1f} at start")
     for precision in args.precisions:
         runners = {"ours": Ours(precision)}
         if precision == "fp32":
@@ -126,6 +129,7 @@ def main() -> None:
             for name, r in runners.items():
                 rates[name].append(timed(r, batches))
         peak = statistics.median(peaks)
+        print(f"load average {os.getloadavg()[0]:.1f} after [{precision}]")
         ours = statistics.median(rates["ours"])
         print(f"\n[{precision}] matmul peak (median of {args.rounds}): {peak / 1e9:.1f} GFLOP/s")
         for name in runners:

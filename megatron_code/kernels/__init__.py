@@ -4,5 +4,6 @@ Each op lives in its own folder: reference.py (the spec and test oracle), functi
 fused implementations when they exist."""
 
 from .attention.function import attention
+from .rotary.function import rotary
 
-__all__ = ["attention"]
+__all__ = ["attention", "rotary"]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from ..kernels.rotary import rotary
+
 
 def rotary_inv_freq(rotary_dims: int, base: float, device=None) -> torch.Tensor:
     """(rotary_dims / 2,) inverse frequencies base^(-2i / rotary_dims)."""
@@ -21,10 +23,7 @@ def rotary_cos_sin(position_ids: torch.Tensor, rotary_dims: int, base: float,
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, T, H, D); cos/sin (B, T, 1, r) with r <= D even. Rotates x[..., :r] as pairs (i, i + r/2)."""
-    r = cos.shape[-1]
-    x_rot, x_pass = x[..., :r], x[..., r:]
-    half = r // 2
-    rotated = torch.cat((-x_rot[..., half:], x_rot[..., :half]), dim=-1)
-    out = x_rot * cos + rotated * sin
-    return torch.cat((out, x_pass), dim=-1) if x_pass.shape[-1] else out
+    """x (B, T, H, D); cos/sin (B, T, 1, r) with r <= D even. Rotates x[..., :r] as pairs (i, i + r/2).
+
+    Runs the fused kernel (megatron_code.kernels.rotary); its reference, rotary_reference, is the formula."""
+    return rotary(x, cos, sin)

@@ -20,6 +20,7 @@ from typing import Optional
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 
 __all__ = ["causal_lm_loss", "mim_loss", "vocab_parallel_log_softmax", "token_divergence", "DIVERGENCES", "LossError"]
 
@@ -117,6 +118,11 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.
     long, ``loss_mask`` (B, S) in {0, 1}. Returns 0 when the mask is empty.
     """
     _check_labels(logits, labels, loss_mask)
+    if tp_group is None:
+        # Fast path, same math (log_softmax + pick the target): torch's fused cross_entropy skips the (B, S, V)
+        # gather-backward scatter into a zero tensor that the generic path pays.
+        nll = F.cross_entropy(_upcast(logits).flatten(0, 1), labels.flatten(), reduction="none")  # (B*S,)
+        return _masked_mean(nll.view_as(labels), loss_mask)
     logp = vocab_parallel_log_softmax(logits, tp_group)
     return _masked_mean(-_target_logprob(logp, labels, tp_group), loss_mask)
 
