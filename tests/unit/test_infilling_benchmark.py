@@ -9,7 +9,7 @@ import pytest
 
 from megatron_code.evaluation.humaneval import read_problems
 from megatron_code.evaluation.infilling import (InfillingError, InfillTask, empty_infiller, evaluate_infilling,
-                                                exact_match, humaneval_tasks, oracle_infiller, postprocess,
+                                                edit_similarity, exact_match, humaneval_tasks, oracle_infiller, postprocess,
                                                 read_tasks, score_infills, stdlib_tasks, write_tasks)
 
 SUBSET = ("HumanEval/0", "HumanEval/3", "HumanEval/4", "HumanEval/12", "HumanEval/20")
@@ -70,6 +70,8 @@ def test_postprocess_and_exact_match():
     assert postprocess("    return x", single) == "    return x\n"
     assert exact_match("    return x  \n\n", "    return x\n")
     assert not exact_match("return x\n", "    return x\n")  # indentation matters
+    assert edit_similarity("    return x\n", "    return x") == 1.0 and edit_similarity("", "abc") == 0.0
+    assert 0.5 < edit_similarity("    return y\n", "    return x\n") < 1.0
 
 
 def test_oracle_scores_one_and_empty_scores_zero(subset, tmp_path):
@@ -77,7 +79,7 @@ def test_oracle_scores_one_and_empty_scores_zero(subset, tmp_path):
     assert len(tasks) == 2 * len(SUBSET)
     oracle = evaluate_infilling(tasks, oracle_infiller, problems=subset, timeout=5.0)
     for kind in ("single-line", "multi-line", "all"):
-        assert oracle.metrics[kind]["exact_match"] == 1.0
+        assert oracle.metrics[kind]["exact_match"] == 1.0 and oracle.metrics[kind]["edit_similarity"] == 1.0
         assert oracle.metrics[kind]["pass_rate"] == 1.0, oracle.records
     empty = evaluate_infilling(tasks, empty_infiller, problems=subset, timeout=5.0)
     assert empty.metrics["all"]["exact_match"] == 0.0
