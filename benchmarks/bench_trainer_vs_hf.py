@@ -87,7 +87,8 @@ class HF:
     def step(self, tokens: torch.Tensor) -> None:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.mode == "bf16-autocast"):
             # shift_labels: the same SEQ next-token targets as ours (HF would otherwise shift again and score SEQ-1)
-            out = self.model(input_ids=tokens[:, :-1], labels=tokens[:, 1:], shift_labels=tokens[:, 1:])
+            y = tokens[:, 1:].contiguous()  # (B, SEQ); HF's loss views it flat
+            out = self.model(input_ids=tokens[:, :-1], labels=y, shift_labels=y)
         out.loss.backward()
         torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
         self.opt.step()
