@@ -34,6 +34,8 @@ from megatron_code.data.corpus import (CorpusError, iter_jsonl_lines, iter_sourc
                                        parse_jsonl_line)
 from megatron_code.data.indexed import (IndexedDatasetError, IndexedDatasetWriter, dtype_for_vocab,  # noqa: E402
                                         merge_datasets)
+from megatron_code.data.objectives.fim import FIMConfig, FIMError, apply_fim_to_document  # noqa: E402
+from megatron_code.data.objectives.rng import sample_rng  # noqa: E402
 from megatron_code.data.tokenizer import TokenizerError, build_tokenizer  # noqa: E402
 
 BATCH_BYTES = 1 << 20  # ~1 MB of input per worker task: big enough to amortize IPC, small enough to balance
@@ -93,8 +95,15 @@ def iter_batches(inputs, json_keys, skip_bad_lines, stats):
 class _Encoder:
     """Per-process state: the tokenizer (built once per worker) and the encoding options."""
 
-    def __init__(self, tok_args: dict, json_keys, append_eod: bool, skip_bad_lines: bool):
+    def __init__(self, tok_args: dict, json_keys, append_eod: bool, skip_bad_lines: bool, fim: dict | None = None):
         self.tokenizer = build_tokenizer(**tok_args)
+        # Document-level FIM (before packing): document d gets rng (seed, 0, d), so the output does not depend on
+        # the number of workers or partitions.
+        self.fim = None
+        if fim and fim["rate"] > 0:
+            self.fim = (FIMConfig(rate=fim["rate"], spm_rate=fim["spm_rate"], mode="document"), fim["seed"])
+            apply_fim_to_document(np.zeros(0, dtype=np.int64), sample_rng(0, 0, 0), self.fim[0],
+                                  self.tokenizer)  # fails early, with the fix, if the sentinels are missing
         self.json_keys = list(json_keys)
         self.append_eod = append_eod
         self.skip_bad_lines = skip_bad_lines
@@ -102,21 +111,27 @@ class _Encoder:
 
     def encode_task(self, task):
         """-> ({key: (flat tokens, lengths)}, n_docs, n_bad, nbytes)."""
-        kind, path, items, nbytes = task
-        docs, bad = [], 0
+        kind, path, items, nbytes, first_doc = task
+        docs, bad, numbers = [], 0, []
         if kind == "jsonl":
-            for lineno, line in items:
+            for k, (lineno, line) in enumerate(items):
                 try:
                     docs.append(parse_jsonl_line(line, lineno, path, self.json_keys))
+                    numbers.append(first_doc + k)
                 except CorpusError:
                     if not self.skip_bad_lines:
                         raise
                     bad += 1
         else:
             docs = items
+            numbers = list(range(first_doc, first_doc + len(items)))
         out = {}
         for key in self.json_keys:
             ids = self.tokenizer.encode_batch([d[key] for d in docs])
+            if self.fim is not None:
+                cfg, seed = self.fim
+                ids = [apply_fim_to_document(np.asarray(x, dtype=np.int64), sample_rng(seed, 0, n), cfg,
+                                             self.tokenizer).tolist() for x, n in zip(ids, numbers)]
             if self.append_eod:
                 for x in ids:
                     x.append(self.tokenizer.eod)
@@ -129,11 +144,11 @@ class _Encoder:
 _WORKER: _Encoder | None = None  # one per worker process (set by the pool initializer)
 
 
-def _init_worker(tok_args, json_keys, append_eod, skip_bad_lines):
+def _init_worker(tok_args, json_keys, append_eod, skip_bad_lines, fim=None):
     global _WORKER
     # The pool already uses every core we were given; the backend's own thread pool would oversubscribe them.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _WORKER = _Encoder(tok_args, json_keys, append_eod, skip_bad_lines)
+    _WORKER = _Encoder(tok_args, json_keys, append_eod, skip_bad_lines, fim)
 
 
 def _work(task):
@@ -142,11 +157,19 @@ def _work(task):
 
 # --- driver -----------------------------------------------------------------------------------------------
 
-def _run_one(inputs, output_prefix, tok_args, json_keys, append_eod, workers, skip_bad_lines, progress):
-    encoder = _Encoder(tok_args, json_keys, append_eod, skip_bad_lines)  # also validates the tokenizer early
+def _numbered(tasks, first_doc: int = 0):
+    """Append each task's first document number (its position in the input order) for per-document rngs."""
+    for kind, path, items, nbytes in tasks:
+        yield kind, path, items, nbytes, first_doc
+        first_doc += len(items)
+
+
+def _run_one(inputs, output_prefix, tok_args, json_keys, append_eod, workers, skip_bad_lines, progress,
+             fim=None, first_doc=0):
+    encoder = _Encoder(tok_args, json_keys, append_eod, skip_bad_lines, fim)  # also validates the tokenizer
     stats = {"bad_files": 0}
     writers = {k: IndexedDatasetWriter(output_prefix_for(output_prefix, k), encoder.dtype) for k in json_keys}
-    totals = {"docs": 0, "bad": 0, "bytes": 0, "tokens": 0}
+    totals = {"docs": 0, "bad": 0, "bytes": 0, "tokens": 0, "numbered": 0}  # numbered: docs + bad lines
     bar = None
     if progress:
         from tqdm import tqdm
@@ -155,11 +178,11 @@ def _run_one(inputs, output_prefix, tok_args, json_keys, append_eod, workers, sk
     start = time.perf_counter()
     pool = None
     try:
-        batches = iter_batches(inputs, json_keys, skip_bad_lines, stats)
+        batches = _numbered(iter_batches(inputs, json_keys, skip_bad_lines, stats), first_doc)
         if workers > 1:
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             pool = ctx.Pool(workers, initializer=_init_worker,
-                            initargs=(tok_args, json_keys, append_eod, skip_bad_lines))
+                            initargs=(tok_args, json_keys, append_eod, skip_bad_lines, fim))
             results = pool.imap(_work, batches)
         else:
             results = map(encoder.encode_task, batches)
@@ -169,6 +192,7 @@ def _run_one(inputs, output_prefix, tok_args, json_keys, append_eod, workers, sk
                 totals["tokens"] += int(flat.size)
             totals["docs"] += n_docs
             totals["bad"] += bad
+            totals["numbered"] += n_docs + bad
             totals["bytes"] += nbytes
             if bar is not None:
                 dt = max(time.perf_counter() - start, 1e-9)
@@ -222,7 +246,7 @@ def _split_inputs(inputs, partitions):
 
 def preprocess(inputs, output_prefix, tokenizer_type, tokenizer_model=None, vocab_file=None, merge_file=None,
                json_keys=("text",), append_eod=False, workers=1, partitions=1, skip_bad_lines=False,
-               progress=True) -> dict:
+               progress=True, fim_rate=0.0, fim_spm_rate=0.5, fim_seed=1234) -> dict:
     """Tokenize ``inputs`` into ``{output_prefix}_{key}_document.bin/.idx``; returns counts and seconds.
 
     With ``partitions > 1`` each partition is tokenized by the worker pool into a temporary dataset and the
@@ -236,16 +260,18 @@ def preprocess(inputs, output_prefix, tokenizer_type, tokenizer_model=None, voca
     json_keys = list(json_keys)
     tok_args = dict(tokenizer_type=tokenizer_type, tokenizer_model=tokenizer_model, vocab_file=vocab_file,
                     merge_file=merge_file)
+    fim = {"rate": fim_rate, "spm_rate": fim_spm_rate, "seed": fim_seed} if fim_rate > 0 else None
     groups, tmp_files = _split_inputs(inputs, partitions)
     try:
         if len(groups) == 1:
             return _run_one(groups[0], output_prefix, tok_args, json_keys, append_eod, workers, skip_bad_lines,
-                            progress)
-        totals = {"docs": 0, "bad": 0, "bytes": 0, "tokens": 0, "seconds": 0.0}
+                            progress, fim)
+        totals = {"docs": 0, "bad": 0, "bytes": 0, "tokens": 0, "numbered": 0, "seconds": 0.0}
         part_prefixes = []
         for i, group in enumerate(groups):
             pp = f"{output_prefix}_part{i}"
-            t = _run_one(group, pp, tok_args, json_keys, append_eod, workers, skip_bad_lines, progress)
+            t = _run_one(group, pp, tok_args, json_keys, append_eod, workers, skip_bad_lines, progress, fim,
+                         first_doc=totals["numbered"])
             part_prefixes.append(pp)
             for k in totals:
                 totals[k] += t[k]
@@ -278,6 +304,10 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-bad-lines", action="store_true",
                     help="skip (and count) JSONL lines that are not JSON, lack a key or are not UTF-8")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--fim-rate", type=float, default=0.0,
+                    help="document-level FIM (before packing): probability per document; needs the FIM sentinels")
+    ap.add_argument("--fim-spm-rate", type=float, default=0.5, help="with --fim-rate: probability of SPM vs PSM")
+    ap.add_argument("--seed", type=int, default=1234, help="with --fim-rate: document d uses rng (seed, 0, d)")
     ap.add_argument("--log-interval", type=int, default=None, help="accepted for Megatron compatibility")
     args = ap.parse_args(argv)
     if args.workers < 1 or args.partitions < 1:
@@ -286,8 +316,9 @@ def main(argv=None) -> int:
     try:
         t = preprocess(args.input, args.output_prefix, args.tokenizer_type, args.tokenizer_model, args.vocab_file,
                        args.merge_file, args.json_keys, args.append_eod, args.workers, args.partitions,
-                       args.skip_bad_lines, progress=not args.no_progress)
-    except (PreprocessError, CorpusError, TokenizerError, IndexedDatasetError, FileNotFoundError) as exc:
+                       args.skip_bad_lines, progress=not args.no_progress, fim_rate=args.fim_rate,
+                       fim_spm_rate=args.fim_spm_rate, fim_seed=args.seed)
+    except (PreprocessError, CorpusError, TokenizerError, IndexedDatasetError, FileNotFoundError, FIMError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     mb = t["bytes"] / 1e6

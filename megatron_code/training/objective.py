@@ -32,9 +32,9 @@ class Objective:
         if self.kind == "fim":
             o = job.objective
             if o.fim_mode != "sample":
-                raise ConfigError("objective.fim_mode 'document' applies FIM before packing: run "
-                                  "tools/preprocess_data.py with --fim-rate (document mode) and train with "
-                                  "--objective.objective causal")
+                raise ConfigError("objective.fim_mode 'document' applies FIM before packing, at tokenization: run "
+                                  "tools/preprocess_data.py --fim-rate R [--fim-spm-rate S] and train on its output "
+                                  "without --fim-rate")
             self.fim_cfg = FIMConfig(rate=o.fim_rate, spm_rate=o.fim_spm_rate, fragment_rate=o.fim_fragment_rate,
                                      split_token=o.fim_split_token, mode="sample")
             self.pad = fim_ids(tokenizer, o.fim_split_token).pad

@@ -266,7 +266,7 @@ class Trainer:
             opt = self.engine.optimizer
             scale = getattr(opt, "loss_scale", None) or getattr(opt, "cur_scale", None)
         lr = self.engine.optimizer.param_groups[0]["lr"]
-        parts = "".join(f"{k} {v:.4f} | " for k, v in self.loss_parts.items())
+        parts = "".join(f"{k} {v / max(steps, 1):.4f} | " for k, v in self.window_parts.items())
         log(f"iter {self.iteration}/{t.train_iters} | loss {loss:.4f} | {parts}lr {lr:.3e} | grad norm {gn:.3f} | "
             + (f"loss scale {float(scale):.0f} | " if scale is not None else "")
             + f"tokens/s {tps:,.0f} | MFU {100 * mfu:.2f}% | mem {memory_gb():.2f} GB", self.rank)
@@ -318,10 +318,12 @@ class Trainer:
                                          **self.loss_parts})
         history["train_loss"].append((self.iteration, loss))
         self.window_loss, self.window_steps = self.window_loss + loss, self.window_steps + 1
+        for k, v in self.loss_parts.items():  # MIM's terms, averaged over the window like the loss
+            self.window_parts[k] = self.window_parts.get(k, 0.0) + v
         bar.update(1)
         if self.iteration % t.log_interval == 0 or self.iteration == t.train_iters:
             self._log_interval(self.window_loss, self.window_steps, bar)
-            self.window_loss, self.window_steps = 0.0, 0
+            self.window_loss, self.window_steps, self.window_parts = 0.0, 0, {}
         if t.eval_interval and self.data.valid is not None and (
                 self.iteration % t.eval_interval == 0 or self.iteration == t.train_iters):
             self._validate(history)
@@ -334,6 +336,7 @@ class Trainer:
                    disable=self.rank != 0 or not t.progress_bar, file=sys.stderr, mininterval=1.0)
         history = {"train_loss": [], "valid_loss": []}
         self.window_loss, self.window_steps, start_iter = 0.0, 0, self.iteration
+        self.window_parts = {}
         if self.resume_rng is not None:
             ckpt.set_rng_state(self.resume_rng)
             tracker = self._tp_rng_tracker()

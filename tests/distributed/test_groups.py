@@ -39,7 +39,7 @@ def test_layout_errors_name_the_fix():
     assert resolve_layout(8, tp=2, pp=2) == RankGrid(2, 2, 2)
 
 
-def test_world_size_one_without_process_group():
+def _check_world_size_one_without_process_group():
     g = ParallelGroups.build()
     assert (g.tp_size, g.pp_size, g.dp_size, g.tp_rank, g.rank) == (1, 1, 1, 0, 0)
     assert g.tp_group is None and g.is_first_stage and g.is_last_stage
@@ -48,6 +48,17 @@ def test_world_size_one_without_process_group():
     assert mpu.get_data_parallel_group_ranks() == [0] and mpu.get_tensor_model_parallel_src_rank() == 0
     with pytest.raises(ParallelLayoutError, match="needs 2 processes .* not initialized"):
         ParallelGroups.build(tp=2)
+
+
+def test_world_size_one_without_process_group():
+    """Checked in a fresh interpreter: other tests in this pytest process may have left a world-1 group open."""
+    import subprocess
+    import sys
+    code = ("import sys; sys.path.insert(0, 'tests/distributed'); import test_groups as t; "
+            "t._check_world_size_one_without_process_group()")
+    root = __file__.rsplit("/tests/", 1)[0]
+    proc = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 MPU_METHODS = ["get_data_parallel_rank", "get_data_parallel_world_size", "get_data_parallel_group_ranks",
