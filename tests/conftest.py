@@ -7,6 +7,16 @@ from megatron_code.config import ModelConfig
 
 
 @pytest.fixture(autouse=True)
+def _one_thread():
+    """Tests use tiny tensors: on a shared 2-core machine extra intra-op threads only add contention (measured
+    10-30x slower under load). Multi-process and e2e tests set their children's threads themselves."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(autouse=True)
 def _seed_torch():
     """Every test starts from the same RNG state, so a failure reproduces on re-run."""
     torch.manual_seed(0)

@@ -20,14 +20,6 @@ transformers = pytest.importorskip("transformers")
 from safetensors.torch import load_file  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models: one intra-op thread is faster, and far faster on a loaded shared machine (measured: 30 s vs
-    87 s for tests/convert at load average 15 on 2 cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 VOCAB = 300  # padded to 384 by vocab_pad_multiple=128: the padded rows must not leak into the export
 

@@ -7,45 +7,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from megatron_code.config.model import ModelConfig
 from megatron_code.inference import GenerationError, contrastive_search, contrastive_search_reference, generate_ids
 from megatron_code.inference.stopping import truncate_at_stop
 
-VOCAB = 100
+from tiny_models import ARCHS, VOCAB, build_model, random_prompts  # noqa: E402,F401
 
-ARCHS = {
-    "mha-rope-seq": dict(),
-    "gqa-partial-rope-parallel": dict(num_kv_heads=2, rotary_percent=0.5, block="parallel"),
-    "mqa-learned-untied": dict(num_kv_heads=1, position_embedding="learned", tie_embeddings=False,
-                               output_bias=True),
-    "gqa-rmsnorm-swiglu-parallel2": dict(num_kv_heads=2, rotary_dims=4, norm="rmsnorm", activation="swiglu",
-                                         ffn_hidden_size=96, block="parallel", parallel_shared_norm=False,
-                                         bias=False),
-}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def build_model(seed: int = 0, **overrides):
-    from megatron_code.model.gpt import GPT
-
-    values = dict(num_layers=2, hidden_size=64, num_attention_heads=4, vocab_size=VOCAB, max_position_embeddings=64,
-                  init_std=0.2)
-    values.update(overrides)
-    model = GPT(ModelConfig(**values))
-    model.init_weights(torch.Generator().manual_seed(seed))
-    return model.eval()
-
-
-def random_prompts(lengths, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    return [torch.randint(0, VOCAB, (n,), generator=g).tolist() for n in lengths]
 
 
 @pytest.mark.parametrize("arch", list(ARCHS))

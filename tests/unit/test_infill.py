@@ -40,12 +40,6 @@ class CharTokenizer:
         return "".join(SPECIALS[i] if i < len(SPECIALS) else self.chars[i - len(SPECIALS)] for i in ids)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _stream(tok, n_docs: int) -> np.ndarray:
