@@ -128,14 +128,16 @@ class Trainer:
         if t.load:
             state = ckpt.load_checkpoint(self.engine, job, t.load, self.tok_fp)
             if t.finetune:
-                log(f"fine-tuning from the weights in {t.load} (iteration, data position and optimizer start fresh)", self.rank)
+                log(f"fine-tuning from the weights in {t.load} (iteration, data position and optimizer start "
+                    f"fresh)", self.rank)
             else:
                 self.iteration = int(state["iteration"])
                 self.consumed = int(state["consumed_samples"])
                 if t.load_rng:
                     self.resume_rng = state["rng"]  # restored right before the loop, after all setup work
                     self.resume_tp_rng = state.get("tp_rng")
-                log(f"resumed from {t.load} at iteration {self.iteration} ({self.consumed} samples consumed)", self.rank)
+                log(f"resumed from {t.load} at iteration {self.iteration} ({self.consumed} samples consumed)",
+                    self.rank)
         eod = self.tokenizer.eod if self.tokenizer is not None else None
         self.objective = Objective(job, self.tokenizer)
         self.data = build_job_data(job, eod, is_builder=self.rank == 0,
