@@ -1,6 +1,7 @@
 """Checkpoints across layouts: read a checkpoint of any TP x DP x ZeRO layout into full single-device tensors
 (weights AND Adam state), write them as a layout-free "full" checkpoint, and put a full state into a live DeepSpeed
-engine of any ZeRO stage / DP size / TP size. `tools/reshard_checkpoint.py` and `training.checkpoint` use it.
+engine of any ZeRO stage / DP size / TP size, or a pipeline stage of any
+TP x PP x DP layout (ZeRO-0 or ZeRO-1). `tools/reshard_checkpoint.py` and `training.checkpoint` use it.
 
 Source files (DeepSpeed 0.19.8 on-disk layout, read directly, no process group; `tp` = the `mp_rank_XX` index,
 `dp` = the `zero_pp_rank_N` index):
@@ -282,10 +283,15 @@ def _shard_fn(model_cfg, tp: int, tp_rank: int):
 @torch.no_grad()
 def load_full_into_engine(engine, state: FullState, model_cfg, tp: int = 1, tp_rank: int = 0,
                           load_optimizer: bool = True) -> None:
-    """Collective over the engine's ranks. Copy a full state into `engine` (any ZeRO stage, DP size, offload),
-    taking this TP rank's slice of split parameters. Every parameter of the engine must be in the state."""
+    """Collective over the engine's ranks. Copy a full state into `engine` (any ZeRO stage, DP size, offload, or a
+    pipeline stage), taking this TP rank's slice of split parameters. Every parameter of the engine must be in the
+    state. A pipeline stage's parameters ('3.layers.2.attn.q_proj.weight', 'tied_modules.embed.embed.word.weight')
+    are looked up under their GPT names; the tied embedding's copies on the first and last stage both get the
+    checkpoint's weight and Adam state (their gradients are all-reduced, so they stay identical)."""
     shard = _shard_fn(model_cfg, tp, tp_rank)
     named = list(engine.module.named_parameters())
+    if type(engine).__name__ == "PipelineEngine":
+        named = [(_gpt_name(n), p) for n, p in named]
     missing = [n for n, _ in named if n not in state.module]
     if missing:
         raise ReshardError(f"the full checkpoint lacks parameters {missing[:5]}: it was saved from another model")
@@ -362,9 +368,6 @@ def reshard_to_full(tag_dir: str, job, save_dir: str, tp: int, pp: int, zero: Op
     import time
 
     src_layout = dict(tp=job.parallel.tensor_parallel, pp=job.parallel.pipeline_parallel, zero=job.parallel.zero_stage)
-    if pp > 1:
-        raise ReshardError("resharding to pipeline parallelism (PP > 1) is not supported yet: use "
-                           "--pipeline-model-parallel-size 1")
     state = read_full_state(tag_dir, job, opt_order)
     if progress:
         progress("read")
@@ -414,9 +417,6 @@ def reshard_to_full(tag_dir: str, job, save_dir: str, tp: int, pp: int, zero: Op
 # ----------------------------------------------------------------------------- load-side helpers (training.checkpoint)
 def load_full_checkpoint(engine, path: str, model_cfg, tp: int, load_optimizer: bool) -> dict[str, Any]:
     """Collective. Load a `full_state.pt` into the engine at whatever layout it runs; returns the client state."""
-    if type(engine).__name__ == "PipelineEngine":
-        raise ReshardError(f"{path} is a layout-free checkpoint; loading it into a pipeline-parallel run is not "
-                           f"supported yet: resume it with --pipeline-model-parallel-size 1")
     state = load_full_file(path)
     mpu = getattr(engine, "mpu", None)
     tp_rank = mpu.get_tensor_model_parallel_rank() if (mpu is not None and tp > 1) else 0

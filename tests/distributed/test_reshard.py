@@ -1,8 +1,9 @@
-"""Changing layout: checkpoints saved at DP2 ZeRO-2, DP2 ZeRO-3, TP2, PP2 ZeRO-1 and TP2 x PP2 ZeRO-1 are
-converted by tools/reshard_checkpoint.py (run as a user would) and resumed in one process with ZeRO-0; a DP2 ZeRO-2 checkpoint
-is also resumed at TP2. The resumed losses continue the uninterrupted single-process run (1e-5 relative), and
-iteration, consumed samples and config are carried over. Loading a checkpoint natively at another layout is a
-clear error naming the tool."""
+"""Changing layout: checkpoints saved at DP2 ZeRO-0/2/3, TP2, PP2 ZeRO-1 and TP2 x PP2 ZeRO-1 are converted by
+tools/reshard_checkpoint.py (run as a user would) and resumed in one process with ZeRO-0; a DP2 ZeRO-2 checkpoint
+is also resumed at TP2, and converted checkpoints are resumed by pipeline runs (TP2 x PP2 -> PP4 and -> PP2 x DP2
+with ZeRO-0 and ZeRO-1; PP2 with a tied embedding -> TP2 x PP2; DP2 ZeRO-0 -> PP2 x DP2). The resumed losses
+continue the uninterrupted single-process run (1e-5 relative), and iteration, consumed samples and config are
+carried over. Loading a checkpoint natively at another layout is a clear error naming the tool."""
 
 import json
 import os
@@ -15,17 +16,22 @@ from megatron_code.parallel.reshard import ReshardError, reshard_to_full
 from megatron_code.testing import run_distributed
 from megatron_code.training import checkpoint as ckpt
 
-from _dp_train import MODELS, assert_close_losses, run_jobs
+from _dp_train import MODELS as _MODELS
+from _dp_train import assert_close_losses, run_jobs
 
-pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # ~70 s on a loaded 2-core machine: 3 launches + 2 commands
+# 4 blocks, so the model splits into 4 pipeline stages (the config allows at most one stage per block).
+MODELS = dict(_MODELS, deep=_MODELS["parallel_mqa_swiglu"] + ["--model.num_layers", "4"])
+
+pytestmark = [pytest.mark.distributed, pytest.mark.slow]  # ~40 s on a 2-core machine: 3 launches + 2 commands
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SOURCES = {  # name: (model, layout flags of the saved run)
+    "dp2_zero0": ("sequential", ["--zero-stage", "0"]),  # same files as a 1-process run: torch AdamW state
     "dp2_zero2": ("sequential", ["--zero-stage", "2"]),
     "dp2_zero3": ("parallel_mqa_swiglu", ["--zero-stage", "3"]),
     "tp2": ("parallel_mqa_swiglu", ["--tensor-model-parallel-size", "2"]),
     "pp2_zero1": ("sequential", ["--pipeline-model-parallel-size", "2", "--zero-stage", "1"]),
-    "tp2_pp2_zero1": ("parallel_mqa_swiglu", ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size",
+    "tp2_pp2_zero1": ("deep", ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size",
                                               "2", "--zero-stage", "1"]),  # 4 processes
 }
 
@@ -50,10 +56,37 @@ def world2(rank, world, root):
     return out
 
 
+# Layout-free checkpoints resumed by pipeline runs (4 processes): (source, target layout flags).
+TO_PIPELINE = {
+    "tp2_pp2_zero1->pp4": ("tp2_pp2_zero1", ["--pipeline-model-parallel-size", "4"]),
+    "tp2_pp2_zero1->pp2_dp2": ("tp2_pp2_zero1", ["--pipeline-model-parallel-size", "2"]),
+    "tp2_pp2_zero1->pp2_dp2_zero1": ("tp2_pp2_zero1", ["--pipeline-model-parallel-size", "2", "--zero-stage", "1"]),
+    "dp2_zero0->pp2_dp2": ("dp2_zero0", ["--pipeline-model-parallel-size", "2"]),
+    "pp2_zero1->tp2_pp2": ("pp2_zero1", ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]),
+}
+
+
 def world4(rank, world, root):
+    """Save the TP2 x PP2 source; rank 0 converts it (and the PP2 source of world2, tied embedding) to the
+    layout-free format; then resume them as pipeline runs (ZeRO-0 unless the flags say otherwise)."""
+    import torch.distributed as dist
+
+    from megatron_code.parallel.reshard import reshard_to_full
+    from megatron_code.training import checkpoint as ckpt
+
     m, flags = SOURCES["tp2_pp2_zero1"]
-    return run_jobs(rank, world, [("tp2_pp2_zero1", MODELS[m] + flags + ["--save", f"{root}/tp2_pp2_zero1",
-                                                                          "--exit-interval", "5"])])
+    out = run_jobs(rank, world, [("tp2_pp2_zero1", MODELS[m] + flags + ["--save", f"{root}/tp2_pp2_zero1",
+                                                                         "--exit-interval", "5"])])
+    if rank == 0:
+        for src, pp in (("tp2_pp2_zero1", 4), ("pp2_zero1", 2), ("dp2_zero0", 2)):
+            tag_dir = f"{root}/{src}/iter_0000005"
+            job = ckpt.load_job_config(tag_dir)
+            reshard_to_full(tag_dir, job, f"{root}/{src}_pp", tp=1, pp=pp, zero=0,
+                            opt_order=ckpt.optimizer_param_names(job))
+    dist.barrier()
+    out.update(run_jobs(rank, world, [(key, MODELS[SOURCES[src][0]] + flags + ["--load", f"{root}/{src}_pp"])
+                                      for key, (src, flags) in TO_PIPELINE.items()]))
+    return out
 
 
 def world1(rank, world, root):
@@ -99,6 +132,15 @@ def test_resharded_to_one_process_continues_the_run(runs, name):
     assert meta["consumed_samples"] == 20 and meta["layout"]["tp"] == 1 and meta["layout"]["zero"] == 0
 
 
+@pytest.mark.parametrize("key", list(TO_PIPELINE))
+def test_resharded_resumes_in_a_pipeline(runs, key):
+    """Weights, Adam state, iteration and data position reach every stage: the losses continue the run."""
+    resumed = runs["w2"][key]
+    assert resumed["first_iter"] == 6, "iteration was not carried over"
+    model = SOURCES[TO_PIPELINE[key][0]][0]
+    assert_close_losses(resumed["losses"], runs["w1"][f"ref:{model}"]["losses"][5:], f"{key} resumed")
+
+
 def test_zero2_resharded_to_tp2_continues_the_run(runs):
     resumed = runs["w2"]["to_tp2"]
     assert resumed["first_iter"] == 6
@@ -119,8 +161,6 @@ def test_cli_errors_are_one_line(tmp_path):
 
 def test_reshard_refuses_what_it_cannot_do(runs, tmp_path):
     tag_dir = str(runs["root"] / "dp2_zero2" / "iter_0000005")
-    with pytest.raises(ReshardError, match="pipeline"):
-        reshard_to_full(tag_dir, ckpt.load_job_config(tag_dir), str(tmp_path / "pp"), tp=1, pp=2)
     with pytest.raises(ReshardError, match="already exists"):
         reshard_to_full(tag_dir, ckpt.load_job_config(tag_dir), str(runs["root"] / "dp2_zero2_1"), tp=1, pp=1,
                         opt_order=ckpt.optimizer_param_names(ckpt.load_job_config(tag_dir)))
