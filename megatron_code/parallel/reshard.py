@@ -211,10 +211,11 @@ def _read_pipeline(tag_dir: str, job, weights_only: bool) -> FullState:
         from .pipeline import pipeline_model_states
         weights = merge(pipeline_model_states(tag_dir))
         return FullState(module={k.removeprefix("module."): v for k, v in weights.items()})
+    if zero == 0:
+        return _read_pipeline_zero0(tag_dir, job, merge)
     if zero != 1:
         raise ReshardError(f"{tag_dir} is a pipeline checkpoint with ZeRO-{zero}; its optimizer state is read for "
-                           f"ZeRO-1 only (the ZeRO-0 pipeline Adam state is not read yet): train pipelines with "
-                           f"--zero-stage 1 to reshard them")
+                           f"ZeRO-0 and ZeRO-1 only")
     dp = _count(tag_dir, "zero_pp_rank_", "_mp_rank_00_optim_states.pt")
     per_tp = []
     sd0 = step = None
@@ -228,6 +229,78 @@ def _read_pipeline(tag_dir: str, job, weights_only: bool) -> FullState:
             for k in ADAM_KEYS:
                 for name, v in mom[k].items():
                     moments[k].setdefault(_gpt_name(name), v)
+        per_tp.append((module, moments))
+    moments = {k: merge([mo[k] for _, mo in per_tp]) for k in ADAM_KEYS}
+    client = {k: v for k, v in sd0.items() if k in ("iteration", "consumed_samples", "rng", "tokenizer_fingerprint",
+                                                      "layout")}
+    engine = {k: sd0.get(k) for k in ("global_steps", "global_samples", "skipped_steps")}
+    return FullState(module=merge([m for m, _ in per_tp]), exp_avg=moments["exp_avg"],
+                     exp_avg_sq=moments["exp_avg_sq"], step=step, client_state=client, engine=engine)
+
+
+def _layer_files(tag_dir: str, tp_rank: int) -> dict[int, dict[str, torch.Tensor]]:
+    """{pipeline layer index: its GPT-named tensors} of one TP rank (DeepSpeed's `layer_XX-model_YY` files)."""
+    import re
+    out = {}
+    for f in os.listdir(tag_dir):
+        m = re.fullmatch(r"layer_(\d+)(?:-model_(\d+))?-model_states\.pt", f)
+        if m and int(m.group(2) or 0) == tp_rank:
+            out[int(m.group(1))] = torch.load(os.path.join(tag_dir, f), map_location="cpu", weights_only=True)
+    return out
+
+
+def _stage_opt_order(layers: dict[int, dict], first: int, stop: int, tied: bool, last: bool) -> list[str]:
+    """GPT names of a stage holding pipeline layers [first, stop) in its torch optimizer's order: DeepSpeed's
+    PipelineModule registers the tied modules (the embedding, on the first and last stage) before its numbered
+    layers, and training.optimizer.param_groups puts matrices (decay) before vectors and biases (no decay)."""
+    names = []
+    if tied and (first == 0 or last):
+        names += list(layers[0])
+    names += [n for i in range(first, stop) if not (tied and i == 0) for n in layers.get(i, {})]
+    shapes = {n: v.shape for layer in layers.values() for n, v in layer.items()}
+    no_decay = [n for n in names if len(shapes[n]) < 2 or n.endswith(".bias")]
+    return [n for n in names if n not in no_decay] + no_decay
+
+
+def _read_pipeline_zero0(tag_dir: str, job, merge) -> FullState:
+    """PP > 1, ZeRO-0: each stage's `mp_rank_XX` file holds its torch AdamW state keyed by position. The stage
+    boundaries are not saved: they are the only split of the layers whose parameter shapes, in optimizer order,
+    match every stage's saved state (block counts differ between candidate splits)."""
+    import itertools
+    tp, pp, _, _ = _layout(job)
+    tied = job.model.tie_embeddings
+    n_layers = job.model.num_layers + 3
+    per_tp, sd0, step = [], None, None
+    for t in range(tp):
+        layers = _layer_files(tag_dir, t)
+        opts = []
+        for stage in range(pp):
+            sd = _load(os.path.join(tag_dir, f"mp_rank_{stage * tp + t:02d}_model_states.pt"))
+            sd0 = sd0 or sd
+            opt = sd.get("optimizer") or {}
+            if not opt.get("state"):
+                raise ReshardError(f"{tag_dir}: stage {stage} holds no optimizer state (saved with --no-save-optim?)")
+            idx = [i for g in opt["param_groups"] for i in g["params"]]
+            opts.append([(i, opt["state"][i]) for i in idx])
+        found = []
+        for cut in itertools.combinations(range(1, n_layers), pp - 1):
+            bounds = (0,) + cut + (n_layers,)
+            orders = [_stage_opt_order(layers, bounds[s], bounds[s + 1], tied, s == pp - 1) for s in range(pp)]
+            shapes = {n: v.shape for layer in layers.values() for n, v in layer.items()}
+            if all(len(o) == len(st) and all(shapes[n] == x["exp_avg"].shape for n, (_, x) in zip(o, st))
+                   for o, st in zip(orders, opts)):
+                found.append(orders)
+        if len(found) != 1:
+            raise ReshardError(f"{tag_dir}: cannot tell the pipeline stage boundaries from the saved ZeRO-0 optimizer "
+                               f"state ({len(found)} candidate splits): save pipelines with --zero-stage 1 to reshard")
+        module, moments = {}, {k: {} for k in ADAM_KEYS}
+        for layer in layers.values():
+            module.update(layer)
+        for order, st in zip(found[0], opts):
+            for name, (_, x) in zip(order, st):
+                for k in ADAM_KEYS:
+                    moments[k].setdefault(name, x[k])
+                step = int(x["step"])
         per_tp.append((module, moments))
     moments = {k: merge([mo[k] for _, mo in per_tp]) for k in ADAM_KEYS}
     client = {k: v for k, v in sd0.items() if k in ("iteration", "consumed_samples", "rng", "tokenizer_fingerprint",

@@ -1,9 +1,10 @@
-"""Changing layout: checkpoints saved at DP2 ZeRO-0/2/3, TP2, PP2 ZeRO-1 and TP2 x PP2 ZeRO-1 are converted by
-tools/reshard_checkpoint.py (run as a user would) and resumed in one process with ZeRO-0; a DP2 ZeRO-2 checkpoint
-is also resumed at TP2, and converted checkpoints are resumed by pipeline runs (TP2 x PP2 -> PP4 and -> PP2 x DP2
-with ZeRO-0 and ZeRO-1; PP2 with a tied embedding -> TP2 x PP2; DP2 ZeRO-0 -> PP2 x DP2). The resumed losses
-continue the uninterrupted single-process run (1e-5 relative), and iteration, consumed samples and config are
-carried over. Loading a checkpoint natively at another layout is a clear error naming the tool."""
+"""Changing layout: checkpoints saved at DP2 ZeRO-0/2/3, TP2, PP2 ZeRO-0/1 and TP2 x PP2 ZeRO-0/1 are converted
+by tools/reshard_checkpoint.py (run as a user would) and resumed in one process with ZeRO-0; a DP2 ZeRO-2
+checkpoint is also resumed at TP2, and converted checkpoints are resumed by pipeline runs (TP2 x PP2 ZeRO-0 -> PP4
+and -> PP2 x DP2; TP2 x PP2 ZeRO-1 -> PP2 x DP2 ZeRO-1; PP2 with a tied embedding -> TP2 x PP2; DP2 ZeRO-0 ->
+PP2 x DP2). The resumed losses continue the uninterrupted single-process run (1e-5 relative), and iteration,
+consumed samples and config are carried over. Loading a checkpoint natively at another layout is a clear error
+naming the tool."""
 
 import json
 import os
@@ -31,8 +32,11 @@ SOURCES = {  # name: (model, layout flags of the saved run)
     "dp2_zero3": ("parallel_mqa_swiglu", ["--zero-stage", "3"]),
     "tp2": ("parallel_mqa_swiglu", ["--tensor-model-parallel-size", "2"]),
     "pp2_zero1": ("sequential", ["--pipeline-model-parallel-size", "2", "--zero-stage", "1"]),
+    "pp2_zero0": ("sequential", ["--pipeline-model-parallel-size", "2", "--zero-stage", "0"]),  # tied embedding
     "tp2_pp2_zero1": ("deep", ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size",
                                               "2", "--zero-stage", "1"]),  # 4 processes
+    "tp2_pp2_zero0": ("deep", ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size",
+                               "2", "--zero-stage", "0"]),  # 4 processes
 }
 
 
@@ -44,7 +48,7 @@ def world2(rank, world, root):
     from megatron_code.training import checkpoint as ckpt
 
     jobs = [(name, MODELS[m] + flags + ["--save", f"{root}/{name}", "--exit-interval", "5"])
-            for name, (m, flags) in SOURCES.items() if name != "tp2_pp2_zero1"]
+            for name, (m, flags) in SOURCES.items() if not name.startswith("tp2_pp2")]
     out = run_jobs(rank, world, jobs)
     if rank == 0:
         tag_dir = f"{root}/dp2_zero2/iter_0000005"
@@ -58,8 +62,8 @@ def world2(rank, world, root):
 
 # Layout-free checkpoints resumed by pipeline runs (4 processes): (source, target layout flags).
 TO_PIPELINE = {
-    "tp2_pp2_zero1->pp4": ("tp2_pp2_zero1", ["--pipeline-model-parallel-size", "4"]),
-    "tp2_pp2_zero1->pp2_dp2": ("tp2_pp2_zero1", ["--pipeline-model-parallel-size", "2"]),
+    "tp2_pp2_zero0->pp4": ("tp2_pp2_zero0", ["--pipeline-model-parallel-size", "4"]),
+    "tp2_pp2_zero0->pp2_dp2": ("tp2_pp2_zero0", ["--pipeline-model-parallel-size", "2"]),
     "tp2_pp2_zero1->pp2_dp2_zero1": ("tp2_pp2_zero1", ["--pipeline-model-parallel-size", "2", "--zero-stage", "1"]),
     "dp2_zero0->pp2_dp2": ("dp2_zero0", ["--pipeline-model-parallel-size", "2"]),
     "pp2_zero1->tp2_pp2": ("pp2_zero1", ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2"]),
@@ -74,11 +78,10 @@ def world4(rank, world, root):
     from megatron_code.parallel.reshard import reshard_to_full
     from megatron_code.training import checkpoint as ckpt
 
-    m, flags = SOURCES["tp2_pp2_zero1"]
-    out = run_jobs(rank, world, [("tp2_pp2_zero1", MODELS[m] + flags + ["--save", f"{root}/tp2_pp2_zero1",
-                                                                         "--exit-interval", "5"])])
+    out = run_jobs(rank, world, [(name, MODELS[SOURCES[name][0]] + SOURCES[name][1] + [
+        "--save", f"{root}/{name}", "--exit-interval", "5"]) for name in ("tp2_pp2_zero1", "tp2_pp2_zero0")])
     if rank == 0:
-        for src, pp in (("tp2_pp2_zero1", 4), ("pp2_zero1", 2), ("dp2_zero0", 2)):
+        for src, pp in (("tp2_pp2_zero0", 4), ("tp2_pp2_zero1", 2), ("pp2_zero1", 2), ("dp2_zero0", 2)):
             tag_dir = f"{root}/{src}/iter_0000005"
             job = ckpt.load_job_config(tag_dir)
             reshard_to_full(tag_dir, job, f"{root}/{src}_pp", tp=1, pp=pp, zero=0,
