@@ -2,13 +2,14 @@
 """Convert a training checkpoint saved at one parallel layout into one that resumes at another.
 
     python tools/reshard_checkpoint.py --load SAVE_A --save SAVE_B --tensor-model-parallel-size 1 \\
-        --pipeline-model-parallel-size 1 [--zero-stage 0] [--iteration N]
-    python pretrain_code.py ... --load SAVE_B --save SAVE_B [--zero-stage 0]     # any DP size
+        --pipeline-model-parallel-size 4 [--zero-stage 0] [--iteration N]
+    python pretrain_code.py ... --load SAVE_B --save SAVE_B --pipeline-model-parallel-size 4   # any DP size
 
-Reads every shard of the source (any TP x DP x ZeRO 0/1/2/3 layout) into full fp32 weights and Adam moments and
-writes SAVE_B/iter_N/full_state.pt with the config (new layout), iteration, consumed samples, RNG state and
-tokenizer. `pretrain_code.py --load SAVE_B` puts that state into the engine it builds, whatever its TP size, DP
-size and ZeRO stage, and continues exactly where the source run stopped.
+Reads every shard of the source (any TP x PP x DP x ZeRO layout; pipeline sources at ZeRO 0/1) into full fp32
+weights and Adam moments and writes SAVE_B/iter_N/full_state.pt with the config (new layout), iteration, consumed
+samples, RNG state and tokenizer. `pretrain_code.py --load SAVE_B` puts that state into the engine it builds,
+whatever its TP, PP and DP sizes and ZeRO stage (0/1 with PP > 1), and continues exactly where the source run
+stopped.
 """
 
 from __future__ import annotations
