@@ -201,6 +201,17 @@ def _gpt_name(pipe_name: str) -> str:
     return pipe_name
 
 
+def _assemble(per_tp: list, merge, sd0: dict, step) -> "FullState":
+    """FullState from per-TP-rank (module, moments) pairs: merge the TP shards, keep our client state and
+    DeepSpeed's step counters from the first model-states file."""
+    moments = {k: merge([mo[k] for _, mo in per_tp]) for k in ADAM_KEYS}
+    client = {k: v for k, v in sd0.items() if k in ("iteration", "consumed_samples", "rng", "tokenizer_fingerprint",
+                                                      "layout")}
+    engine = {k: sd0.get(k) for k in ("global_steps", "global_samples", "skipped_steps")}
+    return FullState(module=merge([m for m, _ in per_tp]), exp_avg=moments["exp_avg"],
+                     exp_avg_sq=moments["exp_avg_sq"], step=step, client_state=client, engine=engine)
+
+
 def _read_pipeline(tag_dir: str, job, weights_only: bool) -> FullState:
     """PP > 1: weights from the per-layer files (pipeline.pipeline_model_states); with ZeRO-1, fp32 weights and Adam
     state from each stage's shards, `mp_rank_XX` = pp_rank x TP + tp_rank (DeepSpeed's model-parallel rank). The
@@ -230,12 +241,7 @@ def _read_pipeline(tag_dir: str, job, weights_only: bool) -> FullState:
                 for name, v in mom[k].items():
                     moments[k].setdefault(_gpt_name(name), v)
         per_tp.append((module, moments))
-    moments = {k: merge([mo[k] for _, mo in per_tp]) for k in ADAM_KEYS}
-    client = {k: v for k, v in sd0.items() if k in ("iteration", "consumed_samples", "rng", "tokenizer_fingerprint",
-                                                      "layout")}
-    engine = {k: sd0.get(k) for k in ("global_steps", "global_samples", "skipped_steps")}
-    return FullState(module=merge([m for m, _ in per_tp]), exp_avg=moments["exp_avg"],
-                     exp_avg_sq=moments["exp_avg_sq"], step=step, client_state=client, engine=engine)
+    return _assemble(per_tp, merge, sd0, step)
 
 
 def _layer_files(tag_dir: str, tp_rank: int) -> dict[int, dict[str, torch.Tensor]]:
@@ -302,12 +308,7 @@ def _read_pipeline_zero0(tag_dir: str, job, merge) -> FullState:
                     moments[k].setdefault(name, x[k])
                 step = int(x["step"])
         per_tp.append((module, moments))
-    moments = {k: merge([mo[k] for _, mo in per_tp]) for k in ADAM_KEYS}
-    client = {k: v for k, v in sd0.items() if k in ("iteration", "consumed_samples", "rng", "tokenizer_fingerprint",
-                                                      "layout")}
-    engine = {k: sd0.get(k) for k in ("global_steps", "global_samples", "skipped_steps")}
-    return FullState(module=merge([m for m, _ in per_tp]), exp_avg=moments["exp_avg"],
-                     exp_avg_sq=moments["exp_avg_sq"], step=step, client_state=client, engine=engine)
+    return _assemble(per_tp, merge, sd0, step)
 
 
 def _tp_merger(model_cfg, tp: int):
