@@ -1,6 +1,7 @@
-"""Package metadata. The C++ sample-index helpers (csrc/helpers.cpp) are built here, at install time, as an
-optional pybind11 extension: if no compiler is available the install still succeeds and
-megatron_code.data.helpers falls back to its numpy twin (slower, identical results)."""
+"""Package metadata. The C++ sample-index helpers (csrc/helpers.cpp) and the fast code-BPE encoder
+(csrc/bpe.cpp) are built here, at install time, as optional pybind11 extensions: if no compiler is available the
+install still succeeds, megatron_code.data.helpers falls back to its numpy twin and the tokenizer to the
+`tokenizers` encoder (slower, identical results)."""
 
 import os
 
@@ -25,15 +26,14 @@ class OptionalBuildExt(build_ext):
 
 
 def extensions():
-    src = os.path.join("csrc", "helpers.cpp")
-    if not os.path.exists(src):
-        return []
     try:
         from pybind11.setup_helpers import Pybind11Extension
     except ImportError:
         return []
-    return [Pybind11Extension("megatron_code.data._helpers_cpp", [src], cxx_std=17,
-                              extra_compile_args=["-O3"])]
+    # name -> source; the fast BPE encoder (csrc/bpe.cpp) falls back to `tokenizers` when absent.
+    sources = {"megatron_code.data._helpers_cpp": "helpers.cpp", "megatron_code.data._bpe_cpp": "bpe.cpp"}
+    return [Pybind11Extension(name, [os.path.join("csrc", src)], cxx_std=17, extra_compile_args=["-O3"])
+            for name, src in sources.items() if os.path.exists(os.path.join("csrc", src))]
 
 
 setup(

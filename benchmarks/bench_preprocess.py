@@ -6,8 +6,9 @@ worker processes (2), the standard-library JSONL corpus, ``--append-eod``, and w
 (checked byte for byte). The baseline is how Megatron-LM's tools/preprocess_data.py works: the main process
 reads lines, ``pool.imap(encoder.encode, lines, 32)`` parses and tokenizes one document per call in a worker
 (the `tokenizers` encoder on the whole document) and returns a Python list of ids, and the main process appends
-each document to the files. Ours batches ~1 MB of documents per task, encodes with ``encode_batch_fast`` and
-cuts long files into line-aligned ~4 KB pieces where that provably gives the same ids (Tokenizer.encode_batch).
+each document to the files. Ours batches ~1 MB of documents per task and
+encodes through the tokenizer wrapper, which for our code BPE is the exact C++ encoder (csrc/bpe.cpp; ``--no-fast``
+turns it off, then long files are cut into line-aligned ~4 KB pieces for the `tokenizers` encoder).
 Runs are interleaved (baseline, ours, baseline, ours, ...); medians and their ratio are printed.
 
     python benchmarks/bench_preprocess.py --repeats 3
@@ -92,7 +93,12 @@ def main():
     ap.add_argument("--vocab-size", type=int, default=8192)
     ap.add_argument("--chunk-lines", type=int, default=0,
                     help="re-cut every file into documents of this many lines (0: one document per file)")
+    ap.add_argument("--no-fast", action="store_true",
+                    help="ours without the C++ code-BPE encoder (MEGATRON_CODE_FAST_BPE=0; the baseline is "
+                         "unaffected: it always calls the tokenizers encoder)")
     args = ap.parse_args()
+    if args.no_fast:
+        os.environ["MEGATRON_CODE_FAST_BPE"] = "0"  # read when each process builds its tokenizer
     os.makedirs(args.work_dir, exist_ok=True)
     full = corpus = build_stdlib_corpus(os.path.join(args.work_dir, "stdlib"))["train"]
     if args.chunk_lines:
@@ -105,7 +111,9 @@ def main():
     mb = os.path.getsize(corpus) / 1e6
     with open(corpus, "rb") as f:
         n_docs = sum(1 for _ in f)
-    print(f"corpus {corpus}: {mb:.1f} MB, {n_docs} documents; tokenizer {tok_dir}; workers {args.workers}")
+    fast = build_tokenizer("HuggingFaceTokenizer", tokenizer_model=tok_dir)._fast is not None
+    print(f"corpus {corpus}: {mb:.1f} MB, {n_docs} documents; tokenizer {tok_dir}; workers {args.workers}; "
+          f"ours uses the C++ code-BPE encoder: {fast}")
 
     def ours():
         tool.preprocess([corpus], os.path.join(args.work_dir, "ours"), "HuggingFaceTokenizer", tok_dir,

@@ -20,6 +20,8 @@ import os
 import re
 from typing import Iterable, Sequence
 
+from . import fast_bpe
+
 SPECIAL_TOKENS = ["<|endoftext|>", "<pad>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>",
                   "<l2r>", "<r2l>"]
 
@@ -220,11 +222,17 @@ class HFTokenizer(Tokenizer):
         self._tok.no_padding()
         self._tok.no_truncation()
         self._piecewise = False
+        self._fast = None  # exact C++ encoder for our code BPE (fast_bpe.py), when built and not disabled
         if "tokenizer.json" in files:
             try:
-                self._piecewise = _line_local(json.loads(files["tokenizer.json"]))
+                spec = json.loads(files["tokenizer.json"])
+                self._piecewise = _line_local(spec)
             except ValueError:
                 self._piecewise = False
+            if self._piecewise and fast_bpe.supported_model(spec):
+                ext = fast_bpe.load_extension()
+                if ext is not None:
+                    self._fast = fast_bpe.FastBPE(spec, self._tok, ext)
         super().__init__(files)
 
     def _vocab_size(self) -> int:
@@ -234,11 +242,13 @@ class HFTokenizer(Tokenizer):
         return self._tok.token_to_id(token)
 
     def _encode(self, text):
-        if self._piecewise and len(text) >= 2 * _PIECE_CHARS:
+        if self._fast is not None or (self._piecewise and len(text) >= 2 * _PIECE_CHARS):
             return self._encode_batch([text])[0]
         return self._tok.encode(text, add_special_tokens=False).ids
 
     def _encode_batch(self, texts):
+        if self._fast is not None:
+            return self._fast.encode_batch(texts)
         # encode_batch_fast skips offset tracking, which we never use.
         if not self._piecewise:
             return [e.ids for e in self._tok.encode_batch_fast(texts, add_special_tokens=False)]
