@@ -6,9 +6,9 @@ worker processes (2), the standard-library JSONL corpus, ``--append-eod``, and w
 (checked byte for byte). The baseline is how Megatron-LM's tools/preprocess_data.py works: the main process
 reads lines, ``pool.imap(encoder.encode, lines, 32)`` parses and tokenizes one document per call in a worker
 (the `tokenizers` encoder on the whole document) and returns a Python list of ids, and the main process appends
-each document to the files. Ours batches ~1 MB of documents per task and
-encodes through the tokenizer wrapper, which for our code BPE is the exact C++ encoder (csrc/bpe.cpp; ``--no-fast``
-turns it off, then long files are cut into line-aligned ~4 KB pieces for the `tokenizers` encoder).
+each document to the files. Ours batches ~1 MB of documents per task and encodes through the tokenizer
+wrapper, which for our code BPE is the exact C++ encoder (csrc/bpe.cpp; ``--no-fast`` turns it off, then long
+files are cut into line-aligned ~4 KB pieces for the `tokenizers` encoder).
 Runs are interleaved (baseline, ours, baseline, ours, ...); medians and their ratio are printed.
 
     python benchmarks/bench_preprocess.py --repeats 3

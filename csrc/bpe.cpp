@@ -314,6 +314,10 @@ PYBIND11_MODULE(_bpe_cpp, m) {
       .def(
           "encode",
           [](Encoder& enc, py::handle text) -> py::object {
+            // Non-ASCII str: None before any UTF-8 conversion (no cached UTF-8 copy, lone surrogates left to the
+            // caller's fallback). The GIL stays held, so the word cache is never used by two threads at once.
+            if (!PyUnicode_Check(text.ptr())) throw py::type_error("expected str");
+            if (!PyUnicode_IS_ASCII(text.ptr())) return py::none();
             size_t n = 0;
             const uint8_t* s = utf8_of(text, &n);
             std::vector<int32_t> ids;

@@ -9,7 +9,8 @@ Parallelism: the main process only reads raw bytes and writes tokens; workers re
 JSONL lines (or source texts), parse JSON, tokenize the whole batch with the backend's batch encoder (no offset
 tracking) and return one flat numpy array plus lengths per key, which the main process appends with one write.
 This removes Megatron's per-document costs (pickled Python int lists, one write per document); on corpora of
-large documents the tokenizer itself dominates, so the gain there is small (BENCHMARKS.md, "Data pipeline").
+large documents the tokenizer itself dominates, which for our code BPE is the exact C++ encoder of
+megatron_code/data/fast_bpe.py (BENCHMARKS.md, "Data pipeline").
 
 Example::
 
