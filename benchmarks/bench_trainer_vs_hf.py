@@ -52,7 +52,7 @@ def job_for(precision: str) -> JobConfig:
 
 
 class Ours:
-    def __init__(self, precision: str):
+    def __init__(self, precision: str, fused: bool = True):
         from megatron_code.parallel.groups import ParallelGroups
         job = job_for(precision)
         self.job = job
@@ -60,10 +60,15 @@ class Ours:
         self.engine = initialize_engine(model, build_optimizer(model, job.optim), deepspeed_config(job, 1))
         self.pos = torch.arange(SEQ).unsqueeze(0).expand(BATCH, SEQ)
         self.mask = torch.ones(BATCH, SEQ)
+        self.weights = self.mask / self.mask.sum()
+        self.fused = fused
 
     def step(self, tokens: torch.Tensor) -> None:
-        logits = self.engine(tokens[:, :-1], self.pos)
-        loss = causal_lm_loss(logits, tokens[:, 1:], self.mask)
+        if self.fused:  # what Trainer._loss does with training.fused_lm_loss (the default)
+            loss = self.engine(tokens[:, :-1], self.pos, labels=tokens[:, 1:], loss_weights=self.weights)
+        else:
+            logits = self.engine(tokens[:, :-1], self.pos)
+            loss = causal_lm_loss(logits, tokens[:, 1:], self.mask)
         self.engine.backward(loss)
         if self.job.training.precision == "fp32":  # the trainer clips itself on this path, with DeepSpeed's function
             clip_grad_norm_(self.engine.module.parameters(), 1.0)

@@ -4,6 +4,7 @@ Each op lives in its own folder: reference.py (the spec and test oracle), functi
 fused implementations when they exist."""
 
 from .attention.function import attention
+from .linear_cross_entropy.function import linear_cross_entropy
 from .rotary.function import rotary
 
-__all__ = ["attention", "rotary"]
+__all__ = ["attention", "linear_cross_entropy", "rotary"]

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from ..config.model import ModelConfig
+from ..kernels import linear_cross_entropy
 from .attention import LayerKVCache
 from .block import Block
 from .init import init_gpt_weights
@@ -88,10 +89,15 @@ class GPT(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                 cache: KVCache | None = None, mask: torch.Tensor | None = None,
-                return_hidden: bool = False):
+                return_hidden: bool = False, labels: torch.Tensor | None = None,
+                loss_weights: torch.Tensor | None = None):
         """input_ids (B, T) -> logits (B, T, padded_vocab) [, final hidden (B, T, hidden)].
 
-        With a cache, positions continue from the cached length and keys/values are appended."""
+        With a cache, positions continue from the cached length and keys/values are appended.
+
+        With ``labels`` (B, T) and ``loss_weights`` (B, T) float, returns instead the 0-dim float32 loss
+        ``sum(loss_weights * CE(logits, labels))`` from the fused head + cross-entropy kernel, which never
+        materialises the (B, T, V) logits (pass ``loss_mask / loss_mask.sum()`` for the masked mean)."""
         if position_ids is None:
             position_ids = self.default_position_ids(input_ids, cache.length if cache is not None else 0)
         x = self.embed(input_ids, position_ids)
@@ -99,6 +105,12 @@ class GPT(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, rope, cache.layers[i] if cache is not None else None, mask)
         hidden = self.final_norm(x)
+        if labels is not None:
+            if loss_weights is None or labels.shape != input_ids.shape or loss_weights.shape != input_ids.shape:
+                raise ValueError("labels and loss_weights must both be given, shaped like input_ids (B, T)")
+            bias = None if self.cfg.tie_embeddings else self.lm_head.bias
+            return linear_cross_entropy(hidden.flatten(0, 1), self.output_weight(), bias, labels.flatten(),
+                                        loss_weights.flatten())
         logits = self.logits(hidden)
         return (logits, hidden) if return_hidden else logits
 

@@ -69,6 +69,11 @@ class Objective:
             batch["loss_mask"] = batch["loss_mask"] * masks[:, 1:]  # per-token mask -> mask over targets
         return batch
 
+    def next_token_loss(self, train: bool) -> bool:
+        """True when `loss` is the masked-mean next-token cross-entropy (everything but MIM training), so the
+        trainer may compute it with the fused head + loss kernel from the model instead."""
+        return not (self.kind == "mim" and train)
+
     def loss(self, logits: torch.Tensor, batch: dict, tp_group, train: bool):
         """(scalar loss, {name: float} parts for logging)."""
         if self.kind == "mim" and train:

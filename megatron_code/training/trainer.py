@@ -144,6 +144,9 @@ class Trainer:
                                    barrier=dist.barrier if self.world > 1 else None)
         self.data.train = self.objective.wrap_train(self.data.train)
         self.tp_group = self.groups.tp_group if self.groups.tp_size > 1 else None
+        # Fused head + loss (kernels/linear_cross_entropy) where it applies; see TrainingConfig.fused_lm_loss.
+        self.fused_loss = (t.fused_lm_loss and self.tp_group is None and not self.pipelined
+                           and job.parallel.zero_stage < 3)
         fpt = flops_per_token(job.model, job.data.seq_length)
         peak, source = peak_flops(t.precision, t.peak_tflops)
         self.throughput = Throughput(fpt, peak, self.world)
@@ -157,6 +160,11 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def _loss(self, batch: dict, train: bool = True):
+        if self.fused_loss and self.objective.next_token_loss(train):
+            mask = batch["loss_mask"]
+            loss = self.engine(batch["input_ids"], batch["position_ids"], labels=batch["labels"],
+                               loss_weights=mask / mask.sum().clamp(min=1.0))  # the masked mean, as weights
+            return loss, {}
         logits = self.engine(batch["input_ids"], batch["position_ids"])
         return self.objective.loss(logits, batch, self.tp_group, train)
 
