@@ -1,7 +1,8 @@
 """Training parity through the trainer (DeepSpeed engine): 10 steps of loss with tensor parallelism (TP2, TP4) and
 sequence parallelism (SP on TP2) equal the single-process run to 1e-5 relative, for a sequential-block MHA model
 and a parallel-block MQA SwiGLU bias-free model. Pipeline and ZeRO layouts have their own parity tests
-(test_pipeline.py, test_zero.py)."""
+(test_pipeline.py, test_zero.py). The single-process reference uses the fused LM head + loss kernel (the default);
+the unfused path (logits, then causal_lm_loss) gives the same losses."""
 
 import pytest
 
@@ -17,7 +18,7 @@ MODELS = {
 }
 
 
-def _job(model_overrides: dict, tp: int, sp: bool):
+def _job(model_overrides: dict, tp: int, sp: bool, fused: bool = True):
     from megatron_code.config import JobConfig
     job = JobConfig()
     model = dict(num_layers=2, hidden_size=64, num_attention_heads=4, ffn_hidden_size=128, vocab_size=256,
@@ -25,7 +26,7 @@ def _job(model_overrides: dict, tp: int, sp: bool):
     model.update(model_overrides)
     job.update({"model": model, "data": dict(seq_length=32, mock_data=True),
                 "training": dict(micro_batch_size=4, global_batch_size=8, train_iters=STEPS, log_interval=100,
-                                 progress_bar=False, seed=7),
+                                 progress_bar=False, seed=7, fused_lm_loss=fused),
                 "optim": dict(lr=2e-3, lr_warmup_iters=2, min_lr=1e-4, weight_decay=0.1, clip_grad=1.0),
                 "parallel": dict(tensor_parallel=tp, sequence_parallel=sp)})
     return job
@@ -41,6 +42,22 @@ def _train(rank, world, runs):
         history = Trainer(_job(overrides, tp, sp)).train()
         out[name] = [loss for _, loss in history["train_loss"]]
     return out
+
+
+def _train_counting_fused_calls(rank, world, fused):
+    """Train both models with training.fused_lm_loss=fused; count the fused kernel's calls from the model."""
+    import os
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    import megatron_code.model.gpt as gpt
+    from megatron_code.training.trainer import Trainer
+    calls = []
+    kernel = gpt.linear_cross_entropy
+    gpt.linear_cross_entropy = lambda *a, **k: calls.append(1) or kernel(*a, **k)
+    out = {}
+    for name in MODELS:
+        history = Trainer(_job(MODELS[name], 1, False, fused)).train()
+        out[name] = [loss for _, loss in history["train_loss"]]
+    return out, len(calls)
 
 
 @pytest.fixture(scope="module")
@@ -70,3 +87,12 @@ def test_tp4_matches_single_process(reference):
     got = run_distributed(_train, 4, runs, timeout=900)
     for m in MODELS:
         _close(got[0][f"{m}-tp4"], reference[m])
+
+
+def test_fused_and_unfused_loss_paths_train_alike(reference):
+    fused, n_fused = run_distributed(_train_counting_fused_calls, 1, True, timeout=600)[0]
+    unfused, n_unfused = run_distributed(_train_counting_fused_calls, 1, False, timeout=600)[0]
+    assert n_fused == 2 * STEPS * 2 and n_unfused == 0  # 2 models x 10 steps x 2 micro batches
+    for m in MODELS:
+        assert fused[m] == reference[m]  # the reference is the default (fused) path
+        _close(unfused[m], reference[m])
