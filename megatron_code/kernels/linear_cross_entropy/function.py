@@ -48,24 +48,32 @@ class _LinearCrossEntropy(torch.autograd.Function):
         d_bias = torch.zeros(weight.shape[0], dtype=score, device=weight.device) if need_b else None  # (V,)
         total = torch.zeros((), dtype=score, device=hidden.device)
         w = weights.to(score)
+        half = hidden.dtype != score
+        dw_chunk = torch.empty(weight.shape, dtype=hidden.dtype, device=weight.device) if need_w and half else None
         for s in range(0, n, chunk_rows):
             e = min(n, s + chunk_rows)
             h_c, y_c, w_c = hidden[s:e], labels[s:e, None], w[s:e]
-            z = F.linear(h_c, weight, bias).to(score)  # (c, V) logits of this chunk, scored in float32
-            lse = torch.logsumexp(z, dim=-1)  # (c,)
-            total += ((lse - z.gather(1, y_c).squeeze(1)) * w_c).sum()
+            z_in = F.linear(h_c, weight, bias)  # (c, V) logits of this chunk in the compute dtype
+            z = z_in.to(score)  # scored in float32 (a new buffer, overwritten in place below)
+            target = z.gather(1, y_c).squeeze(1)  # (c,)
+            z_max = z.amax(dim=-1, keepdim=True)  # (c, 1); logsumexp by hand: one exp pass, reused for softmax
+            sum_exp = z.sub_(z_max).exp_().sum(dim=-1, keepdim=True)  # z now holds exp(z - max)
+            lse = (z_max + sum_exp.log()).squeeze(1)
+            total += ((lse - target) * w_c).sum()
             if not (need_h or need_w or need_b):
                 continue
-            g = z.sub_(lse[:, None]).exp_()  # softmax, in place: (c, V)
-            g.scatter_add_(1, y_c, torch.full_like(w_c[:, None], -1.0))
-            g.mul_(w_c[:, None])  # d loss / d z for an upstream gradient of 1
+            g = z.mul_(w_c[:, None] / sum_exp)  # weights_i * softmax: d loss / d z for an upstream gradient of 1 ...
+            g.scatter_add_(1, y_c, -w_c[:, None])  # ... minus weights_i at the target
             if need_b:
                 d_bias += g.sum(0)
-            g = g.to(hidden.dtype)
+            g = z_in.copy_(g) if half else g  # back to the compute dtype for the matmuls
             if need_h:
                 torch.mm(g, weight, out=d_hidden[s:e])
-            if need_w:
-                d_weight += g.t() @ h_c  # (V, H), rounded per chunk in the compute dtype, summed in float32
+            if need_w and dw_chunk is None:  # float32/64 compute: accumulate in place
+                d_weight.addmm_(g.t(), h_c)
+            elif need_w:  # (V, H) rounded per chunk in the compute dtype, summed over chunks in float32
+                torch.mm(g.t(), h_c, out=dw_chunk)
+                d_weight += dw_chunk
         ctx.save_for_backward(d_hidden, d_weight, d_bias)
         ctx.param_dtypes = (weight.dtype, bias.dtype if bias is not None else None)
         return total
