@@ -82,3 +82,21 @@ def test_loading_another_architecture_is_a_clear_error(tmp_path):
     assert out.returncode == 2
     assert "different architecture" in out.stderr and "hidden_size" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_loading_with_another_tokenizer_is_a_clear_error(tmp_path):
+    # Two code tokenizers of the same size trained on different text: same shapes, different ids. Resuming with
+    # the other one would silently train on re-mapped tokens, so --load refuses and names the fix.
+    from megatron_code.data.tokenizer import train_code_tokenizer
+    toks = []
+    for name, text in (("a", "def f(x):\n    return x + 1\n" * 50), ("b", "SELECT * FROM t WHERE y = 2;\n" * 50)):
+        train_code_tokenizer([text], 300, str(tmp_path / name))
+        toks.append(["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", str(tmp_path / name),
+                     "--model.vocab_size", "320"])
+    save = str(tmp_path / "run")
+    run(TINY + toks[0] + ["--train-iters", "1", "--save", save])
+    assert run(TINY + toks[0] + ["--train-iters", "2", "--load", save, "--save", save]).returncode == 0
+    out = run(TINY + toks[1] + ["--train-iters", "3", "--load", save, "--save", save], check=False)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert "different tokenizer" in out.stderr and "--tokenizer-model" in out.stderr
+    assert "Traceback" not in out.stderr
