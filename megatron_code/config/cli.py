@@ -175,6 +175,7 @@ MEGATRON_FLAGS: dict[str, tuple[Any, Setter]] = {
     "data-impl": (1, _check_choice("data-impl", ("mmap", "infer"))),
     "eod-mask-loss": (0, _const("data.eod_mask_loss", True)),
     "reset-position-ids": (0, _const("data.reset_position_ids", True)),
+    "reset-attention-mask": (0, _const("data.reset_attention_mask", True)),
     "num-workers": (1, _set("data.num_workers")),
     "mock-data": (0, _const("data.mock_data", True)),
     "tokenizer-type": (1, _map("data.tokenizer_type", TOKENIZER_ALIASES, "tokenizer-type")),

@@ -23,6 +23,9 @@ class DataConfig(ConfigBase):
     data_cache_path: Optional[str] = None
     eod_mask_loss: bool = False
     reset_position_ids: bool = False
+    # Megatron's --reset-attention-mask: a token attends only to earlier tokens of its own packed document (the
+    # one that ended with the previous EOD input), not across EOD boundaries. Costs a (B, 1, S, S) mask per batch.
+    reset_attention_mask: bool = False
     num_workers: int = 0
     # Deterministic random tokens instead of a corpus (Megatron's --mock-data): parity tests and benchmarks.
     mock_data: bool = False

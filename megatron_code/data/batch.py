@@ -6,13 +6,16 @@ import torch
 
 
 def make_batch(tokens: torch.Tensor, eod: int, eod_mask_loss: bool = False,
-               reset_position_ids: bool = False) -> dict:
+               reset_position_ids: bool = False, reset_attention_mask: bool = False) -> dict:
     """``tokens`` (B, S+1) int -> ``input_ids`` (B, S), ``labels`` (B, S) (inputs shifted by one),
-    ``loss_mask`` float (B, S), ``position_ids`` (B, S) int64.
+    ``loss_mask`` float (B, S), ``position_ids`` (B, S) int64[, ``attention_mask`` bool (B, 1, S, S)].
 
     ``eod_mask_loss``: no loss where the *input* token is EOD (predicting across a document boundary).
     ``reset_position_ids``: positions restart at 0 after every EOD input token (each packed document starts at
-    position 0). Attention is not reset here (causal masking over the packed sample, as Megatron's default).
+    position 0). ``reset_attention_mask``: adds ``attention_mask`` (True = may attend), True where query and key
+    lie in the same document; an EOD belongs to the document it ends (Megatron's get_ltor_masks_and_position_ids).
+    Causality is applied by the attention itself. Without it, attention spans the whole packed sample (Megatron's
+    default).
     """
     if tokens.dim() != 2 or tokens.size(1) < 2:
         raise ValueError(f"tokens must be (batch, seq_length + 1), got shape {tuple(tokens.shape)}")
@@ -34,4 +37,9 @@ def make_batch(tokens: torch.Tensor, eod: int, eod_mask_loss: bool = False,
         position_ids = position_ids - starts
     else:
         position_ids = position_ids.clone()
-    return {"input_ids": input_ids, "labels": labels, "loss_mask": loss_mask, "position_ids": position_ids}
+    batch = {"input_ids": input_ids, "labels": labels, "loss_mask": loss_mask, "position_ids": position_ids}
+    if reset_attention_mask:
+        doc = torch.zeros((B, S), dtype=torch.long, device=tokens.device)  # document index of every position
+        doc[:, 1:] = torch.cumsum(is_eod[:, :-1].long(), dim=1)
+        batch["attention_mask"] = (doc[:, :, None] == doc[:, None, :]).unsqueeze(1)  # (B, 1, S, S)
+    return batch

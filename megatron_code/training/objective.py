@@ -64,7 +64,7 @@ class Objective:
             batch["loss_mask"][:, 0] = 0.0  # t_0 from the sentinel alone has no causal counterpart
             return batch
         d = self.job.data
-        batch = make_batch(tokens, self.eod, d.eod_mask_loss, d.reset_position_ids)
+        batch = make_batch(tokens, self.eod, d.eod_mask_loss, d.reset_position_ids, d.reset_attention_mask)
         if masks is not None:
             batch["loss_mask"] = batch["loss_mask"] * masks[:, 1:]  # per-token mask -> mask over targets
         return batch

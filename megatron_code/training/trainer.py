@@ -160,12 +160,15 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def _loss(self, batch: dict, train: bool = True):
+        # Batches are built on the CPU (DataLoader workers); the engine's device is the accelerator (GPU) or CPU.
+        batch = {k: v.to(self.engine.device, non_blocking=True) if torch.is_tensor(v) else v
+                 for k, v in batch.items()}
         if self.fused_loss and self.objective.next_token_loss(train):
             mask = batch["loss_mask"]
-            loss = self.engine(batch["input_ids"], batch["position_ids"], labels=batch["labels"],
-                               loss_weights=mask / mask.sum().clamp(min=1.0))  # the masked mean, as weights
+            loss = self.engine(batch["input_ids"], batch["position_ids"], mask=batch.get("attention_mask"),
+                               labels=batch["labels"], loss_weights=mask / mask.sum().clamp(min=1.0))  # masked mean
             return loss, {}
-        logits = self.engine(batch["input_ids"], batch["position_ids"])
+        logits = self.engine(batch["input_ids"], batch["position_ids"], mask=batch.get("attention_mask"))
         return self.objective.loss(logits, batch, self.tp_group, train)
 
     def train_step(self, batches) -> float:
@@ -202,7 +205,7 @@ class Trainer:
                              Collate(self.objective, train=False))
         if self.pipelined:
             return self._evaluate_pipeline(loader)
-        total, n = torch.zeros(()), 0
+        total, n = torch.zeros((), device=self.engine.device), 0
         for i, batch in enumerate(loader):
             if i >= self.job.training.eval_iters * self.grad_accum:
                 break

@@ -96,3 +96,28 @@ def test_fused_and_unfused_loss_paths_train_alike(reference):
     for m in MODELS:
         assert fused[m] == reference[m]  # the reference is the default (fused) path
         _close(unfused[m], reference[m])
+
+
+def _train_recording_masks(rank, world):
+    import os
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    from megatron_code.model import GPT
+    from megatron_code.training.trainer import Trainer
+    seen = []
+    forward = GPT.forward
+
+    def spy(self, *args, **kwargs):
+        m = kwargs.get("mask")
+        seen.append(None if m is None else tuple(m.shape))
+        return forward(self, *args, **kwargs)
+
+    GPT.forward = spy
+    job = _job(MODELS["sequential-mha"], 1, False)
+    job.update({"data": dict(reset_attention_mask=True, reset_position_ids=True), "training": dict(train_iters=2)})
+    Trainer(job).train()
+    return seen
+
+
+def test_reset_attention_mask_reaches_the_model():
+    seen = run_distributed(_train_recording_masks, 1, timeout=600)[0]
+    assert seen and all(s == (4, 1, 32, 32) for s in seen), seen  # micro batch 4, seq 32

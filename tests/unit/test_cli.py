@@ -162,6 +162,9 @@ MORE_FLAGS = [
     (["--no-load-optim"], "training.load_optim", False),
     (["--no-load-rng"], "training.load_rng", False),
     (["--finetune"], "training.finetune", True),
+    (["--reset-attention-mask"], "data.reset_attention_mask", True),
+    (["--reset-position-ids"], "data.reset_position_ids", True),
+    (["--eod-mask-loss"], "data.eod_mask_loss", True),
     (["--model-parallel-size", "2"], "parallel.tensor_parallel", 2),
     (["--no-position-embedding"], "model.position_embedding", "none"),
     (["--tokenizer-type", "HFTokenizer"], "data.tokenizer_type", "HuggingFaceTokenizer"),
@@ -239,6 +242,7 @@ def test_num_query_groups_needs_group_query_attention():
     (["--config", "/nonexistent/x.yaml"], r"--config /nonexistent/x.yaml: file not found"),
     (["--hidden-size", "100", "--num-attention-heads", "3"], r"does not divide hidden_size"),
     (["--pipeline-model-parallel-size", "2", "--zero-stage", "3"], r"--zero-stage 1"),
+    (["--pipeline-model-parallel-size", "2", "--reset-attention-mask"], r"not supported with pipeline"),
 ])
 def test_user_errors_are_config_errors(argv, pattern):
     with pytest.raises(ConfigError, match=pattern):
