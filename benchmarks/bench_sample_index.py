@@ -2,7 +2,8 @@
 """Sample-index and blending-index build time: C++ helpers against the numpy twin (same inputs, same outputs).
 
 Synthetic dataset: 5M documents, 2B tokens (sizes drawn log-normally, rescaled), one shuffled epoch, S=2048.
-Runs are interleaved C++, numpy, C++, numpy, ... and the median of each is reported, with the ratio.
+Runs are interleaved C++ (automatic threads), C++ (one thread), numpy, ... and the median of each is reported,
+with the ratio of numpy to each C++ run. The C++ helper uses up to min(cores, 4) threads on inputs this large.
 
     python benchmarks/bench_sample_index.py --repeats 5
     python benchmarks/bench_sample_index.py --docs 500000 --tokens 200000000 --repeats 5   # smaller
@@ -11,6 +12,7 @@ Runs are interleaved C++, numpy, C++, numpy, ... and the median of each is repor
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -52,7 +54,7 @@ def timed(fn):
 
 
 def interleave(label, fns, repeats):
-    """fns: {name: callable}; returns {name: [seconds...]} measured A B A B ..."""
+    """fns: {name: callable}, the last one the reference peer; returns {name: [seconds...]} measured A B C A B C..."""
     times = {k: [] for k in fns}
     outs = {}
     for r in range(repeats):
@@ -64,7 +66,9 @@ def interleave(label, fns, repeats):
     names = list(fns)
     print(f"{label}: " + ", ".join(f"{k} median {med[k]:.3f} s (runs {', '.join(f'{x:.3f}' for x in times[k])})"
                                    for k in names))
-    print(f"  ratio {names[1]}/{names[0]} = {med[names[1]] / med[names[0]]:.1f}x")
+    ref = names[-1]
+    for name in names[:-1]:
+        print(f"  ratio {ref}/{name} = {med[ref] / med[name]:.1f}x")
     return med, outs
 
 
@@ -83,12 +87,14 @@ def main():
     sizes, doc_idx = synthetic(args.docs, args.tokens)
     total = int(sizes.sum(dtype=np.int64))
     n = (total - 1) // args.seq_length
-    print(f"dataset: {args.docs} docs, {total} tokens, S={args.seq_length}, {n} samples")
+    print(f"dataset: {args.docs} docs, {total} tokens, S={args.seq_length}, {n} samples; {os.cpu_count()} cores")
     _, outs = interleave("sample index", {
         "cpp": lambda: helpers.build_sample_idx(sizes, doc_idx, args.seq_length, n, impl="cpp"),
+        "cpp_1thread": lambda: helpers.build_sample_idx(sizes, doc_idx, args.seq_length, n, impl="cpp", threads=1),
         "numpy": lambda: helpers.build_sample_idx(sizes, doc_idx, args.seq_length, n, impl="numpy"),
     }, args.repeats)
     assert np.array_equal(outs["cpp"], outs["numpy"]), "twins disagree"
+    assert np.array_equal(outs["cpp_1thread"], outs["numpy"]), "twins disagree"
     if args.python_loop:
         dt, ref = timed(lambda: python_loop_sample_idx(sizes, doc_idx, args.seq_length, n))
         assert np.array_equal(ref, outs["cpp"])

@@ -5,9 +5,12 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <system_error>
+#include <thread>
 #include <vector>
 
 // Blending must round like Python (one rounding per * and -): forbid fused multiply-add contraction.
@@ -17,50 +20,366 @@
 #pragma GCC optimize("fp-contract=off")
 #endif
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#define MC_X86_SIMD 1  // AVX-512 code paths behind target attributes, chosen at run time (portable wheel)
+#include <immintrin.h>
+#else
+#define MC_X86_SIMD 0
+#endif
+
+#if defined(__GNUC__)
+#define MC_PREFETCH(p) __builtin_prefetch(p)
+#define MC_UNLIKELY(x) __builtin_expect(!!(x), 0)
+#else
+#define MC_PREFETCH(p) ((void)0)
+#define MC_UNLIKELY(x) (x)
+#endif
+
 namespace py = pybind11;
 
-static constexpr int64_t kPrefetch = 32;  // documents to fetch ahead in the sample-index walk
+// ---- sample index ------------------------------------------------------------------------------------------
+// Cost model (5M shuffled documents, 2B tokens): the walk is bound by the random gather sizes[doc_idx[i]] (one
+// cache miss per document), then by the instructions per document. So: (1) the walk has no data-dependent branch
+// in the common case (a mispredict flushes the misses in flight) and no per-document bounds check; (2) thread 0
+// walks from the front with software prefetch, while helper threads gather lengths from the back into a buffer
+// (independent loads, many misses in flight; AVX-512 gathers when the CPU has them) and sum them per block; the
+// block sums give every buffered block its first token, so the buffered part is then walked by all threads at
+// once. Blocks are claimed dynamically, so a helper thread that gets no CPU costs nothing but its help.
 
-// Rows (position in doc_idx, token offset) at token positions k * seq_length, k = 0..num_samples.
-// Walks the document order once: O(len(doc_idx) + num_samples). Zero-length documents are skipped, matching
-// numpy's searchsorted(ends, pos, side="right").
-static py::array_t<int64_t> build_sample_idx(py::array_t<int32_t, py::array::c_style | py::array::forcecast> sizes_arr,
-                                             py::array_t<int64_t, py::array::c_style | py::array::forcecast> doc_idx_arr,
-                                             int64_t seq_length, int64_t num_samples) {
-  if (seq_length < 1) throw std::invalid_argument("seq_length must be >= 1");
-  if (num_samples < 0) throw std::invalid_argument("num_samples must be >= 0");
-  const int32_t* sizes = sizes_arr.data();
-  const int64_t* doc_idx = doc_idx_arr.data();
-  const int64_t num_docs = doc_idx_arr.size();
-  py::array_t<int64_t> out({num_samples + 1, static_cast<int64_t>(2)});
-  int64_t* rows = out.mutable_data();
-  bool ran_out = false;
-  {
-    py::gil_scoped_release release;
-    int64_t di = 0;   // position in doc_idx
-    int64_t off = 0;  // token offset inside doc_idx[di]
-    for (int64_t k = 0; k <= num_samples; ++k) {
-      if (k > 0) off += seq_length;
-      // Move forward until the offset lies inside a document.
-      while (di < num_docs && off >= static_cast<int64_t>(sizes[doc_idx[di]])) {
-        off -= sizes[doc_idx[di]];
-        ++di;
-#if defined(__GNUC__)
-        // doc_idx is a shuffled order, so sizes[doc_idx[di]] is a random access: fetch ahead (~1.3x on 5M docs).
-        if (di + kPrefetch < num_docs) __builtin_prefetch(&sizes[doc_idx[di + kPrefetch]]);
-#endif
+namespace sample_idx {
+
+constexpr int64_t kPrefetch = 16;           // documents fetched ahead by the front walk
+constexpr int64_t kRun = 1024;              // documents per bounds decision in walk_range
+constexpr int64_t kDefaultBlock = 1 << 16;  // documents per claimable block
+constexpr int kMaxAutoThreads = 4;
+
+// Walk state: `pos` = token position where the current document starts, `next` = position of the next row to
+// emit (k * seq_length), `k` = that row's number.
+struct Cursor {
+  int64_t pos = 0, next = 0, k = 0;
+};
+
+struct Job {
+  const int32_t* sizes;
+  uint64_t num_sizes;
+  const int64_t* doc_idx;
+  int64_t num_docs, seq_length, last_row;  // last_row = num_samples: rows 0..last_row are emitted
+  int64_t block, num_blocks;
+  bool simd;           // helpers may use AVX-512 gathers (when the CPU has them)
+  int64_t* rows;       // (last_row + 1, 2)
+  int32_t* lens;       // gathered lengths of buffered blocks, indexed like doc_idx (nullptr with one thread)
+  int64_t* block_sum;  // tokens per buffered block, (num_blocks,)
+  // Blocks [front, back) are unclaimed; front is claimed by thread 0 (walk in order), back - 1 by helpers.
+  std::atomic<uint64_t> claims{0};
+  std::atomic<bool> bad_index{false}, negative{false};
+};
+
+// Where walk_range reads document lengths: gathered on the fly (front walk) or from the helpers' buffer.
+struct Gathered {
+  const int32_t* s;
+  const int64_t* d;
+  int32_t len(int64_t i) const { return s[d[i]]; }
+  void prefetch(int64_t i) const { MC_PREFETCH(&s[d[i]]); }
+};
+struct Buffered {
+  const int32_t* lens;
+  int32_t len(int64_t i) const { return lens[i]; }
+  void prefetch(int64_t) const {}
+};
+
+// Walk documents [i, hi) of doc_idx, emitting rows up to `last`; returns where it stopped (hi, or earlier once
+// row `last` is written). With PF, entries up to hi + kPrefetch - 1 must be valid indices (they are prefetched).
+// Each document writes the row at k unconditionally (a later document overwrites it unless this one holds it)
+// and advances k/next by the comparison result, so the common case (0 or 1 row start per document) has no
+// branch on the data. A document holding a second row start (longer than seq_length) takes the rare branch.
+// Within a run of m documents with k + m - 1 <= last no row past `last` can be written, so there is no check.
+template <bool PF, class Src>
+static int64_t walk_range(const Src& src, int64_t i, int64_t hi, int64_t S, int64_t last, int64_t* rows,
+                          Cursor& c, int32_t& sign) {
+  int64_t pos = c.pos, next = c.next, k = c.k;
+  while (i < hi && k <= last) {
+    const int64_t e = std::min(hi, i + kRun);
+    if (last - k >= e - i) {
+      for (; i < e; ++i) {
+        if (PF) src.prefetch(i + kPrefetch);
+        const int32_t len = src.len(i);
+        sign |= len;
+        const int64_t end = pos + len;
+        rows[2 * k] = i;
+        rows[2 * k + 1] = next - pos;
+        const int64_t hit = next < end;
+        k += hit;
+        next += S & -hit;
+        if (MC_UNLIKELY(next < end)) {  // more row starts in this document: write them, re-derive the bound
+          for (; next < end && k <= last; ++k, next += S) {
+            rows[2 * k] = i;
+            rows[2 * k + 1] = next - pos;
+          }
+          pos = end;
+          ++i;
+          break;
+        }
+        pos = end;
       }
-      if (di >= num_docs) {
-        ran_out = true;
-        break;
+    } else {  // close to `last`: check before every write
+      for (; i < e && k <= last; ++i) {
+        const int32_t len = src.len(i);
+        sign |= len;
+        const int64_t end = pos + len;
+        for (; next < end && k <= last; ++k, next += S) {
+          rows[2 * k] = i;
+          rows[2 * k + 1] = next - pos;
+        }
+        pos = end;
       }
-      rows[2 * k] = di;
-      rows[2 * k + 1] = off;
     }
   }
-  if (ran_out) {
+  c = Cursor{pos, next, k};
+  return i;
+}
+
+static bool indices_ok(const int64_t* d, int64_t lo, int64_t hi, uint64_t n) {
+  uint64_t mx = 0;  // negative indices become huge as unsigned
+  for (int64_t i = lo; i < hi; ++i) mx = std::max(mx, static_cast<uint64_t>(d[i]));
+  return hi <= lo || mx < n;
+}
+
+static constexpr uint64_t pack(uint64_t front, uint64_t back) { return (front << 32) | back; }
+
+// Claim the next block from the front (thread 0) or from the back (helpers); -1 when none is left.
+static int64_t claim(Job& job, bool from_front) {
+  uint64_t cur = job.claims.load(std::memory_order_relaxed);
+  for (;;) {
+    uint64_t front = cur >> 32, back = cur & 0xffffffffu;
+    if (front >= back) return -1;
+    uint64_t want = from_front ? pack(front + 1, back) : pack(front, back - 1);
+    if (job.claims.compare_exchange_weak(cur, want, std::memory_order_relaxed)) {
+      return static_cast<int64_t>(from_front ? front : back - 1);
+    }
+  }
+}
+
+// Thread 0: claim blocks from the front and walk them in order (bounds-check the block, then gather with
+// prefetch and emit rows). Returns the cursor at the start of the first block it did not claim.
+static Cursor walk_front(Job& job) {
+  const Gathered src{job.sizes, job.doc_idx};
+  const int64_t S = job.seq_length, last = job.last_row;
+  Cursor c;
+  int32_t sign = 0;  // OR of the lengths read: negative if any of them is
+  for (int64_t b; (b = claim(job, true)) >= 0;) {
+    if (job.bad_index.load(std::memory_order_relaxed)) break;
+    const int64_t lo = b * job.block, hi = std::min(job.num_docs, lo + job.block);
+    if (!indices_ok(job.doc_idx, lo, hi, job.num_sizes)) {
+      job.bad_index.store(true);
+      break;
+    }
+    int64_t i = lo;
+    if (c.k <= last) {
+      const int64_t mid = std::max(lo, hi - kPrefetch);  // prefetching stays inside the checked block
+      i = walk_range<true>(src, i, mid, S, last, job.rows, c, sign);
+      if (i == mid) i = walk_range<false>(src, i, hi, S, last, job.rows, c, sign);
+    }
+    for (; i < hi; ++i) sign |= src.len(i);  // rows complete: lengths are still read, like numpy's gather
+  }
+  if (sign < 0) job.negative.store(true);
+  return c;
+}
+
+// Gather lengths of doc_idx[lo, hi) into lens[lo, hi); returns their sum. Out-of-range indices read sizes[0]
+// and clear `ok`; `sign` collects the OR of the lengths. No branch on the data: many misses stay in flight.
+static int64_t gather_scalar(const int32_t* s, uint64_t n, const int64_t* d, int64_t lo, int64_t hi, int32_t* lens,
+                             bool& ok, int32_t& sign) {
+  int64_t sum = 0;
+  for (int64_t i = lo; i < hi; ++i) {
+    const uint64_t v = static_cast<uint64_t>(d[i]);
+    const bool in = v < n;
+    ok &= in;
+    const int32_t len = s[in ? v : 0];
+    sign |= len;
+    lens[i] = len;
+    sum += len;
+  }
+  return sum;
+}
+
+#if MC_X86_SIMD
+#if defined(__GNUC__) && !defined(__clang__)  // GCC 12's AVX-512 headers trip -Wuninitialized on their own code
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+// Same contract as gather_scalar, 8 documents per AVX-512 gather (masked: out-of-range lanes load nothing).
+__attribute__((target("avx512f"))) static int64_t gather_avx512(const int32_t* s, uint64_t n, const int64_t* d,
+                                                                int64_t lo, int64_t hi, int32_t* lens, bool& ok,
+                                                                int32_t& sign) {
+  const __m512i limit = _mm512_set1_epi64(static_cast<long long>(n));
+  __m512i sum = _mm512_setzero_si512();
+  __m256i bits = _mm256_setzero_si256();
+  __mmask8 all_in = 0xff;
+  int64_t i = lo;
+  for (; i + 8 <= hi; i += 8) {
+    const __m512i idx = _mm512_loadu_si512(static_cast<const void*>(d + i));
+    const __mmask8 in = _mm512_cmplt_epu64_mask(idx, limit);
+    all_in &= in;
+    const __m256i v = _mm512_mask_i64gather_epi32(_mm256_setzero_si256(), in, idx, s, 4);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lens + i), v);
+    bits = _mm256_or_si256(bits, v);
+    sum = _mm512_add_epi64(sum, _mm512_cvtepi32_epi64(v));
+  }
+  alignas(32) int32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), bits);
+  for (int32_t x : lanes) sign |= x;
+  ok &= all_in == 0xff;
+  return _mm512_reduce_add_epi64(sum) + gather_scalar(s, n, d, i, hi, lens, ok, sign);
+}
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic pop
+#endif
+#endif
+
+static bool cpu_has_avx512f() {
+#if MC_X86_SIMD
+  return __builtin_cpu_supports("avx512f");
+#else
+  return false;
+#endif
+}
+
+// Helper threads: claim blocks from the back, gather their lengths into job.lens and sum them per block.
+static void gather_back(Job& job) {
+  int32_t sign = 0;
+  for (int64_t b; (b = claim(job, false)) >= 0;) {
+    if (job.bad_index.load(std::memory_order_relaxed)) break;
+    const int64_t lo = b * job.block, hi = std::min(job.num_docs, lo + job.block);
+    bool ok = true;
+#if MC_X86_SIMD
+    if (job.simd) {
+      job.block_sum[b] = gather_avx512(job.sizes, job.num_sizes, job.doc_idx, lo, hi, job.lens, ok, sign);
+    } else
+#endif
+    {
+      job.block_sum[b] = gather_scalar(job.sizes, job.num_sizes, job.doc_idx, lo, hi, job.lens, ok, sign);
+    }
+    if (!ok) job.bad_index.store(true);
+  }
+  if (sign < 0) job.negative.store(true);
+}
+
+// Walk buffered blocks [b0, b1), whose first token is at `base`; rows owned: those starting before `end_base`.
+static void walk_buffered(const Job& job, int64_t b0, int64_t b1, int64_t base, int64_t end_base) {
+  const int64_t S = job.seq_length;
+  Cursor c;
+  c.k = (base + S - 1) / S;  // first row at or after base
+  c.next = c.k * S;
+  c.pos = base;
+  const int64_t last = std::min(job.last_row, (end_base + S - 1) / S - 1);
+  if (b0 >= b1 || c.k > last) return;
+  int32_t sign = 0;  // already checked by the helpers
+  walk_range<false>(Buffered{job.lens}, b0 * job.block, std::min(job.num_docs, b1 * job.block), S, last, job.rows,
+                    c, sign);
+}
+
+// Runs fn(t) for t = 1..n-1 on new threads and fn(0) here; a thread that cannot start runs inline.
+template <class Fn>
+static void run_threads(int n, Fn fn) {
+  std::vector<std::thread> pool;
+  for (int t = 1; t < n; ++t) {
+    try {
+      pool.emplace_back(fn, t);
+    } catch (const std::system_error&) {
+      fn(t);
+    }
+  }
+  fn(0);
+  for (auto& th : pool) th.join();
+}
+
+static int auto_threads(int64_t num_docs, int64_t block) {
+  const int64_t hw = std::max(1u, std::thread::hardware_concurrency());
+  const int64_t by_size = num_docs / (2 * block);  // at least 2 blocks each: small inputs stay single-threaded
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>({hw, by_size, kMaxAutoThreads})));
+}
+
+struct Outcome {
+  bool complete = false;  // every row written
+  int64_t total = 0;      // tokens in the whole document order (set when not complete)
+};
+
+// Fills job.rows. After a bad index or a negative length (flags in job) the rows are unspecified.
+static Outcome build(Job& job, int threads) {
+  job.claims.store(pack(0, static_cast<uint64_t>(job.num_blocks)));
+  Cursor front;
+  run_threads(threads, [&](int t) {
+    if (t == 0) front = walk_front(job);
+    else gather_back(job);
+  });
+  if (job.bad_index.load() || job.negative.load()) return {};
+  if (front.k > job.last_row) return {true, 0};  // thread 0 wrote every row
+  // Blocks [first, num_blocks) were buffered: their bases follow from thread 0's position and the block sums.
+  const int64_t first = static_cast<int64_t>(job.claims.load() >> 32);
+  const int64_t count = job.num_blocks - first;
+  std::vector<int64_t> base(count + 1);
+  base[0] = front.pos;
+  for (int64_t b = 0; b < count; ++b) base[b + 1] = base[b] + job.block_sum[first + b];
+  const int64_t total = base.back(), S = job.seq_length;
+  // Row last_row sits at token last_row * S, which must exist; count == 0: thread 0 walked everything.
+  if (count == 0 || total == 0 || job.last_row > (total - 1) / S) return {false, total};
+  const int nw = static_cast<int>(std::min<int64_t>(threads, count));
+  run_threads(nw, [&](int t) {
+    const int64_t b0 = count * t / nw, b1 = count * (t + 1) / nw;
+    walk_buffered(job, first + b0, first + b1, base[b0], base[b1]);
+  });
+  return {true, 0};
+}
+
+}  // namespace sample_idx
+
+// Rows (position in doc_idx, token offset) at token positions k * seq_length, k = 0..num_samples.
+// Zero-length documents are skipped, matching numpy's searchsorted(ends, pos, side="right"). Every doc_idx entry
+// is bounds-checked and its length read (also after the last needed document), as numpy's sizes[doc_idx] does;
+// a negative length is an error here (the .idx reader already rejects them; the numpy twin does not check).
+// threads <= 0: automatic (min(cores, 4, blocks / 2), at least 1); block <= 0: 65,536 documents per
+// block; simd=false: no AVX-512 even when the CPU has it. These three only change speed, never the result.
+static py::array_t<int64_t> build_sample_idx(py::array_t<int32_t, py::array::c_style | py::array::forcecast> sizes_arr,
+                                             py::array_t<int64_t, py::array::c_style | py::array::forcecast> doc_idx_arr,
+                                             int64_t seq_length, int64_t num_samples, int threads, int64_t block,
+                                             bool simd) {
+  if (seq_length < 1) throw std::invalid_argument("seq_length must be >= 1");
+  if (num_samples < 0) throw std::invalid_argument("num_samples must be >= 0");
+  namespace si = sample_idx;
+  const int64_t num_docs = doc_idx_arr.size();
+  if (block <= 0) block = si::kDefaultBlock;
+  block = std::max<int64_t>(block, num_docs >> 31);  // block numbers must fit in 32 bits
+  if (threads <= 0) threads = si::auto_threads(num_docs, block);
+  py::array_t<int64_t> out({num_samples + 1, static_cast<int64_t>(2)});
+  si::Job job;
+  job.sizes = sizes_arr.data();
+  job.num_sizes = static_cast<uint64_t>(sizes_arr.size());
+  job.doc_idx = doc_idx_arr.data();
+  job.num_docs = num_docs;
+  job.seq_length = seq_length;
+  job.last_row = num_samples;
+  job.block = block;
+  job.simd = simd && si::cpu_has_avx512f();
+  job.num_blocks = (num_docs + block - 1) / block;
+  job.rows = out.mutable_data();
+  py::array_t<int32_t> lens(threads > 1 ? num_docs : 0);  // numpy's allocator: lazily faulted, huge pages
+  std::vector<int64_t> block_sum(threads > 1 ? job.num_blocks : 0);
+  job.lens = threads > 1 ? lens.mutable_data() : nullptr;
+  job.block_sum = block_sum.data();
+  si::Outcome res;
+  {
+    py::gil_scoped_release release;
+    res = si::build(job, threads);
+  }
+  if (job.bad_index.load()) throw py::value_error("doc_idx refers to a document outside sizes");
+  if (job.negative.load()) throw py::value_error("sizes holds a negative document length");
+  if (!res.complete) {
+    // Same text as the numpy twin; Python ints so num_samples * seq_length + 1 cannot overflow.
+    py::int_ need = py::int_(num_samples) * py::int_(seq_length) + py::int_(1);
     throw py::value_error(std::to_string(num_samples) + " samples of " + std::to_string(seq_length) +
-                          "+1 tokens need more tokens than the document order holds");
+                          "+1 tokens need " + std::string(py::str(need)) +
+                          " tokens but the document order holds " + std::to_string(res.total));
   }
   return out;
 }
@@ -101,6 +420,6 @@ static py::tuple build_blending_indices(py::array_t<double, py::array::c_style |
 PYBIND11_MODULE(_helpers_cpp, m) {
   m.doc() = "C++ twins of megatron_code.data.helpers (sample index, blending index)";
   m.def("build_sample_idx", &build_sample_idx, py::arg("sizes"), py::arg("doc_idx"), py::arg("seq_length"),
-        py::arg("num_samples"));
+        py::arg("num_samples"), py::arg("threads") = 0, py::arg("block") = 0, py::arg("simd") = true);
   m.def("build_blending_indices", &build_blending_indices, py::arg("weights"), py::arg("size"));
 }

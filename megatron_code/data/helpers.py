@@ -38,7 +38,8 @@ def _pick(impl: str):
     return impl
 
 
-def build_sample_idx(sizes, doc_idx, seq_length: int, num_samples: int, impl: str = "auto") -> np.ndarray:
+def build_sample_idx(sizes, doc_idx, seq_length: int, num_samples: int, impl: str = "auto",
+                     threads: int | None = None) -> np.ndarray:
     """Rows of (position in ``doc_idx``, token offset) for packed samples; shape (num_samples + 1, 2), int64.
 
     Row ``k`` is token position ``k * seq_length`` of the stream formed by concatenating documents
@@ -46,6 +47,11 @@ def build_sample_idx(sizes, doc_idx, seq_length: int, num_samples: int, impl: st
     (seq_length + 1 tokens; the last token of sample k is the first of sample k+1). Zero-length documents are
     skipped, so a row always points at an existing token. FORMATS.md section 2: S=4, sizes [5,3,6] ->
     (0,0),(0,4),(2,0),(2,4).
+
+    Raises SampleIndexError when any ``doc_idx`` entry (also past the last needed one) is outside ``sizes``, or
+    when the order holds too few tokens (C++ also rejects negative lengths, which the .idx reader never yields).
+    ``threads`` (C++ only; the numpy twin ignores it): None or 0 = automatic (one thread for small inputs, else up
+    to min(cores, 4)), 1 = single-threaded; it never changes the result.
     """
     sizes = np.ascontiguousarray(sizes, dtype=np.int32)
     doc_idx = np.ascontiguousarray(doc_idx, dtype=np.int64)
@@ -53,10 +59,15 @@ def build_sample_idx(sizes, doc_idx, seq_length: int, num_samples: int, impl: st
         raise SampleIndexError(f"seq_length must be >= 1, got {seq_length}")
     if num_samples < 0:
         raise SampleIndexError(f"num_samples must be >= 0, got {num_samples}")
+    if _pick(impl) == "cpp":
+        # The C++ pass bounds-checks every doc_idx entry while it reads it (same contract and text as below), so
+        # the two extra numpy passes (min, max) are not needed here.
+        try:
+            return _cpp.build_sample_idx(sizes, doc_idx, int(seq_length), int(num_samples), threads=int(threads or 0))
+        except ValueError as exc:
+            raise SampleIndexError(str(exc)) from None
     if doc_idx.size and (doc_idx.min() < 0 or doc_idx.max() >= sizes.size):
         raise SampleIndexError("doc_idx refers to a document outside sizes")
-    if _pick(impl) == "cpp":
-        return _cpp.build_sample_idx(sizes, doc_idx, int(seq_length), int(num_samples))
     return _build_sample_idx_numpy(sizes, doc_idx, seq_length, num_samples)
 
 

@@ -100,3 +100,107 @@ def test_blend_prefix_is_stable_and_ties_go_to_lowest(impl):
     long = build_blending_indices([0.5, 0.5], 100, impl=impl)
     np.testing.assert_array_equal(long[0][:10], short[0])
     assert short[0][:2].tolist() == [0, 1]
+
+
+# --- C++ thread split (threads / block / simd only change speed) ---------------------------------------------
+# Small blocks make tiny inputs span many blocks, so the front walk, the helpers' buffered blocks and the walk of
+# the buffered part by several threads all meet on hypothesis-sized inputs.
+
+def _order(sizes, epochs, partial, seed):
+    rng = np.random.default_rng(seed)
+    order = [rng.permutation(sizes.size) for _ in range(epochs)]
+    order.append(rng.permutation(sizes.size)[: int(partial * sizes.size)])
+    return np.concatenate(order).astype(np.int64)
+
+
+def _cpp_configs():
+    return [(t, b, simd) for t in (1, 2, 3, 4) for b in (1, 2, 5, 0) for simd in (True, False)]
+
+
+@needs_cpp
+@settings(max_examples=120, deadline=None)
+@given(sizes=st.lists(st.integers(0, 60), min_size=1, max_size=80), epochs=st.integers(1, 3),
+       partial=st.floats(0.0, 1.0), seq=st.integers(1, 70), seed=st.integers(0, 2**31), frac=st.floats(0.0, 1.0))
+def test_sample_idx_thread_splits_equal_numpy(sizes, epochs, partial, seq, seed, frac):
+    """Zero-length docs, documents longer than seq (several rows in one document), multi-epoch, partial last
+    epoch, and num_samples anywhere from 0 to the maximum (rows done long before the order ends)."""
+    sizes = np.asarray(sizes, np.int32)
+    doc_idx = _order(sizes, epochs, partial, seed)
+    total = int(sizes[doc_idx].sum())
+    if total < 1:
+        return
+    n = int(frac * ((total - 1) // seq))
+    ref = build_sample_idx(sizes, doc_idx, seq, n, impl="numpy")
+    for threads, block, simd in _cpp_configs():
+        out = _cpp(sizes, doc_idx, seq, n, threads, block, simd)
+        assert out.dtype == ref.dtype
+        np.testing.assert_array_equal(out, ref, err_msg=f"threads={threads} block={block} simd={simd}")
+
+
+def _cpp(sizes, doc_idx, seq, n, threads, block, simd):
+    """The extension directly (block and simd are not exposed by the wrapper), errors as the wrapper raises them."""
+    try:
+        return helpers._cpp.build_sample_idx(sizes, doc_idx, seq, n, threads=threads, block=block, simd=simd)
+    except ValueError as exc:
+        raise SampleIndexError(str(exc)) from None
+
+
+@needs_cpp
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.integers(0, 30), min_size=1, max_size=40), epochs=st.integers(1, 3),
+       seq=st.integers(1, 40), seed=st.integers(0, 2**31), extra=st.integers(1, 3))
+def test_exhausted_order_same_error_everywhere(sizes, epochs, seq, seed, extra):
+    sizes = np.asarray(sizes, np.int32)
+    doc_idx = _order(sizes, epochs, 0.5, seed)
+    total = int(sizes[doc_idx].sum())
+    n = (max(total, 1) - 1) // seq + extra  # row n would sit at or past the last token
+    with pytest.raises(SampleIndexError) as ref:
+        build_sample_idx(sizes, doc_idx, seq, n, impl="numpy")
+    assert "need" in str(ref.value) and f"holds {total}" in str(ref.value)
+    with pytest.raises(SampleIndexError) as got:
+        build_sample_idx(sizes, doc_idx, seq, n, impl="cpp")
+    assert str(got.value) == str(ref.value)
+    for config in _cpp_configs():
+        with pytest.raises(SampleIndexError) as got:
+            _cpp(sizes, doc_idx, seq, n, *config)
+        assert str(got.value) == str(ref.value), config
+
+
+@needs_cpp
+@pytest.mark.parametrize("bad", [-1, 50, 2**40])
+@pytest.mark.parametrize("where", ["first", "middle", "last"])
+def test_out_of_range_index_anywhere_is_an_error(bad, where):
+    """Also past the last document the rows need: numpy's twin validates the whole order, so C++ does too."""
+    sizes = np.full(50, 7, np.int32)
+    doc_idx = np.tile(np.arange(50, dtype=np.int64), 3)
+    doc_idx[{"first": 0, "middle": 75, "last": -1}[where]] = bad
+    for impl in ("numpy", "cpp"):
+        with pytest.raises(SampleIndexError, match="doc_idx refers to a document outside sizes"):
+            build_sample_idx(sizes, doc_idx, 4, 2, impl=impl)  # 2 samples need only the first 2 documents
+    for config in _cpp_configs():
+        with pytest.raises(SampleIndexError, match="doc_idx refers to a document outside sizes"):
+            _cpp(sizes, doc_idx, 4, 2, *config)
+
+
+@needs_cpp
+def test_negative_length_is_rejected_by_cpp_whatever_the_split():
+    sizes = np.full(40, 5, np.int32)
+    sizes[33] = -3
+    doc_idx = np.arange(40, dtype=np.int64)
+    for config in _cpp_configs():  # also when the rows are complete before document 33
+        with pytest.raises(SampleIndexError, match="negative document length"):
+            _cpp(sizes, doc_idx, 4, 1, *config)
+
+
+@needs_cpp
+def test_automatic_threads_equal_single_thread_on_a_large_order():
+    """Large enough (>= 2 default blocks of 65,536 documents per thread) for the automatic choice to use 2+
+    threads on a machine with 2+ cores."""
+    rng = np.random.default_rng(3)
+    sizes = np.maximum(0, rng.lognormal(4.0, 1.2, 200_000)).astype(np.int32)
+    doc_idx = np.concatenate([rng.permutation(sizes.size), rng.permutation(sizes.size)[:100_000]]).astype(np.int64)
+    S = 512
+    n = (int(sizes[doc_idx].sum()) - 1) // S
+    single = build_sample_idx(sizes, doc_idx, S, n, impl="cpp", threads=1)
+    np.testing.assert_array_equal(build_sample_idx(sizes, doc_idx, S, n, impl="cpp"), single)
+    np.testing.assert_array_equal(build_sample_idx(sizes, doc_idx, S, n, impl="numpy"), single)
