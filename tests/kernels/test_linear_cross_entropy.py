@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from megatron_code.config import ModelConfig
-from megatron_code.kernels.linear_cross_entropy import (default_chunk_rows, linear_cross_entropy,
-                                                        linear_cross_entropy_reference)
+from megatron_code.kernels.linear_cross_entropy import (default_block_rows, default_chunk_rows,
+                                                        linear_cross_entropy, linear_cross_entropy_reference)
 from megatron_code.model import GPT
 from megatron_code.training.losses import causal_lm_loss
 
@@ -42,11 +42,11 @@ def test_reference_is_weighted_cross_entropy():
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 2e-6), (torch.bfloat16, 2e-2)])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("chunk", [1, 7, 16, 1000])
-def test_fused_equals_reference(dtype, tol, bias, chunk):
+@pytest.mark.parametrize("chunk,block", [(1, None), (7, None), (16, 10), (1000, 1000), (4, 37), (5, 1)])
+def test_fused_equals_reference(dtype, tol, bias, chunk, block):
     args = inputs(37, 16, 50, dtype, bias)
     ref_loss, ref_grads = grads(linear_cross_entropy_reference, *args, upstream=0.37)
-    loss, got = grads(linear_cross_entropy, *args, upstream=0.37, chunk_rows=chunk)
+    loss, got = grads(linear_cross_entropy, *args, upstream=0.37, chunk_rows=chunk, block_rows=block)
     assert loss.dtype == ref_loss.dtype
     assert torch.allclose(loss, ref_loss, rtol=1e-6 if dtype != torch.bfloat16 else 1e-5, atol=0)
     for name, a, b in zip(("hidden", "weight", "bias"), got, ref_grads):
@@ -61,8 +61,9 @@ def test_fused_equals_reference(dtype, tol, bias, chunk):
 def test_gradcheck_float64():
     hidden, weight, bias, labels, weights = inputs(9, 5, 13, torch.float64)
     leaves = [t.clone().requires_grad_() for t in (hidden, weight, bias)]
-    assert torch.autograd.gradcheck(
-        lambda h, w, b: linear_cross_entropy(h, w, b, labels, weights, chunk_rows=4), leaves)
+    for block in (None, 4):
+        assert torch.autograd.gradcheck(
+            lambda h, w, b: linear_cross_entropy(h, w, b, labels, weights, chunk_rows=3, block_rows=block), leaves)
 
 
 def test_no_grad_and_frozen_weight():
@@ -99,10 +100,13 @@ def test_shape_errors_name_the_contract():
         linear_cross_entropy(hidden, weight, bias, labels, weights, impl="triton")
 
 
-def test_default_chunk_rows_keeps_chunks_near_8mb():
-    assert default_chunk_rows(8192) == 256
+def test_default_sizes():
+    assert default_chunk_rows(8192) == 256  # 8 MB of float32 logits
     assert default_chunk_rows(256_000) == 16  # floor
     assert default_chunk_rows(100) == 4096  # cap
+    assert default_block_rows(8192, 2) == 65536  # 1 GiB of bf16 logits: one block for any usual micro batch
+    assert default_block_rows(256_000, 2) == 2097  # PaLM's vocabulary: 2,097 rows a block
+    assert default_block_rows(10 ** 9, 4) == 256  # floor
 
 
 @pytest.mark.parametrize("tied,dtype", [(True, torch.float32), (False, torch.float32), (False, torch.bfloat16)])

@@ -1,24 +1,28 @@
-"""Fused LM head + cross-entropy: the (N, V) logits never exist as a whole.
+"""Fused LM head + cross-entropy: no float32 copy of the (N, V) logits, nothing of size (N, V) kept for backward.
 
 Why: for a causal-LM step the head's logits are the largest activation (2,048 tokens x 8,192 vocab is 16.7M
-values; at PaLM's 256k vocabulary one 2,048-token sequence is 537M), and the unfused path writes them in the
-compute dtype, again upcast to float32, again as log-softmax for backward, and reads each back. Profiled on issue
-2's bf16 benchmark model on 2 CPU cores, the head + loss was ~25% of the step.
+values; at PaLM's 256k vocabulary one 2,048-token sequence is 537M). The unfused path writes them in the compute
+dtype, again upcast to float32, again as log-softmax saved for backward, then a float32 and a compute-dtype
+gradient, and reads each back. Profiled on issue 2's bf16 benchmark model on 2 CPU cores, head + loss was ~25% of
+the step.
 
-Here rows are processed in chunks of ``chunk_rows`` (chosen so one chunk's float32 logits stay ~8 MB, i.e. in a
-core's cache on the machines we measured): per chunk, logits -> float32 -> logsumexp -> loss, and, because the
-loss is a weighted *sum* (its gradient with respect to nll_i is ``weights_i`` times the scalar upstream
-gradient), the gradient is formed in the same pass:
+Here, per block of rows (all N rows unless their logits would pass ``_BLOCK_BYTES`` in the compute dtype):
 
-    d z_i   = weights_i * (softmax(z_i) - onehot(labels_i))   (float32, then the compute dtype for the matmuls)
-    d hidden = d z @ weight          d weight += d z^T @ hidden          d bias += sum_i d z_i
+    z = hidden @ weight.T + bias                       one big matmul, compute dtype, (rows, V)
+    for each cache-sized chunk of rows (~8 MB of float32):
+        float32 copy -> max -> exp (once) -> sum -> loss terms
+        d z = weights_i * (softmax(z_i) - onehot(labels_i))   written back over z, in the compute dtype
+    d hidden = d z @ weight     d weight (+)= d z^T @ hidden     d bias (+)= sum_i d z_i (float32)
 
-and backward only scales the stored ``d hidden`` / ``d weight`` / ``d bias`` by the upstream scalar. So the head
-matmul runs once forward and twice "backward" (inside forward), the same three matmuls as unfused, and no logits
-are kept for backward. Gradients of weight and bias accumulate over chunks in float32.
+The loss is a weighted *sum* (its gradient with respect to nll_i is ``weights_i`` times the scalar upstream
+gradient), so the gradients are formed in the forward pass and backward only scales them by the upstream scalar.
+The three matmuls are the unfused path's three, at full size (small row chunks made the ``d weight`` update a
+rank-c product plus a full (V, H) read-modify-write per chunk: 2x slower than unfused at V = 51,200, H = 1,024).
+With one block, ``d weight`` is a single matmul rounded once, like the unfused path's; with several, the blocks'
+products are summed in float32.
 
-Contract: identical value to `reference.linear_cross_entropy_reference` (same per-row arithmetic: logits in the
-input dtype, scored in float32), gradients equal up to the order of float32 accumulation over chunks.
+Contract: the value equals `reference.linear_cross_entropy_reference` up to float32 summation order (same per-row
+arithmetic: logits in the input dtype, scored in float32); gradients equal up to rounding of the compute dtype.
 """
 
 from __future__ import annotations
@@ -28,52 +32,69 @@ import torch.nn.functional as F
 
 from .reference import linear_cross_entropy_reference
 
-_CHUNK_BYTES = 8 << 20  # float32 logits per chunk
+_CHUNK_BYTES = 8 << 20  # float32 logits per softmax chunk (cache-sized)
+_BLOCK_BYTES = 1 << 30  # compute-dtype logits per block (the one (rows, V) buffer this function holds)
 
 
 def default_chunk_rows(vocab: int) -> int:
-    """Rows per chunk: ~8 MB of float32 logits, at least 16 and at most 4,096 rows."""
+    """Rows per softmax chunk: ~8 MB of float32 logits, at least 16 and at most 4,096 rows."""
     return max(16, min(4096, _CHUNK_BYTES // (4 * max(1, vocab))))
+
+
+def default_block_rows(vocab: int, element_size: int) -> int:
+    """Rows per block: logits of at most ~1 GiB in the compute dtype, at least 256 rows (matmul efficiency)."""
+    return max(256, _BLOCK_BYTES // (element_size * max(1, vocab)))
+
+
+def _score_block(z: torch.Tensor, labels: torch.Tensor, w: torch.Tensor, chunk_rows: int, grad: bool,
+                 d_bias: torch.Tensor | None, score: torch.dtype) -> torch.Tensor:
+    """z (R, V) logits of one block in the compute dtype; returns sum_i w_i * nll_i (0-dim, ``score`` dtype).
+    With ``grad``, z is overwritten by d loss / d z (compute dtype) and d_bias (if given) accumulates it."""
+    total = torch.zeros((), dtype=score, device=z.device)
+    for s in range(0, z.shape[0], chunk_rows):
+        e = min(z.shape[0], s + chunk_rows)
+        y, w_c = labels[s:e, None], w[s:e]
+        zc = z[s:e].to(score)  # (c, V): a float32 copy (or z itself when z is already float32/64)
+        target = zc.gather(1, y).squeeze(1)  # (c,)
+        z_max = zc.amax(dim=-1, keepdim=True)  # (c, 1): logsumexp by hand, one exp pass reused for softmax
+        sum_exp = zc.sub_(z_max).exp_().sum(dim=-1, keepdim=True)  # zc now holds exp(z - max)
+        total += ((z_max.squeeze(1) + sum_exp.squeeze(1).log() - target) * w_c).sum()
+        if not grad:
+            continue
+        g = zc.mul_(w_c[:, None] / sum_exp)  # w_i * softmax(z_i) ...
+        g.scatter_add_(1, y, -w_c[:, None])  # ... - w_i * onehot(label_i)
+        if d_bias is not None:
+            d_bias += g.sum(0)
+        if z.dtype != score:  # (in float32/64, zc is a view of z and g already lies in it)
+            z[s:e].copy_(g)  # back into the block buffer, in the compute dtype
+    return total
 
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, weights, chunk_rows):
+    def forward(ctx, hidden, weight, bias, labels, weights, chunk_rows, block_rows):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         need_b = need_b and bias is not None
+        grad = need_h or need_w or need_b
         score = torch.float64 if hidden.dtype == torch.float64 else torch.float32
         n = hidden.shape[0]
+        blocks = [(s, min(n, s + block_rows)) for s in range(0, n, block_rows)]
         d_hidden = torch.empty_like(hidden) if need_h else None  # (N, H)
-        d_weight = torch.zeros(weight.shape, dtype=score, device=weight.device) if need_w else None  # (V, H)
+        d_weight = None  # (V, H): the matmul's result with one block, a float32 sum with several
+        if need_w and len(blocks) > 1:
+            d_weight = torch.zeros(weight.shape, dtype=score, device=weight.device)
         d_bias = torch.zeros(weight.shape[0], dtype=score, device=weight.device) if need_b else None  # (V,)
         total = torch.zeros((), dtype=score, device=hidden.device)
         w = weights.to(score)
-        half = hidden.dtype != score
-        dw_chunk = torch.empty(weight.shape, dtype=hidden.dtype, device=weight.device) if need_w and half else None
-        for s in range(0, n, chunk_rows):
-            e = min(n, s + chunk_rows)
-            h_c, y_c, w_c = hidden[s:e], labels[s:e, None], w[s:e]
-            z_in = F.linear(h_c, weight, bias)  # (c, V) logits of this chunk in the compute dtype
-            z = z_in.to(score)  # scored in float32 (a new buffer, overwritten in place below)
-            target = z.gather(1, y_c).squeeze(1)  # (c,)
-            z_max = z.amax(dim=-1, keepdim=True)  # (c, 1); logsumexp by hand: one exp pass, reused for softmax
-            sum_exp = z.sub_(z_max).exp_().sum(dim=-1, keepdim=True)  # z now holds exp(z - max)
-            lse = (z_max + sum_exp.log()).squeeze(1)
-            total += ((lse - target) * w_c).sum()
-            if not (need_h or need_w or need_b):
-                continue
-            g = z.mul_(w_c[:, None] / sum_exp)  # weights_i * softmax: d loss / d z for an upstream gradient of 1 ...
-            g.scatter_add_(1, y_c, -w_c[:, None])  # ... minus weights_i at the target
-            if need_b:
-                d_bias += g.sum(0)
-            g = z_in.copy_(g) if half else g  # back to the compute dtype for the matmuls
+        for s, e in blocks:
+            z = F.linear(hidden[s:e], weight, bias)  # (R, V), compute dtype
+            total += _score_block(z, labels[s:e], w[s:e], chunk_rows, grad, d_bias, score)
             if need_h:
-                torch.mm(g, weight, out=d_hidden[s:e])
-            if need_w and dw_chunk is None:  # float32/64 compute: accumulate in place
-                d_weight.addmm_(g.t(), h_c)
-            elif need_w:  # (V, H) rounded per chunk in the compute dtype, summed over chunks in float32
-                torch.mm(g.t(), h_c, out=dw_chunk)
-                d_weight += dw_chunk
+                torch.mm(z, weight, out=d_hidden[s:e])
+            if need_w and len(blocks) == 1:
+                d_weight = z.t() @ hidden
+            elif need_w:
+                d_weight += z.t() @ hidden[s:e]
         ctx.save_for_backward(d_hidden, d_weight, d_bias)
         ctx.param_dtypes = (weight.dtype, bias.dtype if bias is not None else None)
         return total
@@ -85,27 +106,28 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return (None if d_hidden is None else d_hidden * grad.to(d_hidden.dtype),
                 None if d_weight is None else (d_weight * grad).to(w_dtype),
                 None if d_bias is None else (d_bias * grad).to(b_dtype),
-                None, None, None)
+                None, None, None, None)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                          labels: torch.Tensor, weights: torch.Tensor, *, chunk_rows: int | None = None,
-                         impl: str = "auto") -> torch.Tensor:
+                         block_rows: int | None = None, impl: str = "auto") -> torch.Tensor:
     """``sum_i weights_i * CE(hidden_i @ weight.T + bias, labels_i)`` as a 0-dim float32 tensor (float64 for
     float64 inputs). hidden (N, H), weight (V, H), bias (V,) or None, labels (N,) long, weights (N,).
 
-    For a mean over a loss mask pass ``weights = mask / mask.sum()``. impl: "auto"/"fused" (chunked, see the module
-    docstring) or "reference" (materialised logits)."""
+    For a mean over a loss mask pass ``weights = mask / mask.sum()``. impl: "auto"/"fused" (see the module
+    docstring; ``chunk_rows`` / ``block_rows`` override the sizes) or "reference" (materialised float32 logits).
+    "auto" takes the reference for fp16: there the gradient formed before loss scaling would underflow."""
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"expected hidden (N, H) and weight (V, H), got {tuple(hidden.shape)} and "
                          f"{tuple(weight.shape)}")
     if labels.shape != hidden.shape[:1] or weights.shape != hidden.shape[:1]:
         raise ValueError(f"labels and weights must be (N,) = ({hidden.shape[0]},), got {tuple(labels.shape)} and "
                          f"{tuple(weights.shape)}")
-    if impl == "reference" or (impl == "auto" and hidden.dtype == torch.float16):
-        # fp16: the fused path forms d z unscaled, where fp16 loss scaling cannot protect it from underflow.
-        return linear_cross_entropy_reference(hidden, weight, bias, labels, weights)
-    if impl not in ("auto", "fused"):
+    if impl not in ("auto", "fused", "reference"):
         raise ValueError(f"unknown impl {impl!r}: use 'auto', 'fused' or 'reference'")
-    rows = chunk_rows or default_chunk_rows(weight.shape[0])
-    return _LinearCrossEntropy.apply(hidden, weight, bias, labels, weights, rows)
+    if impl == "reference" or (impl == "auto" and hidden.dtype == torch.float16):
+        return linear_cross_entropy_reference(hidden, weight, bias, labels, weights)
+    chunk = chunk_rows or default_chunk_rows(weight.shape[0])
+    block = block_rows or default_block_rows(weight.shape[0], hidden.element_size())
+    return _LinearCrossEntropy.apply(hidden, weight, bias, labels, weights, chunk, block)
