@@ -48,7 +48,7 @@ namespace py = pybind11;
 
 namespace sample_idx {
 
-constexpr int64_t kPrefetch = 16;           // documents fetched ahead by the front walk
+constexpr int64_t kPrefetch = 32;           // documents fetched ahead by the front walk
 constexpr int64_t kRun = 1024;              // documents per bounds decision in walk_range
 constexpr int64_t kDefaultBlock = 1 << 16;  // documents per claimable block
 constexpr int kMaxAutoThreads = 4;
@@ -95,8 +95,11 @@ struct Buffered {
 // Within a run of m documents with k + m - 1 <= last no row past `last` can be written, so there is no check.
 template <bool PF, class Src>
 static int64_t walk_range(const Src& src, int64_t i, int64_t hi, int64_t S, int64_t last, int64_t* rows,
-                          Cursor& c, int32_t& sign) {
+                          Cursor& c, int32_t& sign_out) {
+  // Locals, not the references: a store to rows[] may alias them, which would force a memory round trip (a
+  // loop-carried store-to-load dependency) per document.
   int64_t pos = c.pos, next = c.next, k = c.k;
+  int32_t sign = sign_out;
   while (i < hi && k <= last) {
     const int64_t e = std::min(hi, i + kRun);
     if (last - k >= e - i) {
@@ -135,6 +138,7 @@ static int64_t walk_range(const Src& src, int64_t i, int64_t hi, int64_t S, int6
     }
   }
   c = Cursor{pos, next, k};
+  sign_out = sign;
   return i;
 }
 
@@ -188,8 +192,10 @@ static Cursor walk_front(Job& job) {
 // Gather lengths of doc_idx[lo, hi) into lens[lo, hi); returns their sum. Out-of-range indices read sizes[0]
 // and clear `ok`; `sign` collects the OR of the lengths. No branch on the data: many misses stay in flight.
 static int64_t gather_scalar(const int32_t* s, uint64_t n, const int64_t* d, int64_t lo, int64_t hi, int32_t* lens,
-                             bool& ok, int32_t& sign) {
+                             bool& ok_out, int32_t& sign_out) {
   int64_t sum = 0;
+  bool ok = true;
+  int32_t sign = 0;  // locals: stores to lens[] may alias the references (see walk_range)
   for (int64_t i = lo; i < hi; ++i) {
     const uint64_t v = static_cast<uint64_t>(d[i]);
     const bool in = v < n;
@@ -199,6 +205,8 @@ static int64_t gather_scalar(const int32_t* s, uint64_t n, const int64_t* d, int
     lens[i] = len;
     sum += len;
   }
+  ok_out &= ok;
+  sign_out |= sign;
   return sum;
 }
 
