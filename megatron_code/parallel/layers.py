@@ -4,7 +4,9 @@ for MQA/GQA with fewer KV heads than TP ranks, a vocab-parallel embedding and th
 All are drop-in replacements for the model's nn.Linear / nn.Embedding (they subclass them, keep the parameter
 names `weight`/`bias`, and `in_features`/`out_features`/`num_embeddings` are the LOCAL sizes), so state-dict keys,
 the model's `init_weights()` and `nn.Linear` checks keep working. `from_dense(module, group, ...)` builds one from
-an unsharded module by copying this rank's slice (also on the meta device: shapes only).
+an unsharded module by copying this rank's slice (also on the meta device: shapes only). Every layer states how it
+shards (`full_param_shape(name)`, `shard_param(name, full)`): the one place a full tensor is cut into this rank's
+part, used by `from_dense` and by the model's init (which draws full tensors and keeps this rank's part).
 
 Sharded parameters carry `tensor_model_parallel = True` and `partition_dim` (what DeepSpeed reads to count their
 gradient norms on every TP rank instead of TP rank 0 only); replicated ones keep identical values on all TP
@@ -75,6 +77,28 @@ def _mark(param: nn.Parameter, dim: int) -> None:
     param.partition_stride = 1
 
 
+class _ShardedParams:
+    """Mixin: how this layer's parameters relate to the unsharded layer's. `_shards` maps a parameter name to
+    (dim, start, full size) for split parameters; parameters it does not name are whole on every TP rank."""
+
+    _shards: dict = {}
+
+    def full_param_shape(self, name: str) -> torch.Size:
+        """Shape of parameter `name` in the unsharded model (e.g. (out, in) for a column-parallel weight)."""
+        shape = list(getattr(self, name).shape)
+        if name in self._shards:
+            dim, _, full = self._shards[name]
+            shape[dim] = full
+        return torch.Size(shape)
+
+    def shard_param(self, name: str, full: torch.Tensor) -> torch.Tensor:
+        """This rank's part of `full` (shaped `full_param_shape(name)`) for parameter `name`: a view, no copy."""
+        if name not in self._shards:
+            return full
+        dim, start, _ = self._shards[name]
+        return full.narrow(dim, start, getattr(self, name).shape[dim])
+
+
 def _copy_param(dst: nn.Parameter, src: torch.Tensor) -> None:
     if dst.device.type == "meta" or src.device.type == "meta":
         return
@@ -103,7 +127,7 @@ class _AddBiasFirstRank(torch.autograd.Function):
         return g, g.reshape(-1, g.shape[-1]).sum(0), None
 
 
-class ColumnParallelLinear(_GroupAttr, nn.Linear):
+class ColumnParallelLinear(_ShardedParams, _GroupAttr, nn.Linear):
     """y_local = x W_r^T + b_r, W split along its output rows: (out/tp, in). Output stays sharded on its last dim
     (e.g. this rank's heads, FFN columns or vocabulary slice) unless `gather_output`."""
 
@@ -116,6 +140,7 @@ class ColumnParallelLinear(_GroupAttr, nn.Linear):
         self.full_out_features, self.shard_start = out_features, start
         self.group, self.gather_output, self.copy_input = group, gather_output, copy_input
         self.sequence_parallel = sequence_parallel
+        self._shards = {"weight": (0, start, out_features), "bias": (0, start, out_features)}
         self.weight = nn.Parameter(torch.empty(stop - start, in_features, device=device, dtype=dtype))
         _mark(self.weight, 0)
         if bias:
@@ -129,10 +154,9 @@ class ColumnParallelLinear(_GroupAttr, nn.Linear):
         w = linear.weight
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, group,
                     device=w.device, dtype=w.dtype, **kw)
-        s, n = layer.shard_start, layer.out_features
-        _copy_param(layer.weight, w[s:s + n])
+        _copy_param(layer.weight, layer.shard_param("weight", w))
         if linear.bias is not None:
-            _copy_param(layer.bias, linear.bias[s:s + n])
+            _copy_param(layer.bias, layer.shard_param("bias", linear.bias))
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -145,7 +169,7 @@ class ColumnParallelLinear(_GroupAttr, nn.Linear):
         return f"{super().extra_repr()}, full_out={self.full_out_features}, tp_shard_start={self.shard_start}"
 
 
-class RowParallelLinear(_GroupAttr, nn.Linear):
+class RowParallelLinear(_ShardedParams, _GroupAttr, nn.Linear):
     """y = sum_r x_r W_r^T + b, W split along its input columns: (out, in/tp).
 
     reduce: "all_reduce" (plain TP), "reduce_scatter" (sequence parallel: output sharded along T) or "none"
@@ -161,6 +185,7 @@ class RowParallelLinear(_GroupAttr, nn.Linear):
         self.in_features, self.out_features = stop - start, out_features
         self.full_in_features, self.shard_start = in_features, start
         self.group, self.reduce, self.input_is_parallel = group, reduce, input_is_parallel
+        self._shards = {"weight": (1, start, in_features)}  # the bias is replicated
         self.weight = nn.Parameter(torch.empty(out_features, stop - start, device=device, dtype=dtype))
         _mark(self.weight, 1)
         if bias:
@@ -173,10 +198,9 @@ class RowParallelLinear(_GroupAttr, nn.Linear):
         w = linear.weight
         layer = cls(linear.in_features, linear.out_features, linear.bias is not None, group,
                     device=w.device, dtype=w.dtype, **kw)
-        s, n = layer.shard_start, layer.in_features
-        _copy_param(layer.weight, w[:, s:s + n])
+        _copy_param(layer.weight, layer.shard_param("weight", w))
         if linear.bias is not None:
-            _copy_param(layer.bias, linear.bias)
+            _copy_param(layer.bias, layer.shard_param("bias", linear.bias))
         return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -198,7 +222,7 @@ class RowParallelLinear(_GroupAttr, nn.Linear):
         return f"{super().extra_repr()}, full_in={self.full_in_features}, reduce={self.reduce}"
 
 
-class ReplicatedKVLinear(_GroupAttr, nn.Linear):
+class ReplicatedKVLinear(_ShardedParams, _GroupAttr, nn.Linear):
     """K or V projection when there are fewer KV heads than TP ranks (MQA as BigCode trained StarCoder, or GQA
     with kv_heads < tp). The full weight (kv_heads * head_dim, in) is replicated on every TP rank; the forward
     uses only the rows of the KV head this rank's query heads attend to (rank r: head r // (tp / kv_heads)), and
@@ -248,7 +272,7 @@ class ReplicatedKVLinear(_GroupAttr, nn.Linear):
         return f"{super().extra_repr()}, replicated full_out={self.full_out_features}, rows={self.rows}"
 
 
-class VocabParallelEmbedding(_GroupAttr, nn.Embedding):
+class VocabParallelEmbedding(_ShardedParams, _GroupAttr, nn.Embedding):
     """Embedding whose vocabulary rows are split over TP: rank r holds ids [r*V/tp, (r+1)*V/tp). Tokens outside
     the local range look up zeros; the partial results are all-reduced (each token found on exactly one rank).
     Tied heads reuse `weight`, so F.linear(h, weight) yields this rank's vocabulary slice of the logits."""
@@ -262,6 +286,7 @@ class VocabParallelEmbedding(_GroupAttr, nn.Embedding):
         self.padding_idx, self.max_norm, self.norm_type = None, None, 2.0
         self.scale_grad_by_freq, self.sparse = False, False
         self.group = group
+        self._shards = {"weight": (0, start, num_embeddings)}
         self.weight = nn.Parameter(torch.empty(stop - start, embedding_dim, device=device, dtype=dtype))
         _mark(self.weight, 0)
 
@@ -271,8 +296,7 @@ class VocabParallelEmbedding(_GroupAttr, nn.Embedding):
             raise ShardingError("vocab-parallel embedding supports plain embeddings only (no padding_idx/max_norm)")
         w = emb.weight
         layer = cls(emb.num_embeddings, emb.embedding_dim, group, device=w.device, dtype=w.dtype)
-        s, n = layer.vocab_start, layer.num_embeddings
-        _copy_param(layer.weight, w[s:s + n])
+        _copy_param(layer.weight, layer.shard_param("weight", w))
         return layer
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:

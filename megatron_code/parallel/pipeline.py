@@ -1,8 +1,10 @@
 """Pipeline parallelism: our GPT as a DeepSpeed `PipelineModule` (Huang et al., 2019 GPipe / Narayanan et al., 2019
 PipeDream-1F1B schedule, as DeepSpeed's pipeline engine runs it).
 
-The model is built and initialized whole from the job seed (and sharded by the TP plan) exactly as without
-pipelining, then carved into pipeline layers that REUSE its modules, so every layout starts from identical weights:
+The GPT is carved into pipeline layers that REUSE its modules. It is either initialized whole (and sharded by the
+TP plan), or, what the trainer does, built on the `meta` device with only its init seeds attached
+(`PENDING_INIT_ATTR`, model.init.module_seeds): then each rank materialises only the layers of its own stage, right
+after DeepSpeed picks them and before anything touches their storage. Both give every layout identical weights:
 
     layer 0        EmbeddingPipe   (input_ids, position_ids) -> (hidden, position_ids)   [tied key "embed"]
     layer 1..L     BlockPipe       (hidden, position_ids) -> (hidden, position_ids)      RoPE from position_ids
@@ -42,6 +44,7 @@ from . import random as tp_random
 from .random import RNGTracker
 
 TIED_KEY = "embed"
+PENDING_INIT_ATTR = "pending_init_seeds"  # on a meta GPT: {module name: seed}, see build_pipeline
 PARTITION_METHODS = ("parameters", "uniform")
 
 LossFn = Callable[[torch.Tensor, dict, bool], "tuple[torch.Tensor, dict]"]
@@ -153,7 +156,25 @@ def _pipeline_module_class():
     from deepspeed.pipe import PipelineModule
 
     class GPTPipe(PipelineModule):
-        """DeepSpeed PipelineModule over our GPT's modules; the loss is the objective's (see module docstring)."""
+        """DeepSpeed PipelineModule over our GPT's modules; the loss is the objective's (see module docstring).
+
+        `materialize(layer)`, if given, is called on each of this stage's pipeline layers (tied ones included)
+        right after DeepSpeed builds them and before it moves them to the device or broadcasts tied weights."""
+
+        def __init__(self, *args, materialize: Optional[Callable[[nn.Module], None]] = None, **kwargs):
+            object.__setattr__(self, "_materialize", materialize)  # before nn.Module.__init__: a plain attribute
+            super().__init__(*args, **kwargs)
+
+        def _build(self):
+            super()._build()
+            if self._materialize is None:
+                return
+            for name, child in self.named_children():
+                # children are the local layers ("<index>") and tied_modules {key: layer}; inside each, module
+                # names are the GPT's
+                for layer in (child.values() if name == "tied_modules" else [child]):
+                    self._materialize(layer)
+            object.__setattr__(self, "_materialize", None)  # done: do not keep the seeds alive
 
         def attach_loss(self, loss_fn: LossFn, part_names: tuple[str, ...]) -> None:
             self._objective_loss = loss_fn
@@ -244,6 +265,10 @@ def build_pipeline(model: nn.Module, groups: ParallelGroups, loss_fn: LossFn, *,
                    seed: Optional[int] = None):
     """Carve `model` (a GPT, initialized, already sharded by the TP plan) into this rank's pipeline stage.
 
+    Or `model` is a meta-device GPT (TP-sharded on meta if TP > 1) carrying `PENDING_INIT_ATTR` = its
+    `module_seeds`: then only this stage's parameters are created and initialized (this rank's slice of the
+    single-process weights, one full tensor at a time), and the rest of the GPT stays on meta.
+
     Collective over the whole world (DeepSpeed builds its grid and tied-weight groups). Every rank must pass a
     model with identical weights (same seed). `partition_method`: "parameters" (balance trainable parameters;
     DeepSpeed's default), "uniform" (balance layer counts) or "type:<regex>". `checkpoint_interval` N > 0
@@ -267,7 +292,7 @@ def build_pipeline(model: nn.Module, groups: ParallelGroups, loss_fn: LossFn, *,
     pipe = _pipeline_module_class()(
         layers=specs, topology=groups.topology(), partition_method=method,
         activation_checkpoint_interval=checkpoint_interval, activation_checkpoint_func=make_checkpoint_fn(tracker),
-        checkpointable_layers=list(CHECKPOINTABLE))
+        checkpointable_layers=list(CHECKPOINTABLE), materialize=_stage_materializer(model))
     parts = [int(p) for p in pipe.parts]
     empty = [s for s in range(groups.pp_size) if parts[s + 1] <= parts[s]]
     if empty:
@@ -283,6 +308,17 @@ def build_pipeline(model: nn.Module, groups: ParallelGroups, loss_fn: LossFn, *,
     if release_other_stages:
         _release(specs, parts[groups.pp_rank], parts[groups.pp_rank + 1], pipe)
     return pipe
+
+
+def _stage_materializer(model: nn.Module) -> Optional[Callable[[nn.Module], None]]:
+    """For a meta GPT with pending init seeds: a function creating one pipeline layer's parameters."""
+    from ..model.init import materialize_gpt_params
+
+    seeds = getattr(model, PENDING_INIT_ATTR, None)
+    if seeds is None:
+        return None
+    cfg = model.cfg
+    return lambda layer: materialize_gpt_params(layer, cfg, seeds)
 
 
 def _ensure_deepspeed_comm() -> None:

@@ -70,18 +70,46 @@ def seed_everything(seed: int) -> None:
 
 
 def build_model(job: JobConfig, groups: ParallelGroups, grad_accum: int = 1) -> torch.nn.Module:
-    """Full model initialized from the job seed (identical in every layout), then sharded by the TP plan."""
-    if job.parallel.zero_stage == 3 and groups.tp_size == 1 and groups.pp_size == 1:
-        return build_partitioned_gpt(job, grad_accum, groups.dp_group)  # never whole on one rank (zero.Init)
-    model = GPT(job.model)
-    model.init_weights(torch.Generator().manual_seed(job.training.seed))
+    """The GPT for this rank, initialized from the job seed: every layout holds its part of the same weights.
+
+    TP = PP = 1: the whole model (ZeRO-3: partitioned over DP as it is built). TP > 1 or PP > 1: the whole model
+    exists only on the meta device; with PP = 1 this rank's TP shards are created and initialized here, with
+    PP > 1 the meta GPT is returned carrying its init seeds and `build_pipeline` creates only this rank's stage.
+    Building never advances torch's global RNG (so what follows draws the same in every layout)."""
+    # only this rank's device (forking every visible GPU's RNG would open a CUDA context on each)
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        if job.parallel.zero_stage == 3 and groups.tp_size == 1 and groups.pp_size == 1:
+            return build_partitioned_gpt(job, grad_accum, groups.dp_group)  # never whole on one rank (zero.Init)
+        if groups.tp_size == 1 and groups.pp_size == 1:
+            model = GPT(job.model)
+            model.init_weights(torch.Generator().manual_seed(job.training.seed))
+        else:
+            model = _build_sharded_gpt(job, groups)
+    if groups.pp_size == 1 and job.parallel.activation_checkpoint_interval:
+        apply_activation_checkpointing(model, job.parallel.activation_checkpoint_interval)
+    return model
+
+
+def _build_sharded_gpt(job: JobConfig, groups: ParallelGroups) -> torch.nn.Module:
+    """Meta GPT -> TP plan on meta -> init seeds of the whole GPT (one per module, layout-free); then this rank's
+    TP shards are materialised (PP = 1) or the seeds are left for build_pipeline (PP > 1). Peak extra memory:
+    one full weight."""
+    from ..model.init import materialize_gpt_params, module_seeds
+    from ..parallel.pipeline import PENDING_INIT_ATTR
+
+    with torch.device("meta"):
+        model = GPT(job.model)
     if groups.tp_size > 1:
         from ..parallel.plans import plan_for
         from ..parallel.tensor_parallel import apply_tensor_parallel
         apply_tensor_parallel(model, plan_for(job.model, groups.tp_size), groups,
                               sequence_parallel=job.parallel.sequence_parallel)
-    if groups.pp_size == 1 and job.parallel.activation_checkpoint_interval:
-        apply_activation_checkpointing(model, job.parallel.activation_checkpoint_interval)
+    seeds = module_seeds(model, torch.Generator().manual_seed(job.training.seed))
+    if groups.pp_size > 1:
+        setattr(model, PENDING_INIT_ATTR, seeds)
+    else:
+        materialize_gpt_params(model, job.model, seeds)
     return model
 
 

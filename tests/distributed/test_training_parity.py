@@ -4,6 +4,8 @@ and a parallel-block MQA SwiGLU bias-free model. Pipeline and ZeRO layouts have 
 (test_pipeline.py, test_zero.py). The single-process reference uses the fused LM head + loss kernel (the default);
 the unfused path (logits, then causal_lm_loss) gives the same losses."""
 
+import math
+
 import pytest
 
 from megatron_code.testing import run_distributed
@@ -76,7 +78,9 @@ def test_tp2_and_sequence_parallel_match_single_process(reference):
     runs = [(f"{m}-tp2", MODELS[m], 2, False) for m in MODELS] + [(f"{m}-sp2", MODELS[m], 2, True) for m in MODELS]
     got = run_distributed(_train, 2, runs, timeout=900)
     for m in MODELS:
-        assert reference[m][-1] < reference[m][0]  # it trains at all
+        # A sane reference (finite, moving). Not "last < first": on uniform random mock tokens the loss hovers just
+        # above ln 256 and first-vs-last step is batch noise (it flips with the init draw or the seed).
+        assert all(math.isfinite(x) for x in reference[m]) and len(set(reference[m])) == STEPS
         for suffix in ("tp2", "sp2"):
             _close(got[0][f"{m}-{suffix}"], reference[m])
             assert got[1][f"{m}-{suffix}"] == got[0][f"{m}-{suffix}"]  # every rank reports the same loss
