@@ -65,10 +65,12 @@ struct Job {
   const int64_t* doc_idx;
   int64_t num_docs, seq_length, last_row;  // last_row = num_samples: rows 0..last_row are emitted
   int64_t block, num_blocks;
+  int64_t front_limit;  // most blocks thread 0 walks (-1: no limit); tests use it to force buffered blocks
   bool simd;           // helpers may use AVX-512 gathers (when the CPU has them)
   int64_t* rows;       // (last_row + 1, 2)
   int32_t* lens;       // gathered lengths of buffered blocks, indexed like doc_idx (nullptr with one thread)
   int64_t* block_sum;  // tokens per buffered block, (num_blocks,)
+  uint8_t* prefixed;   // per block: lens holds running sums within the block (uint32) instead of lengths
   // Blocks [front, back) are unclaimed; front is claimed by thread 0 (walk in order), back - 1 by helpers.
   std::atomic<uint64_t> claims{0};
   std::atomic<bool> bad_index{false}, negative{false};
@@ -170,7 +172,7 @@ static Cursor walk_front(Job& job) {
   const int64_t S = job.seq_length, last = job.last_row;
   Cursor c;
   int32_t sign = 0;  // OR of the lengths read: negative if any of them is
-  for (int64_t b; (b = claim(job, true)) >= 0;) {
+  for (int64_t b, n = 0; n != job.front_limit && (b = claim(job, true)) >= 0; ++n) {
     if (job.bad_index.load(std::memory_order_relaxed)) break;
     const int64_t lo = b * job.block, hi = std::min(job.num_docs, lo + job.block);
     if (!indices_ok(job.doc_idx, lo, hi, job.num_sizes)) {
@@ -216,44 +218,93 @@ static int64_t gather_scalar(const int32_t* s, uint64_t n, const int64_t* d, int
 #pragma GCC diagnostic ignored "-Wuninitialized"
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #endif
-// Same contract as gather_scalar, 8 documents per AVX-512 gather (masked: out-of-range lanes load nothing).
-__attribute__((target("avx512f"))) static int64_t gather_avx512(const int32_t* s, uint64_t n, const int64_t* d,
-                                                                int64_t lo, int64_t hi, int32_t* lens, bool& ok,
-                                                                int32_t& sign) {
+// Like gather_scalar, but lens[lo, hi) receives running sums from lo, modulo 2^32 (lens[i] = len(lo) + ... +
+// len(i)); returns the exact total. 8 documents per AVX-512 gather (masked: out-of-range lanes load nothing); the
+// running sum of the 8 lanes is 3 shifted adds in a register, plus the carry from the previous 8.
+__attribute__((target("avx512f,avx512vl"))) static int64_t gather_sums_avx512(const int32_t* s, uint64_t n,
+                                                                             const int64_t* d, int64_t lo,
+                                                                             int64_t hi, int32_t* lens, bool& ok,
+                                                                             int32_t& sign) {
   const __m512i limit = _mm512_set1_epi64(static_cast<long long>(n));
+  const __m256i zero = _mm256_setzero_si256(), lane7 = _mm256_set1_epi32(7);
   __m512i sum = _mm512_setzero_si512();
-  __m256i bits = _mm256_setzero_si256();
+  __m256i bits = zero, carry = zero;
   __mmask8 all_in = 0xff;
   int64_t i = lo;
   for (; i + 8 <= hi; i += 8) {
     const __m512i idx = _mm512_loadu_si512(static_cast<const void*>(d + i));
     const __mmask8 in = _mm512_cmplt_epu64_mask(idx, limit);
     all_in &= in;
-    const __m256i v = _mm512_mask_i64gather_epi32(_mm256_setzero_si256(), in, idx, s, 4);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lens + i), v);
+    const __m256i v = _mm512_mask_i64gather_epi32(zero, in, idx, s, 4);
     bits = _mm256_or_si256(bits, v);
     sum = _mm512_add_epi64(sum, _mm512_cvtepi32_epi64(v));
+    __m256i x = _mm256_add_epi32(v, _mm256_alignr_epi32(v, zero, 7));  // lane j += lane j-1
+    x = _mm256_add_epi32(x, _mm256_alignr_epi32(x, zero, 6));           // lane j += lane j-2
+    x = _mm256_add_epi32(x, _mm256_alignr_epi32(x, zero, 4));           // lane j += lane j-4
+    x = _mm256_add_epi32(x, carry);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lens + i), x);
+    carry = _mm256_permutexvar_epi32(lane7, x);
   }
   alignas(32) int32_t lanes[8];
   _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), bits);
   for (int32_t x : lanes) sign |= x;
   ok &= all_in == 0xff;
-  return _mm512_reduce_add_epi64(sum) + gather_scalar(s, n, d, i, hi, lens, ok, sign);
+  const int64_t tail = gather_scalar(s, n, d, i, hi, lens, ok, sign);
+  uint32_t acc = i > lo ? static_cast<uint32_t>(lens[i - 1]) : 0u;
+  for (; i < hi; ++i) {
+    acc += static_cast<uint32_t>(lens[i]);
+    lens[i] = static_cast<int32_t>(acc);
+  }
+  return _mm512_reduce_add_epi64(sum) + tail;
 }
 #if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
 #endif
 #endif
 
-static bool cpu_has_avx512f() {
+static bool cpu_has_avx512() {
 #if MC_X86_SIMD
-  return __builtin_cpu_supports("avx512f");
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("popcnt");
 #else
   return false;
 #endif
 }
 
-// Helper threads: claim blocks from the back, gather their lengths into job.lens and sum them per block.
+// Turn running sums (mod 2^32) in lens[lo, hi) back into lengths: exact, every length is below 2^31.
+static void sums_to_lengths(int32_t* lens, int64_t lo, int64_t hi) {
+  for (int64_t i = hi - 1; i > lo; --i) {
+    lens[i] = static_cast<int32_t>(static_cast<uint32_t>(lens[i]) - static_cast<uint32_t>(lens[i - 1]));
+  }
+}
+
+#if MC_X86_SIMD
+// Rows k..k_last of one buffered block whose lens were turned into running sums E (block-relative, sorted): row k
+// is token t = k * S - base of the block, in the first document j with E[j] > t (16 sums compared at once), so
+// this costs per row, not per document. Every row here lies inside the block: t < E[m - 1].
+__attribute__((target("avx512f,popcnt"))) static void rows_from_sums(const int32_t* sums, int64_t lo, int64_t m,
+                                                                     int64_t base, int64_t k, int64_t k_last,
+                                                                     int64_t S, int64_t* rows) {
+  const uint32_t* E = reinterpret_cast<const uint32_t*>(sums + lo);
+  int64_t j = 0;
+  for (; k <= k_last; ++k) {
+    const uint32_t t = static_cast<uint32_t>(k * S - base);
+    const __m512i tv = _mm512_set1_epi32(static_cast<int>(t));
+    for (;;) {  // masked loads never touch memory past the block
+      const int64_t left = m - j;
+      const __mmask16 valid = left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1);
+      const __m512i e = _mm512_maskz_loadu_epi32(valid, E + j);
+      const int c = __builtin_popcount(_mm512_mask_cmple_epu32_mask(valid, e, tv));
+      j += c;
+      if (c < 16) break;
+    }
+    rows[2 * k] = lo + j;
+    rows[2 * k + 1] = t - (j ? E[j - 1] : 0u);
+  }
+}
+#endif
+
+// Helper threads: claim blocks from the back, gather their lengths into job.lens and sum them per block. With
+// AVX-512 a block holds running sums instead (if its total fits in 32 bits), so its rows are found per row.
 static void gather_back(Job& job) {
   int32_t sign = 0;
   for (int64_t b; (b = claim(job, false)) >= 0;) {
@@ -262,7 +313,13 @@ static void gather_back(Job& job) {
     bool ok = true;
 #if MC_X86_SIMD
     if (job.simd) {
-      job.block_sum[b] = gather_avx512(job.sizes, job.num_sizes, job.doc_idx, lo, hi, job.lens, ok, sign);
+      const int64_t sum = gather_sums_avx512(job.sizes, job.num_sizes, job.doc_idx, lo, hi, job.lens, ok, sign);
+      job.block_sum[b] = sum;
+      if (sum >= 0 && sum < (int64_t{1} << 32)) {
+        job.prefixed[b] = 1;
+      } else {  // a block of more than 2^32 tokens: back to lengths, walked per document
+        sums_to_lengths(job.lens, lo, hi);
+      }
     } else
 #endif
     {
@@ -273,18 +330,28 @@ static void gather_back(Job& job) {
   if (sign < 0) job.negative.store(true);
 }
 
-// Walk buffered blocks [b0, b1), whose first token is at `base`; rows owned: those starting before `end_base`.
-static void walk_buffered(const Job& job, int64_t b0, int64_t b1, int64_t base, int64_t end_base) {
+// Walk buffered blocks [b0, b1); base[b - b0] = first token of block b (base[b1 - b0] = end of block b1 - 1).
+// Each block emits the rows starting inside it.
+static void walk_buffered(const Job& job, int64_t b0, int64_t b1, const int64_t* base) {
   const int64_t S = job.seq_length;
-  Cursor c;
-  c.k = (base + S - 1) / S;  // first row at or after base
-  c.next = c.k * S;
-  c.pos = base;
-  const int64_t last = std::min(job.last_row, (end_base + S - 1) / S - 1);
-  if (b0 >= b1 || c.k > last) return;
-  int32_t sign = 0;  // already checked by the helpers
-  walk_range<false>(Buffered{job.lens}, b0 * job.block, std::min(job.num_docs, b1 * job.block), S, last, job.rows,
-                    c, sign);
+  for (int64_t b = b0; b < b1; ++b) {
+    const int64_t lo = b * job.block, hi = std::min(job.num_docs, lo + job.block);
+    const int64_t start = base[b - b0], end = base[b - b0 + 1];
+    Cursor c;
+    c.k = (start + S - 1) / S;  // first row at or after start
+    c.next = c.k * S;
+    c.pos = start;
+    const int64_t last = std::min(job.last_row, (end + S - 1) / S - 1);
+    if (c.k > last) continue;
+#if MC_X86_SIMD
+    if (job.prefixed[b]) {
+      rows_from_sums(job.lens, lo, hi - lo, start, c.k, last, S, job.rows);
+      continue;
+    }
+#endif
+    int32_t sign = 0;  // already checked by the helpers
+    walk_range<false>(Buffered{job.lens}, lo, hi, S, last, job.rows, c, sign);
+  }
 }
 
 // Runs fn(t) for t = 1..n-1 on new threads and fn(0) here; a thread that cannot start runs inline.
@@ -335,7 +402,7 @@ static Outcome build(Job& job, int threads) {
   const int nw = static_cast<int>(std::min<int64_t>(threads, count));
   run_threads(nw, [&](int t) {
     const int64_t b0 = count * t / nw, b1 = count * (t + 1) / nw;
-    walk_buffered(job, first + b0, first + b1, base[b0], base[b1]);
+    walk_buffered(job, first + b0, first + b1, base.data() + b0);
   });
   return {true, 0};
 }
@@ -347,11 +414,12 @@ static Outcome build(Job& job, int threads) {
 // is bounds-checked and its length read (also after the last needed document), as numpy's sizes[doc_idx] does;
 // a negative length is an error here (the .idx reader already rejects them; the numpy twin does not check).
 // threads <= 0: automatic (min(cores, 4, blocks / 2), at least 1); block <= 0: 65,536 documents per
-// block; simd=false: no AVX-512 even when the CPU has it. These three only change speed, never the result.
+// block; simd=false: no AVX-512 even when the CPU has it; front_blocks >= 0 (tests): thread 0 walks at most that
+// many blocks and helper threads gather the rest. These only change speed, never the result.
 static py::array_t<int64_t> build_sample_idx(py::array_t<int32_t, py::array::c_style | py::array::forcecast> sizes_arr,
                                              py::array_t<int64_t, py::array::c_style | py::array::forcecast> doc_idx_arr,
                                              int64_t seq_length, int64_t num_samples, int threads, int64_t block,
-                                             bool simd) {
+                                             bool simd, int64_t front_blocks) {
   if (seq_length < 1) throw std::invalid_argument("seq_length must be >= 1");
   if (num_samples < 0) throw std::invalid_argument("num_samples must be >= 0");
   namespace si = sample_idx;
@@ -368,11 +436,14 @@ static py::array_t<int64_t> build_sample_idx(py::array_t<int32_t, py::array::c_s
   job.seq_length = seq_length;
   job.last_row = num_samples;
   job.block = block;
-  job.simd = simd && si::cpu_has_avx512f();
+  job.simd = simd && si::cpu_has_avx512();
+  job.front_limit = threads > 1 ? front_blocks : -1;  // one thread walks everything
   job.num_blocks = (num_docs + block - 1) / block;
   job.rows = out.mutable_data();
   py::array_t<int32_t> lens(threads > 1 ? num_docs : 0);  // numpy's allocator: lazily faulted, huge pages
   std::vector<int64_t> block_sum(threads > 1 ? job.num_blocks : 0);
+  std::vector<uint8_t> prefixed(threads > 1 ? job.num_blocks : 0, 0);
+  job.prefixed = prefixed.data();
   job.lens = threads > 1 ? lens.mutable_data() : nullptr;
   job.block_sum = block_sum.data();
   si::Outcome res;
@@ -428,6 +499,7 @@ static py::tuple build_blending_indices(py::array_t<double, py::array::c_style |
 PYBIND11_MODULE(_helpers_cpp, m) {
   m.doc() = "C++ twins of megatron_code.data.helpers (sample index, blending index)";
   m.def("build_sample_idx", &build_sample_idx, py::arg("sizes"), py::arg("doc_idx"), py::arg("seq_length"),
-        py::arg("num_samples"), py::arg("threads") = 0, py::arg("block") = 0, py::arg("simd") = true);
+        py::arg("num_samples"), py::arg("threads") = 0, py::arg("block") = 0, py::arg("simd") = true,
+        py::arg("front_blocks") = -1);
   m.def("build_blending_indices", &build_blending_indices, py::arg("weights"), py::arg("size"));
 }

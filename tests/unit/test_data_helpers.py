@@ -103,8 +103,9 @@ def test_blend_prefix_is_stable_and_ties_go_to_lowest(impl):
 
 
 # --- C++ thread split (threads / block / simd only change speed) ---------------------------------------------
-# Small blocks make tiny inputs span many blocks, so the front walk, the helpers' buffered blocks and the walk of
-# the buffered part by several threads all meet on hypothesis-sized inputs.
+# Small blocks make tiny inputs span many blocks, and front_blocks caps how many thread 0 walks (otherwise it
+# finishes a tiny input before a helper thread starts), so the front walk, the helpers' buffered blocks and the
+# walk of the buffered part by several threads all meet on hypothesis-sized inputs.
 
 def _order(sizes, epochs, partial, seed):
     rng = np.random.default_rng(seed)
@@ -114,7 +115,10 @@ def _order(sizes, epochs, partial, seed):
 
 
 def _cpp_configs():
-    return [(t, b, simd) for t in (1, 2, 3, 4) for b in (1, 2, 5, 0) for simd in (True, False)]
+    # (threads, block, simd, front_blocks); front_blocks 0: the helpers gather every block
+    single = [(1, b, simd, -1) for b in (1, 5, 0) for simd in (True, False)]
+    return single + [(t, b, simd, f) for t in (2, 3) for b in (1, 2, 5, 0) for simd in (True, False)
+                     for f in (0, 1, 3, -1)]
 
 
 @needs_cpp
@@ -131,16 +135,18 @@ def test_sample_idx_thread_splits_equal_numpy(sizes, epochs, partial, seq, seed,
         return
     n = int(frac * ((total - 1) // seq))
     ref = build_sample_idx(sizes, doc_idx, seq, n, impl="numpy")
-    for threads, block, simd in _cpp_configs():
-        out = _cpp(sizes, doc_idx, seq, n, threads, block, simd)
+    for config in _cpp_configs():
+        out = _cpp(sizes, doc_idx, seq, n, *config)
         assert out.dtype == ref.dtype
-        np.testing.assert_array_equal(out, ref, err_msg=f"threads={threads} block={block} simd={simd}")
+        np.testing.assert_array_equal(out, ref, err_msg=str(config))
 
 
-def _cpp(sizes, doc_idx, seq, n, threads, block, simd):
-    """The extension directly (block and simd are not exposed by the wrapper), errors as the wrapper raises them."""
+def _cpp(sizes, doc_idx, seq, n, threads, block, simd, front_blocks):
+    """The extension directly (block, simd, front_blocks are not exposed by the wrapper), errors as the wrapper
+    raises them."""
     try:
-        return helpers._cpp.build_sample_idx(sizes, doc_idx, seq, n, threads=threads, block=block, simd=simd)
+        return helpers._cpp.build_sample_idx(sizes, doc_idx, seq, n, threads=threads, block=block, simd=simd,
+                                             front_blocks=front_blocks)
     except ValueError as exc:
         raise SampleIndexError(str(exc)) from None
 
@@ -204,3 +210,17 @@ def test_automatic_threads_equal_single_thread_on_a_large_order():
     single = build_sample_idx(sizes, doc_idx, S, n, impl="cpp", threads=1)
     np.testing.assert_array_equal(build_sample_idx(sizes, doc_idx, S, n, impl="cpp"), single)
     np.testing.assert_array_equal(build_sample_idx(sizes, doc_idx, S, n, impl="numpy"), single)
+
+
+@needs_cpp
+def test_blocks_of_more_than_2_to_the_32_tokens():
+    """Helpers keep 32-bit running sums per block; a block whose total does not fit goes back to lengths."""
+    rng = np.random.default_rng(5)
+    sizes = rng.integers(2**29, 2**31 - 1, 48).astype(np.int32)
+    sizes[::7] = rng.integers(0, 50, sizes[::7].size)
+    doc_idx = np.concatenate([rng.permutation(sizes.size) for _ in range(2)]).astype(np.int64)
+    for S in (10**9, 3 * 10**9, 123_456_789):
+        n = (int(sizes[doc_idx].astype(np.int64).sum()) - 1) // S
+        ref = build_sample_idx(sizes, doc_idx, S, n, impl="numpy")
+        for config in _cpp_configs():  # blocks of 1-2 documents fit in 32 bits, of 5 or 65,536 do not
+            np.testing.assert_array_equal(_cpp(sizes, doc_idx, S, n, *config), ref, err_msg=str(config))
