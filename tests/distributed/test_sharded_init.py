@@ -2,7 +2,8 @@
 meta GPT -> TP plan on meta -> this rank's shards of this rank's stage materialised from per-module seeds), and
 every rank's parameters are BITWISE the corresponding slice of the single-process init
 (`GPT(cfg).init_weights(Generator().manual_seed(seed))`), for TP2, PP2 and TP2 x PP2 on a parallel-block MQA SwiGLU
-bias-free tied model and a sequential GELU learned-position untied model. The peak RSS growth of a TP2 x PP2 build
+bias-free tied model and a sequential GELU learned-position untied model (also at TP 2 and 4 on virtual ranks,
+through both materialize_gpt_params and to_empty + init_weights). The peak RSS growth of a TP2 x PP2 build
 stays far below the full model's size (the old full-build-then-shard path grew by more than the full model), and a
 PaLM-540B layout (TP8 x PP12) is still planned on meta only.
 """
@@ -116,6 +117,42 @@ def test_tp2_pp2_shards_equal_the_single_process_init():
     layouts = {f"{m} tp2pp2": (m, 2, 2) for m in MODELS}
     results = run_distributed(_check_layouts, 4, layouts, timeout=240)
     _check_coverage(results, layouts)
+
+
+@pytest.mark.parametrize("tp", [2, 4])
+def test_init_of_a_meta_tp_model_is_the_slice_without_processes(tp):
+    """Virtual TP ranks (no processes; at TP 4 the MQA K/V are replicated): both ways of initializing a meta,
+    TP-sharded GPT (materialize_gpt_params; to_empty + init_weights) give each rank its slice of the plain init."""
+    from megatron_code.model import GPT
+    from megatron_code.model.init import materialize_gpt_params, module_seeds
+    from megatron_code.parallel.groups import ParallelGroups
+    from megatron_code.parallel.plans import plan_for
+    from megatron_code.parallel.tensor_parallel import apply_tensor_parallel
+
+    for model_name in MODELS:
+        cfg = _job(BASE + MODELS[model_name]).model
+        ref = GPT(cfg)
+        ref.init_weights(torch.Generator().manual_seed(SEED))
+        full = dict(ref.named_parameters())
+        for r in range(tp):
+            built = []
+            for how in ("materialize", "init_weights"):
+                with torch.device("meta"):
+                    model = GPT(cfg)
+                apply_tensor_parallel(model, plan_for(cfg, tp), ParallelGroups.virtual(tp=tp, rank=r))
+                if how == "materialize":
+                    materialize_gpt_params(model, cfg, module_seeds(model, torch.Generator().manual_seed(SEED)))
+                else:
+                    model.to_empty(device="cpu")
+                    model.init_weights(torch.Generator().manual_seed(SEED))
+                built.append(model)
+            # to_empty makes new Parameters without the TP marks: read the split dims from the materialised one
+            dims = {n: getattr(p, "partition_dim", None) for n, p in built[0].named_parameters()}
+            assert sum(d is not None for d in dims.values()) > 0
+            for model in built:
+                for name, p in model.named_parameters():
+                    want = full[name] if dims[name] is None else full[name].chunk(tp, dim=dims[name])[r]
+                    assert torch.equal(p.detach(), want.detach()), (model_name, tp, r, name)
 
 
 # ----------------------------------------------------------------------------- memory: never the whole model
