@@ -39,12 +39,14 @@ namespace py = pybind11;
 
 // ---- sample index ------------------------------------------------------------------------------------------
 // Cost model (5M shuffled documents, 2B tokens): the walk is bound by the random gather sizes[doc_idx[i]] (one
-// cache miss per document), then by the instructions per document. So: (1) the walk has no data-dependent branch
-// in the common case (a mispredict flushes the misses in flight) and no per-document bounds check; (2) thread 0
-// walks from the front with software prefetch, while helper threads gather lengths from the back into a buffer
-// (independent loads, many misses in flight; AVX-512 gathers when the CPU has them) and sum them per block; the
-// block sums give every buffered block its first token, so the buffered part is then walked by all threads at
-// once. Blocks are claimed dynamically, so a helper thread that gets no CPU costs nothing but its help.
+// cache miss per document), then by instructions per document and by first-touch page faults of new arrays.
+// So: (1) the walk has no data-dependent branch in the common case (a mispredict flushes the misses in flight)
+// and no per-document bounds check; (2) thread 0 walks from the front with software prefetch, while helper
+// threads gather from the back into a buffer (independent loads, many misses in flight; AVX-512 gathers and
+// 32-bit running sums per block when the CPU has them) and sum each block; once they meet, the block sums give
+// every buffered block its first token, and the buffered blocks' rows are emitted by all threads (per row, by
+// searching the running sums). Blocks are claimed dynamically in both phases, so a thread that gets no CPU
+// costs nothing but its help, and the result never depends on who did what.
 
 namespace sample_idx {
 
@@ -330,28 +332,24 @@ static void gather_back(Job& job) {
   if (sign < 0) job.negative.store(true);
 }
 
-// Walk buffered blocks [b0, b1); base[b - b0] = first token of block b (base[b1 - b0] = end of block b1 - 1).
-// Each block emits the rows starting inside it.
-static void walk_buffered(const Job& job, int64_t b0, int64_t b1, const int64_t* base) {
+// Emit the rows starting inside buffered block b, whose first token is `start` and end `end`.
+static void walk_buffered(const Job& job, int64_t b, int64_t start, int64_t end) {
   const int64_t S = job.seq_length;
-  for (int64_t b = b0; b < b1; ++b) {
-    const int64_t lo = b * job.block, hi = std::min(job.num_docs, lo + job.block);
-    const int64_t start = base[b - b0], end = base[b - b0 + 1];
-    Cursor c;
-    c.k = (start + S - 1) / S;  // first row at or after start
-    c.next = c.k * S;
-    c.pos = start;
-    const int64_t last = std::min(job.last_row, (end + S - 1) / S - 1);
-    if (c.k > last) continue;
+  const int64_t lo = b * job.block, hi = std::min(job.num_docs, lo + job.block);
+  Cursor c;
+  c.k = (start + S - 1) / S;  // first row at or after start
+  c.next = c.k * S;
+  c.pos = start;
+  const int64_t last = std::min(job.last_row, (end + S - 1) / S - 1);
+  if (c.k > last) return;
 #if MC_X86_SIMD
-    if (job.prefixed[b]) {
-      rows_from_sums(job.lens, lo, hi - lo, start, c.k, last, S, job.rows);
-      continue;
-    }
-#endif
-    int32_t sign = 0;  // already checked by the helpers
-    walk_range<false>(Buffered{job.lens}, lo, hi, S, last, job.rows, c, sign);
+  if (job.prefixed[b]) {
+    rows_from_sums(job.lens, lo, hi - lo, start, c.k, last, S, job.rows);
+    return;
   }
+#endif
+  int32_t sign = 0;  // already checked by the helpers
+  walk_range<false>(Buffered{job.lens}, lo, hi, S, last, job.rows, c, sign);
 }
 
 // Runs fn(t) for t = 1..n-1 on new threads and fn(0) here; a thread that cannot start runs inline.
@@ -399,10 +397,13 @@ static Outcome build(Job& job, int threads) {
   const int64_t total = base.back(), S = job.seq_length;
   // Row last_row sits at token last_row * S, which must exist; count == 0: thread 0 walked everything.
   if (count == 0 || total == 0 || job.last_row > (total - 1) / S) return {false, total};
-  const int nw = static_cast<int>(std::min<int64_t>(threads, count));
-  run_threads(nw, [&](int t) {
-    const int64_t b0 = count * t / nw, b1 = count * (t + 1) / nw;
-    walk_buffered(job, first + b0, first + b1, base.data() + b0);
+  // Every buffered block is independent now (its first token is known): threads claim them one by one, so a
+  // thread that gets no CPU delays nobody.
+  std::atomic<int64_t> next_block{0};
+  run_threads(static_cast<int>(std::min<int64_t>(threads, count)), [&](int) {
+    for (int64_t j; (j = next_block.fetch_add(1, std::memory_order_relaxed)) < count;) {
+      walk_buffered(job, first + j, base[j], base[j + 1]);
+    }
   });
   return {true, 0};
 }
