@@ -272,6 +272,7 @@ static bool cpu_has_avx512() {
 #endif
 }
 
+#if MC_X86_SIMD
 // Turn running sums (mod 2^32) in lens[lo, hi) back into lengths: exact, every length is below 2^31.
 static void sums_to_lengths(int32_t* lens, int64_t lo, int64_t hi) {
   for (int64_t i = hi - 1; i > lo; --i) {
@@ -279,7 +280,6 @@ static void sums_to_lengths(int32_t* lens, int64_t lo, int64_t hi) {
   }
 }
 
-#if MC_X86_SIMD
 // Rows k..k_last of one buffered block whose lens were turned into running sums E (block-relative, sorted): row k
 // is token t = k * S - base of the block, in the first document j with E[j] > t (16 sums compared at once), so
 // this costs per row, not per document. Every row here lies inside the block: t < E[m - 1].
