@@ -7,7 +7,7 @@ Precisions: fp32, and bf16. For bf16 the peer runs two ways, both reported: pure
 ("hf-bf16-params", the fastest plain loop, no fp32 master weights) and torch.autocast over fp32 parameters
 ("hf-bf16-autocast", mixed precision like ours: DeepSpeed keeps fp32 master weights).
 
-    python benchmarks/bench_trainer_vs_hf.py [--rounds 5] [--steps 4] [--precisions fp32 bf16]
+    python benchmarks/bench_trainer_vs_hf.py [--rounds 5] [--steps 4] [--precisions fp32 bf16] [--with-unfused]
 
 Prints tokens/s medians, the ratio ours/peer, and MFU of each against a matmul peak measured in the same run.
 """
@@ -112,6 +112,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=4)
     ap.add_argument("--precisions", nargs="+", default=["fp32", "bf16"])
+    ap.add_argument("--with-unfused", action="store_true",
+                    help="also run our step with the unfused head + loss (training.fused_lm_loss false)")
     args = ap.parse_args()
     init_distributed("gloo")
     gen = torch.Generator().manual_seed(0)
@@ -121,6 +123,8 @@ def main() -> None:
           f"load average {os.getloadavg()[0]:.1f} at start")
     for precision in args.precisions:
         runners = {"ours": Ours(precision)}
+        if args.with_unfused:
+            runners["ours-unfused"] = Ours(precision, fused=False)
         if precision == "fp32":
             runners["hf-fp32"] = HF("fp32")
         else:
