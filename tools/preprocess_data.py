@@ -310,9 +310,26 @@ def main(argv=None) -> int:
     ap.add_argument("--fim-spm-rate", type=float, default=0.5, help="with --fim-rate: probability of SPM vs PSM")
     ap.add_argument("--seed", type=int, default=1234, help="with --fim-rate: document d uses rng (seed, 0, d)")
     ap.add_argument("--log-interval", type=int, default=None, help="accepted for Megatron compatibility")
+    # Megatron preprocess_data.py flags found in copied launch scripts.
+    ap.add_argument("--dataset-impl", default="mmap", help="Megatron-DeepSpeed: only 'mmap' (the format we write)")
+    ap.add_argument("--keep-sequential-samples", action="store_true",
+                    help="accepted for Megatron compatibility: documents are always written in input order")
+    ap.add_argument("--split-sentences", action="store_true", help="not supported (see the error it gives)")
+    ap.add_argument("--keep-newlines", action="store_true", help="only meaningful with --split-sentences")
+    ap.add_argument("--lang", default=None, help="only meaningful with --split-sentences")
     args = ap.parse_args(argv)
     if args.workers < 1 or args.partitions < 1:
         print("error: --workers and --partitions must be >= 1", file=sys.stderr)
+        return 2
+    if args.dataset_impl != "mmap":
+        print(f"error: --dataset-impl {args.dataset_impl}: only 'mmap' is written (Megatron's MMapIndexedDataset "
+              f"format, which Megatron-LM, Megatron-DeepSpeed and this trainer read); use --dataset-impl mmap or "
+              f"drop the flag", file=sys.stderr)
+        return 2
+    if args.split_sentences:
+        print("error: --split-sentences splits documents into sentences with nltk for BERT-style sentence-pair "
+              "data; code is tokenized as whole documents (indentation and newlines are tokens): drop the flag",
+              file=sys.stderr)
         return 2
     try:
         t = preprocess(args.input, args.output_prefix, args.tokenizer_type, args.tokenizer_model, args.vocab_file,

@@ -111,3 +111,19 @@ def test_build_index_then_ranks_only_load(corpus, tmp_path):
 def test_prepare_stdlib_corpus_cli(tmp_path):
     proc = run("prepare_stdlib_corpus.py", "--output-dir", tmp_path / "s")
     assert "train:" in proc.stdout and os.path.getsize(tmp_path / "s" / "train.jsonl") > 1_000_000
+
+
+def test_preprocess_accepts_megatron_flags_and_names_the_unsupported_ones(corpus, tmp_path):
+    d, _ = corpus
+    common = ["--input", d / "train.jsonl", "--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model",
+              d / "tok", "--append-eod"]
+    run("preprocess_data.py", *common, "--output-prefix", tmp_path / "plain")
+    run("preprocess_data.py", *common, "--output-prefix", tmp_path / "meg", "--dataset-impl", "mmap",
+        "--keep-sequential-samples", "--log-interval", 1000)
+    for ext in ("bin", "idx"):  # the compatibility flags change nothing
+        assert open(tmp_path / f"meg_text_document.{ext}", "rb").read() == \
+            open(tmp_path / f"plain_text_document.{ext}", "rb").read()
+    for extra, pattern in ((["--split-sentences"], "drop the flag"), (["--dataset-impl", "lazy"], "only 'mmap'")):
+        proc = run("preprocess_data.py", *common, "--output-prefix", tmp_path / "x", *extra, ok=False)
+        assert proc.returncode == 2 and pattern in proc.stderr and "Traceback" not in proc.stderr
+        assert not os.path.exists(tmp_path / "x_text_document.idx")
