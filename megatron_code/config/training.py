@@ -59,8 +59,8 @@ class TrainingConfig(ConfigBase):
     progress_bar: bool = True
     # Number of torch CPU threads (0 = torch default).
     cpu_threads: int = 0
-    # Score the causal-LM loss with the fused LM head + cross-entropy kernel (kernels/linear_cross_entropy: the
-    # (B, S, V) logits are never materialised). Used where it applies: no tensor parallelism (vocab-parallel
+    # Score the causal-LM loss with the fused LM head + cross-entropy kernel (kernels/linear_cross_entropy: one
+    # compute-dtype logits buffer, no float32 copies, nothing (B, S, V) kept for backward). Used where it applies: no tensor parallelism (vocab-parallel
     # logits take the vocab-parallel loss), no pipeline, ZeRO < 3, not for MIM training; False = always unfused.
     fused_lm_loss: bool = True
 

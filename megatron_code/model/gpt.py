@@ -96,8 +96,9 @@ class GPT(nn.Module):
         With a cache, positions continue from the cached length and keys/values are appended.
 
         With ``labels`` (B, T) and ``loss_weights`` (B, T) float, returns instead the 0-dim float32 loss
-        ``sum(loss_weights * CE(logits, labels))`` from the fused head + cross-entropy kernel, which never
-        materialises the (B, T, V) logits (pass ``loss_mask / loss_mask.sum()`` for the masked mean)."""
+        ``sum(loss_weights * CE(logits, labels))`` from the fused head + cross-entropy kernel, which keeps no
+        float32 copy of the (B, T, V) logits and nothing of that size for backward (pass
+        ``loss_mask / loss_mask.sum()`` for the masked mean)."""
         if position_ids is None:
             position_ids = self.default_position_ids(input_ids, cache.length if cache is not None else 0)
         x = self.embed(input_ids, position_ids)
