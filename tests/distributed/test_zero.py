@@ -1,7 +1,7 @@
 """Data parallelism and ZeRO through DeepSpeed: 10 steps of loss at DP2 with ZeRO 0/1/2/3 (and ZeRO-Offload)
 equal the single-process run with the same global batch (1e-5 relative; CPU, gloo, fp32, dropout 0), for a
-sequential-block model and a parallel-block MQA SwiGLU model; a run stopped at iteration 5 and resumed at DP2
-ZeRO-1 / ZeRO-3 reproduces the uninterrupted run exactly.
+sequential-block model and a parallel-block MQA SwiGLU model, also combined with TP2 (TP2 x DP2, ZeRO-2/3); a run
+stopped at iteration 5 and resumed at DP2 ZeRO-1 / ZeRO-3 reproduces the uninterrupted run exactly.
 
 One launch per world size: all DP2 layouts run one after another in the same two processes."""
 
@@ -109,3 +109,13 @@ def test_zero3_builds_partitioned_with_the_plain_init(dp2):
         (local0, total), (local1, _) = dp2["init"][0][m], dp2["init"][1][m]
         # each rank holds about half: every parameter is split in ceil(numel / 2) pieces
         assert local0 == local1 and total / 2 <= local0 <= total / 2 + len(dp2["init"]) * 64, (m, local0, total)
+
+
+@pytest.mark.parametrize("stage", (2, 3))
+def test_zero_with_tensor_parallel_matches_single_process(single, stage):
+    # TP2 x DP2 (4 ranks): the TP-sharded parameters are what ZeRO partitions over the data-parallel group.
+    jobs = [(m, MODELS[m] + ["--tensor-model-parallel-size", "2", "--zero-stage", str(stage)]) for m in MODELS]
+    out = run_distributed(run_jobs, 4, jobs, timeout=900)
+    for m in MODELS:
+        assert_close_losses(out[0][m]["losses"], single[m]["losses"], f"{m} TP2 x DP2 ZeRO-{stage}")
+        assert all(o[m]["losses"] == out[0][m]["losses"] for o in out)  # every rank reports the same loss
