@@ -72,9 +72,6 @@ class JobConfig:
                               f"(a multiple of both)")
         if m.ffn_size % tp:
             raise ConfigError(f"--tensor-model-parallel-size ({tp}) must divide ffn_hidden_size ({m.ffn_size})")
-        if d.reset_attention_mask and self.parallel.pipeline_parallel > 1:
-            raise ConfigError("--reset-attention-mask is not supported with pipeline parallelism yet (the stages "
-                              "pass no mask): drop the flag or use --pipeline-model-parallel-size 1")
         if d.reset_attention_mask and self.objective.objective == "mim":
             raise ConfigError("--reset-attention-mask does not apply to MIM (its batches are built per direction): "
                               "drop the flag")

@@ -8,7 +8,8 @@ import torch
 def make_batch(tokens: torch.Tensor, eod: int, eod_mask_loss: bool = False,
                reset_position_ids: bool = False, reset_attention_mask: bool = False) -> dict:
     """``tokens`` (B, S+1) int -> ``input_ids`` (B, S), ``labels`` (B, S) (inputs shifted by one),
-    ``loss_mask`` float (B, S), ``position_ids`` (B, S) int64[, ``attention_mask`` bool (B, 1, S, S)].
+    ``loss_mask`` float (B, S), ``position_ids`` (B, S) int64[, ``document_ids`` (B, S) int64 and
+    ``attention_mask`` bool (B, 1, S, S)].
 
     ``eod_mask_loss``: no loss where the *input* token is EOD (predicting across a document boundary).
     ``reset_position_ids``: positions restart at 0 after every EOD input token (each packed document starts at
@@ -41,5 +42,11 @@ def make_batch(tokens: torch.Tensor, eod: int, eod_mask_loss: bool = False,
     if reset_attention_mask:
         doc = torch.zeros((B, S), dtype=torch.long, device=tokens.device)  # document index of every position
         doc[:, 1:] = torch.cumsum(is_eod[:, :-1].long(), dim=1)
-        batch["attention_mask"] = (doc[:, :, None] == doc[:, None, :]).unsqueeze(1)  # (B, 1, S, S)
+        batch["document_ids"] = doc  # (B, S): what pipeline stages pass on (the mask is S x larger)
+        batch["attention_mask"] = document_attention_mask(doc)
     return batch
+
+
+def document_attention_mask(document_ids: torch.Tensor) -> torch.Tensor:
+    """(B, S) document index of each position -> bool (B, 1, S, S), True where query and key share a document."""
+    return (document_ids[:, :, None] == document_ids[:, None, :]).unsqueeze(1)

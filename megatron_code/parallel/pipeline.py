@@ -37,6 +37,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..data.batch import document_attention_mask
 from ..data.objectives.mim import mim_batch_from_labels, mim_labels_tuple
 from ..model.rope import rotary_cos_sin
 from .groups import ParallelGroups
@@ -62,9 +63,9 @@ class EmbeddingPipe(nn.Module):
         super().__init__()
         self.embed = embed
 
-    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        input_ids, position_ids = inputs  # (B, T) long each
-        return self.embed(input_ids, position_ids), position_ids  # (B, T, H) [(B, T/tp, H) under SP]
+    def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        input_ids, position_ids, *documents = inputs  # (B, T) long each; document ids with --reset-attention-mask
+        return (self.embed(input_ids, position_ids), position_ids, *documents)  # (B, T, H) [(B, T/tp, H) under SP]
 
 
 def tied_logits(owner: EmbeddingPipe, hidden: torch.Tensor) -> torch.Tensor:
@@ -81,14 +82,16 @@ class BlockPipe(nn.Module):
         self.layers = nn.ModuleDict({self.key: block})
         self.rotary_dims, self.rotary_base = rotary_dims, rotary_base
 
-    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        x, position_ids = inputs
+    def forward(self, inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+        x, position_ids, *documents = inputs
         rope = None
         if self.rotary_dims:
             # Recomputed per block (a few elementwise ops on (B, T, r)): cheaper than shipping cos/sin between
             # stages, which would also need gradients.
             rope = rotary_cos_sin(position_ids, self.rotary_dims, self.rotary_base, x.dtype)
-        return self.layers[self.key](x, rope), position_ids
+        # Likewise the (B, 1, T, T) same-document mask is rebuilt from the (B, T) document ids it travels as.
+        mask = document_attention_mask(documents[0]) if documents else None
+        return (self.layers[self.key](x, rope, None, mask), position_ids, *documents)
 
 
 class FinalNormPipe(nn.Module):
@@ -96,7 +99,7 @@ class FinalNormPipe(nn.Module):
         super().__init__()
         self.final_norm = final_norm
 
-    def forward(self, inputs: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    def forward(self, inputs: tuple[torch.Tensor, ...]) -> torch.Tensor:
         return self.final_norm(inputs[0])  # TP: its hook brings the output into the TP region
 
 
@@ -113,11 +116,13 @@ CHECKPOINTABLE = [EmbeddingPipe.__name__, BlockPipe.__name__, FinalNormPipe.__na
 
 
 # ----------------------------------------------------------------------------- batches
-def to_pipeline_batch(batch: dict) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple]:
-    """Our batch dict -> DeepSpeed's `((input_ids, position_ids), labels)`. Labels: MIM training batches (they
-    carry `agree_mask`) -> `mim_labels_tuple`; every other batch -> (labels, loss_mask)."""
+def to_pipeline_batch(batch: dict) -> tuple[tuple[torch.Tensor, ...], tuple]:
+    """Our batch dict -> DeepSpeed's `((input_ids, position_ids[, document_ids]), labels)` (document ids with
+    --reset-attention-mask). Labels: MIM training batches (they carry `agree_mask`) -> `mim_labels_tuple`; every
+    other batch -> (labels, loss_mask)."""
     labels = mim_labels_tuple(batch) if "agree_mask" in batch else (batch["labels"], batch["loss_mask"])
-    return (batch["input_ids"], batch["position_ids"]), labels
+    documents = (batch["document_ids"],) if "document_ids" in batch else ()
+    return (batch["input_ids"], batch["position_ids"], *documents), labels
 
 
 def batch_from_labels(labels: tuple) -> dict:

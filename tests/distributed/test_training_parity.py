@@ -102,26 +102,28 @@ def test_fused_and_unfused_loss_paths_train_alike(reference):
         _close(unfused[m], reference[m])
 
 
-def _train_recording_masks(rank, world):
+def _train_recording_masks(rank, world, pp):
+    """Train 2 steps with --reset-attention-mask at PP = pp; record the mask shape every block received."""
     import os
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    from megatron_code.model import GPT
+    from megatron_code.model.block import Block
     from megatron_code.training.trainer import Trainer
     seen = []
-    forward = GPT.forward
+    forward = Block.forward
 
-    def spy(self, *args, **kwargs):
-        m = kwargs.get("mask")
-        seen.append(None if m is None else tuple(m.shape))
-        return forward(self, *args, **kwargs)
+    def spy(self, x, rope=None, cache=None, mask=None):
+        seen.append(None if mask is None else tuple(mask.shape))
+        return forward(self, x, rope, cache, mask)
 
-    GPT.forward = spy
+    Block.forward = spy
     job = _job(MODELS["sequential-mha"], 1, False)
-    job.update({"data": dict(reset_attention_mask=True, reset_position_ids=True), "training": dict(train_iters=2)})
+    job.update({"data": dict(reset_attention_mask=True, reset_position_ids=True), "training": dict(train_iters=2),
+                "parallel": dict(pipeline_parallel=pp)})
     Trainer(job).train()
     return seen
 
 
-def test_reset_attention_mask_reaches_the_model():
-    seen = run_distributed(_train_recording_masks, 1, timeout=600)[0]
-    assert seen and all(s == (4, 1, 32, 32) for s in seen), seen  # micro batch 4, seq 32
+@pytest.mark.parametrize("pp", [1, 2])
+def test_reset_attention_mask_reaches_every_block(pp):
+    for seen in run_distributed(_train_recording_masks, pp, pp, timeout=600):  # every pipeline stage
+        assert seen and all(s == (4, 1, 32, 32) for s in seen), seen  # micro batch 4, seq 32

@@ -242,7 +242,6 @@ def test_num_query_groups_needs_group_query_attention():
     (["--config", "/nonexistent/x.yaml"], r"--config /nonexistent/x.yaml: file not found"),
     (["--hidden-size", "100", "--num-attention-heads", "3"], r"does not divide hidden_size"),
     (["--pipeline-model-parallel-size", "2", "--zero-stage", "3"], r"--zero-stage 1"),
-    (["--pipeline-model-parallel-size", "2", "--reset-attention-mask"], r"not supported with pipeline"),
 ])
 def test_user_errors_are_config_errors(argv, pattern):
     with pytest.raises(ConfigError, match=pattern):

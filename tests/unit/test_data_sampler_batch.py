@@ -118,3 +118,27 @@ def test_reset_attention_mask_makes_packed_documents_independent():
     assert torch.allclose(packed[0, len(doc1):], alone[0], atol=1e-5)
     leaky = model(b["input_ids"], b["position_ids"])  # reset positions only: the second document sees the first
     assert not torch.allclose(leaky[0, len(doc1):], alone[0], atol=1e-3)
+
+
+def test_pipeline_stages_apply_the_document_mask_like_the_model():
+    # The pipeline passes (B, S) document ids between stages and each block rebuilds the mask: chaining the stage
+    # modules must give the GPT's masked forward exactly.
+    from megatron_code.config import ModelConfig
+    from megatron_code.model import GPT
+    from megatron_code.parallel.pipeline import BlockPipe, EmbeddingPipe, FinalNormPipe, to_pipeline_batch
+    cfg = ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=4, ffn_hidden_size=64, vocab_size=50,
+                      max_position_embeddings=16, position_embedding="rope")
+    cfg.validate()
+    model = GPT(cfg)
+    model.init_weights(torch.Generator().manual_seed(0))
+    model.eval()
+    b = make_batch(torch.tensor([[7, 8, 0, 11, 12, 13, 0, 15, 16], [1, 2, 3, 4, 0, 5, 6, 7, 8]]), eod=0,
+                   reset_attention_mask=True)
+    inputs, _ = to_pipeline_batch(b)
+    assert len(inputs) == 3 and torch.equal(inputs[2], b["document_ids"])
+    x = EmbeddingPipe(model.embed)(inputs)
+    for i, block in enumerate(model.layers):
+        x = BlockPipe(i, block, cfg.rotary_size, cfg.rotary_base)(x)
+    piped = model.logits(FinalNormPipe(model.final_norm)(x))
+    assert torch.allclose(piped, model(b["input_ids"], b["position_ids"], mask=b["attention_mask"]), atol=1e-6)
+    assert not torch.allclose(piped, model(b["input_ids"], b["position_ids"]), atol=1e-3)  # the mask mattered
