@@ -100,9 +100,7 @@ def test_make_batch_reset_attention_mask_matches_megatrons_loop():
     assert torch.equal(got & causal, want & causal)
 
 
-def test_reset_attention_mask_makes_packed_documents_independent():
-    # With reset positions and attention, the logits of a packed sample's second document equal those of the
-    # same document run alone: nothing leaks across the EOD.
+def _tiny_rope_gpt():
     from megatron_code.config import ModelConfig
     from megatron_code.model import GPT
     cfg = ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=4, ffn_hidden_size=64, vocab_size=50,
@@ -110,7 +108,13 @@ def test_reset_attention_mask_makes_packed_documents_independent():
     cfg.validate()
     model = GPT(cfg)
     model.init_weights(torch.Generator().manual_seed(0))
-    model.eval()
+    return model.eval()
+
+
+def test_reset_attention_mask_makes_packed_documents_independent():
+    # With reset positions and attention, the logits of a packed sample's second document equal those of the
+    # same document run alone: nothing leaks across the EOD.
+    model = _tiny_rope_gpt()
     doc1, doc2 = [7, 8, 9, 0], [11, 12, 13, 14, 15]
     b = make_batch(torch.tensor([doc1 + doc2 + [16]]), eod=0, reset_position_ids=True, reset_attention_mask=True)
     packed = model(b["input_ids"], b["position_ids"], mask=b["attention_mask"])  # (1, 9, V)
@@ -123,15 +127,9 @@ def test_reset_attention_mask_makes_packed_documents_independent():
 def test_pipeline_stages_apply_the_document_mask_like_the_model():
     # The pipeline passes (B, S) document ids between stages and each block rebuilds the mask: chaining the stage
     # modules must give the GPT's masked forward exactly.
-    from megatron_code.config import ModelConfig
-    from megatron_code.model import GPT
     from megatron_code.parallel.pipeline import BlockPipe, EmbeddingPipe, FinalNormPipe, to_pipeline_batch
-    cfg = ModelConfig(num_layers=2, hidden_size=32, num_attention_heads=4, ffn_hidden_size=64, vocab_size=50,
-                      max_position_embeddings=16, position_embedding="rope")
-    cfg.validate()
-    model = GPT(cfg)
-    model.init_weights(torch.Generator().manual_seed(0))
-    model.eval()
+    model = _tiny_rope_gpt()
+    cfg = model.cfg
     b = make_batch(torch.tensor([[7, 8, 0, 11, 12, 13, 0, 15, 16], [1, 2, 3, 4, 0, 5, 6, 7, 8]]), eod=0,
                    reset_attention_mask=True)
     inputs, _ = to_pipeline_batch(b)
