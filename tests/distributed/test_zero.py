@@ -111,11 +111,17 @@ def test_zero3_builds_partitioned_with_the_plain_init(dp2):
         assert local0 == local1 and total / 2 <= local0 <= total / 2 + len(dp2["init"]) * 64, (m, local0, total)
 
 
-@pytest.mark.parametrize("stage", (2, 3))
-def test_zero_with_tensor_parallel_matches_single_process(single, stage):
+@pytest.fixture(scope="module")
+def tp2_dp2():
     # TP2 x DP2 (4 ranks): the TP-sharded parameters are what ZeRO partitions over the data-parallel group.
-    jobs = [(m, MODELS[m] + ["--tensor-model-parallel-size", "2", "--zero-stage", str(stage)]) for m in MODELS]
-    out = run_distributed(run_jobs, 4, jobs, timeout=900)
+    jobs = [(f"{m}:z{s}", MODELS[m] + ["--tensor-model-parallel-size", "2", "--zero-stage", str(s)])
+            for m in MODELS for s in (2, 3)]
+    return run_distributed(run_jobs, 4, jobs, timeout=900)  # one launch for all of them
+
+
+@pytest.mark.parametrize("stage", (2, 3))
+def test_zero_with_tensor_parallel_matches_single_process(single, tp2_dp2, stage):
     for m in MODELS:
-        assert_close_losses(out[0][m]["losses"], single[m]["losses"], f"{m} TP2 x DP2 ZeRO-{stage}")
-        assert all(o[m]["losses"] == out[0][m]["losses"] for o in out)  # every rank reports the same loss
+        key = f"{m}:z{stage}"
+        assert_close_losses(tp2_dp2[0][key]["losses"], single[m]["losses"], f"{m} TP2 x DP2 ZeRO-{stage}")
+        assert all(o[key]["losses"] == tp2_dp2[0][key]["losses"] for o in tp2_dp2)  # every rank: the same loss
