@@ -28,7 +28,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from megatron_code.config import JobConfig  # noqa: E402
 from megatron_code.model import flops_per_token  # noqa: E402
 from megatron_code.parallel.engine import deepspeed_config, init_distributed, initialize_engine  # noqa: E402
-from megatron_code.training.losses import causal_lm_loss  # noqa: E402
+from megatron_code.training.losses import causal_lm_loss, masked_mean_weights  # noqa: E402
 from megatron_code.training.metrics import measure_matmul_peak  # noqa: E402
 from megatron_code.training.optimizer import build_optimizer  # noqa: E402
 from megatron_code.training.trainer import build_model  # noqa: E402
@@ -60,7 +60,7 @@ class Ours:
         self.engine = initialize_engine(model, build_optimizer(model, job.optim), deepspeed_config(job, 1))
         self.pos = torch.arange(SEQ).unsqueeze(0).expand(BATCH, SEQ)
         self.mask = torch.ones(BATCH, SEQ)
-        self.weights = self.mask / self.mask.sum()
+        self.weights = masked_mean_weights(self.mask)
         self.fused = fused
 
     def step(self, tokens: torch.Tensor) -> None:

@@ -23,7 +23,9 @@ import re
 from typing import Sequence
 
 _NON_ASCII = re.compile(r"[^\x00-\x7f]")
-_UNSAFE_WS = re.compile(r"[^\S \t\n]")  # whitespace other than space/tab/newline (superset of Oniguruma's \s)
+# Whitespace other than space/tab/newline (a superset of Oniguruma's \s): texts holding any are never cut into lines
+# (also used by tokenizer._line_pieces).
+UNSAFE_WHITESPACE = re.compile(r"[^\S \t\n]")
 _NEWLINE_RUN = re.compile(r"\n*")
 ENV_SWITCH = "MEGATRON_CODE_FAST_BPE"
 
@@ -111,7 +113,7 @@ class FastBPE:
     @staticmethod
     def _segments(text: str) -> list:
         """[(is_ascii, text)] whose concatenation is ``text``, cut only after newline runs (see module doc)."""
-        if _UNSAFE_WS.search(text):
+        if UNSAFE_WHITESPACE.search(text):
             return [(False, text)]
         segments, pos, n = [], 0, len(text)
         while pos < n:

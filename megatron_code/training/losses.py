@@ -22,7 +22,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-__all__ = ["causal_lm_loss", "mim_loss", "vocab_parallel_log_softmax", "token_divergence", "DIVERGENCES", "LossError"]
+__all__ = ["causal_lm_loss", "masked_mean_weights", "mim_loss", "vocab_parallel_log_softmax", "token_divergence", "DIVERGENCES", "LossError"]
 
 DIVERGENCES = ("tv", "js", "kl", "rkl", "l2")
 _LOG2 = 0.6931471805599453
@@ -96,6 +96,13 @@ def _target_logprob(logp: torch.Tensor, labels: torch.Tensor, tp_group) -> torch
     inside = (local >= 0) & (local < v_local)
     picked = logp.gather(-1, local.clamp(0, v_local - 1).unsqueeze(-1)).squeeze(-1)
     return _reduce_replicated(torch.where(inside, picked, torch.zeros_like(picked)), tp_group)
+
+
+def masked_mean_weights(mask: torch.Tensor) -> torch.Tensor:
+    """Weights w with sum(w * values) = the masked mean of values over ``mask`` (0 for an empty mask): the
+    ``loss_weights`` of the fused head + loss (GPT.forward(labels=, loss_weights=))."""
+    mask = mask.float()
+    return mask / mask.sum().clamp(min=1.0)
 
 
 def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

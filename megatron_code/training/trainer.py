@@ -30,6 +30,7 @@ from ..parallel.pipeline import PipelineBatches, StepClipper, build_pipeline, pi
 from . import checkpoint as ckpt
 from .data import build_job_data, make_loader
 from .guards import StopSignal, check_finite
+from .losses import masked_mean_weights
 from .objective import Collate, Objective
 from .lr_schedule import lr_at
 from .metrics import MetricsSink, Throughput, peak_flops
@@ -192,9 +193,8 @@ class Trainer:
         batch = {k: v.to(self.engine.device, non_blocking=True) if torch.is_tensor(v) else v
                  for k, v in batch.items()}
         if self.fused_loss and self.objective.next_token_loss(train):
-            mask = batch["loss_mask"]
             loss = self.engine(batch["input_ids"], batch["position_ids"], mask=batch.get("attention_mask"),
-                               labels=batch["labels"], loss_weights=mask / mask.sum().clamp(min=1.0))  # masked mean
+                               labels=batch["labels"], loss_weights=masked_mean_weights(batch["loss_mask"]))
             return loss, {}
         logits = self.engine(batch["input_ids"], batch["position_ids"], mask=batch.get("attention_mask"))
         return self.objective.loss(logits, batch, self.tp_group, train)
