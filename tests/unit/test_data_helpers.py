@@ -189,6 +189,17 @@ def test_out_of_range_index_anywhere_is_an_error(bad, where):
 
 
 @needs_cpp
+def test_no_sizes_at_all_is_an_out_of_range_error():
+    """Every index is out of range; the scalar C++ paths must not read sizes[0] of an empty array."""
+    for impl in ("numpy", "cpp"):
+        with pytest.raises(SampleIndexError, match="doc_idx refers to a document outside sizes"):
+            build_sample_idx(np.zeros(0, np.int32), np.zeros(3, np.int64), 4, 0, impl=impl)
+    for config in _cpp_configs():
+        with pytest.raises(SampleIndexError, match="doc_idx refers to a document outside sizes"):
+            _cpp(np.zeros(0, np.int32), np.zeros(3, np.int64), 4, 0, *config)
+
+
+@needs_cpp
 def test_negative_length_is_rejected_by_cpp_whatever_the_split():
     sizes = np.full(40, 5, np.int32)
     sizes[33] = -3
