@@ -14,10 +14,18 @@ time. Walking the whole model and calling `init_gpt_weights` module by module (w
 its leaf, as ZeRO-3's `build_partitioned_gpt` does) draws the same seeds in the same order, hence the same weights;
 that replay is why seeds follow module order instead of hashing the parameter name (the holder only knows the
 leaf name).
+
+A rank's part of a sharded weight is drawn without the full tensor when that part is one `narrow()` of it (every
+TP layer's is): CPU `normal_` takes one uniform per element in order and transforms them in blocks of 16, so
+drawing the full tensor in pieces whose sizes are multiples of 16 gives the same bits, and each piece is cut down
+to this rank's part before the next is drawn (`draw_narrow`). Peak memory is one piece, not the full weight (the
+PaLM-540B word embedding is 18.9 GB in fp32). A self-check at first use falls back to whole draws if a torch
+version ever breaks that property.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional
 
@@ -28,6 +36,7 @@ from ..config.model import ModelConfig
 
 OUTPUT_PROJECTIONS = ("o_proj", "fc_out", "down_proj")
 _SEED_HIGH = 2 ** 62
+PIECE_ELEMENTS = 1 << 24  # elements per piece of a chunked draw (64 MB in fp32)
 
 
 def _draws(module: nn.Module) -> bool:
@@ -68,19 +77,97 @@ def _local_part(module: nn.Module, pname: str, full: torch.Tensor) -> torch.Tens
     return shard(pname, full) if shard is not None else full
 
 
+def narrow_spec(module: nn.Module, pname: str, shape: torch.Size) -> Optional[tuple[int, int, int]]:
+    """(dim, start, length) when this rank's part of the full parameter is exactly `full.narrow(dim, start,
+    length)` of a smaller size; None when it is the whole tensor or not a single narrow. Found by applying the
+    module's own `shard_param` to a meta tensor, so it follows whatever the layer does."""
+    shard = getattr(module, "shard_param", None)
+    if shard is None:
+        return None
+    full = torch.empty(shape, device="meta")
+    part = shard(pname, full)
+    dims = [d for d in range(len(shape)) if part.shape[d] != shape[d]]
+    if len(dims) != 1 or part.stride() != full.stride():
+        return None
+    d = dims[0]
+    if part.storage_offset() % full.stride(d):
+        return None
+    return d, part.storage_offset() // full.stride(d), part.shape[d]
+
+
+def _pieces(total: int, unit: int, piece: int):
+    """[lo, hi) ranges in units of `unit` elements covering [0, total) units: every piece but the last holds a
+    multiple of 16 elements and the last holds at least 16 (normal_'s blocks; a smaller last piece is merged
+    into the one before)."""
+    step = max(1, piece // unit)
+    step = -(-step // (16 // math.gcd(16, unit))) * (16 // math.gcd(16, unit))  # step * unit % 16 == 0
+    lo = 0
+    while lo < total:
+        hi = min(total, lo + step)
+        if hi < total and (total - hi) * unit < 16:
+            hi = total
+        yield lo, hi
+        lo = hi
+
+
+def draw_narrow(shape, dtype: torch.dtype, std: float, seed: int, dim: int, start: int, length: int,
+                piece: Optional[int] = None, empty=None) -> torch.Tensor:
+    """Bitwise `torch.empty(shape, dtype=dtype).normal_(0, std, generator=Generator().manual_seed(seed))
+    .narrow(dim, start, length)` (contiguous, CPU), drawing the full tensor in pieces of about `piece` elements
+    (into `empty(shape, dtype)` when given, e.g. a reused buffer). Needs at least 16 elements in all (smaller
+    tensors take normal_'s scalar path). `piece` defaults to PIECE_ELEMENTS."""
+    shape = tuple(shape)
+    piece = PIECE_ELEMENTS if piece is None else piece
+    outer, inner = math.prod(shape[:dim]), math.prod(shape[dim + 1:])
+    empty = empty or (lambda sh, dt: torch.empty(sh, dtype=dt))
+    g = torch.Generator().manual_seed(seed)
+    result = torch.empty(shape[:dim] + (length,) + shape[dim + 1:], dtype=dtype)
+    out = result.view(outer, length, inner)
+    if dim == 0:  # the part is one contiguous range of the stream: stop drawing once it is complete
+        want_lo, want_hi = start * inner, (start + length) * inner
+        flat = out.view(-1)
+        for lo, hi in _pieces(math.prod(shape), 1, piece):
+            if lo >= want_hi:
+                break
+            chunk = empty((hi - lo,), dtype).normal_(0.0, std, generator=g)
+            a, b = max(lo, want_lo), min(hi, want_hi)
+            if a < b:
+                flat[a - want_lo:b - want_lo] = chunk[a - lo:b - lo]
+    else:  # whole rows of the (outer, shape[dim] * inner) layout, each cut to the part
+        row = shape[dim] * inner
+        for lo, hi in _pieces(outer, row, piece):
+            chunk = empty((hi - lo, shape[dim], inner), dtype).normal_(0.0, std, generator=g)
+            out[lo:hi] = chunk.narrow(1, start, length)
+    return result
+
+
+@functools.lru_cache(maxsize=None)
+def chunked_draws_exact(dtype: torch.dtype) -> bool:
+    """True when pieces of normal_ reproduce one whole draw bitwise in this torch build (checked once per dtype,
+    on a tensor whose size is not a multiple of 16, in pieces of 16 and 32)."""
+    whole = torch.empty(7, 13, dtype=dtype).normal_(0.0, 1.0, generator=torch.Generator().manual_seed(1))
+    return all(torch.equal(draw_narrow((7, 13), dtype, 1.0, 1, dim, 1, 5, piece=p), whole.narrow(dim, 1, 5))
+               for dim in (0, 1) for p in (16, 32))
+
+
 def _init_values(name: str, module: nn.Module, cfg: ModelConfig, seed: Optional[int], pname: str,
                  like: torch.Tensor, device=None, empty=None) -> Optional[torch.Tensor]:
     """This rank's values of `module.<pname>` (module `name` of the GPT), shaped and typed like `like`, on
-    `device` (default: like's); None if the rules leave the parameter alone. A random weight is drawn whole into
-    `empty(shape, dtype)` (default: a new tensor; peak: one full tensor) and the result is this rank's view of it."""
+    `device` (default: like's); None if the rules leave the parameter alone. A random weight that this rank holds
+    only a narrow part of is drawn piece by piece (`draw_narrow`, peak: one piece); otherwise it is drawn whole
+    into `empty(shape, dtype)` (default: a new tensor) and the result is this rank's view of it."""
     leaf = name.rsplit(".", 1)[-1]
-    device = like.device if device is None else device
+    device = torch.device(like.device if device is None else device)
     if pname == "weight" and _draws(module):
         if seed is None:
             raise KeyError(f"no init seed for module '{name}': seeds come from module_seeds() of the whole GPT")
-        g = torch.Generator().manual_seed(seed)
         std = _weight_std(leaf, cfg) if isinstance(module, nn.Linear) else cfg.init_std
         shape = _full_shape(module, pname)
+        spec = narrow_spec(module, pname, shape)
+        if (spec is not None and device.type == "cpu" and math.prod(shape) >= 16
+                and chunked_draws_exact(like.dtype)):
+            return draw_narrow(shape, like.dtype, std, seed, *spec, empty=empty)
+        g = torch.Generator().manual_seed(seed)
         full = empty(shape, like.dtype) if empty is not None else torch.empty(shape, dtype=like.dtype, device=device)
         return _local_part(module, pname, full.normal_(0.0, std, generator=g))
     if pname == "bias" and (_draws(module) or _is_norm(leaf, module)):
@@ -133,7 +220,7 @@ def materialize_gpt_params(root: nn.Module, cfg: ModelConfig, seeds: dict[str, i
     pipeline layer that keeps its modules under their GPT paths); `seeds` are `module_seeds()` of the whole GPT.
 
     Each parameter is replaced by a new nn.Parameter carrying the old one's attributes (tensor_model_parallel,
-    partition_dim...); peak extra memory is one full (unsharded) weight. Parameters already real are left alone
+    partition_dim...); peak extra memory is one piece of a chunked draw for TP-sharded weights, else one weight. Parameters already real are left alone
     (a module shared between pipeline layers is materialised once). Returns the number of elements created."""
     created, scratch = 0, _Scratch(device)
     for name, module in root.named_modules():
