@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Build the sample-index caches of a whole blend ahead of time, so a large job does not stall on rank 0.
 
-Pass the same data flags as the training run; the caches land in --data-cache-path, where the trainer's ranks
-then only memory-map them::
+Pass the same data flags as the training run (also --data-args-path / --per-split-data-args-path); the caches
+land in --data-cache-path, where the trainer's ranks then only memory-map them::
 
     python tools/build_index.py --data-path 0.3 A 0.7 B --split 969,30,1 --seq-length 2048 --seed 1234 \\
         --train-iters 100000 --global-batch-size 512 --eval-interval 1000 --eval-iters 10 --data-cache-path cache/
@@ -17,6 +17,9 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from megatron_code.config.base import ConfigError  # noqa: E402
+from megatron_code.config.cli import (check_data_args_exclusive, read_data_args_file,  # noqa: E402
+                                      read_per_split_data_args_file)
 from megatron_code.data.blended import BlendError  # noqa: E402
 from megatron_code.data.gpt_dataset import DatasetConfigError, build_gpt_datasets, num_samples_for  # noqa: E402
 from megatron_code.data.helpers import SampleIndexError, cpp_available  # noqa: E402
@@ -29,6 +32,9 @@ def main(argv=None) -> int:
     ap.add_argument("--train-data-path", nargs="+", default=None)
     ap.add_argument("--valid-data-path", nargs="+", default=None)
     ap.add_argument("--test-data-path", nargs="+", default=None)
+    ap.add_argument("--data-args-path", default=None, help="a file holding the --data-path list (Megatron-LM's)")
+    ap.add_argument("--per-split-data-args-path", default=None,
+                    help='JSON {"train": [...], "valid": [...], "test": [...]} (Megatron-LM\'s)')
     ap.add_argument("--split", default="969,30,1")
     ap.add_argument("--seq-length", type=int, required=True)
     ap.add_argument("--seed", type=int, default=1234)
@@ -40,6 +46,14 @@ def main(argv=None) -> int:
     ap.add_argument("--data-cache-path", required=True)
     args = ap.parse_args(argv)
     try:
+        given = {f.replace("_", "-") for f in ("data_path", "train_data_path", "valid_data_path", "test_data_path")
+                 if getattr(args, f) is not None}
+        check_data_args_exclusive(args.data_args_path, args.per_split_data_args_path, given)
+        if args.data_args_path:
+            args.data_path = read_data_args_file(args.data_args_path)
+        if args.per_split_data_args_path:
+            for split, items in read_per_split_data_args_file(args.per_split_data_args_path).items():
+                setattr(args, f"{split}_data_path", items)
         n = num_samples_for(global_batch_size=args.global_batch_size, train_iters=args.train_iters,
                             train_samples=args.train_samples, eval_interval=args.eval_interval,
                             eval_iters=args.eval_iters)
@@ -48,7 +62,8 @@ def main(argv=None) -> int:
                                  valid_data_path=args.valid_data_path, test_data_path=args.test_data_path,
                                  seq_length=args.seq_length, seed=args.seed, num_samples=n,
                                  cache_dir=args.data_cache_path)
-    except (DatasetConfigError, BlendError, IndexedDatasetError, SampleIndexError, FileNotFoundError) as exc:
+    except (ConfigError, DatasetConfigError, BlendError, IndexedDatasetError, SampleIndexError,
+            FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     dt = time.perf_counter() - t0

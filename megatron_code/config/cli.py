@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -212,7 +213,10 @@ _STATEFUL_FLAGS: dict[str, Any] = {
     "checkpoint-activations": 0, "checkpoint-num-layers": 1, "recompute-activations": 0,
     "recompute-granularity": 1, "recompute-method": 1, "recompute-num-layers": 1,
     "no-position-embedding": 0, "no-pipeline-parallel": 0,
+    "data-args-path": 1, "per-split-data-args-path": 1,
 }
+
+_DATA_PATH_FLAGS = ("data-path", "train-data-path", "valid-data-path", "test-data-path")
 
 # Flags for features we do not have: an error naming why (arity, message), never silently ignored.
 ERROR_FLAGS: dict[str, tuple[Any, str]] = {
@@ -304,6 +308,9 @@ class _LineState:
     rope: bool = False  # rotary positions requested on this line
     no_pipeline: bool = False
     sequence_parallel: bool = False
+    data_args_path: str | None = None  # --data-args-path
+    split_args_path: str | None = None  # --per-split-data-args-path
+    data_flags: set[str] = field(default_factory=set)  # which of _DATA_PATH_FLAGS the line gives
 
 
 def _split_flag(token: str) -> tuple[str, str | None]:
@@ -399,6 +406,10 @@ def _stateful_flag(name: str, value: Any, state: _LineState, overrides: list[tup
                           _set("model.position_embedding")(values, "none"), None))
     elif name == "no-pipeline-parallel":
         state.no_pipeline = True
+    elif name == "data-args-path":
+        state.data_args_path = value
+    elif name == "per-split-data-args-path":
+        state.split_args_path = value
 
 
 def _unit_fields(values: dict[str, Any]) -> set[str]:
@@ -507,6 +518,8 @@ def parse_args(argv: list[str]) -> CliArgs:
             state.rope = state.rope or name == "use-rotary-position-embeddings" or (
                 name == "position-embedding-type" and value == "rope")
             state.sequence_parallel = state.sequence_parallel or name == "sequence-parallel"
+            if name in _DATA_PATH_FLAGS:
+                state.data_flags.add(name)
             overrides.append((MEGATRON_FLAGS[name][1], value))
         else:
             state.gqa = state.gqa or name == "group-query-attention"
@@ -554,3 +567,77 @@ def _finish_line(state: _LineState, overrides: list[tuple[Setter, Any]], notes: 
                      "or --recompute-granularity full (as in Megatron)")
     if state.no_pipeline:  # wins over --pipeline-model-parallel-size wherever it stands (Megatron-DeepSpeed)
         overrides.append((_const("parallel.pipeline_parallel", 1), None))
+    _data_args_files(state, overrides, notes)
+
+
+def _read_text(flag: str, path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError as exc:
+        raise ConfigError(f"--{flag} {path}: cannot read it ({exc.strerror})") from None
+
+
+def read_data_args_file(path: str, flag: str = "data-args-path") -> list[str]:
+    """Megatron-LM's --data-args-path: the --data-path list ([weight] prefix items, whitespace-separated) read
+    from a file, for blends too long for a command line."""
+    items = _read_text(flag, path).split()
+    if not items:
+        raise ConfigError(f"--{flag} {path}: the file is empty (expected [weight] prefix items as for --data-path)")
+    return items
+
+
+def read_per_split_data_args_file(path: str, flag: str = "per-split-data-args-path") -> dict[str, list[str]]:
+    """Megatron-LM's --per-split-data-args-path: JSON {"train": ..., "valid": ..., "test": ...}, each a list or a
+    whitespace-separated string of [weight] prefix items ("valid"/"test" may be missing or null). Returns
+    {split: items} for the splits given."""
+    try:
+        spec = json.loads(_read_text(flag, path))
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--{flag} {path}: not valid JSON ({exc})") from None
+    if not isinstance(spec, dict) or spec.get("train") is None:
+        raise ConfigError(f"--{flag} {path}: expected a JSON object with a \"train\" entry (and \"valid\", "
+                          f"\"test\"), each a list or a string of [weight] prefix items")
+    unknown = sorted(set(spec) - {"train", "valid", "test"})
+    if unknown:
+        raise ConfigError(f"--{flag} {path}: unknown key(s) {', '.join(unknown)} (keys: train, valid, test)")
+    out = {}
+    for split in ("train", "valid", "test"):
+        items = spec.get(split)
+        if items is None:
+            continue
+        if isinstance(items, str):
+            items = items.split()
+        if not isinstance(items, list) or not items or not all(isinstance(x, (str, int, float)) for x in items):
+            raise ConfigError(f"--{flag} {path}: \"{split}\" must be a non-empty list or string of [weight] prefix "
+                              f"items")
+        out[split] = [str(x) for x in items]
+    return out
+
+
+def check_data_args_exclusive(data_args_path, per_split_path, given: set[str]) -> None:
+    """The data-args files replace the flags they stand for: giving both is an error (`given`: which of
+    data-path / train-data-path / valid-data-path / test-data-path the command line has)."""
+    if data_args_path and per_split_path:
+        raise ConfigError("--data-args-path and --per-split-data-args-path both given: use one (a blend split by "
+                          "--split, or one blend per split)")
+    if data_args_path and "data-path" in given:
+        raise ConfigError("--data-args-path and --data-path both given: the file replaces --data-path; use one")
+    clash = sorted(given & {"train-data-path", "valid-data-path", "test-data-path"})
+    if per_split_path and clash:
+        raise ConfigError(f"--per-split-data-args-path and --{clash[0]} both given: the file gives every split; "
+                          f"use one")
+
+
+def _data_args_files(state: _LineState, overrides: list[tuple[Setter, Any]], notes: list[str]) -> None:
+    """Read --data-args-path / --per-split-data-args-path here, so the job config (saved with every checkpoint)
+    records the blend itself."""
+    check_data_args_exclusive(state.data_args_path, state.split_args_path, state.data_flags)
+    if state.data_args_path:
+        items = read_data_args_file(state.data_args_path)
+        overrides.append((_set("data.data_path"), items))
+        notes.append(f"--data-args-path: {len(items)} --data-path items from {state.data_args_path}")
+    if state.split_args_path:
+        for split, items in read_per_split_data_args_file(state.split_args_path).items():
+            overrides.append((_set(f"data.{split}_data_path"), items))
+        notes.append(f"--per-split-data-args-path: per-split blends from {state.split_args_path}")

@@ -103,6 +103,17 @@ def test_build_index_then_ranks_only_load(corpus, tmp_path):
     tr, va, te = build_gpt_datasets(data_path=["0.4", prefix, "0.6", str(tmp_path / "aa")], num_samples=n,
                                     cache_dir=str(tmp_path / "cache"), is_builder=False, **flags)
     assert len(tr) == 200 and len(va) == n[1] and len(te) == n[2]
+    # The same blend from Megatron-LM's --data-args-path file; the caches are found under the same keys.
+    blend = tmp_path / "blend.txt"
+    blend.write_text(f"0.4 {prefix}\n0.6 {tmp_path / 'aa'}\n")
+    common = ["--split", "90,5,5", "--seq-length", 32, "--seed", 7, "--train-iters", 50, "--global-batch-size", 4,
+              "--eval-interval", 25, "--eval-iters", 2]
+    before = sorted(os.listdir(tmp_path / "cache"))
+    proc = run("build_index.py", "--data-args-path", blend, *common, "--data-cache-path", tmp_path / "cache")
+    assert "train: 200 samples" in proc.stdout and sorted(os.listdir(tmp_path / "cache")) == before
+    proc = run("build_index.py", "--data-args-path", blend, "--data-path", prefix, *common, "--data-cache-path",
+               tmp_path / "c3", ok=False)
+    assert proc.returncode == 1 and "both given" in proc.stderr and "Traceback" not in proc.stderr
     proc = run("build_index.py", "--data-path", "0.4", prefix, "0.6", "--seq-length", 32, "--train-iters", 5,
                "--global-batch-size", 4, "--data-cache-path", tmp_path / "c2", ok=False)
     assert proc.returncode == 1 and "weights do not match paths" in proc.stderr

@@ -2,6 +2,8 @@
 unknown flags are errors, the DeepSpeed launcher's --local_rank is accepted, and a Megatron-DeepSpeed launch line
 parses to the expected JobConfig."""
 
+import json
+
 import pytest
 import yaml
 
@@ -550,3 +552,51 @@ def test_megatron_lm_gpt3_line():
 def test_hidden_dropout_also_sets_embedding_dropout():
     job = parse_args(["--hidden-dropout", "0.0"]).job  # Megatron: one flag for both
     assert job.model.hidden_dropout == 0.0 and job.model.embedding_dropout == 0.0
+
+
+# --- Megatron-LM's data-args files: blends too long for a command line ---------------------------------------
+
+def test_data_args_path_reads_the_data_path_list(tmp_path):
+    f = tmp_path / "blend.txt"
+    f.write_text("0.3 /data/a_text_document\n0.7\t/data/b_text_document\n")
+    out = parse_args(["--preset", "tiny", "--data-args-path", str(f)])
+    assert out.job.data.data_path == ["0.3", "/data/a_text_document", "0.7", "/data/b_text_document"]
+    assert any("data-args-path" in n and "4" in n for n in out.notes)
+
+
+def test_per_split_data_args_path_lists_and_strings(tmp_path):
+    f = tmp_path / "splits.json"
+    f.write_text(json.dumps({"train": ["1", "/d/a", 2, "/d/b"], "valid": "/d/v", "test": None}))
+    d = parse_args(["--preset", "tiny", "--per-split-data-args-path", str(f)]).job.data
+    assert d.train_data_path == ["1", "/d/a", "2", "/d/b"]
+    assert d.valid_data_path == ["/d/v"]
+    assert not d.test_data_path and not d.data_path
+
+
+@pytest.mark.parametrize("content,argv_extra,match", [
+    (None, [], "cannot read it"),
+    ("", [], "the file is empty"),
+    ("A", ["--data-path", "B"], "both given"),
+])
+def test_data_args_path_errors(tmp_path, content, argv_extra, match):
+    f = tmp_path / "blend.txt"
+    if content is not None:
+        f.write_text(content)
+    with pytest.raises(ConfigError, match=match):
+        parse_args(["--preset", "tiny", "--data-args-path", str(f)] + argv_extra)
+
+
+@pytest.mark.parametrize("content,argv_extra,match", [
+    ("{not json", [], "not valid JSON"),
+    (json.dumps({"valid": ["A"]}), [], 'a "train" entry'),
+    (json.dumps({"train": ["A"], "eval": ["B"]}), [], "unknown key"),
+    (json.dumps({"train": []}), [], "non-empty list"),
+    (json.dumps({"train": [{"path": "A"}]}), [], "non-empty list"),
+    (json.dumps({"train": ["A"]}), ["--valid-data-path", "B"], "both given"),
+    (json.dumps({"train": ["A"]}), ["--data-args-path", "x"], "use one"),
+])
+def test_per_split_data_args_path_errors(tmp_path, content, argv_extra, match):
+    f = tmp_path / "splits.json"
+    f.write_text(content)
+    with pytest.raises(ConfigError, match=match):
+        parse_args(["--preset", "tiny", "--per-split-data-args-path", str(f)] + argv_extra)
