@@ -27,6 +27,11 @@ class DataConfig(ConfigBase):
     # one that ended with the previous EOD input), not across EOD boundaries. Costs a (B, 1, S, S) mask per batch.
     reset_attention_mask: bool = False
     num_workers: int = 0
+    # Order of training samples (Megatron's --dataloader-type): "single" in order from consumed_samples (our GPT
+    # datasets are already shuffled), "cyclic" endless epochs each in a random order seeded by the epoch number;
+    # data_sharding (cyclic): each DP rank shuffles within its own contiguous share (Megatron's default).
+    dataloader_type: str = "single"
+    data_sharding: bool = True
     # Deterministic random tokens instead of a corpus (Megatron's --mock-data): parity tests and benchmarks.
     mock_data: bool = False
     tokenizer_type: Optional[str] = None
@@ -43,6 +48,8 @@ class DataConfig(ConfigBase):
             raise ConfigError("--seq-length must be positive")
         if self.tokenizer_type is not None and self.tokenizer_type not in TOKENIZER_TYPES:
             raise ConfigError(f"--tokenizer-type must be one of {TOKENIZER_TYPES}, got '{self.tokenizer_type}'")
+        if self.dataloader_type not in ("single", "cyclic"):
+            raise ConfigError(f"--dataloader-type must be single or cyclic, got '{self.dataloader_type}'")
         if self.data_path and self.train_data_path:
             raise ConfigError("give either --data-path (split by --split) or --train-data-path, not both")
         try:

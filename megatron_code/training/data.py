@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from ..config.base import ConfigError
 from ..config.job import JobConfig
 from ..data.gpt_dataset import build_gpt_datasets, check_vocab, num_samples_for
-from ..data.sampler import PretrainingSampler
+from ..data.sampler import PretrainingSampler, RandomPretrainingSampler
 
 
 class MockDataset:
@@ -68,9 +68,15 @@ def build_job_data(job: JobConfig, eod: int | None, is_builder: bool, barrier) -
 
 
 def make_loader(dataset, job: JobConfig, consumed_samples: int, dp_rank: int, dp_size: int,
-                collate) -> DataLoader:
-    """Micro batches for this DP rank, starting after `consumed_samples` global samples."""
-    sampler = PretrainingSampler(len(dataset), consumed_samples, job.training.micro_batch_size, dp_rank, dp_size)
+                collate, train: bool = False) -> DataLoader:
+    """Micro batches for this DP rank, starting after `consumed_samples` global samples. Training follows
+    --dataloader-type; evaluation always reads in order (the same batches every time)."""
     d = job.data
+    if train and d.dataloader_type == "cyclic":
+        sampler = RandomPretrainingSampler(len(dataset), consumed_samples, job.training.micro_batch_size, dp_rank,
+                                           dp_size, data_sharding=d.data_sharding)
+    else:
+        sampler = PretrainingSampler(len(dataset), consumed_samples, job.training.micro_batch_size, dp_rank,
+                                     dp_size)
     return DataLoader(dataset, batch_sampler=sampler, num_workers=d.num_workers, collate_fn=collate,
                       persistent_workers=d.num_workers > 0)

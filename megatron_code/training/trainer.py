@@ -372,7 +372,7 @@ class Trainer:
     def train(self) -> dict:
         job, t = self.job, self.job.training
         batches = iter(make_loader(self.data.train, job, self.consumed, self.groups.dp_rank,
-                                   self.groups.dp_size, Collate(self.objective, train=True)))
+                                   self.groups.dp_size, Collate(self.objective, train=True), train=True))
         bar = tqdm(total=t.train_iters, initial=self.iteration, desc="train", unit="it", dynamic_ncols=True,
                    disable=self.rank != 0 or not t.progress_bar, file=sys.stderr, mininterval=1.0)
         history = {"train_loss": [], "valid_loss": []}

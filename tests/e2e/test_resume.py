@@ -33,6 +33,20 @@ def test_planned_exit_and_resume_is_bitwise_identical(reference, tmp_path):
     assert train_losses(save) == reference  # exact float equality, every iteration
 
 
+def test_cyclic_dataloader_trains_in_another_order_and_resumes_exactly(reference, tmp_path):
+    """--dataloader-type cyclic: the samples come in a different order than `single` (other losses), and an exit
+    mid-epoch (dataset of 64 samples, 8 per iteration) resumes bitwise."""
+    cyclic = ["--dataloader-type", "cyclic"]
+    ref_save = str(tmp_path / "ref")
+    run(TINY + ITERS + cyclic + ["--save", ref_save])
+    want = train_losses(ref_save)
+    assert want != reference
+    save = str(tmp_path / "run")
+    run(TINY + ITERS + cyclic + ["--save", save, "--exit-interval", "3"])
+    run(TINY + ITERS + cyclic + ["--save", save, "--load", save])
+    assert train_losses(save) == want
+
+
 def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
     # A long budget (400) so the run is still going when killed; --exit-interval stops runs early without
     # changing the LR schedule, which depends on --train-iters only.

@@ -140,3 +140,83 @@ def test_pipeline_stages_apply_the_document_mask_like_the_model():
     piped = model.logits(FinalNormPipe(model.final_norm)(x))
     assert torch.allclose(piped, model(b["input_ids"], b["position_ids"], mask=b["attention_mask"]), atol=1e-6)
     assert not torch.allclose(piped, model(b["input_ids"], b["position_ids"]), atol=1e-3)  # the mask mattered
+
+
+# --- --dataloader-type cyclic (Megatron's random sampler) ----------------------------------------------------
+
+def _take(sampler, n):
+    it = iter(sampler)
+    return [next(it) for _ in range(n)]
+
+
+@pytest.mark.parametrize("sharding", [True, False])
+@pytest.mark.parametrize("dp", [1, 2, 3])
+def test_cyclic_epochs_are_permutations_and_ranks_are_disjoint(sharding, dp):
+    from megatron_code.data.sampler import RandomPretrainingSampler
+
+    total, mbs = 23, 2
+    usable = total - total % (mbs * dp)
+    per_epoch = usable // (mbs * dp)  # micro batches per rank per epoch
+    runs = [_take(RandomPretrainingSampler(total, 0, mbs, r, dp, data_sharding=sharding), 3 * per_epoch)
+            for r in range(dp)]
+    for e in range(3):
+        epoch = [i for r in range(dp) for b in runs[r][e * per_epoch:(e + 1) * per_epoch] for i in b]
+        assert sorted(epoch) == list(range(usable)), e  # every usable sample once per epoch, across the ranks
+        if sharding:  # rank r stays inside its own contiguous share
+            share = usable // dp
+            for r in range(dp):
+                got = [i for b in runs[r][e * per_epoch:(e + 1) * per_epoch] for i in b]
+                assert all(r * share <= i < (r + 1) * share for i in got)
+    assert all(len(b) == mbs for r in runs for b in r)
+    assert runs[0][:per_epoch] != runs[0][per_epoch:2 * per_epoch]  # epochs differ
+
+
+def test_cyclic_order_is_megatrons_randperm_of_the_epoch():
+    """Megatron's sharded random sampler: rank r walks r * bucket + randperm(bucket, seed=epoch)."""
+    from megatron_code.data.sampler import RandomPretrainingSampler
+
+    total, mbs, dp = 40, 2, 2
+    bucket = total // dp
+    for r in range(dp):
+        got = [i for b in _take(RandomPretrainingSampler(total, 0, mbs, r, dp), 2 * bucket // mbs) for i in b]
+        want = [r * bucket + i for e in range(2)
+                for i in torch.randperm(bucket, generator=torch.Generator().manual_seed(e)).tolist()]
+        assert got == want
+
+
+@pytest.mark.parametrize("sharding", [True, False])
+def test_cyclic_resume_anywhere_equals_uninterrupted(sharding):
+    from megatron_code.data.sampler import RandomPretrainingSampler
+
+    total, mbs, dp = 30, 3, 2
+    for r in range(dp):
+        full = _take(RandomPretrainingSampler(total, 0, mbs, r, dp, data_sharding=sharding), 25)
+        for steps in (1, 4, 5, 6, 11, 17):  # 5 micro batches per rank per epoch: mid-epoch and boundaries
+            resumed = _take(RandomPretrainingSampler(total, steps * mbs * dp, mbs, r, dp, data_sharding=sharding),
+                            25 - steps)
+            assert resumed == full[steps:], (r, steps)
+
+
+def test_cyclic_errors():
+    from megatron_code.data.sampler import RandomPretrainingSampler
+
+    with pytest.raises(SamplerError, match="fewer than one global micro batch"):
+        RandomPretrainingSampler(3, 0, 2, 0, 2)
+    with pytest.raises(SamplerError, match="multiple of"):
+        RandomPretrainingSampler(30, 3, 2, 0, 2)
+
+
+def test_make_loader_uses_cyclic_for_training_only():
+    from megatron_code.config.cli import parse_args
+    from megatron_code.data.sampler import RandomPretrainingSampler
+    from megatron_code.training.data import make_loader
+
+    job = parse_args(["--preset", "tiny", "--mock-data", "--model.vocab_size", "64", "--micro-batch-size", "2",
+                      "--global-batch-size", "4", "--dataloader-type", "cyclic", "--no-data-sharding"]).job
+    assert job.data.dataloader_type == "cyclic" and job.data.data_sharding is False
+    data = list(range(10))
+    train = make_loader(data, job, 4, 1, 2, collate=list, train=True)
+    assert isinstance(train.batch_sampler, RandomPretrainingSampler) and not train.batch_sampler.data_sharding
+    assert isinstance(make_loader(data, job, 0, 1, 2, collate=list).batch_sampler, PretrainingSampler)
+    with pytest.raises(Exception, match="single or cyclic|choose from single, cyclic"):
+        parse_args(["--preset", "tiny", "--dataloader-type", "external"])
