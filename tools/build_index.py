@@ -18,8 +18,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_code.config.base import ConfigError  # noqa: E402
-from megatron_code.config.cli import (check_data_args_exclusive, read_data_args_file,  # noqa: E402
-                                      read_per_split_data_args_file)
+from megatron_code.config.data_args import (check_data_args_exclusive, read_data_args_file,  # noqa: E402
+                                            read_per_split_data_args_file)
 from megatron_code.data.blended import BlendError  # noqa: E402
 from megatron_code.data.gpt_dataset import DatasetConfigError, build_gpt_datasets, num_samples_for  # noqa: E402
 from megatron_code.data.helpers import SampleIndexError, cpp_available  # noqa: E402

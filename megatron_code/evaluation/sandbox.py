@@ -66,6 +66,7 @@ STATUSES = ("passed", "failed", "timed_out", "crashed")
 # the 32-bit "-1" sentinel. They need no /etc/passwd entry.
 _UID_BASE, _UID_SPAN = 1_500_000_000, 500_000_000
 _GRACE_SECONDS = 5.0  # caller waits this long beyond `timeout` for the supervisor's cleanup and report
+_UID_DRAIN_SECONDS = 5.0  # after killing a silent supervisor, wait at most this long for its program to be gone
 _TAIL_CHARS = 4000
 
 
@@ -248,6 +249,10 @@ class _Supervisor:
         if line is None:
             _killpg(self.proc.pid)  # before reading its stderr, so nothing is still being written
             self.proc.wait()
+            if _is_sandbox_uid(cfg.get("uid")):  # SIGKILL is sent, not yet acted on: wait until the program is gone
+                survivors = _kill_processes_of(cfg["uid"], _UID_DRAIN_SECONDS)
+                if survivors:
+                    why += f"; {len(survivors)} process(es) of uid {cfg['uid']} still alive after SIGKILL"
             self._errors.seek(0)
             detail = self._errors.read().decode("utf-8", "replace").strip()[-500:]
             self.close()
@@ -374,11 +379,44 @@ def _killpg(pgid: int) -> None:
 
 
 def _count_processes_of(uid: int) -> int:
-    count = 0
+    return len(_processes_of(uid, include_zombies=True))
+
+
+def _processes_of(uid: int, include_zombies: bool) -> list[int]:
+    pids = []
     for name in os.listdir("/proc"):
         if name.isdigit():
             try:
-                count += os.stat(f"/proc/{name}").st_uid == uid
-            except OSError:
+                if os.stat(f"/proc/{name}").st_uid != uid:
+                    continue
+                if not include_zombies:
+                    with open(f"/proc/{name}/stat", "rb") as f:
+                        if f.read().rsplit(b")", 1)[1].split()[0] == b"Z":
+                            continue
+                pids.append(int(name))
+            except (OSError, IndexError):
                 pass
-    return count
+    return pids
+
+
+def _is_sandbox_uid(uid: int | None) -> bool:
+    """A uid from our private range, which only sandboxed programs hold (a uid the caller chose, such as nobody, may
+    also run other processes, which must not be killed)."""
+    return uid is not None and _UID_BASE <= uid < _UID_BASE + _UID_SPAN
+
+
+def _kill_processes_of(uid: int, seconds: float) -> list[int]:
+    """SIGKILL every live process of a sandbox uid (one no other job or user holds) until none is left or `seconds`
+    pass; returns the survivors. A killed process exits when next scheduled, which on a loaded machine is later than
+    the return of kill(): without this wait, a caller could see the job's program still running."""
+    deadline = time.monotonic() + seconds
+    while True:
+        pids = _processes_of(uid, include_zombies=False)
+        if not pids or time.monotonic() >= deadline:
+            return pids
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        time.sleep(0.01)

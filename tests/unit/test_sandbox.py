@@ -297,3 +297,25 @@ def test_unresponsive_supervisor_is_killed_and_replaced(monkeypatch):
         monkeypatch.setattr(sandbox, "_GRACE_SECONDS", 5.0)
         again = sandbox._run_job(supervisor, "print('fresh')", 2.0, SandboxLimits())
         assert again.status == "passed" and supervisor.proc.pid != first_pid
+
+
+@needs_root
+def test_processes_of_a_sandbox_uid_are_killed_and_waited_for():
+    """The backstop's last step: every live process of the job's private uid is SIGKILLed and waited out; uids
+    outside the private range (a caller's choice, e.g. nobody) are never treated as the sandbox's."""
+    import subprocess
+
+    from megatron_code.evaluation import sandbox
+
+    uid = fresh_uid()
+    procs = [subprocess.Popen(["sleep", "30"], user=uid, start_new_session=True) for _ in range(2)]
+    try:
+        assert sorted(processes_of(uid, include_zombies=False)) == sorted(p.pid for p in procs)
+        assert sandbox._is_sandbox_uid(uid) and not sandbox._is_sandbox_uid(65534)
+        assert not sandbox._is_sandbox_uid(None)
+        assert sandbox._kill_processes_of(uid, 5.0) == []
+        assert processes_of(uid, include_zombies=False) == []
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
