@@ -115,10 +115,11 @@ def _order(sizes, epochs, partial, seed):
 
 
 def _cpp_configs():
-    # (threads, block, simd, front_blocks); front_blocks 0: the helpers gather every block
-    single = [(1, b, simd, -1) for b in (1, 5, 0) for simd in (True, False)]
-    return single + [(t, b, simd, f) for t in (2, 3) for b in (1, 2, 5, 0) for simd in (True, False)
-                     for f in (0, 1, 3, -1)]
+    # (threads, block, simd, front_blocks, narrow); front_blocks 0: the helpers gather every block; narrow 1: the
+    # gathers read the 16-bit copy of sizes (escaping to sizes), 0: sizes itself
+    single = [(1, b, simd, -1, narrow) for b in (1, 5, 0) for simd in (True, False) for narrow in (0, 1)]
+    return single + [(t, b, simd, f, narrow) for t in (2, 3) for b in (1, 2, 5, 0) for simd in (True, False)
+                     for f in (0, 1, 3, -1) for narrow in (0, 1)]
 
 
 @needs_cpp
@@ -141,12 +142,12 @@ def test_sample_idx_thread_splits_equal_numpy(sizes, epochs, partial, seq, seed,
         np.testing.assert_array_equal(out, ref, err_msg=str(config))
 
 
-def _cpp(sizes, doc_idx, seq, n, threads, block, simd, front_blocks):
-    """The extension directly (block, simd, front_blocks are not exposed by the wrapper), errors as the wrapper
-    raises them."""
+def _cpp(sizes, doc_idx, seq, n, threads, block, simd, front_blocks, narrow=-1):
+    """The extension directly (block, simd, front_blocks, narrow are not exposed by the wrapper), errors as the
+    wrapper raises them."""
     try:
         return helpers._cpp.build_sample_idx(sizes, doc_idx, seq, n, threads=threads, block=block, simd=simd,
-                                             front_blocks=front_blocks)
+                                             front_blocks=front_blocks, narrow=narrow)
     except ValueError as exc:
         raise SampleIndexError(str(exc)) from None
 
@@ -235,3 +236,42 @@ def test_blocks_of_more_than_2_to_the_32_tokens():
         ref = build_sample_idx(sizes, doc_idx, S, n, impl="numpy")
         for config in _cpp_configs():  # blocks of 1-2 documents fit in 32 bits, of 5 or 65,536 do not
             np.testing.assert_array_equal(_cpp(sizes, doc_idx, S, n, *config), ref, err_msg=str(config))
+
+
+@needs_cpp
+@settings(max_examples=60, deadline=None)
+@given(sizes=st.lists(st.sampled_from([0, 1, 2, 0xfffe, 0xffff, 0x10000, 0x12345, 7_000_000]) | st.integers(0, 70_000),
+                      min_size=1, max_size=60),
+       epochs=st.integers(1, 2), seq=st.sampled_from([1, 3, 100, 0xffff, 0x10001, 3_000_000]),
+       seed=st.integers(0, 2**31), frac=st.floats(0.0, 1.0))
+def test_16_bit_table_escapes_long_documents(sizes, epochs, seq, seed, frac):
+    """Lengths from 0xffff up are escaped in the 16-bit copy and read from sizes (scalar, front walk and AVX-512
+    paths); lengths just below stay in the copy."""
+    sizes = np.asarray(sizes, np.int32)
+    doc_idx = _order(sizes, epochs, 0.5, seed)
+    total = int(sizes[doc_idx].astype(np.int64).sum())
+    if total < 1:
+        return
+    n = int(frac * min((total - 1) // seq, 3000))  # bounded: a million rows per config would only cost time
+    ref = build_sample_idx(sizes, doc_idx, seq, n, impl="numpy")
+    for config in _cpp_configs():
+        np.testing.assert_array_equal(_cpp(sizes, doc_idx, seq, n, *config), ref, err_msg=str(config))
+
+
+@needs_cpp
+def test_16_bit_table_on_a_large_order_automatic_and_forced():
+    """The automatic choice makes the 16-bit copy for 2^19+ documents (and keeps it with few escapes); forcing it
+    off or on gives the same rows, also when a tenth of the documents escape and at the very last entry."""
+    rng = np.random.default_rng(11)
+    sizes = rng.integers(1, 3000, 600_000).astype(np.int32)
+    doc_idx = np.concatenate([rng.permutation(sizes.size), [sizes.size - 1]]).astype(np.int64)
+    for long_docs in (0, sizes.size // 10):
+        sizes[rng.choice(sizes.size - 1, long_docs, replace=False)] = rng.integers(0xffff, 200_000, long_docs)
+        sizes[-1] = 0xffff
+        S = 1024
+        n = (int(sizes[doc_idx].astype(np.int64).sum()) - 1) // S
+        ref = build_sample_idx(sizes, doc_idx, S, n, impl="numpy")
+        for threads in (1, 2):
+            for narrow in (-1, 0, 1):
+                out = _cpp(sizes, doc_idx, S, n, threads, 0, True, -1, narrow)
+                np.testing.assert_array_equal(out, ref, err_msg=f"threads {threads} narrow {narrow}")
