@@ -6,9 +6,7 @@
 
 #include <algorithm>
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
-#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -56,7 +54,7 @@ namespace py = pybind11;
 // level (5M documents: 10 MB instead of 20 MB, measured 2x faster gathers on a 32 MB L3). Lengths from 0xffff up
 // (and negative ones) are stored as the escape 0xffff and read from sizes itself. The copy is one sequential
 // pass split over the threads, made only when sizes is large and mostly gathered, and used only when few
-// lengths escape (see help_narrow).
+// lengths escape (see use_narrow).
 
 namespace sample_idx {
 
@@ -68,8 +66,6 @@ constexpr int kStreams = 4;                 // row searches interleaved per buff
 constexpr uint32_t kEscape = 0xffff;        // 16-bit table: "read the length from sizes"
 constexpr int64_t kNarrowChunk = 1 << 16;   // sizes entries per claimable chunk of the 16-bit copy
 constexpr uint64_t kNarrowMinSizes = 1 << 19;  // smaller tables (2 MB) already fit in a core's L2
-
-constexpr int kTableWide = 2, kTableNarrow = 1;
 
 // Where lengths are read: sizes itself, or the 16-bit copy with escapes back to sizes.
 struct Wide {
@@ -105,14 +101,9 @@ struct Job {
   int32_t* lens;       // gathered lengths of buffered blocks, indexed like doc_idx (nullptr with one thread)
   int64_t* block_sum;  // tokens per buffered block, (num_blocks,)
   uint8_t* prefixed;   // per block: lens holds running sums within the block (uint32) instead of lengths
-  uint16_t* narrow;    // 16-bit copy of sizes (+1 padding entry), or nullptr
-  bool force_narrow = false;
-  std::atomic<int> table{0};           // which table the gathers read (kTableNarrow once it is made and chosen)
-  std::atomic<int64_t> narrow_next{0}, narrow_done{0}, escapes{0};  // chunks of the 16-bit table
-  std::atomic<int64_t> back_done{0};   // blocks the helpers have finished
-  std::mutex mu;                       // with cv: waits that outlast a short spin sleep here
-  std::condition_variable cv;
-  std::atomic<int> phase{0};           // 1: thread 0 has finished its walk and set up phase 2 (or found nothing to do)
+  uint16_t* narrow;    // 16-bit copy of sizes (+1 padding entry), or nullptr; used when use_narrow
+  bool use_narrow = false, force_narrow = false;
+  std::atomic<int64_t> narrow_next{0}, escapes{0};
   // Blocks [front, back) are unclaimed; front is claimed by thread 0 (walk in order), back - 1 by helpers.
   std::atomic<uint64_t> claims{0};
   std::atomic<bool> bad_index{false}, negative{false};
@@ -214,25 +205,12 @@ static int64_t claim(Job& job, bool from_front) {
   }
 }
 
-// One front block [lo, hi), already bounds-checked: gather with prefetch and emit rows.
+// Thread 0: claim blocks from the front and walk them in order (bounds-check the block, then gather with
+// prefetch and emit rows). Returns the cursor at the start of the first block it did not claim.
 template <class Tab>
-static void walk_front_block(const Job& job, Tab tab, int64_t lo, int64_t hi, Cursor& c, int32_t& sign) {
+static Cursor walk_front(Job& job, Tab tab) {
   const Gathered<Tab> src{tab, job.doc_idx};
   const int64_t S = job.seq_length, last = job.last_row;
-  int64_t i = lo;
-  if (c.k <= last) {
-    const int64_t mid = std::max(lo, hi - kPrefetch);  // prefetching stays inside the checked block
-    i = walk_range<true>(src, i, mid, S, last, job.rows, c, sign);
-    if (i == mid) i = walk_range<false>(src, i, hi, S, last, job.rows, c, sign);
-  }
-  for (; i < hi; ++i) sign |= src.len(i);  // rows complete: lengths are still read, like numpy's gather
-}
-
-// Thread 0: claim blocks from the front and walk them in order, each from the table published at its start.
-// Returns the cursor at the start of the first block it did not claim.
-static Cursor walk_front(Job& job) {
-  const Wide wide{job.sizes};
-  const Narrow narrow{job.narrow, job.sizes};
   Cursor c;
   int32_t sign = 0;  // OR of the lengths read: negative if any of them is
   for (int64_t b, n = 0; n != job.front_limit && (b = claim(job, true)) >= 0; ++n) {
@@ -242,11 +220,13 @@ static Cursor walk_front(Job& job) {
       job.bad_index.store(true);
       break;
     }
-    if (job.table.load(std::memory_order_acquire) == kTableNarrow) {
-      walk_front_block(job, narrow, lo, hi, c, sign);
-    } else {
-      walk_front_block(job, wide, lo, hi, c, sign);
+    int64_t i = lo;
+    if (c.k <= last) {
+      const int64_t mid = std::max(lo, hi - kPrefetch);  // prefetching stays inside the checked block
+      i = walk_range<true>(src, i, mid, S, last, job.rows, c, sign);
+      if (i == mid) i = walk_range<false>(src, i, hi, S, last, job.rows, c, sign);
     }
+    for (; i < hi; ++i) sign |= src.len(i);  // rows complete: lengths are still read, like numpy's gather
   }
   if (sign < 0) job.negative.store(true);
   return c;
@@ -393,70 +373,32 @@ __attribute__((target("avx512f,popcnt"))) static void rows_from_sums(const int32
 }
 #endif
 
-static void cpu_relax() {
-#if MC_X86_SIMD
-  _mm_pause();
-#endif
-}
-
-// Waits are short when every thread has a core (a helper's last block, thread 0's last block): spin for them.
-// Past kSpins the waiter sleeps on job.cv, so a thread without a core (more threads than cores, a busy machine)
-// does not keep the one it waits for off the CPU. Every change waited on is followed by notify().
-constexpr int kSpins = 1 << 12;
-
-template <class Pred>
-static void wait_until(Job& job, Pred pred) {
-  for (int spins = 0; spins < kSpins; ++spins) {
-    if (pred()) return;
-    cpu_relax();
-  }
-  std::unique_lock<std::mutex> lock(job.mu);
-  job.cv.wait(lock, pred);
-}
-
-// After an atomic store that a waiter may sleep on: taking the mutex orders the store before the waiter's next
-// check of its predicate, so the wake-up cannot be lost.
-static void notify(Job& job) {
-  { std::lock_guard<std::mutex> lock(job.mu); }
-  job.cv.notify_all();
-}
-
 // Helper threads: claim blocks from the back, gather their lengths into job.lens and sum them per block. With
 // AVX-512 a block holds running sums instead (if its total fits in 32 bits), so its rows are found per row.
 template <class Tab>
-static int64_t gather_block(Job& job, Tab tab, int64_t b, int64_t lo, int64_t hi, bool& ok, int32_t& sign) {
-#if MC_X86_SIMD
-  if (job.simd) {
-    const int64_t sum = gather_sums_avx512(tab, job.num_sizes, job.doc_idx, lo, hi, job.lens, ok, sign);
-    if (sum >= 0 && sum < (int64_t{1} << 32)) {
-      job.prefixed[b] = 1;
-    } else {  // a block of more than 2^32 tokens: back to lengths, walked per document
-      sums_to_lengths(job.lens, lo, hi);
-    }
-    return sum;
-  }
-#endif
-  return gather_scalar(tab, job.num_sizes, job.doc_idx, lo, hi, job.lens, ok, sign);
-}
-
-// Until the 16-bit table is published, the helpers read sizes. Each finished block is counted (release) after
-// its sum and its flags are stored, so thread 0 sees them once it has counted every block.
-static void gather_back(Job& job) {
-  const Wide wide{job.sizes};
-  const Narrow narrow{job.narrow, job.sizes};
+static void gather_back(Job& job, Tab tab) {
+  int32_t sign = 0;
   for (int64_t b; (b = claim(job, false)) >= 0;) {
     if (job.bad_index.load(std::memory_order_relaxed)) break;
     const int64_t lo = b * job.block, hi = std::min(job.num_docs, lo + job.block);
     bool ok = true;
-    int32_t sign = 0;
-    job.block_sum[b] = job.table.load(std::memory_order_acquire) == kTableNarrow
-                           ? gather_block(job, narrow, b, lo, hi, ok, sign)
-                           : gather_block(job, wide, b, lo, hi, ok, sign);
+#if MC_X86_SIMD
+    if (job.simd) {
+      const int64_t sum = gather_sums_avx512(tab, job.num_sizes, job.doc_idx, lo, hi, job.lens, ok, sign);
+      job.block_sum[b] = sum;
+      if (sum >= 0 && sum < (int64_t{1} << 32)) {
+        job.prefixed[b] = 1;
+      } else {  // a block of more than 2^32 tokens: back to lengths, walked per document
+        sums_to_lengths(job.lens, lo, hi);
+      }
+    } else
+#endif
+    {
+      job.block_sum[b] = gather_scalar(tab, job.num_sizes, job.doc_idx, lo, hi, job.lens, ok, sign);
+    }
     if (!ok) job.bad_index.store(true);
-    if (sign < 0) job.negative.store(true);
-    job.back_done.fetch_add(1, std::memory_order_release);
-    notify(job);
   }
+  if (sign < 0) job.negative.store(true);
 }
 
 // Emit the rows starting inside buffered block b, whose first token is `start` and end `end`.
@@ -505,46 +447,35 @@ __attribute__((target("avx512f,avx512bw,popcnt"))) static int64_t narrow_avx512(
 }
 #endif
 
-// Every thread first converts chunks of sizes into the 16-bit table until none is left to claim, then goes on
-// gathering from sizes; whoever finishes the last chunk publishes the table, and from then on every block is
-// gathered from it. Nobody waits. Automatic choice: an escape costs a second miss and a mispredicted branch, so
-// with many of them the copy is not used (forced on, it is - tests).
-static void help_narrow(Job& job) {
-  if (!job.narrow) return;
-  const int64_t n = static_cast<int64_t>(job.num_sizes), chunks = (n + kNarrowChunk - 1) / kNarrowChunk;
-  for (int64_t c; (c = job.narrow_next.fetch_add(1, std::memory_order_relaxed)) < chunks;) {
-    const int64_t lo = c * kNarrowChunk, hi = std::min(n, lo + kNarrowChunk);
+// Each thread converts chunks of sizes until none is left; the escapes are counted for use_narrow.
+static void fill_narrow(Job& job) {
+  const int64_t n = static_cast<int64_t>(job.num_sizes);
+  int64_t esc = 0;
+  for (int64_t lo; (lo = job.narrow_next.fetch_add(kNarrowChunk, std::memory_order_relaxed)) < n;) {
+    const int64_t hi = std::min(n, lo + kNarrowChunk);
 #if MC_X86_SIMD
-    const int64_t esc = job.simd ? narrow_avx512(job.sizes, job.narrow, lo, hi)
-                                 : narrow_scalar(job.sizes, job.narrow, lo, hi);
-#else
-    const int64_t esc = narrow_scalar(job.sizes, job.narrow, lo, hi);
-#endif
-    job.escapes.fetch_add(esc, std::memory_order_relaxed);
-    // acq_rel: the last one sees every chunk and every escape count (they precede the other increments)
-    if (job.narrow_done.fetch_add(1, std::memory_order_acq_rel) == chunks - 1) {
-      job.narrow[n] = 0;  // padding: a 32-bit load at the last entry
-      const bool use = job.force_narrow || job.escapes.load(std::memory_order_relaxed) * 32 <= n;
-      job.table.store(use ? kTableNarrow : kTableWide, std::memory_order_release);
+    if (job.simd) {
+      esc += narrow_avx512(job.sizes, job.narrow, lo, hi);
+      continue;
     }
+#endif
+    esc += narrow_scalar(job.sizes, job.narrow, lo, hi);
   }
+  job.escapes.fetch_add(esc, std::memory_order_relaxed);
 }
 
-
-// Runs fn(t, all_started) for t = 1..n-1 on new threads and fn(0, all_started) here; a helper that cannot start is
-// left out (thread 0 then must not count on it).
+// Runs fn(t) for t = 1..n-1 on new threads and fn(0) here; a thread that cannot start runs inline.
 template <class Fn>
 static void run_threads(int n, Fn fn) {
   std::vector<std::thread> pool;
-  bool all_started = true;
   for (int t = 1; t < n; ++t) {
     try {
-      pool.emplace_back(fn, t, true);
+      pool.emplace_back(fn, t);
     } catch (const std::system_error&) {
-      all_started = false;
+      fn(t);
     }
   }
-  fn(0, all_started);
+  fn(0);
   for (auto& th : pool) th.join();
 }
 
@@ -559,62 +490,48 @@ struct Outcome {
   int64_t total = 0;      // tokens in the whole document order (set when not complete)
 };
 
-// Buffered blocks first .. first + count - 1 (count stays 0 when there is nothing to emit) and their first tokens.
-struct Phase2 {
-  int64_t first = 0, count = 0;
-  std::vector<int64_t> base;
-  std::atomic<int64_t> next{0};
-};
-
-// Thread 0, after its walk: wait for the helpers' blocks, then give every buffered block its first token
-// (thread 0's position plus the block sums before it) and open phase 2.
-static Outcome finish_front(Job& job, const Cursor& front, Phase2& p2) {
-  const int64_t first = static_cast<int64_t>(job.claims.load() >> 32);  // only thread 0 moves the front
-  const int64_t count = job.num_blocks - first;
-  wait_until(job, [&] { return job.back_done.load(std::memory_order_acquire) == count || job.bad_index.load(); });
-  if (job.bad_index.load() || job.negative.load()) return {};
-  if (front.k > job.last_row) return {true, 0};  // thread 0 wrote every row
-  p2.first = first;
-  p2.base.resize(count + 1);
-  p2.base[0] = front.pos;
-  for (int64_t b = 0; b < count; ++b) p2.base[b + 1] = p2.base[b] + job.block_sum[first + b];
-  const int64_t total = p2.base.back(), S = job.seq_length;
-  // Row last_row sits at token last_row * S, which must exist; count == 0: thread 0 walked everything.
-  if (count == 0 || total == 0 || job.last_row > (total - 1) / S) return {false, total};
-  p2.count = count;
-  return {true, 0};
-}
-
-// Every buffered block is independent once its first token is known: threads claim them one by one, so a
-// thread that gets no CPU delays nobody.
-static void run_phase2(const Job& job, Phase2& p2) {
-  for (int64_t j; (j = p2.next.fetch_add(1, std::memory_order_relaxed)) < p2.count;) {
-    walk_buffered(job, p2.first + j, p2.base[j], p2.base[j + 1]);
-  }
-}
-
-// Fills job.rows. After a bad index or a negative length (flags in job) the rows are unspecified. One team of
-// threads for the whole build (a thread start after the first can cost milliseconds on an idle virtual CPU):
-// all threads make the 16-bit table, then thread 0 walks from the front and the helpers gather from the back, and
-// thread 0 opens phase 2, which every thread then works on; helpers wait for it.
+// Fills job.rows. After a bad index or a negative length (flags in job) the rows are unspecified.
 static Outcome build(Job& job, int threads) {
   job.claims.store(pack(0, static_cast<uint64_t>(job.num_blocks)));
-  Outcome res;
-  Phase2 p2;
-  run_threads(threads, [&](int t, bool all_started) {
-    help_narrow(job);
-    if (t != 0) {
-      gather_back(job);
-      wait_until(job, [&] { return job.phase.load(std::memory_order_acquire) != 0; });
+  if (job.narrow) {
+    run_threads(threads, [&](int) { fill_narrow(job); });
+    job.narrow[job.num_sizes] = 0;  // padding: a 32-bit load at the last entry
+    // Automatic choice: escapes cost a second miss and a mispredicted branch, so with many of them the copy is
+    // not used (forced on, it is - tests).
+    job.use_narrow = job.force_narrow || job.escapes.load() * 32 <= static_cast<int64_t>(job.num_sizes);
+  }
+  Cursor front;
+  const Wide wide{job.sizes};
+  const Narrow narrow{job.narrow, job.sizes};
+  run_threads(threads, [&](int t) {
+    if (job.use_narrow) {
+      if (t == 0) front = walk_front(job, narrow);
+      else gather_back(job, narrow);
     } else {
-      if (!all_started) job.front_limit = -1;  // nobody may be gathering from the back
-      res = finish_front(job, walk_front(job), p2);
-      job.phase.store(1, std::memory_order_release);
-      notify(job);
+      if (t == 0) front = walk_front(job, wide);
+      else gather_back(job, wide);
     }
-    run_phase2(job, p2);
   });
-  return res;
+  if (job.bad_index.load() || job.negative.load()) return {};
+  if (front.k > job.last_row) return {true, 0};  // thread 0 wrote every row
+  // Blocks [first, num_blocks) were buffered: their bases follow from thread 0's position and the block sums.
+  const int64_t first = static_cast<int64_t>(job.claims.load() >> 32);
+  const int64_t count = job.num_blocks - first;
+  std::vector<int64_t> base(count + 1);
+  base[0] = front.pos;
+  for (int64_t b = 0; b < count; ++b) base[b + 1] = base[b] + job.block_sum[first + b];
+  const int64_t total = base.back(), S = job.seq_length;
+  // Row last_row sits at token last_row * S, which must exist; count == 0: thread 0 walked everything.
+  if (count == 0 || total == 0 || job.last_row > (total - 1) / S) return {false, total};
+  // Every buffered block is independent now (its first token is known): threads claim them one by one, so a
+  // thread that gets no CPU delays nobody.
+  std::atomic<int64_t> next_block{0};
+  run_threads(static_cast<int>(std::min<int64_t>(threads, count)), [&](int) {
+    for (int64_t j; (j = next_block.fetch_add(1, std::memory_order_relaxed)) < count;) {
+      walk_buffered(job, first + j, base[j], base[j + 1]);
+    }
+  });
+  return {true, 0};
 }
 
 }  // namespace sample_idx
