@@ -434,8 +434,8 @@ static int64_t narrow_scalar(const int32_t* s, uint16_t* out, int64_t lo, int64_
 }
 
 #if MC_X86_SIMD
-__attribute__((target("avx512f,avx512bw,popcnt"))) static int64_t narrow_avx512(const int32_t* s, uint16_t* out,
-                                                                             int64_t lo, int64_t hi) {
+__attribute__((target("avx512f,popcnt"))) static int64_t narrow_avx512(const int32_t* s, uint16_t* out,
+                                                                      int64_t lo, int64_t hi) {
   const __m512i limit = _mm512_set1_epi32(static_cast<int>(kEscape));
   int64_t esc = 0, i = lo;
   for (; i + 16 <= hi; i += 16) {
