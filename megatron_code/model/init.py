@@ -220,8 +220,9 @@ def materialize_gpt_params(root: nn.Module, cfg: ModelConfig, seeds: dict[str, i
     pipeline layer that keeps its modules under their GPT paths); `seeds` are `module_seeds()` of the whole GPT.
 
     Each parameter is replaced by a new nn.Parameter carrying the old one's attributes (tensor_model_parallel,
-    partition_dim...); peak extra memory is one piece of a chunked draw for TP-sharded weights, else one weight. Parameters already real are left alone
-    (a module shared between pipeline layers is materialised once). Returns the number of elements created."""
+    partition_dim...); peak extra memory is one piece of a chunked draw for TP-sharded weights, else one full
+    weight. Parameters already real are left alone (a module shared between pipeline layers is materialised
+    once). Returns the number of elements created."""
     created, scratch = 0, _Scratch(device)
     for name, module in root.named_modules():
         for pname, p in list(module.named_parameters(recurse=False)):
