@@ -189,6 +189,21 @@ def deepspeed_config(job: JobConfig, grad_accum: int) -> dict[str, Any]:
     return given
 
 
+def check_precision_supported(precision: str) -> None:
+    """DeepSpeed refuses a precision its accelerator lacks, deep inside engine setup and after the model is built.
+    Its CPU accelerator has fp16 only where oneDNN computes in fp16 (CPUs with AVX512-FP16 or AMX-FP16, such as
+    Intel Sapphire Rapids; not, for example, AMD EPYC): say so first, with the fix."""
+    if precision != "fp16":
+        return
+    from deepspeed.accelerator import get_accelerator
+
+    acc = get_accelerator()
+    if not acc.is_fp16_supported():
+        raise ConfigError(f"--fp16: DeepSpeed's {acc.device_name()} accelerator has no fp16 on this machine "
+                          "(on CPU it needs AVX512-FP16 or AMX-FP16); train with --bf16, or in fp32 without "
+                          "--fp16 (and set \"fp16\": {\"enabled\": false} in a --deepspeed_config JSON)")
+
+
 def initialize_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ds_config: dict[str, Any],
                       mpu=None):
     import deepspeed

@@ -22,8 +22,8 @@ from tqdm import tqdm
 from ..config.base import ConfigError
 from ..config.job import JobConfig
 from ..model import GPT, flops_per_token
-from ..parallel.engine import (build_partitioned_gpt, deepspeed_config, init_distributed, initialize_engine,
-                               trainer_clips_gradients)
+from ..parallel.engine import (build_partitioned_gpt, check_precision_supported, deepspeed_config, init_distributed,
+                               initialize_engine, trainer_clips_gradients)
 from ..parallel.activation_checkpoint import apply_activation_checkpointing
 from ..parallel.groups import ParallelGroups
 from ..parallel.pipeline import PipelineBatches, StepClipper, build_pipeline, pipeline_ds_config
@@ -124,6 +124,7 @@ class Trainer:
     def __init__(self, job: JobConfig):
         self.job = job
         t = job.training
+        check_precision_supported(t.precision)  # before any model is built
         if t.cpu_threads:
             torch.set_num_threads(t.cpu_threads)
         self.rank, self.world = init_distributed(job.parallel.backend)

@@ -6,7 +6,9 @@ DeepSpeed JSON written like its template, TensorBoard and activation-checkpointi
 on resume. Only the sizes are shrunk and the data/tokenizer paths swapped: a GPT-2 style vocab.json/merges.txt
 pair trained here on stdlib files, and a .bin/.idx built with tools/preprocess_data.py from a JSONL corpus.
 
-fp16 runs on CPU here (DeepSpeed's CPU accelerator), so the test keeps --fp16 as the recipe has it.
+The line keeps --fp16 as the recipe has it where DeepSpeed's CPU accelerator has fp16 (oneDNN with AVX512-FP16 or
+AMX-FP16, e.g. Intel Sapphire Rapids). Elsewhere (e.g. AMD EPYC) the fp16 line must fail at once with our error
+naming the fix, and the same line with --bf16 (and a bf16 JSON) runs the rest of the test.
 """
 
 from __future__ import annotations
@@ -21,12 +23,15 @@ import textwrap
 import pytest
 import torch
 
+from deepspeed.accelerator import get_accelerator
+
 from megatron_code.config.cli import parse_args
 from megatron_code.training.lr_schedule import lr_at
 
 from ._cmd import ROOT, env, run
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(600)]
+PRECISION = "fp16" if get_accelerator().is_fp16_supported() else "bf16"
 
 SEQ, MICRO, GLOBAL = 64, 2, 4
 # Stop conditions: 1,280 tokens = 20 samples = 5 iterations; 40 samples = 10 iterations. Tokens come first.
@@ -63,19 +68,23 @@ def corpus(tmp_path_factory) -> dict[str, str]:
     return {"vocab": vocab, "merges": merges, "data": prefix + "_text_document", "root": str(root)}
 
 
-def _ds_json(path: str) -> str:
+def _ds_json(path: str, precision: str = "fp16") -> str:
     """Written like Megatron-DeepSpeed's ds_config_gpt_TEMPLATE.json with its placeholders filled in."""
     config = {"train_batch_size": GLOBAL, "train_micro_batch_size_per_gpu": MICRO, "steps_per_print": 1,
               "zero_optimization": {"stage": 0}, "gradient_clipping": 1.0, "prescale_gradients": False,
               "fp16": {"enabled": True, "loss_scale": 0, "loss_scale_window": 500, "hysteresis": 2,
                        "min_loss_scale": 1, "initial_scale_power": 11},
               "wall_clock_breakdown": False}
+    if precision == "bf16":
+        config["bf16"] = {"enabled": True}
+        del config["fp16"]
     with open(path, "w") as f:
         json.dump(config, f, indent=2)
     return path
 
 
-def _launch_line(corpus: dict[str, str], ckpt: str, tb: str, ds_json: str, train_tokens: int) -> list[str]:
+def _launch_line(corpus: dict[str, str], ckpt: str, tb: str, ds_json: str, train_tokens: int,
+                 precision: str = "fp16") -> list[str]:
     megatron_options = f"""
         --no-gradient-accumulation-fusion --override-opt_param-scheduler --adam-beta1 0.9 --adam-beta2 0.95
         --tensor-model-parallel-size 1 --init-method-std 0.02 --lr-decay-tokens {TRAIN_TOKENS}
@@ -93,7 +102,8 @@ def _launch_line(corpus: dict[str, str], ckpt: str, tb: str, ds_json: str, train
                    f"--data-impl mmap"
     deepspeed_options = f"--deepspeed --deepspeed_config {ds_json} --zero-stage 0 --pipeline-model-parallel-size 1 " \
                         f"--no-pipeline-parallel --deepspeed-activation-checkpointing"
-    return (megatron_options + " " + data_options + " " + deepspeed_options).split()
+    line = (megatron_options + " " + data_options + " " + deepspeed_options).split()
+    return [f"--{precision}" if a == "--fp16" else a for a in line]
 
 
 def _records(ckpt: str) -> list[dict]:
@@ -103,8 +113,14 @@ def _records(ckpt: str) -> list[dict]:
 
 def test_megatron_deepspeed_line_trains_validates_saves_and_resumes(corpus, tmp_path):
     ckpt, tb = str(tmp_path / "checkpoint"), str(tmp_path / "tensorboard")
-    ds_json = _ds_json(str(tmp_path / "ds_config_gbs4_mbs2_log1_zero0.json"))
-    line = _launch_line(corpus, ckpt, tb, ds_json, TRAIN_TOKENS)
+    if PRECISION != "fp16":  # the recipe's fp16 line is refused before anything is built, naming the fix
+        fp16_json = _ds_json(str(tmp_path / "ds_config_fp16.json"))
+        proc = run(_launch_line(corpus, ckpt, tb, fp16_json, TRAIN_TOKENS), timeout=400, check=False)
+        assert proc.returncode == 2, proc.stderr[-3000:]
+        assert "error: --fp16: DeepSpeed's cpu accelerator has no fp16 on this machine" in proc.stderr
+        assert "--bf16" in proc.stderr and not os.path.exists(os.path.join(ckpt, "metrics.jsonl"))
+    ds_json = _ds_json(str(tmp_path / "ds_config_gbs4_mbs2_log1_zero0.json"), PRECISION)
+    line = _launch_line(corpus, ckpt, tb, ds_json, TRAIN_TOKENS, PRECISION)
     # The recipe also passes `--load {ckpt}` on its first launch (an empty directory): not yet here, see the
     # trainer's --load handling; the resume below uses the recipe's `--load X --save X` form.
     proc = run(line, timeout=400)
@@ -125,11 +141,12 @@ def test_megatron_deepspeed_line_trains_validates_saves_and_resumes(corpus, tmp_
     # checkpoint holds DeepSpeed's config and its loss-scaler state.
     state = torch.load(os.path.join(ckpt, f"iter_{ITERS:07d}", "mp_rank_00_model_states.pt"), map_location="cpu",
                        weights_only=False)
-    assert state["ds_config"]["fp16"] == json.load(open(ds_json))["fp16"]
-    scaler = state["optimizer"]
-    assert scaler["dynamic_loss_scale"] is True and scaler["scale_window"] == 500
-    assert 1 <= scaler["cur_scale"] <= 2 ** 11
-    assert next(iter(state["module"].values())).dtype == torch.float16
+    assert state["ds_config"][PRECISION] == json.load(open(ds_json))[PRECISION]
+    if PRECISION == "fp16":
+        scaler = state["optimizer"]
+        assert scaler["dynamic_loss_scale"] is True and scaler["scale_window"] == 500
+        assert 1 <= scaler["cur_scale"] <= 2 ** 11
+    assert next(iter(state["module"].values())).dtype == {"fp16": torch.float16, "bf16": torch.bfloat16}[PRECISION]
 
     # Validated on the 5% split, at the eval interval and at the end.
     valid = {r["iteration"]: r["loss"] for r in records if r["kind"] == "valid"}
@@ -138,14 +155,14 @@ def test_megatron_deepspeed_line_trains_validates_saves_and_resumes(corpus, tmp_
     # Saved: a complete checkpoint at the save interval, its config recording what the line said, and TensorBoard.
     assert open(os.path.join(ckpt, "latest")).read().strip() == f"iter_{ITERS:07d}"
     saved = parse_args(["--config", os.path.join(ckpt, f"iter_{ITERS:07d}", "config.yaml")]).job
-    assert saved.training.train_tokens == TRAIN_TOKENS and saved.training.precision == "fp16"
+    assert saved.training.train_tokens == TRAIN_TOKENS and saved.training.precision == PRECISION
     assert saved.data.tokenizer_type == "GPT2BPETokenizer"
     assert glob.glob(os.path.join(tb, "**", "events.out.tfevents.*"), recursive=True)
     notes = proc.stderr
     assert "--override-opt_param-scheduler: accepted, no effect" in notes
 
     # Resumed as the recipe relaunches: same line, `--load X --save X`, a larger token budget (10 iterations).
-    line2 = _launch_line(corpus, ckpt, tb, ds_json, 2 * TRAIN_TOKENS) + ["--load", ckpt]
+    line2 = _launch_line(corpus, ckpt, tb, ds_json, 2 * TRAIN_TOKENS, PRECISION) + ["--load", ckpt]
     proc = run(line2, timeout=400)
     assert f"resumed from {ckpt} at iteration {ITERS}" in proc.stdout
     train = {r["iteration"]: r for r in _records(ckpt) if r["kind"] == "train"}
