@@ -60,8 +60,9 @@ class TrainingConfig(ConfigBase):
     # Number of torch CPU threads (0 = torch default).
     cpu_threads: int = 0
     # Score the causal-LM loss with the fused LM head + cross-entropy kernel (kernels/linear_cross_entropy: one
-    # compute-dtype logits buffer, no float32 copies, nothing (B, S, V) kept for backward). Used where it applies: no tensor parallelism (vocab-parallel
-    # logits take the vocab-parallel loss), no pipeline, ZeRO < 3, not for MIM training; False = always unfused.
+    # compute-dtype logits buffer, no float32 copies, nothing (B, S, V) kept for backward), with tensor parallelism
+    # too (vocabulary-sharded head) and ZeRO-3. Used where it applies: no pipeline, not TP with fp16, not for MIM
+    # training; False = always unfused.
     fused_lm_loss: bool = True
 
     def validate(self) -> None:

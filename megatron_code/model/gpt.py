@@ -98,7 +98,8 @@ class GPT(nn.Module):
         With ``labels`` (B, T) and ``loss_weights`` (B, T) float, returns instead the 0-dim float32 loss
         ``sum(loss_weights * CE(logits, labels))`` from the fused head + cross-entropy kernel, which keeps no
         float32 copy of the (B, T, V) logits and nothing of that size for backward (pass
-        ``loss_mask / loss_mask.sum()`` for the masked mean)."""
+        ``loss_mask / loss_mask.sum()`` for the masked mean). With a vocabulary-sharded (tensor-parallel) head
+        the loss is the whole-vocabulary loss on every rank of its group."""
         if position_ids is None:
             position_ids = self.default_position_ids(input_ids, cache.length if cache is not None else 0)
         x = self.embed(input_ids, position_ids)
@@ -109,9 +110,11 @@ class GPT(nn.Module):
         if labels is not None:
             if loss_weights is None or labels.shape != input_ids.shape or loss_weights.shape != input_ids.shape:
                 raise ValueError("labels and loss_weights must both be given, shaped like input_ids (B, T)")
-            bias = None if self.cfg.tie_embeddings else self.lm_head.bias
-            return linear_cross_entropy(hidden.flatten(0, 1), self.output_weight(), bias, labels.flatten(),
-                                        loss_weights.flatten())
+            head = self.embed.word if self.cfg.tie_embeddings else self.lm_head
+            # A tensor-parallel head (swapped in from outside) holds a slice of the vocabulary and says so.
+            shard = head.vocab_shard() if hasattr(head, "vocab_shard") else None
+            return linear_cross_entropy(hidden.flatten(0, 1), head.weight, getattr(head, "bias", None),
+                                        labels.flatten(), loss_weights.flatten(), vocab_shard=shard)
         logits = self.logits(hidden)
         return (logits, hidden) if return_hidden else logits
 

@@ -21,9 +21,11 @@ sequence parallelism an all-gather along T (reduce-scatter bwd).
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..kernels.linear_cross_entropy import VocabShard
 from . import mappings as M
 
 ROW_REDUCTIONS = ("all_reduce", "reduce_scatter", "none")
@@ -106,6 +108,14 @@ def _copy_param(dst: nn.Parameter, src: torch.Tensor) -> None:
         dst.copy_(src)
 
 
+def vocab_shard(group, start: int) -> VocabShard | None:
+    """For the fused head + loss kernel: this rank's head rows start at `start`; reductions run over `group`."""
+    if M.group_size(group) == 1:
+        return None
+    ops = {"max": dist.ReduceOp.MAX, "sum": dist.ReduceOp.SUM}
+    return VocabShard(start, lambda t, op: M.all_reduce(t, group, op=ops[op]))
+
+
 def region_entry(x: torch.Tensor, group, sequence_parallel: bool) -> torch.Tensor:
     """Bring a replicated (or, under SP, sequence-sharded) activation into a tensor-parallel region."""
     return M.gather_from_sequence(x, group) if sequence_parallel else M.copy_to_tp(x, group)
@@ -164,6 +174,10 @@ class ColumnParallelLinear(_ShardedParams, _GroupAttr, nn.Linear):
             x = region_entry(x, self.group, self.sequence_parallel)
         y = F.linear(x, self.weight, self.bias)  # (B, T, out/tp)
         return M.gather_from_tp(y, self.group) if self.gather_output else y
+
+    def vocab_shard(self) -> VocabShard | None:
+        """As an LM head: the output rows are this rank's vocabulary slice (the fused head + loss reads this)."""
+        return vocab_shard(self.group, self.shard_start)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, full_out={self.full_out_features}, tp_shard_start={self.shard_start}"
@@ -307,6 +321,10 @@ class VocabParallelEmbedding(_ShardedParams, _GroupAttr, nn.Embedding):
         out = F.embedding(local.masked_fill(outside, 0), self.weight)  # (B, T, H)
         out = out.masked_fill(outside.unsqueeze(-1), 0.0)
         return M.reduce_from_tp(out, self.group)
+
+    def vocab_shard(self) -> VocabShard | None:
+        """As a tied LM head (the fused head + loss reads this)."""
+        return vocab_shard(self.group, self.vocab_start)
 
     def extra_repr(self) -> str:
         return f"{self.num_embeddings}, {self.embedding_dim}, full={self.full_num_embeddings}, " \

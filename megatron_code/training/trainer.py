@@ -175,8 +175,11 @@ class Trainer:
         self.data.train = self.objective.wrap_train(self.data.train)
         self.tp_group = self.groups.tp_group if self.groups.tp_size > 1 else None
         # Fused head + loss (kernels/linear_cross_entropy) where it applies; see TrainingConfig.fused_lm_loss.
-        self.fused_loss = (t.fused_lm_loss and self.tp_group is None and not self.pipelined
-                           and job.parallel.zero_stage < 3)
+        # With TP the head is vocabulary-sharded and the kernel reduces over the TP group; fp16 would take its
+        # whole-vocabulary reference there, so TP + fp16 keeps the vocab-parallel loss on logits. Under ZeRO-3,
+        # reading the head's weight in GPT.forward gathers it (DeepSpeed registers it as an external parameter).
+        self.fused_loss = (t.fused_lm_loss and not self.pipelined
+                           and (self.tp_group is None or t.precision != "fp16"))
         fpt = flops_per_token(job.model, job.data.seq_length)
         peak, source = peak_flops(t.precision, t.peak_tflops)
         self.throughput = Throughput(fpt, peak, self.world)

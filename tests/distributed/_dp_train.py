@@ -38,7 +38,8 @@ def run_jobs(rank, world, jobs):
             trainer = Trainer(job)
             history = trainer.train()
             out[key] = {"losses": [loss for _, loss in history["train_loss"]],
-                        "first_iter": history["train_loss"][0][0] if history["train_loss"] else None}
+                        "first_iter": history["train_loss"][0][0] if history["train_loss"] else None,
+                        "fused_loss": trainer.fused_loss}
         except Exception as exc:  # noqa: BLE001 - reported per job so one failure names its layout
             if not key.endswith(":error"):
                 raise

@@ -2,7 +2,8 @@
 sequence parallelism (SP on TP2) equal the single-process run to 1e-5 relative, for a sequential-block MHA model
 and a parallel-block MQA SwiGLU bias-free model. Pipeline and ZeRO layouts have their own parity tests
 (test_pipeline.py, test_zero.py). The single-process reference uses the fused LM head + loss kernel (the default);
-the unfused path (logits, then causal_lm_loss) gives the same losses."""
+the unfused path (logits, then causal_lm_loss) gives the same losses. With TP the fused kernel scores each rank's
+vocabulary slice (counted), so TP/SP parity is also the sharded kernel's parity through the trainer."""
 
 import math
 
@@ -35,14 +36,21 @@ def _job(model_overrides: dict, tp: int, sp: bool, fused: bool = True):
 
 
 def _train(rank, world, runs):
-    """runs: [(name, model overrides, tp, sp)] trained one after another in this process group."""
+    """runs: [(name, model overrides, tp, sp)] trained one after another in this process group. Also counts, per
+    run, the fused head + loss calls on a vocabulary-sharded head (key f"{name}/sharded_fused")."""
     import os
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    import megatron_code.model.gpt as gpt
     from megatron_code.training.trainer import Trainer
+    calls = []
+    kernel = gpt.linear_cross_entropy
+    gpt.linear_cross_entropy = lambda *a, **k: calls.append(k.get("vocab_shard") is not None) or kernel(*a, **k)
     out = {}
     for name, overrides, tp, sp in runs:
+        calls.clear()
         history = Trainer(_job(overrides, tp, sp)).train()
         out[name] = [loss for _, loss in history["train_loss"]]
+        out[f"{name}/sharded_fused"] = sum(calls)
     return out
 
 
@@ -84,6 +92,8 @@ def test_tp2_and_sequence_parallel_match_single_process(reference):
         for suffix in ("tp2", "sp2"):
             _close(got[0][f"{m}-{suffix}"], reference[m])
             assert got[1][f"{m}-{suffix}"] == got[0][f"{m}-{suffix}"]  # every rank reports the same loss
+            # the TP head scored through the fused kernel on its vocabulary slice: 10 steps x 2 micro batches
+            assert got[0][f"{m}-{suffix}/sharded_fused"] == got[1][f"{m}-{suffix}/sharded_fused"] == 2 * STEPS
 
 
 def test_tp4_matches_single_process(reference):

@@ -1,10 +1,12 @@
 """Data parallelism and ZeRO through DeepSpeed: 10 steps of loss at DP2 with ZeRO 0/1/2/3 (and ZeRO-Offload)
 equal the single-process run with the same global batch (1e-5 relative; CPU, gloo, fp32, dropout 0), for a
 sequential-block model and a parallel-block MQA SwiGLU model, also combined with TP2 (TP2 x DP2, ZeRO-2/3); a run
-stopped at iteration 5 and resumed at DP2 ZeRO-1 / ZeRO-3 reproduces the uninterrupted run exactly.
+stopped at iteration 5 and resumed at DP2 ZeRO-1 / ZeRO-3 reproduces the uninterrupted run exactly. ZeRO-3 also runs
+with every parameter partitioned between uses (persistence threshold 0), and all of these use the fused head + loss.
 
 One launch per world size: all DP2 layouts run one after another in the same two processes."""
 
+import json
 import os
 
 import pytest
@@ -67,6 +69,13 @@ def dp2(tmp_path_factory):
     jobs = [(f"{m}:z{s}", MODELS[m] + ["--zero-stage", str(s)]) for m in MODELS for s in STAGES]
     jobs += [(f"{m}:z{s}:offload", MODELS[m] + ["--zero-stage", str(s), "--cpu-optimizer"])
              for m in ("parallel_mqa_swiglu",) for s in OFFLOAD]
+    # DeepSpeed keeps parameters under 1e5 elements whole after their first gather (stage3_param_persistence_
+    # threshold): with it at 0 every parameter of these tiny models is partitioned between uses, as a real model's
+    # large ones are, so the head's weight is gathered when GPT.forward reads it (tied: outside its own module).
+    persist0 = root / "zero3_partitioned.json"
+    persist0.write_text(json.dumps({"zero_optimization": {"stage": 3, "stage3_param_persistence_threshold": 0}}))
+    jobs += [(f"{m}:z3:partitioned", MODELS[m] + ["--zero-stage", "3", "--deepspeed_config", str(persist0)])
+             for m in MODELS]
     for s in RESUME:
         save = str(root / f"z{s}")
         args = MODELS["sequential"] + ["--zero-stage", str(s), "--save", save]
@@ -84,6 +93,13 @@ def dp2(tmp_path_factory):
 @pytest.mark.parametrize("stage", STAGES)
 def test_dp2_zero_matches_single_process(single, dp2, model, stage):
     assert_close_losses(dp2[f"{model}:z{stage}"]["losses"], single[model]["losses"], f"{model} DP2 ZeRO-{stage}")
+
+
+@pytest.mark.parametrize("model", list(MODELS))
+def test_zero3_with_every_parameter_partitioned_matches_single_process(single, dp2, model):
+    got = dp2[f"{model}:z3:partitioned"]
+    assert got["fused_loss"] and dp2[f"{model}:z3"]["fused_loss"]  # the fused head + loss ran under ZeRO-3
+    assert_close_losses(got["losses"], single[model]["losses"], f"{model} DP2 ZeRO-3, persistence threshold 0")
 
 
 @pytest.mark.parametrize("stage", OFFLOAD)
@@ -124,4 +140,5 @@ def test_zero_with_tensor_parallel_matches_single_process(single, tp2_dp2, stage
     for m in MODELS:
         key = f"{m}:z{stage}"
         assert_close_losses(tp2_dp2[0][key]["losses"], single[m]["losses"], f"{m} TP2 x DP2 ZeRO-{stage}")
+        assert tp2_dp2[0][key]["fused_loss"]  # the fused head + loss on each TP rank's vocabulary slice
         assert all(o[key]["losses"] == tp2_dp2[0][key]["losses"] for o in tp2_dp2)  # every rank: the same loss

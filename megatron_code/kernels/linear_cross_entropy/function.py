@@ -23,9 +23,20 @@ products are summed in float32.
 
 Contract: the value equals `reference.linear_cross_entropy_reference` up to float32 summation order (same per-row
 arithmetic: logits in the input dtype, scored in float32); gradients equal up to rounding of the compute dtype.
+
+Vocabulary shards (tensor parallelism, `VocabShard`): each rank holds a contiguous slice of the head's rows and
+scores only its columns of the logits. Per block the row max (all-reduce MAX) and then the sum of exponentials and
+the label's logit (one all-reduce SUM of a (2, rows) tensor) are combined over the shard group, so every rank gets
+the same loss. The softmax needs the global sum, known only after the first pass, so below float32 a second exp
+pass recomputes exp(z - max) per chunk (in float32/64 the first pass leaves it in z). The hidden gradient is this
+shard's part: the caller sums it over the group (in the model, the TP region entry before the final norm's output
+does, as for the unfused column-parallel head).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +45,16 @@ from .reference import linear_cross_entropy_reference
 
 _CHUNK_BYTES = 8 << 20  # float32 logits per softmax chunk (cache-sized)
 _BLOCK_BYTES = 1 << 30  # compute-dtype logits per block (the one (rows, V) buffer this function holds)
+
+
+@dataclass(frozen=True)
+class VocabShard:
+    """This rank's head holds vocabulary rows [start, start + V_local); labels are global ids. ``all_reduce(t, op)``
+    (op "max" or "sum") returns ``t`` reduced over the ranks holding the other rows (every rank calls it with the
+    same shapes, in the same order)."""
+
+    start: int
+    all_reduce: Callable[[torch.Tensor, str], torch.Tensor]
 
 
 def default_chunk_rows(vocab: int) -> int:
@@ -70,9 +91,43 @@ def _score_block(z: torch.Tensor, labels: torch.Tensor, w: torch.Tensor, chunk_r
     return total
 
 
+def _score_block_sharded(z: torch.Tensor, labels: torch.Tensor, w: torch.Tensor, chunk_rows: int, grad: bool,
+                         d_bias: torch.Tensor | None, score: torch.dtype, shard: VocabShard) -> torch.Tensor:
+    """`_score_block` for a vocabulary shard: z (R, V_local) holds this rank's columns of the logits. Returns the
+    block's sum_i w_i * nll_i, the same on every rank of the shard group."""
+    rows, v_local = z.shape
+    local = labels - shard.start
+    inside = (local >= 0) & (local < v_local)  # (R,): the label's column is on this rank
+    idx = local.clamp(0, v_local - 1)[:, None]  # (R, 1)
+    z_max = shard.all_reduce(z.amax(dim=-1).to(score), "max")  # (R,) global row max (exact in any dtype)
+    stats = torch.zeros(2, rows, dtype=score, device=z.device)  # this shard's sum of exp(z - max), label logit
+    in_place = z.dtype == score  # z[s:e].to(score) is then z itself: exp(z - max) stays in z for the second pass
+    for s in range(0, rows, chunk_rows):
+        e = min(rows, s + chunk_rows)
+        zc = z[s:e].to(score)
+        stats[1, s:e] = torch.where(inside[s:e], zc.gather(1, idx[s:e]).squeeze(1), 0.0)
+        stats[0, s:e] = zc.sub_(z_max[s:e, None]).exp_().sum(dim=-1)
+    sum_exp, target = shard.all_reduce(stats, "sum")
+    total = ((z_max + sum_exp.log() - target) * w).sum()
+    if not grad:
+        return total
+    scale = w / sum_exp  # (R,)
+    w_in = (w * inside.to(score))[:, None]  # (R, 1): the one-hot term, on the label's rank only
+    for s in range(0, rows, chunk_rows):
+        e = min(rows, s + chunk_rows)
+        ex = z[s:e] if in_place else z[s:e].to(score).sub_(z_max[s:e, None]).exp_()
+        g = ex.mul_(scale[s:e, None])  # w_i * softmax(z_i) on this shard's columns ...
+        g.scatter_add_(1, idx[s:e], -w_in[s:e])  # ... - w_i * onehot(label_i) where the label lives here
+        if d_bias is not None:
+            d_bias += g.sum(0)
+        if not in_place:
+            z[s:e].copy_(g)
+    return total
+
+
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, weights, chunk_rows, block_rows):
+    def forward(ctx, hidden, weight, bias, labels, weights, chunk_rows, block_rows, shard):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         need_b = need_b and bias is not None
         grad = need_h or need_w or need_b
@@ -88,7 +143,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
         w = weights.to(score)
         for s, e in blocks:
             z = F.linear(hidden[s:e], weight, bias)  # (R, V), compute dtype
-            total += _score_block(z, labels[s:e], w[s:e], chunk_rows, grad, d_bias, score)
+            if shard is None:
+                total += _score_block(z, labels[s:e], w[s:e], chunk_rows, grad, d_bias, score)
+            else:
+                total += _score_block_sharded(z, labels[s:e], w[s:e], chunk_rows, grad, d_bias, score, shard)
             if need_h:
                 torch.mm(z, weight, out=d_hidden[s:e])
             if need_w and len(blocks) == 1:
@@ -106,18 +164,23 @@ class _LinearCrossEntropy(torch.autograd.Function):
         return (None if d_hidden is None else d_hidden * grad.to(d_hidden.dtype),
                 None if d_weight is None else (d_weight * grad).to(w_dtype),
                 None if d_bias is None else (d_bias * grad).to(b_dtype),
-                None, None, None, None)
+                None, None, None, None, None)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                          labels: torch.Tensor, weights: torch.Tensor, *, chunk_rows: int | None = None,
-                         block_rows: int | None = None, impl: str = "auto") -> torch.Tensor:
+                         block_rows: int | None = None, impl: str = "auto",
+                         vocab_shard: VocabShard | None = None) -> torch.Tensor:
     """``sum_i weights_i * CE(hidden_i @ weight.T + bias, labels_i)`` as a 0-dim float32 tensor (float64 for
     float64 inputs). hidden (N, H), weight (V, H), bias (V,) or None, labels (N,) long, weights (N,).
 
     For a mean over a loss mask pass ``weights = mask / mask.sum()``. impl: "auto"/"fused" (see the module
     docstring; ``chunk_rows`` / ``block_rows`` override the sizes) or "reference" (materialised float32 logits).
-    "auto" takes the reference for fp16: there the gradient formed before loss scaling would underflow."""
+    "auto" takes the reference for fp16: there the gradient formed before loss scaling would underflow.
+
+    ``vocab_shard``: ``weight``/``bias`` are this rank's rows of a vocabulary-sharded head (see ``VocabShard``);
+    the loss is the whole-vocabulary loss on every rank, the hidden gradient this shard's part (sum it over the
+    group). The reference needs the whole vocabulary, so fp16 and impl="reference" are refused with a shard."""
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"expected hidden (N, H) and weight (V, H), got {tuple(hidden.shape)} and "
                          f"{tuple(weight.shape)}")
@@ -127,7 +190,10 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     if impl not in ("auto", "fused", "reference"):
         raise ValueError(f"unknown impl {impl!r}: use 'auto', 'fused' or 'reference'")
     if impl == "reference" or (impl == "auto" and hidden.dtype == torch.float16):
+        if vocab_shard is not None:
+            raise ValueError("the reference (used for fp16) needs the whole vocabulary: with a vocabulary-sharded "
+                             "head score the vocab-parallel logits instead (parallel.cross_entropy)")
         return linear_cross_entropy_reference(hidden, weight, bias, labels, weights)
     chunk = chunk_rows or default_chunk_rows(weight.shape[0])
     block = block_rows or default_block_rows(weight.shape[0], hidden.element_size())
-    return _LinearCrossEntropy.apply(hidden, weight, bias, labels, weights, chunk, block)
+    return _LinearCrossEntropy.apply(hidden, weight, bias, labels, weights, chunk, block, vocab_shard)
