@@ -61,8 +61,8 @@ class TrainingConfig(ConfigBase):
     cpu_threads: int = 0
     # Score the causal-LM loss with the fused LM head + cross-entropy kernel (kernels/linear_cross_entropy: one
     # compute-dtype logits buffer, no float32 copies, nothing (B, S, V) kept for backward), with tensor parallelism
-    # too (vocabulary-sharded head) and ZeRO-3. Used where it applies: no pipeline, not TP with fp16, not for MIM
-    # training; False = always unfused.
+    # too (vocabulary-sharded head), ZeRO-3 and on the pipeline's last stage. Used where it applies: not TP with
+    # fp16, not for MIM training; False = always unfused.
     fused_lm_loss: bool = True
 
     def validate(self) -> None:

@@ -23,6 +23,21 @@ from .norm import build_norm
 from .rope import rotary_cos_sin
 
 
+def head_logits(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+    """hidden (B, T, H) -> logits (B, T, V) through `head` (GPT.head(): a Linear, or the tied word embedding)."""
+    return head(hidden) if isinstance(head, nn.Linear) else torch.nn.functional.linear(hidden, head.weight)
+
+
+def head_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
+              loss_weights: torch.Tensor) -> torch.Tensor:
+    """sum(loss_weights * CE(head_logits(head, hidden), labels)) from the fused head + loss kernel; hidden (B, T, H),
+    labels and loss_weights (B, T). A tensor-parallel head (swapped in from outside) holds a slice of the
+    vocabulary and says so (`vocab_shard()`); the loss is then the whole-vocabulary loss on every rank."""
+    shard = head.vocab_shard() if hasattr(head, "vocab_shard") else None
+    return linear_cross_entropy(hidden.flatten(0, 1), head.weight, getattr(head, "bias", None), labels.flatten(),
+                                loss_weights.flatten(), vocab_shard=shard)
+
+
 class Embedding(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -80,11 +95,13 @@ class GPT(nn.Module):
     def output_weight(self) -> torch.Tensor:
         return self.embed.word.weight if self.cfg.tie_embeddings else self.lm_head.weight
 
+    def head(self) -> nn.Module:
+        """The module whose weight maps hidden states to logits: lm_head, or the word embedding when tied."""
+        return self.embed.word if self.cfg.tie_embeddings else self.lm_head
+
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden (B, T, hidden) after the final norm -> (B, T, padded_vocab)."""
-        if self.cfg.tie_embeddings:
-            return torch.nn.functional.linear(hidden, self.embed.word.weight)
-        return self.lm_head(hidden)
+        return head_logits(self.head(), hidden)
 
     # ------------------------------------------------------------------ forward
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
@@ -110,11 +127,7 @@ class GPT(nn.Module):
         if labels is not None:
             if loss_weights is None or labels.shape != input_ids.shape or loss_weights.shape != input_ids.shape:
                 raise ValueError("labels and loss_weights must both be given, shaped like input_ids (B, T)")
-            head = self.embed.word if self.cfg.tie_embeddings else self.lm_head
-            # A tensor-parallel head (swapped in from outside) holds a slice of the vocabulary and says so.
-            shard = head.vocab_shard() if hasattr(head, "vocab_shard") else None
-            return linear_cross_entropy(hidden.flatten(0, 1), head.weight, getattr(head, "bias", None),
-                                        labels.flatten(), loss_weights.flatten(), vocab_shard=shard)
+            return head_loss(self.head(), hidden, labels, loss_weights)
         logits = self.logits(hidden)
         return (logits, hidden) if return_hidden else logits
 

@@ -10,7 +10,8 @@ after DeepSpeed picks them and before anything touches their storage. Both give 
     layer 1..L     BlockPipe       (hidden, position_ids) -> (hidden, position_ids)      RoPE from position_ids
     layer L+1      FinalNormPipe   (hidden, position_ids) -> hidden
     layer L+2      head            hidden -> logits (B, T, V/tp): the tied embedding (TiedLayerSpec "embed", its
-                                   gradient all-reduced between first and last stage) or HeadPipe(lm_head)
+                                   gradient all-reduced between first and last stage) or HeadPipe(lm_head);
+                                   with a `head_loss_fn` it passes hidden through and the loss runs the head
 
 Position ids travel between stages beside the hidden states (integer tensors carry no gradient, DeepSpeed skips
 them in the backward sends), so RoPE and reset position ids work on every stage. Each wrapper holds the original
@@ -21,7 +22,9 @@ rank YY (see `gpt_keys_of_layer`).
 Batches: DeepSpeed feeds `(inputs, labels)` tuples, inputs to the first stage and labels to the last;
 `to_pipeline_batch` / `batch_from_labels` translate our batch dicts (causal: labels + loss_mask; MIM training:
 `mim_labels_tuple`). The loss on the last stage is the objective's (vocab-parallel under TP), computed by a
-`loss_fn(logits, batch, train) -> (loss, parts)` the trainer passes in.
+`loss_fn(logits, batch, train) -> (loss, parts)` the trainer passes in; or, given `head_loss_fn(head, hidden,
+batch, train) -> (loss, parts)`, the head layer hands on the final hidden states and that function applies the
+head itself (the trainer's: the fused head + loss kernel, so the last stage never holds (B, T, V/tp) logits).
 
 Gradient norm: DeepSpeed's fp32 (ZeRO-0) clipping counts parameters that are not tensor-parallel on model-parallel
 rank 0 only, i.e. on the FIRST pipeline stage only; `clip_grad_norm_pipeline` counts them on TP rank 0 of every
@@ -49,6 +52,7 @@ PENDING_INIT_ATTR = "pending_init_seeds"  # on a meta GPT: {module name: seed}, 
 PARTITION_METHODS = ("parameters", "uniform")
 
 LossFn = Callable[[torch.Tensor, dict, bool], "tuple[torch.Tensor, dict]"]
+HeadLossFn = Callable[[nn.Module, torch.Tensor, dict, bool], "tuple[torch.Tensor, dict]"]
 
 
 class PipelineConfigError(ValueError):
@@ -71,6 +75,11 @@ class EmbeddingPipe(nn.Module):
 def tied_logits(owner: EmbeddingPipe, hidden: torch.Tensor) -> torch.Tensor:
     """Tied head: hidden (B, T, H) -> logits (B, T, V/tp) with this rank's vocabulary rows of the embedding."""
     return torch.nn.functional.linear(hidden, owner.embed.word.weight)
+
+
+def tied_hidden(owner: EmbeddingPipe, hidden: torch.Tensor) -> torch.Tensor:
+    """Tied head when the loss applies it (`head_loss_fn`): hidden (B, T, H) passes through."""
+    return hidden
 
 
 class BlockPipe(nn.Module):
@@ -104,12 +113,15 @@ class FinalNormPipe(nn.Module):
 
 
 class HeadPipe(nn.Module):
-    def __init__(self, lm_head: nn.Module):
+    """Untied head. `in_loss`: hidden passes through and the loss applies lm_head (see `head_loss_fn`)."""
+
+    def __init__(self, lm_head: nn.Module, in_loss: bool = False):
         super().__init__()
         self.lm_head = lm_head
+        self.in_loss = in_loss
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.lm_head(hidden)  # (B, T, V/tp)
+        return hidden if self.in_loss else self.lm_head(hidden)  # (B, T, H) or (B, T, V/tp)
 
 
 CHECKPOINTABLE = [EmbeddingPipe.__name__, BlockPipe.__name__, FinalNormPipe.__name__]
@@ -181,14 +193,26 @@ def _pipeline_module_class():
                     self._materialize(layer)
             object.__setattr__(self, "_materialize", None)  # done: do not keep the seeds alive
 
-        def attach_loss(self, loss_fn: LossFn, part_names: tuple[str, ...]) -> None:
+        def attach_loss(self, loss_fn: LossFn, part_names: tuple[str, ...],
+                        head_loss_fn: Optional[HeadLossFn] = None) -> None:
             self._objective_loss = loss_fn
+            self._head_loss = head_loss_fn
             self.part_names = tuple(part_names)
             self._last_parts: dict = {}
             self.loss_fn = self._loss
 
-        def _loss(self, logits: torch.Tensor, labels) -> torch.Tensor:
-            loss, parts = self._objective_loss(logits, batch_from_labels(labels), self.training)
+        def lm_head(self) -> nn.Module:
+            """The last stage's head module (GPT.head()): the tied word embedding or lm_head."""
+            if TIED_KEY in self.tied_modules:
+                return self.tied_modules[TIED_KEY].embed.word
+            return next(f for f in self.forward_funcs if isinstance(f, HeadPipe)).lm_head
+
+        def _loss(self, outputs: torch.Tensor, labels) -> torch.Tensor:
+            batch = batch_from_labels(labels)
+            if self._head_loss is not None:  # outputs: final hidden states (B, T, H); the head runs in the loss
+                loss, parts = self._head_loss(self.lm_head(), outputs, batch, self.training)
+            else:  # outputs: logits (B, T, V/tp)
+                loss, parts = self._objective_loss(outputs, batch, self.training)
             self._last_parts = {k: torch.as_tensor(float(v)) for k, v in parts.items()}
             return loss
 
@@ -208,7 +232,7 @@ def _pipeline_module_class():
     return GPTPipe
 
 
-def _layer_specs(model: nn.Module) -> list:
+def _layer_specs(model: nn.Module, head_in_loss: bool = False) -> list:
     from deepspeed.pipe import LayerSpec, TiedLayerSpec
 
     cfg = model.cfg
@@ -223,10 +247,11 @@ def _layer_specs(model: nn.Module) -> list:
         specs.append(BlockPipe(i, block, rotary, cfg.rotary_base))
     specs.append(FinalNormPipe(model.final_norm))
     if tied:
-        specs.append(TiedLayerSpec(TIED_KEY, EmbeddingPipe, model.embed, forward_fn=tied_logits,
+        specs.append(TiedLayerSpec(TIED_KEY, EmbeddingPipe, model.embed,
+                                   forward_fn=tied_hidden if head_in_loss else tied_logits,
                                    tied_weight_attr="embed.word.weight"))
     else:
-        specs.append(HeadPipe(model.lm_head))
+        specs.append(HeadPipe(model.lm_head, in_loss=head_in_loss))
     return specs
 
 
@@ -267,7 +292,7 @@ def pipeline_model_states(tag_dir: str) -> list[dict[str, torch.Tensor]]:
 def build_pipeline(model: nn.Module, groups: ParallelGroups, loss_fn: LossFn, *,
                    partition_method: str = "parameters", checkpoint_interval: int = 0,
                    part_names: Iterable[str] = (), release_other_stages: bool = True,
-                   seed: Optional[int] = None):
+                   seed: Optional[int] = None, head_loss_fn: Optional[HeadLossFn] = None):
     """Carve `model` (a GPT, initialized, already sharded by the TP plan) into this rank's pipeline stage.
 
     Or `model` is a meta-device GPT (TP-sharded on meta if TP > 1) carrying `PENDING_INIT_ATTR` = its
@@ -281,7 +306,8 @@ def build_pipeline(model: nn.Module, groups: ParallelGroups, loss_fn: LossFn, *,
     layers; the head is never recomputed). With `release_other_stages` the other stages' parameters are moved
     to the meta device (the GPT passed in is consumed). With `seed` (the job seed) the stage's dropout streams are
     re-seeded Megatron-style (random.seed_parallel_rng: default stream seed + 100 x stage, TP stream + 2718 + TP
-    rank), so different stages do not draw identical dropout masks. Returns the
+    rank), so different stages do not draw identical dropout masks. With `head_loss_fn` the head layer passes the
+    hidden states through and the last stage's loss is `head_loss_fn(head module, hidden, batch, train)`. Returns the
     `PipelineModule` to hand to `deepspeed.initialize(model=..., mpu=None)` (the pipeline grid serves as mpu)."""
     method = partition_method.lower()
     if method not in PARTITION_METHODS and not method.startswith("type:"):
@@ -293,7 +319,7 @@ def build_pipeline(model: nn.Module, groups: ParallelGroups, loss_fn: LossFn, *,
                                   f"{model.cfg.num_layers} blocks, norm, head): use fewer stages")
     _ensure_deepspeed_comm()
     tracker = getattr(model, "tensor_parallel_info", {}).get("rng_tracker")
-    specs = _layer_specs(model)
+    specs = _layer_specs(model, head_in_loss=head_loss_fn is not None)
     pipe = _pipeline_module_class()(
         layers=specs, topology=groups.topology(), partition_method=method,
         activation_checkpoint_interval=checkpoint_interval, activation_checkpoint_func=make_checkpoint_fn(tracker),
@@ -303,7 +329,7 @@ def build_pipeline(model: nn.Module, groups: ParallelGroups, loss_fn: LossFn, *,
     if empty:
         raise PipelineConfigError(f"pipeline partition '{partition_method}' leaves stage(s) {empty} without layers "
                                   f"(boundaries {parts}): use --parallel.pipeline_partition uniform or fewer stages")
-    pipe.attach_loss(loss_fn, tuple(part_names))
+    pipe.attach_loss(loss_fn, tuple(part_names), head_loss_fn)
     if tracker is not None:
         pipe.tensor_parallel_info = model.tensor_parallel_info  # the trainer checkpoints the TP RNG stream
     if seed is not None:

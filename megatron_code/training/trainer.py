@@ -22,6 +22,7 @@ from tqdm import tqdm
 from ..config.base import ConfigError
 from ..config.job import JobConfig
 from ..model import GPT, flops_per_token
+from ..model.gpt import head_logits, head_loss
 from ..parallel.engine import (build_partitioned_gpt, check_precision_supported, deepspeed_config, init_distributed,
                                initialize_engine, trainer_clips_gradients)
 from ..parallel.activation_checkpoint import apply_activation_checkpointing
@@ -174,12 +175,7 @@ class Trainer:
                                    barrier=dist.barrier if self.world > 1 else None)
         self.data.train = self.objective.wrap_train(self.data.train)
         self.tp_group = self.groups.tp_group if self.groups.tp_size > 1 else None
-        # Fused head + loss (kernels/linear_cross_entropy) where it applies; see TrainingConfig.fused_lm_loss.
-        # With TP the head is vocabulary-sharded and the kernel reduces over the TP group; fp16 would take its
-        # whole-vocabulary reference there, so TP + fp16 keeps the vocab-parallel loss on logits. Under ZeRO-3,
-        # reading the head's weight in GPT.forward gathers it (DeepSpeed registers it as an external parameter).
-        self.fused_loss = (t.fused_lm_loss and not self.pipelined
-                           and (self.tp_group is None or t.precision != "fp16"))
+        self.fused_loss = self._fused_loss_applies()  # with PP: decided when the pipeline was built
         fpt = flops_per_token(job.model, job.data.seq_length)
         peak, source = peak_flops(t.precision, t.peak_tflops)
         self.throughput = Throughput(fpt, peak, self.world)
@@ -257,11 +253,27 @@ class Trainer:
         return build_pipeline(model, self.groups, self._pipeline_loss, partition_method=p.pipeline_partition,
                               checkpoint_interval=p.activation_checkpoint_interval,
                               part_names=MIM_PARTS if self.job.objective.objective == "mim" else (),
-                              seed=self.job.training.seed)
+                              seed=self.job.training.seed,
+                              head_loss_fn=self._pipeline_head_loss if self._fused_loss_applies() else None)
+
+    def _fused_loss_applies(self) -> bool:
+        """The fused head + loss kernel (kernels/linear_cross_entropy) is used where it applies; see
+        TrainingConfig.fused_lm_loss. With TP the head holds a vocabulary slice and the kernel reduces over the TP
+        group; fp16 would take its whole-vocabulary reference, so TP + fp16 keeps the vocab-parallel loss on logits.
+        Under ZeRO-3, reading the head's weight gathers it (DeepSpeed registers it as an external parameter)."""
+        t = self.job.training
+        return t.fused_lm_loss and (self.groups.tp_size == 1 or t.precision != "fp16")
 
     def _pipeline_loss(self, logits: torch.Tensor, batch: dict, train: bool):
         """Last stage: the objective's loss on this micro batch's (vocab-parallel) logits."""
         return self.objective.loss(logits, batch, self.tp_group, train)
+
+    def _pipeline_head_loss(self, head: torch.nn.Module, hidden: torch.Tensor, batch: dict, train: bool):
+        """Last stage with the fused loss: the head runs here, fused with the next-token loss (logits, then the
+        objective's loss, for MIM training)."""
+        if self.objective.next_token_loss(train):
+            return head_loss(head, hidden, batch["labels"], masked_mean_weights(batch["loss_mask"])), {}
+        return self.objective.loss(head_logits(head, hidden), batch, self.tp_group, train)
 
     def _train_step_pipeline(self, batches) -> float:
         """engine.train_batch pulls `grad_accum` micro batches (first and last stage read the same ones: each

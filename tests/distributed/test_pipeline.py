@@ -6,7 +6,9 @@ ZeRO-1 (8 processes) equal the single-process run to 1e-5 relative, for a sequen
 positions, tied embedding: the head on the last stage shares the first stage's embedding) and a parallel-block MQA
 SwiGLU no-bias RMSNorm model (RoPE, untied head). Also: activation checkpointing (same losses; with dropout on and
 TP, the recomputation replays the TP RNG stream so checkpointed and plain runs agree), resume at PP2 and
-TP2 x PP2 x DP2, MIM through PP2, and the batch/label translation. Several layouts of one world size share a spawn.
+TP2 x PP2 x DP2, MIM through PP2, and the batch/label translation. Every layout scores the loss with the fused head
++ loss kernel on the last stage (counted), except one PP2 run with it off. Several layouts of one world size share
+a spawn.
 """
 
 import json
@@ -41,23 +43,35 @@ TP2 = ["--tensor-model-parallel-size", "2"]
 
 
 def _train(args):
-    """Run the trainer; returns {"loss": [...], "grad_norm": [...], "valid": [...]} identical on every rank."""
+    """Run the trainer; returns {"loss": [...], "grad_norm": [...], "valid": [...], "fused_calls": n} identical on
+    every rank (n: calls of the fused head + loss kernel on the busiest rank, i.e. a last stage)."""
+    import torch.distributed as dist
+
+    import megatron_code.model.gpt as gpt
     from megatron_code.config.cli import parse_args
     from megatron_code.training.trainer import Trainer
 
-    trainer = Trainer(parse_args(args).job)
-    norms, parts, step = [], [], trainer.train_step
+    calls = []
+    kernel = gpt.linear_cross_entropy
+    gpt.linear_cross_entropy = lambda *a, **k: calls.append(1) or kernel(*a, **k)
+    try:
+        trainer = Trainer(parse_args(args).job)
+        norms, parts, step = [], [], trainer.train_step
 
-    def recording_step(batches):
-        loss = step(batches)
-        norms.append(trainer.grad_norm)
-        parts.append(dict(trainer.loss_parts))
-        return loss
+        def recording_step(batches):
+            loss = step(batches)
+            norms.append(trainer.grad_norm)
+            parts.append(dict(trainer.loss_parts))
+            return loss
 
-    trainer.train_step = recording_step
-    history = trainer.train()
+        trainer.train_step = recording_step
+        history = trainer.train()
+    finally:
+        gpt.linear_cross_entropy = kernel
+    n = torch.tensor(len(calls))
+    dist.all_reduce(n, op=dist.ReduceOp.MAX)
     return {"loss": [v for _, v in history["train_loss"]], "grad_norm": norms, "parts": parts,
-            "valid": [v for _, v in history["valid_loss"]]}
+            "valid": [v for _, v in history["valid_loss"]], "fused_calls": int(n)}
 
 
 def _runs(rank, world, runs):
@@ -78,7 +92,9 @@ def _close(got, want, what, rtol=1e-5):
         assert abs(g - w) <= rtol * abs(w), f"{what}[{i}]: {g} vs single process {w} (rel {abs(g - w) / abs(w):.2e})"
 
 
-def _check(run, ref, what):
+def _check(run, ref, what, dp=1):
+    # the fused head + loss ran on the last stage for every micro batch (DP ranks split them)
+    assert run["fused_calls"] * dp == ref["fused_calls"] > 0, (what, run["fused_calls"], ref["fused_calls"])
     _close(run["loss"], ref["loss"], f"{what} train loss")
     _close(run["grad_norm"], ref["grad_norm"], f"{what} grad norm")
     _close(run["valid"], ref["valid"], f"{what} validation loss")
@@ -104,10 +120,15 @@ def test_pp2_matches_single_process_and_resumes(reference, tmp_path):
     # Activation checkpointing every layer and the uniform partition: still the same losses.
     runs["ckpt"] = BASE + MODELS["sequential_tied"] + PP2 + ["--checkpoint-activations",
                                                              "--parallel.pipeline_partition", "uniform"]
+    # The unfused head: the last pipeline layer computes logits and the loss scores them.
+    runs["unfused"] = BASE + MODELS["sequential_tied"] + PP2 + ["--training.fused_lm_loss", "false"]
     out = _same_on_all_ranks(run_distributed(_runs, 2, runs, timeout=300))
     for m in MODELS:
         _check(out[m], reference[m], f"PP2 {m}")
     _check(out["ckpt"], reference["sequential_tied"], "PP2 checkpointed")
+    assert out["unfused"]["fused_calls"] == 0
+    _check(dict(out["unfused"], fused_calls=reference["sequential_tied"]["fused_calls"]), reference["sequential_tied"],
+           "PP2 unfused head")
     assert out["resumed"]["loss"] == out["sequential_tied"]["loss"][5:]
     assert out["resumed"]["grad_norm"] == out["sequential_tied"]["grad_norm"][5:]
 
@@ -143,7 +164,7 @@ def test_tp2_pp2_dp2_zero1_and_resume(reference, tmp_path):
     runs["resumed"] = BASE + model + layout + ["--load", os.path.join(first, "iter_0000005"), "--save", resumed]
     out = _same_on_all_ranks(run_distributed(_runs, 8, runs, timeout=600))
     for m in MODELS:
-        _check(out[m], reference[m], f"TP2xPP2xDP2 ZeRO-1 {m}")
+        _check(out[m], reference[m], f"TP2xPP2xDP2 ZeRO-1 {m}", dp=2)
     out["first"] = out["parallel_mqa_swiglu"]
     # Resumed at iteration 5 from the TP2 x PP2 x DP2 checkpoint: iterations 6..10 continue exactly.
     assert out["resumed"]["loss"] == out["first"]["loss"][5:]
