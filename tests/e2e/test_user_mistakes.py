@@ -1,0 +1,67 @@
+"""Mistakes users make on the data tools' command lines: each is a one-paragraph error naming the fix (no
+traceback, non-zero exit), and nothing the user already has is overwritten or left half-written."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from megatron_code.data.tokenizer import train_code_tokenizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+pytestmark = pytest.mark.e2e
+
+
+def run(tool, *args):
+    return subprocess.run([sys.executable, os.path.join(ROOT, "tools", tool), *map(str, args)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def refused(proc, pattern):
+    assert proc.returncode != 0 and pattern in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    d = tmp_path_factory.mktemp("mistakes")
+    docs = [f"def f{i}(x):\n    return x + {i}\n" for i in range(60)]
+    (d / "c.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in docs))
+    train_code_tokenizer(docs, 300, str(d / "tok"))
+    return d
+
+
+def _tok(d):
+    return ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", d / "tok", "--no-progress"]
+
+
+def test_preprocess_output_prefix_mistakes(corpus, tmp_path):
+    for prefix, fix in (("a_text_document", "a"), ("b_text_document.bin", "b"), ("c.idx", "c")):
+        proc = run("preprocess_data.py", "--input", corpus / "c.jsonl", "--output-prefix", tmp_path / prefix,
+                   *_tok(corpus))
+        refused(proc, f"pass --output-prefix {tmp_path / fix}")
+    refused(run("preprocess_data.py", "--input", corpus / "c.jsonl", "--output-prefix", str(tmp_path) + "/",
+                *_tok(corpus)), "is a directory")
+    assert os.listdir(tmp_path) == []
+
+
+def test_preprocess_refuses_to_overwrite_without_flag(corpus, tmp_path):
+    common = ["--input", corpus / "c.jsonl", "--output-prefix", tmp_path / "x", *_tok(corpus)]
+    assert run("preprocess_data.py", *common).returncode == 0
+    before = open(tmp_path / "x_text_document.bin", "rb").read()
+    refused(run("preprocess_data.py", *common, "--append-eod"), "--overwrite")
+    assert open(tmp_path / "x_text_document.bin", "rb").read() == before
+    assert run("preprocess_data.py", *common, "--append-eod", "--overwrite").returncode == 0
+    assert len(open(tmp_path / "x_text_document.bin", "rb").read()) > len(before)
+
+
+def test_preprocess_failed_partition_leaves_no_part_datasets(corpus, tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(open(corpus / "c.jsonl").read() + "{oops\n")  # the last partition fails
+    proc = run("preprocess_data.py", "--input", bad, "--output-prefix", tmp_path / "p", "--partitions", 2,
+               *_tok(corpus))
+    refused(proc, "not valid JSON")
+    assert sorted(os.listdir(tmp_path)) == ["bad.jsonl"]
+
