@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+from megatron_code.data.indexed import IndexedDataset
 from megatron_code.data.tokenizer import train_code_tokenizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -65,3 +66,17 @@ def test_preprocess_failed_partition_leaves_no_part_datasets(corpus, tmp_path):
     refused(proc, "not valid JSON")
     assert sorted(os.listdir(tmp_path)) == ["bad.jsonl"]
 
+
+def test_merge_refuses_output_that_is_an_input_or_exists(corpus, tmp_path):
+    assert run("preprocess_data.py", "--input", corpus / "c.jsonl", "--output-prefix", tmp_path / "a",
+               *_tok(corpus)).returncode == 0
+    a = str(tmp_path / "a_text_document")
+    refused(run("merge_datasets.py", "--input", a, a, "--output-prefix", a), "is also an input")
+    assert len(IndexedDataset(a)) == 60
+    assert run("merge_datasets.py", "--input", a, a, "--output-prefix", tmp_path / "m").returncode == 0
+    refused(run("merge_datasets.py", "--input", a, "--output-prefix", tmp_path / "m"), "--overwrite")
+    assert len(IndexedDataset(str(tmp_path / "m"))) == 120
+    assert run("merge_datasets.py", "--input", a, "--output-prefix", tmp_path / "m", "--overwrite").returncode == 0
+    assert len(IndexedDataset(str(tmp_path / "m"))) == 60
+    refused(run("merge_datasets.py", "--input", a, "--output-prefix", tmp_path / "n.bin"),
+            f"--output-prefix {tmp_path / 'n'}")
