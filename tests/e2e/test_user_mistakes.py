@@ -80,3 +80,13 @@ def test_merge_refuses_output_that_is_an_input_or_exists(corpus, tmp_path):
     assert len(IndexedDataset(str(tmp_path / "m"))) == 60
     refused(run("merge_datasets.py", "--input", a, "--output-prefix", tmp_path / "n.bin"),
             f"--output-prefix {tmp_path / 'n'}")
+
+
+def test_train_tokenizer_refuses_to_replace_a_tokenizer(corpus, tmp_path):
+    common = ["--input", corpus / "c.jsonl", "--output-dir", tmp_path / "tok"]
+    assert run("train_tokenizer.py", *common, "--vocab-size", 300).returncode == 0
+    before = open(tmp_path / "tok" / "tokenizer.json").read()
+    refused(run("train_tokenizer.py", *common, "--vocab-size", 320), "--overwrite")
+    assert open(tmp_path / "tok" / "tokenizer.json").read() == before
+    assert run("train_tokenizer.py", *common, "--vocab-size", 320, "--overwrite").returncode == 0
+    assert open(tmp_path / "tok" / "tokenizer.json").read() != before
