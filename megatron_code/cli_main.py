@@ -60,6 +60,10 @@ def main(argv: list[str]) -> int:
         from .training.trainer import pretrain
         pretrain(args.job)
         return 0
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C): the last complete checkpoint in --save, if any, is intact; resume with --load",
+              file=sys.stderr)
+        return 130
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         # User-fixable problems: one clear line (ValueError subclasses across the package carry the fix).
         if isinstance(exc, ValueError) and not _is_ours(exc):
