@@ -90,3 +90,10 @@ def test_train_tokenizer_refuses_to_replace_a_tokenizer(corpus, tmp_path):
     assert open(tmp_path / "tok" / "tokenizer.json").read() == before
     assert run("train_tokenizer.py", *common, "--vocab-size", 320, "--overwrite").returncode == 0
     assert open(tmp_path / "tok" / "tokenizer.json").read() != before
+
+
+def test_build_index_refuses_two_run_lengths_and_non_positive_sizes(tmp_path):
+    common = ["--data-path", tmp_path / "a", "--global-batch-size", 4, "--data-cache-path", tmp_path / "c"]
+    refused(run("build_index.py", *common, "--seq-length", 32, "--train-iters", 5, "--train-samples", 20),
+            "not both")
+    refused(run("build_index.py", *common, "--seq-length", 0, "--train-iters", 5), "--seq-length must be >= 1")
