@@ -97,3 +97,11 @@ def test_build_index_refuses_two_run_lengths_and_non_positive_sizes(tmp_path):
     refused(run("build_index.py", *common, "--seq-length", 32, "--train-iters", 5, "--train-samples", 20),
             "not both")
     refused(run("build_index.py", *common, "--seq-length", 0, "--train-iters", 5), "--seq-length must be >= 1")
+
+
+def test_export_refuses_a_non_empty_save_directory(tmp_path):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "notes.txt").write_text("mine")
+    proc = run("convert_checkpoint.py", "--to", "hf", "--load", tmp_path / "ckpt", "--save", tmp_path / "out")
+    refused(proc, "not an empty directory")
+    assert os.listdir(tmp_path / "out") == ["notes.txt"]
