@@ -105,3 +105,13 @@ def test_export_refuses_a_non_empty_save_directory(tmp_path):
     proc = run("convert_checkpoint.py", "--to", "hf", "--load", tmp_path / "ckpt", "--save", tmp_path / "out")
     refused(proc, "not an empty directory")
     assert os.listdir(tmp_path / "out") == ["notes.txt"]
+
+
+def test_dataset_prefix_mistakes_name_the_right_prefix(corpus, tmp_path):
+    from megatron_code.data.indexed import IndexedDataset, IndexedDatasetNotFound
+    assert run("preprocess_data.py", "--input", corpus / "c.jsonl", "--output-prefix", tmp_path / "a",
+               *_tok(corpus)).returncode == 0
+    good = str(tmp_path / "a_text_document")
+    for given in (good + ".bin", good + ".idx", str(tmp_path / "a")):
+        with pytest.raises(IndexedDatasetNotFound, match=f"pass {good}$|pass {good}\\)"):
+            IndexedDataset(given)
