@@ -19,7 +19,37 @@ def print_config(job) -> None:
     print(f"parameters: {count_parameters(job.model)}")
 
 
+USAGE = """\
+usage: pretrain_code.py [--preset NAME] [--config FILE.yaml ...] [--section.key VALUE ...] [MEGATRON FLAGS ...]
+                        [--print-config]
+
+Pretrain a code language model. Layers apply in this order: --preset, then --config files in the order given, then
+command-line overrides in the order given: dotted fields (--model.num_layers 6; --print-config lists every field)
+and Megatron-LM / Megatron-DeepSpeed flags. Unknown flags are errors naming the closest known flag.
+
+  python pretrain_code.py --preset tiny --tokenizer-type HuggingFaceTokenizer \\
+      --tokenizer-model tok/tokenizer.json --data-path data/code_text_document --train-iters 300 --save ckpt/
+  python pretrain_code.py --preset phi-1 --print-config       # resolved config and parameter count, no training
+"""
+
+
+def print_help() -> None:
+    import textwrap
+
+    from .config.cli import _STATEFUL_FLAGS, MEGATRON_FLAGS, NOOP_FLAGS
+    from .config.presets import PRESETS
+    print(USAGE)
+    flags = sorted({*MEGATRON_FLAGS, *_STATEFUL_FLAGS})
+    for label, items in (("presets", sorted(PRESETS)), ("Megatron flags", [f"--{f}" for f in flags]),
+                         ("accepted, no effect here", [f"--{f}" for f in sorted(NOOP_FLAGS)])):
+        print(textwrap.fill(", ".join(items), width=116, initial_indent=f"{label}: ", subsequent_indent="  ",
+                            break_on_hyphens=False, break_long_words=False) + "\n")
+
+
 def main(argv: list[str]) -> int:
+    if "--help" in argv or "-h" in argv:
+        print_help()
+        return 0
     try:
         args = parse_args(argv)
         for note in args.notes:
@@ -30,6 +60,10 @@ def main(argv: list[str]) -> int:
         from .training.trainer import pretrain
         pretrain(args.job)
         return 0
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C): the last complete checkpoint in --save, if any, is intact; resume with --load",
+              file=sys.stderr)
+        return 130
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         # User-fixable problems: one clear line (ValueError subclasses across the package carry the fix).
         if isinstance(exc, ValueError) and not _is_ours(exc):

@@ -45,6 +45,11 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-iters", type=int, default=10)
     ap.add_argument("--data-cache-path", required=True)
     args = ap.parse_args(argv)
+    if args.train_iters is not None and args.train_samples is not None:
+        ap.error("give the run length once: --train-iters or --train-samples, not both")
+    for flag in ("seq_length", "global_batch_size", "train_iters", "train_samples"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 1:
+            ap.error(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     try:
         given = {f.replace("_", "-") for f in ("data_path", "train_data_path", "valid_data_path", "test_data_path")
                  if getattr(args, f) is not None}

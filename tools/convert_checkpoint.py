@@ -35,6 +35,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--config", default=None,
                    help="import only: a job YAML whose non-model sections (precision, ZeRO, batch, optimizer) the "
                         "new checkpoint is written with (its model section is replaced by the imported one)")
+    p.add_argument("--overwrite", action="store_true", help="export only: write into a --save directory that is not "
+                   "empty (files of the same name are replaced)")
     p.add_argument("--tensor-model-parallel-size", type=int, default=1)
     p.add_argument("--pipeline-model-parallel-size", type=int, default=1)
     return p.parse_args(argv)
@@ -53,6 +55,10 @@ def main(argv=None) -> int:
             if args.config or args.tensor_model_parallel_size != 1 or args.pipeline_model_parallel_size != 1:
                 raise ConfigError("--config / --tensor-model-parallel-size / --pipeline-model-parallel-size apply "
                                   "to --from hf only (export reads any layout by itself)")
+            if os.path.exists(args.save) and (not os.path.isdir(args.save) or os.listdir(args.save)) \
+                    and not args.overwrite:
+                raise ConfigError(f"--save {args.save} is not an empty directory: the export would replace or mix "
+                                  f"with what is there; choose a new directory, or pass --overwrite")
             target = hf.export_checkpoint(args.load, args.save, args.target, with_tokenizer=not args.no_tokenizer,
                                          dtype=args.dtype)
             print(f"exported {args.load} -> {args.save} as {target}")

@@ -13,7 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_code.data.indexed import IndexedDataset, IndexedDatasetError, merge_datasets  # noqa: E402
+from megatron_code.data.indexed import (IndexedDataset, IndexedDatasetError, data_file_path,  # noqa: E402
+                                        index_file_path, merge_datasets)
 
 
 def expand(inputs):
@@ -27,13 +28,30 @@ def expand(inputs):
     return out
 
 
+def check_output(prefixes, output_prefix: str, overwrite: bool) -> None:
+    """The output must not be one of the inputs (it would be destroyed) nor, without --overwrite, exist."""
+    if output_prefix.endswith((".bin", ".idx")):
+        raise IndexedDatasetError(f"--output-prefix {output_prefix}: the tool appends .bin/.idx itself; pass "
+                                  f"--output-prefix {output_prefix[:-4]}")
+    out = os.path.abspath(output_prefix)
+    if any(os.path.abspath(p) == out for p in prefixes):
+        raise IndexedDatasetError(f"--output-prefix {output_prefix} is also an input: merging would replace it; "
+                                  f"choose another --output-prefix")
+    existing = [p for p in (data_file_path(output_prefix), index_file_path(output_prefix)) if os.path.exists(p)]
+    if existing and not overwrite:
+        raise IndexedDatasetError(f"{', '.join(existing)} already exist{'s' if len(existing) == 1 else ''}: choose "
+                                  f"another --output-prefix, delete it, or pass --overwrite to replace it")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--input", nargs="+", required=True, help="dataset prefixes or directories of them")
     ap.add_argument("--output-prefix", required=True)
+    ap.add_argument("--overwrite", action="store_true", help="replace an existing output dataset")
     args = ap.parse_args(argv)
     try:
         prefixes = expand(args.input)
+        check_output(prefixes, args.output_prefix, args.overwrite)
         merge_datasets(prefixes, args.output_prefix)
         merged = IndexedDataset(args.output_prefix)
     except (IndexedDatasetError, FileNotFoundError) as exc:

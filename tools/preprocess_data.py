@@ -24,6 +24,7 @@ import argparse
 import itertools
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 
@@ -147,6 +148,7 @@ _WORKER: _Encoder | None = None  # one per worker process (set by the pool initi
 
 def _init_worker(tok_args, json_keys, append_eod, skip_bad_lines, fim=None):
     global _WORKER
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the main process stops us
     # The pool already uses every core we were given; the backend's own thread pool would oversubscribe them.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
     _WORKER = _Encoder(tok_args, json_keys, append_eod, skip_bad_lines, fim)
@@ -263,12 +265,12 @@ def preprocess(inputs, output_prefix, tokenizer_type, tokenizer_model=None, voca
                     merge_file=merge_file)
     fim = {"rate": fim_rate, "spm_rate": fim_spm_rate, "seed": fim_seed} if fim_rate > 0 else None
     groups, tmp_files = _split_inputs(inputs, partitions)
+    part_prefixes = []
     try:
         if len(groups) == 1:
             return _run_one(groups[0], output_prefix, tok_args, json_keys, append_eod, workers, skip_bad_lines,
                             progress, fim)
         totals = {"docs": 0, "bad": 0, "bytes": 0, "tokens": 0, "numbered": 0, "seconds": 0.0}
-        part_prefixes = []
         for i, group in enumerate(groups):
             pp = f"{output_prefix}_part{i}"
             t = _run_one(group, pp, tok_args, json_keys, append_eod, workers, skip_bad_lines, progress, fim,
@@ -279,14 +281,36 @@ def preprocess(inputs, output_prefix, tokenizer_type, tokenizer_model=None, voca
         for key in json_keys:
             parts = [output_prefix_for(pp, key) for pp in part_prefixes]
             merge_datasets(parts, output_prefix_for(output_prefix, key))
-            for p in parts:
-                for ext in (".bin", ".idx"):
-                    os.remove(p + ext)
         return totals
     finally:
-        for f in tmp_files:
+        # Finished partitions are complete datasets: never leave them behind (after an error or Ctrl-C they would
+        # look like valid output holding part of the corpus).
+        parts = [output_prefix_for(pp, key) + ext for pp in part_prefixes for key in json_keys
+                 for ext in (".bin", ".idx")]
+        for f in tmp_files + parts:
             if os.path.exists(f):
                 os.remove(f)
+
+
+def check_output_prefix(output_prefix: str, json_keys, overwrite: bool) -> None:
+    """Refuse prefixes that would write somewhere the user did not mean, and outputs that already exist."""
+    fixed = output_prefix.removesuffix(".bin").removesuffix(".idx")
+    for key in json_keys:
+        fixed = fixed.removesuffix(f"_{key}_document")
+    if fixed != output_prefix:
+        raise PreprocessError(f"--output-prefix {output_prefix}: the tool appends '_KEY_document.bin/.idx' itself "
+                              f"(it would write {output_prefix_for(output_prefix, json_keys[0])}.bin); pass "
+                              f"--output-prefix {fixed}")
+    if output_prefix.endswith(("/", os.sep)) or os.path.isdir(output_prefix):
+        raise PreprocessError(f"--output-prefix {output_prefix} is a directory: give a file name prefix inside it, "
+                              f"e.g. {os.path.join(output_prefix, 'code')} (writes "
+                              f"{output_prefix_for(os.path.join(output_prefix, 'code'), json_keys[0])}.bin/.idx)")
+    existing = [output_prefix_for(output_prefix, k) + ext for k in json_keys for ext in (".bin", ".idx")
+                if os.path.exists(output_prefix_for(output_prefix, k) + ext)]
+    if existing and not overwrite:
+        verb = "exists" if len(existing) == 1 else "exist"
+        raise PreprocessError(f"{', '.join(existing)} already {verb}: choose another --output-prefix, delete it, "
+                              f"or pass --overwrite to replace it")
 
 
 def main(argv=None) -> int:
@@ -305,6 +329,7 @@ def main(argv=None) -> int:
     ap.add_argument("--skip-bad-lines", action="store_true",
                     help="skip (and count) JSONL lines that are not JSON, lack a key or are not UTF-8")
     ap.add_argument("--no-progress", action="store_true")
+    ap.add_argument("--overwrite", action="store_true", help="replace existing output files")
     ap.add_argument("--fim-rate", type=float, default=0.0,
                     help="document-level FIM (before packing): probability per document; needs the FIM sentinels")
     ap.add_argument("--fim-spm-rate", type=float, default=0.5, help="with --fim-rate: probability of SPM vs PSM")
@@ -332,6 +357,7 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     try:
+        check_output_prefix(args.output_prefix, args.json_keys, args.overwrite)
         t = preprocess(args.input, args.output_prefix, args.tokenizer_type, args.tokenizer_model, args.vocab_file,
                        args.merge_file, args.json_keys, args.append_eod, args.workers, args.partitions,
                        args.skip_bad_lines, progress=not args.no_progress, fim_rate=args.fim_rate,
@@ -339,6 +365,9 @@ def main(argv=None) -> int:
     except (PreprocessError, CorpusError, TokenizerError, IndexedDatasetError, FileNotFoundError, FIMError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"interrupted: nothing written to {args.output_prefix}_* (partial files were removed)", file=sys.stderr)
+        return 130
     mb = t["bytes"] / 1e6
     print(f"{t['docs']} documents, {t['tokens']} tokens, {mb:.1f} MB in {t['seconds']:.1f} s "
           f"({t['docs'] / max(t['seconds'], 1e-9):.0f} docs/s, {mb / max(t['seconds'], 1e-9):.2f} MB/s)"

@@ -21,6 +21,9 @@ from megatron_code.data.corpus import CorpusError, iter_jsonl, iter_source_tree 
 from megatron_code.data.tokenizer import TokenizerError, train_code_tokenizer  # noqa: E402
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "megatron_code_tokenizer.json")
+
+
 def iter_input_texts(inputs, json_key, skip_bad_lines, limit_bytes=None):
     """Texts from every input; stops after ``limit_bytes`` characters if given."""
     seen = 0
@@ -50,7 +53,15 @@ def main(argv=None) -> int:
     ap.add_argument("--json-key", default="text")
     ap.add_argument("--max-chars", type=int, default=None, help="train on at most this many characters")
     ap.add_argument("--skip-bad-lines", action="store_true")
+    ap.add_argument("--overwrite", action="store_true", help="replace a tokenizer already in --output-dir")
     args = ap.parse_args(argv)
+    existing = [f for f in TOKENIZER_FILES if os.path.exists(os.path.join(args.output_dir, f))]
+    if existing and not args.overwrite:
+        # Data tokenized and models trained with the old tokenizer would silently stop matching it.
+        print(f"error: {args.output_dir} already holds a tokenizer ({', '.join(existing)}): choose another "
+              f"--output-dir, or pass --overwrite to replace it (data and checkpoints made with it will no longer "
+              f"match)", file=sys.stderr)
+        return 1
     try:
         from tqdm import tqdm
 

@@ -190,8 +190,13 @@ class IndexedDataset:
         idx_path, bin_path = index_file_path(prefix), data_file_path(prefix)
         for p in (idx_path, bin_path):
             if not os.path.isfile(p):
+                hint = "check --data-path"
+                if prefix.endswith((".bin", ".idx")) and dataset_exists(prefix[:-4]):
+                    hint = f"drop the suffix: pass {prefix[:-4]}"
+                elif dataset_exists(prefix + "_text_document"):
+                    hint = f"preprocess_data.py appends _text_document: pass {prefix}_text_document"
                 raise IndexedDatasetNotFound(f"dataset file not found: {p} (a dataset is a path prefix with "
-                                             f".bin and .idx files; check --data-path)")
+                                             f".bin and .idx files; {hint})")
         self.sizes, self.pointers, self.doc_idx, self.dtype = _read_index(idx_path)
         n = self.sizes.size
         if n == 0:

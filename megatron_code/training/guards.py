@@ -1,15 +1,19 @@
-"""Run guards: graceful stop on SIGTERM/SIGUSR1 (SLURM preemption sends these) and non-finite loss detection."""
+"""Run guards: graceful stop on SIGTERM/SIGUSR1 (SLURM preemption sends these) or a first Ctrl-C, and non-finite loss
+detection."""
 
 from __future__ import annotations
 
 import math
+import os
 import signal
+import sys
 
 
 class StopSignal:
-    """Remembers that a stop was requested; the trainer saves and exits at the next iteration boundary."""
+    """Remembers that a stop was requested; the trainer saves and exits at the next iteration boundary. A second
+    Ctrl-C (SIGINT) interrupts at once, without saving."""
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 
     def __init__(self):
         self.received: int | None = None
@@ -24,6 +28,12 @@ class StopSignal:
         return self
 
     def _handle(self, signum, _frame) -> None:
+        if signum == signal.SIGINT:
+            if self.received == signal.SIGINT:
+                raise KeyboardInterrupt
+            if os.environ.get("RANK", "0") == "0":
+                print("\nCtrl-C: stopping after this iteration (saving first if --save is set); press Ctrl-C again "
+                      "to quit at once without saving", file=sys.stderr, flush=True)
         self.received = signum
 
     def __exit__(self, *exc) -> None:
