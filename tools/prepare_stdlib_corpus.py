@@ -21,7 +21,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--valid-fraction", type=float, default=0.02)
     ap.add_argument("--test-fraction", type=float, default=0.02)
+    ap.add_argument("--overwrite", action="store_true", help="replace train/valid/test.jsonl already in --output-dir")
     args = ap.parse_args(argv)
+    existing = [n for n in ("train.jsonl", "valid.jsonl", "test.jsonl")
+                if os.path.exists(os.path.join(args.output_dir, n))]
+    if existing and not args.overwrite:
+        print(f"error: {args.output_dir} already holds {', '.join(existing)}: data and tokenizers made from them would "
+              f"no longer match; choose another --output-dir or pass --overwrite", file=sys.stderr)
+        return 1
     try:
         paths = build_stdlib_corpus(args.output_dir, seed=args.seed, valid_fraction=args.valid_fraction,
                                     test_fraction=args.test_fraction)

@@ -52,6 +52,9 @@ def read_latest(ckpt_dir: str) -> str | None:
 
 def resolve_checkpoint(ckpt_dir: str, tag: str | None = None) -> tuple[str, str]:
     """(directory holding `latest`, tag). Accepts SAVE or SAVE/iter_XXXXXXX."""
+    if os.path.isfile(ckpt_dir):
+        raise CheckpointError(f"{ckpt_dir} is a file, not a checkpoint directory: pass the directory given to --save "
+                              f"(or SAVE/iter_XXXXXXX)")
     if not os.path.isdir(ckpt_dir):
         raise CheckpointError(f"checkpoint directory {ckpt_dir} does not exist: check --load")
     if tag is None and os.path.exists(os.path.join(ckpt_dir, "config.yaml")):

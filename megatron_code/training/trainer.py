@@ -401,6 +401,8 @@ class Trainer:
                 tracker.set_states(self.resume_tp_rng)  # dropout inside TP regions continues its own stream
         if t.eval_interval and self.data.valid is not None and self.iteration == 0:
             self._validate(history)  # the untrained model's loss: the baseline every later value is read against
+        if not t.save:
+            log("no --save: this run writes no checkpoint (its training is lost when it ends)", self.rank)
         self.throughput.reset()
         started = time.time()
         with StopSignal() as stop:

@@ -122,6 +122,12 @@ def test_build_index_then_ranks_only_load(corpus, tmp_path):
 def test_prepare_stdlib_corpus_cli(tmp_path):
     proc = run("prepare_stdlib_corpus.py", "--output-dir", tmp_path / "s")
     assert "train:" in proc.stdout and os.path.getsize(tmp_path / "s" / "train.jsonl") > 1_000_000
+    (tmp_path / "s" / "valid.jsonl").write_text("{}\n")  # stands for a user's own file: it must survive
+    proc = run("prepare_stdlib_corpus.py", "--output-dir", tmp_path / "s", ok=False)
+    assert proc.returncode == 1 and "--overwrite" in proc.stderr and "Traceback" not in proc.stderr
+    assert (tmp_path / "s" / "valid.jsonl").read_text() == "{}\n"
+    run("prepare_stdlib_corpus.py", "--output-dir", tmp_path / "s", "--overwrite")
+    assert os.path.getsize(tmp_path / "s" / "valid.jsonl") > 1000
 
 
 def test_preprocess_accepts_megatron_flags_and_names_the_unsupported_ones(corpus, tmp_path):
