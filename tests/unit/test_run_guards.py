@@ -10,7 +10,8 @@ from megatron_code import cli_main
 from megatron_code.training.guards import StopSignal
 
 
-def test_first_ctrl_c_requests_a_stop_second_interrupts(capsys):
+def test_first_ctrl_c_requests_a_stop_second_interrupts(monkeypatch, capsys):
+    monkeypatch.setenv("RANK", "0")  # the note is printed by global rank 0 (other tests may leave RANK set)
     before = signal.getsignal(signal.SIGINT)
     with StopSignal() as stop:
         try:
