@@ -111,17 +111,21 @@ def _pieces(total: int, unit: int, piece: int):
 
 
 def draw_narrow(shape, dtype: torch.dtype, std: float, seed: int, dim: int, start: int, length: int,
-                piece: Optional[int] = None, empty=None) -> torch.Tensor:
+                piece: Optional[int] = None, empty=None, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Bitwise `torch.empty(shape, dtype=dtype).normal_(0, std, generator=Generator().manual_seed(seed))
     .narrow(dim, start, length)` (contiguous, CPU), drawing the full tensor in pieces of about `piece` elements
     (into `empty(shape, dtype)` when given, e.g. a reused buffer). Needs at least 16 elements in all (smaller
-    tensors take normal_'s scalar path). `piece` defaults to PIECE_ELEMENTS."""
+    tensors take normal_'s scalar path). `piece` defaults to PIECE_ELEMENTS. `out` (contiguous, the part's
+    shape and dtype) receives the result instead of a new tensor."""
     shape = tuple(shape)
     piece = PIECE_ELEMENTS if piece is None else piece
     outer, inner = math.prod(shape[:dim]), math.prod(shape[dim + 1:])
     empty = empty or (lambda sh, dt: torch.empty(sh, dtype=dt))
     g = torch.Generator().manual_seed(seed)
-    result = torch.empty(shape[:dim] + (length,) + shape[dim + 1:], dtype=dtype)
+    part_shape = shape[:dim] + (length,) + shape[dim + 1:]
+    if out is not None and (tuple(out.shape) != part_shape or out.dtype != dtype or not out.is_contiguous()):
+        raise ValueError(f"out must be a contiguous {dtype} tensor of shape {part_shape}")
+    result = out if out is not None else torch.empty(part_shape, dtype=dtype)
     out = result.view(outer, length, inner)
     if dim == 0:  # the part is one contiguous range of the stream: stop drawing once it is complete
         want_lo, want_hi = start * inner, (start + length) * inner
@@ -175,6 +179,35 @@ def _init_values(name: str, module: nn.Module, cfg: ModelConfig, seed: Optional[
     if pname == "weight" and _is_norm(leaf, module):
         return torch.ones(like.shape, dtype=like.dtype, device=device)
     return None
+
+
+@torch.no_grad()
+def init_flat_part(name: str, module: nn.Module, cfg: ModelConfig, seed: Optional[int], pname: str,
+                   shape: torch.Size, start: int, out: torch.Tensor) -> bool:
+    """Write elements [start, start + out.numel()) of the flattened single-process initial value of
+    `module.<pname>` (full shape `shape`) into `out` (1-D, CPU); False if the rules leave the parameter alone. For
+    ZeRO-3, whose ranks each hold one such range of every parameter: a random weight is drawn in pieces straight
+    into `out` (peak: one piece), so no rank ever holds the whole weight (when the self-check of
+    `chunked_draws_exact` fails, the weight is drawn whole instead)."""
+    leaf = name.rsplit(".", 1)[-1]
+    numel, length = math.prod(shape), out.numel()
+    if pname == "weight" and _draws(module):
+        if seed is None:
+            raise KeyError(f"no init seed for module '{name}': seeds come from module_seeds() of the whole GPT")
+        std = _weight_std(leaf, cfg) if isinstance(module, nn.Linear) else cfg.init_std
+        if numel >= 16 and chunked_draws_exact(out.dtype):
+            draw_narrow((numel,), out.dtype, std, seed, 0, start, length, out=out)
+        else:
+            g = torch.Generator().manual_seed(seed)
+            out.copy_(torch.empty(numel, dtype=out.dtype).normal_(0.0, std, generator=g)[start:start + length])
+        return True
+    if pname == "bias" and (_draws(module) or _is_norm(leaf, module)):
+        out.zero_()
+        return True
+    if pname == "weight" and _is_norm(leaf, module):
+        out.fill_(1.0)
+        return True
+    return False
 
 
 class _Scratch:

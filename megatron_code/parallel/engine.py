@@ -8,6 +8,7 @@ JobConfig, or a user's JSON is taken as given after checking that its batch/prec
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -17,6 +18,7 @@ import sys
 from typing import Any, MutableMapping
 
 import torch
+from torch import nn
 
 from ..config.base import ConfigError
 from ..config.job import JobConfig
@@ -211,31 +213,75 @@ def initialize_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
     return engine
 
 
+@contextlib.contextmanager
+def _without_default_init():
+    """Construct Linear / Embedding modules without torch's default initialisation. zero.Init builds each module
+    whole before partitioning it, and the default init (Embedding: normal_, Linear: kaiming_uniform_) would write,
+    i.e. make resident, every page of the whole weight; untouched, a fresh weight costs no memory until this rank's
+    range is written. Values and RNG are unaffected: every parameter is initialised afterwards from its seed, and
+    build_model restores torch's global RNG around the build."""
+    saved = {cls: cls.__dict__["reset_parameters"] for cls in (nn.Linear, nn.Embedding)}
+    try:
+        for cls in saved:
+            cls.reset_parameters = lambda self: None
+        yield
+    finally:
+        for cls, fn in saved.items():
+            cls.reset_parameters = fn
+
+
+@contextlib.contextmanager
+def _without_init_broadcast():
+    """zero.Init broadcasts every new parameter whole from DP rank 0 before partitioning it, so that all ranks
+    partition the same values; the receivers then hold the whole parameter (at PaLM-540B the 18.9 GB embedding).
+    build_partitioned_gpt writes every rank's range itself afterwards, so the broadcast only costs memory: skip it
+    (DeepSpeed's private `Init._zero_init_param`: convert, broadcast, partition; where a DeepSpeed version lacks
+    it, nothing is changed and the build is merely bigger - tests/distributed/test_sharded_init.py would say so)."""
+    from deepspeed.runtime.zero.partition_parameters import Init
+
+    original = Init.__dict__.get("_zero_init_param")
+    if original is None or not hasattr(Init, "_convert_to_deepspeed_param"):
+        yield
+        return
+
+    def convert_and_partition(self, param):
+        self._convert_to_deepspeed_param(param)
+        param.partition()
+
+    Init._zero_init_param = convert_and_partition
+    try:
+        yield
+    finally:
+        Init._zero_init_param = original
+
+
 def build_partitioned_gpt(job: JobConfig, grad_accum: int, dp_group=None) -> torch.nn.Module:
     """ZeRO-3: build the GPT under `deepspeed.zero.Init`, so each module's parameters are split over the DP ranks
-    as soon as that module is constructed and no rank ever holds the whole model (peak: one module, whole).
+    as soon as that module is constructed (without torch's default init and without zero.Init's broadcast, whose
+    values would be overwritten), then write each rank's range of every parameter directly: no rank ever holds a
+    whole parameter (peak: its share plus one piece of a chunked draw, model.init.PIECE_ELEMENTS).
 
     Seed-identical to the single-process build (DP parity holds): construction runs the same Python in the same
-    order (so torch's global RNG is consumed identically), then `init_gpt_weights` is replayed module by module in
-    `named_modules()` order, the order it walks a whole model, drawing from one generator seeded with
-    training.seed; each module's parameters are gathered whole for their draw (all ranks draw, rank 0's values are
-    kept) and re-partitioned on exit. Every rank therefore ends with its slice of exactly the weights
-    `GPT(cfg).init_weights(Generator().manual_seed(seed))` gives."""
+    order (so torch's global RNG is consumed identically), the per-module seeds are `module_seeds` of the whole GPT
+    from a generator seeded with training.seed (what `init_weights` uses), and a rank's range [rank * partition,
+    rank * partition + n) of the flattened weight is cut from the same normal_ stream (`init_flat_part`). Every
+    rank therefore ends with its slice of exactly the weights `GPT(cfg).init_weights(Generator().manual_seed(seed))`
+    gives."""
     import deepspeed
-    from torch import nn
+    import torch.distributed as dist
 
     from ..model import GPT
-    from ..model.init import init_gpt_weights
+    from ..model.init import init_flat_part, module_seeds
 
-    with deepspeed.zero.Init(config_dict_or_path=deepspeed_config(job, grad_accum), data_parallel_group=dp_group):
+    with deepspeed.zero.Init(config_dict_or_path=deepspeed_config(job, grad_accum), data_parallel_group=dp_group), \
+            _without_default_init(), _without_init_broadcast():
         model = GPT(job.model)
-    generator = torch.Generator().manual_seed(job.training.seed)
+    seeds = module_seeds(model, torch.Generator().manual_seed(job.training.seed))
     for name, module in model.named_modules():
-        own = list(module.parameters(recurse=False))
-        if not own:
-            continue  # containers draw nothing: init_gpt_weights only touches modules that own weights
-        holder = nn.Module()  # init rules key on the module's own name (o_proj, norm...): keep it
-        holder.add_module(name.rsplit(".", 1)[-1], module)
-        with torch.no_grad(), deepspeed.zero.GatheredParameters(own, modifier_rank=0):
-            init_gpt_weights(holder, job.model, generator)
+        for pname, p in module.named_parameters(recurse=False):
+            part = p.ds_tensor  # (partition,) this rank's range of the flattened parameter, zero-padded at the end
+            start = dist.get_rank(group=p.ds_process_group) * part.numel()
+            n = max(0, min(part.numel(), p.ds_numel - start))
+            if not init_flat_part(name, module, job.model, seeds.get(name), pname, p.ds_shape, start, part[:n]):
+                raise ValueError(f"'{name}.{pname}' has no init rule: cannot initialise it under ZeRO-3")
     return model

@@ -219,3 +219,41 @@ def test_palm_540b_print_config_and_meta_build():
     seeds = getattr(model, PENDING_INIT_ATTR)
     assert len(seeds) == len(set(seeds.values())) and "layers.117.mlp.down_proj" in seeds
     assert _maxrss_bytes() - before < 2 ** 30
+
+
+# ----------------------------------------------------------------------------- ZeRO-3 (DP) build
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
+
+
+def _zero3_peak_growth(rank, world):
+    """Peak RSS growth of build_partitioned_gpt for a model whose word embedding dominates (64K x 512, 128 MiB),
+    with 4 MiB pieces; and this rank's bytes."""
+    import megatron_code.model.init as init
+    from megatron_code.config.cli import parse_args
+    from megatron_code.parallel.engine import build_partitioned_gpt, init_distributed
+
+    init_distributed("gloo")
+    init.PIECE_ELEMENTS = 1 << 20
+    job = parse_args(["--preset", "tiny", "--model.vocab_size", "65536", "--model.num_layers", "1",
+                      "--model.hidden_size", "512", "--model.num_attention_heads", "4", "--model.ffn_hidden_size",
+                      "512", "--seq-length", "16", "--mock-data", "--micro-batch-size", "1",
+                      "--global-batch-size", "2", "--zero-stage", "3", "--seed", str(SEED)]).job
+    build_partitioned_gpt(job, 1)  # once, so DeepSpeed's lazy imports and buffers are not measured
+    before = _status_kib("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset the peak (VmHWM) to the current RSS
+    model = build_partitioned_gpt(job, 1)
+    grown = (_status_kib("VmHWM") - before) * 1024
+    mine = sum(p.ds_tensor.numel() * p.ds_tensor.element_size() for p in model.parameters())
+    return grown, mine, 65536 * 512 * 4
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="/proc/self/clear_refs is Linux's")
+def test_zero3_build_never_holds_a_whole_parameter():
+    for rank, (grown, mine, embedding) in enumerate(run_distributed(_zero3_peak_growth, 2, timeout=240)):
+        # Holding the embedding whole at any point (zero.Init's broadcast, a gather for the draw) grows the peak by
+        # this rank's share (~67 MiB here) plus >= 128 MiB; pieces add 4 MiB (and allocator slack) to the share.
+        assert grown < mine + 0.4 * embedding, f"rank {rank}: peak RSS grew by {grown / 2**20:.0f} MiB during the " \
+            f"ZeRO-3 build (embedding {embedding / 2**20:.0f} MiB, own share {mine / 2**20:.0f} MiB)"
