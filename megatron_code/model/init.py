@@ -9,11 +9,8 @@ Layout-free by construction: every Linear / Embedding draws its weight from its 
 weight is always drawn at its FULL (unsharded) shape and a tensor-parallel layer keeps its part
 (`full_param_shape` / `shard_param`, duck-typed: `model/` knows nothing of `parallel/`). So a parameter's values
 depend only on (seed, which module, full shape, std): not on the device, on which other modules a rank holds, or on
-the TP/PP layout, and a rank can materialise only its own shard (`materialize_gpt_params`), one full tensor at a
-time. Walking the whole model and calling `init_gpt_weights` module by module (with a one-module holder named by
-its leaf, as ZeRO-3's `build_partitioned_gpt` does) draws the same seeds in the same order, hence the same weights;
-that replay is why seeds follow module order instead of hashing the parameter name (the holder only knows the
-leaf name).
+the TP/PP layout, and a rank can materialise only its own shard (`materialize_gpt_params`) or, under ZeRO-3, its
+range of the flattened parameter (`init_flat_part`).
 
 A rank's part of a sharded weight is drawn without the full tensor when that part is one `narrow()` of it (every
 TP layer's is): CPU `normal_` takes one uniform per element in order and transforms them in blocks of 16, so
