@@ -73,13 +73,11 @@ class EmbeddingPipe(nn.Module):
 
 
 def tied_logits(owner: EmbeddingPipe, hidden: torch.Tensor) -> torch.Tensor:
-    """Tied head: hidden (B, T, H) -> logits (B, T, V/tp) with this rank's vocabulary rows of the embedding."""
+    """Tied head: hidden (B, T, H) -> logits (B, T, V/tp) with this rank's vocabulary rows of the embedding; or,
+    while the loss applies the head (`GPTPipe.set_head_in_loss`), hidden passes through."""
+    if getattr(owner, "head_in_loss", False):
+        return hidden
     return torch.nn.functional.linear(hidden, owner.embed.word.weight)
-
-
-def tied_hidden(owner: EmbeddingPipe, hidden: torch.Tensor) -> torch.Tensor:
-    """Tied head when the loss applies it (`head_loss_fn`): hidden (B, T, H) passes through."""
-    return hidden
 
 
 class BlockPipe(nn.Module):
@@ -115,10 +113,10 @@ class FinalNormPipe(nn.Module):
 class HeadPipe(nn.Module):
     """Untied head. `in_loss`: hidden passes through and the loss applies lm_head (see `head_loss_fn`)."""
 
-    def __init__(self, lm_head: nn.Module, in_loss: bool = False):
+    def __init__(self, lm_head: nn.Module):
         super().__init__()
         self.lm_head = lm_head
-        self.in_loss = in_loss
+        self.in_loss = False
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return hidden if self.in_loss else self.lm_head(hidden)  # (B, T, H) or (B, T, V/tp)
@@ -197,9 +195,21 @@ def _pipeline_module_class():
                         head_loss_fn: Optional[HeadLossFn] = None) -> None:
             self._objective_loss = loss_fn
             self._head_loss = head_loss_fn
+            self.head_in_loss = False
             self.part_names = tuple(part_names)
             self._last_parts: dict = {}
             self.loss_fn = self._loss
+
+        def set_head_in_loss(self, on: bool) -> None:
+            """Whether the head layer hands on hidden states and the loss applies the head (`head_loss_fn`), or the
+            head layer computes logits. Switchable after the engine exists (see `loss_may_produce_gradients`)."""
+            on = bool(on and self._head_loss is not None)
+            self.head_in_loss = on
+            for layer in self.forward_funcs:
+                if isinstance(layer, HeadPipe):
+                    layer.in_loss = on
+            if TIED_KEY in self.tied_modules:
+                self.tied_modules[TIED_KEY].head_in_loss = on
 
         def lm_head(self) -> nn.Module:
             """The last stage's head module (GPT.head()): the tied word embedding or lm_head."""
@@ -209,7 +219,7 @@ def _pipeline_module_class():
 
         def _loss(self, outputs: torch.Tensor, labels) -> torch.Tensor:
             batch = batch_from_labels(labels)
-            if self._head_loss is not None:  # outputs: final hidden states (B, T, H); the head runs in the loss
+            if self.head_in_loss:  # outputs: final hidden states (B, T, H); the head runs in the loss
                 loss, parts = self._head_loss(self.lm_head(), outputs, batch, self.training)
             else:  # outputs: logits (B, T, V/tp)
                 loss, parts = self._objective_loss(outputs, batch, self.training)
@@ -232,7 +242,18 @@ def _pipeline_module_class():
     return GPTPipe
 
 
-def _layer_specs(model: nn.Module, head_in_loss: bool = False) -> list:
+def loss_may_produce_gradients(optimizer) -> bool:
+    """Whether parameters used only in the pipeline's loss function (the head, with `head_loss_fn`) keep their
+    gradients under this DeepSpeed optimizer. DeepSpeed's BF16_Optimizer (bf16 pipelines at ZeRO-0) clears the
+    model's gradients in a backward hook that fires when backward reaches the pipeline module's output, i.e.
+    after the loss function's own backward ran: the head's gradient was wiped (measured: lm_head not updated at
+    all, a tied head's share of the embedding gradient lost). Every other optimizer keeps them."""
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+
+    return not isinstance(optimizer, BF16_Optimizer)
+
+
+def _layer_specs(model: nn.Module) -> list:
     from deepspeed.pipe import LayerSpec, TiedLayerSpec
 
     cfg = model.cfg
@@ -247,11 +268,10 @@ def _layer_specs(model: nn.Module, head_in_loss: bool = False) -> list:
         specs.append(BlockPipe(i, block, rotary, cfg.rotary_base))
     specs.append(FinalNormPipe(model.final_norm))
     if tied:
-        specs.append(TiedLayerSpec(TIED_KEY, EmbeddingPipe, model.embed,
-                                   forward_fn=tied_hidden if head_in_loss else tied_logits,
+        specs.append(TiedLayerSpec(TIED_KEY, EmbeddingPipe, model.embed, forward_fn=tied_logits,
                                    tied_weight_attr="embed.word.weight"))
     else:
-        specs.append(HeadPipe(model.lm_head, in_loss=head_in_loss))
+        specs.append(HeadPipe(model.lm_head))
     return specs
 
 
@@ -319,7 +339,7 @@ def build_pipeline(model: nn.Module, groups: ParallelGroups, loss_fn: LossFn, *,
                                   f"{model.cfg.num_layers} blocks, norm, head): use fewer stages")
     _ensure_deepspeed_comm()
     tracker = getattr(model, "tensor_parallel_info", {}).get("rng_tracker")
-    specs = _layer_specs(model, head_in_loss=head_loss_fn is not None)
+    specs = _layer_specs(model)
     pipe = _pipeline_module_class()(
         layers=specs, topology=groups.topology(), partition_method=method,
         activation_checkpoint_interval=checkpoint_interval, activation_checkpoint_func=make_checkpoint_fn(tracker),
@@ -330,6 +350,7 @@ def build_pipeline(model: nn.Module, groups: ParallelGroups, loss_fn: LossFn, *,
         raise PipelineConfigError(f"pipeline partition '{partition_method}' leaves stage(s) {empty} without layers "
                                   f"(boundaries {parts}): use --parallel.pipeline_partition uniform or fewer stages")
     pipe.attach_loss(loss_fn, tuple(part_names), head_loss_fn)
+    pipe.set_head_in_loss(head_loss_fn is not None)
     if tracker is not None:
         pipe.tensor_parallel_info = model.tensor_parallel_info  # the trainer checkpoints the TP RNG stream
     if seed is not None:
@@ -432,4 +453,5 @@ class StepClipper:
 __all__ = ["EmbeddingPipe", "BlockPipe", "FinalNormPipe", "HeadPipe", "build_pipeline", "to_pipeline_batch",
            "batch_from_labels", "PipelineBatches", "pipeline_grad_norm", "clip_grad_norm_pipeline", "StepClipper",
            "make_checkpoint_fn", "gpt_keys_of_layer", "pipeline_model_states", "pipeline_ds_config",
+           "loss_may_produce_gradients",
            "PipelineConfigError"]

@@ -27,7 +27,8 @@ from ..parallel.engine import (build_partitioned_gpt, check_precision_supported,
                                initialize_engine, trainer_clips_gradients)
 from ..parallel.activation_checkpoint import apply_activation_checkpointing
 from ..parallel.groups import ParallelGroups
-from ..parallel.pipeline import PipelineBatches, StepClipper, build_pipeline, pipeline_ds_config
+from ..parallel.pipeline import (PipelineBatches, StepClipper, build_pipeline, loss_may_produce_gradients,
+                                 pipeline_ds_config)
 from . import checkpoint as ckpt
 from .data import build_job_data, make_loader
 from .guards import StopSignal, check_finite
@@ -149,6 +150,10 @@ class Trainer:
         if self.pipelined:
             ds_config = pipeline_ds_config(ds_config, job.parallel.sequence_parallel)
         self.engine = initialize_engine(model, optimizer, ds_config, mpu=self.mpu)
+        if self.pipelined and self.engine.module.head_in_loss and not loss_may_produce_gradients(self.engine.optimizer):
+            self.engine.module.set_head_in_loss(False)  # the head's gradient would be lost: logits in the pipeline
+            log("note: the fused LM head + loss is off on this pipeline (DeepSpeed's bf16 optimizer at ZeRO-0 clears "
+                "gradients of parameters used only in the loss); --zero-stage 1 keeps it", self.rank)
         self.grad_norm = float("nan")
         self.iteration, self.consumed = 0, 0
         self.resume_rng = self.resume_tp_rng = None
@@ -175,7 +180,8 @@ class Trainer:
                                    barrier=dist.barrier if self.world > 1 else None)
         self.data.train = self.objective.wrap_train(self.data.train)
         self.tp_group = self.groups.tp_group if self.groups.tp_size > 1 else None
-        self.fused_loss = self._fused_loss_applies()  # with PP: decided when the pipeline was built
+        # with PP: decided when the pipeline was built (and possibly switched off above)
+        self.fused_loss = self._fused_loss_applies() and (not self.pipelined or self.engine.module.head_in_loss)
         fpt = flops_per_token(job.model, job.data.seq_length)
         peak, source = peak_flops(t.precision, t.peak_tflops)
         self.throughput = Throughput(fpt, peak, self.world)
