@@ -227,7 +227,8 @@ def undo_state_initialization_step(optimizer) -> bool:
     from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
 
     if isinstance(optimizer, FP16_UnfusedOptimizer):
-        masters = [(hp, lp) for hps, lps in zip(optimizer.fp32_groups, optimizer.fp16_groups) for hp, lp in zip(hps, lps)]
+        masters = [(hp, lp) for hps, lps in zip(optimizer.fp32_groups, optimizer.fp16_groups)
+                   for hp, lp in zip(hps, lps)]
     elif isinstance(optimizer, FP16_Optimizer):
         masters = list(zip(optimizer.fp32_groups_flat, optimizer.fp16_groups_flat))
     else:
