@@ -209,11 +209,28 @@ def load_checkpoint(engine, job: JobConfig, load_dir: str, tokenizer_fingerprint
     if os.path.exists(full):  # written by tools/reshard_checkpoint.py: loads at any layout
         return load_full_checkpoint(engine, full, job.model, job.parallel.tensor_parallel, with_optim)
     check_same_layout(meta.get("layout"), current_layout(engine, job), f"{root}/{tag}", module_only=t.finetune)
-    path, client_state = engine.load_checkpoint(root, tag=tag, load_optimizer_states=with_optim,
+    # DeepSpeed's BF16_Optimizer (bf16 pipelines at ZeRO-0) saves its state ZeRO-style (bf16_zero_pp_rank_* files)
+    # but, with ZeRO off, looks for it in the model-states file on load and fails (KeyError: 0): load it the ZeRO way.
+    zero_style = with_optim and _bf16_optimizer_without_zero(engine)
+    path, client_state = engine.load_checkpoint(root, tag=tag, load_optimizer_states=with_optim and not zero_style,
                                                 load_lr_scheduler_states=False, load_module_only=t.finetune)
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load {root}/{tag} (files missing for this layout?)")
+    if zero_style and not engine._load_zero_checkpoint(root, tag, load_optimizer_states=True):
+        raise CheckpointError(f"{root}/{tag} has no bf16_zero_pp_rank_* optimizer files for this layout: pass "
+                              f"--no-load-optim to start the optimizer fresh")
+    if not with_optim and hasattr(engine.optimizer, "refresh_fp32_params"):
+        # Without optimizer state DeepSpeed's fp16/bf16 wrappers at ZeRO-0 keep their fp32 master weights from
+        # before the load, and the first step would write those back over the loaded weights (measured: a bf16
+        # --no-load-optim resume jumped back to near the initial loss). Re-derive them from the loaded weights.
+        engine.optimizer.refresh_fp32_params()
     return client_state or {}
+
+
+def _bf16_optimizer_without_zero(engine) -> bool:
+    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
+
+    return isinstance(engine.optimizer, BF16_Optimizer) and not engine.zero_optimization()
 
 
 def current_layout(engine, job: JobConfig) -> dict[str, int]:
