@@ -284,6 +284,11 @@ def _read_pipeline_zero0(tag_dir: str, job, merge) -> FullState:
             sd = _load(os.path.join(tag_dir, f"mp_rank_{stage * tp + t:02d}_model_states.pt"))
             sd0 = sd0 or sd
             opt = sd.get("optimizer") or {}
+            if not opt.get("state") and _count(tag_dir, "bf16_zero_pp_rank_", "_mp_rank_00_optim_states.pt"):
+                raise ReshardError(f"{tag_dir} is a bf16 pipeline checkpoint at ZeRO-0, whose optimizer state "
+                                   f"DeepSpeed keeps in bf16_zero_pp_rank_* files (its BF16_Optimizer), which "
+                                   f"resharding does not read yet: train bf16 pipelines with --zero-stage 1 to "
+                                   f"reshard them, or resume at the same layout")
             if not opt.get("state"):
                 raise ReshardError(f"{tag_dir}: stage {stage} holds no optimizer state (saved with --no-save-optim?)")
             idx = [i for g in opt["param_groups"] for i in g["params"]]
