@@ -19,7 +19,9 @@ Source files (DeepSpeed 0.19.8 on-disk layout, read directly, no process group; 
   order, over all groups.
 
 TP shards are merged with `tensor_parallel.partition_spec` (which dim each parameter is split along). Pipeline
-checkpoints: weights from DeepSpeed's per-layer files; Adam state from ZeRO-1 shards of every stage (`_read_pipeline`).
+checkpoints: weights from DeepSpeed's per-layer files; Adam state from ZeRO-1 shards of every stage (`_read_pipeline`),
+from each stage's torch AdamW state at ZeRO-0, or, for bf16 at ZeRO-0, from DeepSpeed's BF16_Optimizer files
+(`bf16_zero_pp_rank_{dp}_mp_rank_XX_optim_states.pt`, located by their 'param_slice_mappings').
 
 The full format (`full_state.pt` in a checkpoint tag directory): {"format", "module": {name: fp32},
 "exp_avg"/"exp_avg_sq": {name: fp32} or None, "step", "client_state" (iteration, consumed samples, RNG, ...),
@@ -222,6 +224,8 @@ def _read_pipeline(tag_dir: str, job, weights_only: bool) -> FullState:
         from .pipeline import pipeline_model_states
         weights = merge(pipeline_model_states(tag_dir))
         return FullState(module={k.removeprefix("module."): v for k, v in weights.items()})
+    if zero == 0 and _count(tag_dir, "bf16_zero_pp_rank_", "_mp_rank_00_optim_states.pt"):
+        return _read_pipeline_bf16(tag_dir, job, merge)
     if zero == 0:
         return _read_pipeline_zero0(tag_dir, job, merge)
     if zero != 1:
@@ -268,6 +272,42 @@ def _stage_opt_order(layers: dict[int, dict], first: int, stop: int, tied: bool,
     return [n for n in names if n not in no_decay] + no_decay
 
 
+def _read_pipeline_bf16(tag_dir: str, job, merge) -> FullState:
+    """PP > 1, bf16 at ZeRO-0: DeepSpeed's BF16_Optimizer keeps each stage's fp32 weights and Adam state in
+    `bf16_zero_pp_rank_{dp}_mp_rank_XX_optim_states.pt`: per param group one flat partition per DP rank, and
+    'param_slice_mappings' saying where each parameter's piece lies in it (a parameter split between DP ranks is
+    its pieces in rank order). The tied embedding (first and last stage, identical) is taken from the first."""
+    tp, pp, _, _ = _layout(job)
+    dp = _count(tag_dir, "bf16_zero_pp_rank_", "_mp_rank_00_optim_states.pt")
+    per_tp, sd0, step = [], None, None
+    for t in range(tp):
+        shapes = {n: v.shape for layer in _layer_files(tag_dir, t).values() for n, v in layer.items()}
+        module, moments = {}, {k: {} for k in ADAM_KEYS}
+        for stage in range(pp):
+            mp = stage * tp + t
+            sd0 = sd0 or _load(os.path.join(tag_dir, f"mp_rank_{mp:02d}_model_states.pt"))
+            pieces: dict[str, dict[str, list]] = {}  # GPT name -> {"fp32" | Adam key: [pieces in rank order]}
+            for r in range(dp):
+                o = _load(os.path.join(tag_dir, f"bf16_zero_pp_rank_{r}_mp_rank_{mp:02d}_optim_states.pt"))
+                o = o["optimizer_state_dict"]
+                for g, mapping in enumerate(o["param_slice_mappings"]):
+                    state = o["base_optimizer_state"]["state"][g]
+                    flats = {"fp32": o["single_partition_of_fp32_groups"][g], **{k: state[k] for k in ADAM_KEYS}}
+                    step = int(state["step"])
+                    for name, frag in mapping.items():
+                        for key, flat in flats.items():
+                            pieces.setdefault(_gpt_name(name), {}).setdefault(key, []).append(
+                                flat.narrow(0, frag.start, frag.numel))
+            for name, parts in pieces.items():
+                if name in module:
+                    continue
+                module[name] = torch.cat(parts["fp32"]).view(shapes[name])
+                for k in ADAM_KEYS:
+                    moments[k][name] = torch.cat(parts[k]).view(shapes[name])
+        per_tp.append((module, moments))
+    return _assemble(per_tp, merge, sd0, step)
+
+
 def _read_pipeline_zero0(tag_dir: str, job, merge) -> FullState:
     """PP > 1, ZeRO-0: each stage's `mp_rank_XX` file holds its torch AdamW state keyed by position. The stage
     boundaries are not saved: they are the only split of the layers whose parameter shapes, in optimizer order,
@@ -284,11 +324,6 @@ def _read_pipeline_zero0(tag_dir: str, job, merge) -> FullState:
             sd = _load(os.path.join(tag_dir, f"mp_rank_{stage * tp + t:02d}_model_states.pt"))
             sd0 = sd0 or sd
             opt = sd.get("optimizer") or {}
-            if not opt.get("state") and _count(tag_dir, "bf16_zero_pp_rank_", "_mp_rank_00_optim_states.pt"):
-                raise ReshardError(f"{tag_dir} is a bf16 pipeline checkpoint at ZeRO-0, whose optimizer state "
-                                   f"DeepSpeed keeps in bf16_zero_pp_rank_* files (its BF16_Optimizer), which "
-                                   f"resharding does not read yet: train bf16 pipelines with --zero-stage 1 to "
-                                   f"reshard them, or resume at the same layout")
             if not opt.get("state"):
                 raise ReshardError(f"{tag_dir}: stage {stage} holds no optimizer state (saved with --no-save-optim?)")
             idx = [i for g in opt["param_groups"] for i in g["params"]]
@@ -378,13 +413,22 @@ def load_full_into_engine(engine, state: FullState, model_cfg, tp: int = 1, tp_r
     base = getattr(engine.optimizer, "optimizer", engine.optimizer)
     if with_opt:
         _ensure_adam_state(engine.optimizer, base, state.step or 0)
+    masters = _zero0_masters(engine.optimizer)
     for name, p in named:
         value = shard(name, state.module[name]).to(torch.float32)
         _set_param(p, value)
+        if id(p) in masters:  # fp16/bf16 at ZeRO-0: the inner optimizer steps an fp32 master copy of p
+            key, view = masters[id(p)]
+            view.copy_(value.view_as(view))
         if not with_opt:
             continue
         moments = {k: shard(name, getattr(state, k)[name]).to(torch.float32) for k in ADAM_KEYS}
-        if hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):
+        if id(p) in masters:
+            key, view = masters[id(p)]
+            offset = view.storage_offset() - key.storage_offset()
+            for k, v in moments.items():
+                base.state[key][k].view(-1).narrow(0, offset, view.numel()).copy_(v.reshape(-1))
+        elif hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):
             from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
             safe_set_full_fp32_param(p, value)
             for k, v in moments.items():
@@ -395,6 +439,24 @@ def load_full_into_engine(engine, state: FullState, model_cfg, tp: int = 1, tp_r
     for k, v in state.engine.items():
         if v is not None and hasattr(engine, k):
             setattr(engine, k, v)
+
+
+def _zero0_masters(wrapper) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """{id(model parameter): (the inner optimizer's state key, the parameter's fp32 master view)} for DeepSpeed's
+    ZeRO-0 fp16/bf16 wrappers: FP16_UnfusedOptimizer keeps one master per parameter (`fp32_groups`),
+    FP16_Optimizer one flat master per group (`fp32_groups_flat`) holding the group's parameters back to back.
+    Empty for every other optimizer."""
+    out = {}
+    if hasattr(wrapper, "fp32_groups") and hasattr(wrapper, "fp16_groups"):
+        for lps, hps in zip(wrapper.fp16_groups, wrapper.fp32_groups):
+            out.update({id(lp): (hp, hp) for lp, hp in zip(lps, hps)})
+    elif hasattr(wrapper, "fp32_groups_flat") and hasattr(wrapper, "fp16_groups"):
+        for lps, flat in zip(wrapper.fp16_groups, wrapper.fp32_groups_flat):
+            offset = 0
+            for lp in lps:
+                out[id(lp)] = (flat, flat.narrow(0, offset, lp.numel()).view_as(lp))
+                offset += lp.numel()
+    return out
 
 
 # Where each DeepSpeed optimizer wrapper keeps the fp32 tensors its inner torch optimizer steps (the state keys):
