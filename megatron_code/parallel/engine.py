@@ -214,6 +214,27 @@ def initialize_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
     return engine
 
 
+def zero0_masters(optimizer) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """(model parameter, the inner optimizer's state key, the parameter's fp32 master view) for each parameter of
+    DeepSpeed's ZeRO-0 fp16/bf16 wrappers: FP16_UnfusedOptimizer keeps one master per parameter (`fp32_groups`),
+    FP16_Optimizer one flat master per group (`fp32_groups_flat`) holding the group's parameters back to back.
+    Empty for every other optimizer (plain torch ones step the model parameters; ZeRO/BF16 ones link their own)."""
+    from deepspeed.runtime.fp16.fused_optimizer import FP16_Optimizer
+    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
+
+    out = []
+    if isinstance(optimizer, FP16_UnfusedOptimizer):
+        for lps, hps in zip(optimizer.fp16_groups, optimizer.fp32_groups):
+            out += [(lp, hp, hp) for lp, hp in zip(lps, hps)]
+    elif isinstance(optimizer, FP16_Optimizer):
+        for lps, flat in zip(optimizer.fp16_groups, optimizer.fp32_groups_flat):
+            offset = 0
+            for lp in lps:
+                out.append((lp, flat, flat.narrow(0, offset, lp.numel()).view_as(lp)))
+                offset += lp.numel()
+    return out
+
+
 def undo_state_initialization_step(optimizer) -> bool:
     """DeepSpeed's ZeRO-0 fp16/bf16 wrappers (FP16_Optimizer, FP16_UnfusedOptimizer: fp16, and bf16 without ZeRO
     or pipeline) create the inner optimizer's state with one step() on zero gradients. For Adam that is step 1, so
@@ -223,19 +244,12 @@ def undo_state_initialization_step(optimizer) -> bool:
     ZeRO-1 (whose optimizer takes no such step) matched fp32 to 4e-5. Undone here: the inner optimizer's state is
     dropped (torch optimizers recreate it at the first real step) and the masters are copied back from the model's
     weights, which they were made from (exact). Returns True when there was something to undo."""
-    from deepspeed.runtime.fp16.fused_optimizer import FP16_Optimizer
-    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
-
-    if isinstance(optimizer, FP16_UnfusedOptimizer):
-        masters = [(hp, lp) for hps, lps in zip(optimizer.fp32_groups, optimizer.fp16_groups)
-                   for hp, lp in zip(hps, lps)]
-    elif isinstance(optimizer, FP16_Optimizer):
-        masters = list(zip(optimizer.fp32_groups_flat, optimizer.fp16_groups_flat))
-    else:
+    masters = zero0_masters(optimizer)
+    if not masters:
         return False
     with torch.no_grad():
-        for hp, lp in masters:
-            hp.copy_(lp)
+        for lp, _, view in masters:
+            view.copy_(lp)
     optimizer.optimizer.state.clear()
     return True
 

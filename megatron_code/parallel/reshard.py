@@ -402,6 +402,8 @@ def load_full_into_engine(engine, state: FullState, model_cfg, tp: int = 1, tp_r
     state. A pipeline stage's parameters ('3.layers.2.attn.q_proj.weight', 'tied_modules.embed.embed.word.weight')
     are looked up under their GPT names; the tied embedding's copies on the first and last stage both get the
     checkpoint's weight and Adam state (their gradients are all-reduced, so they stay identical)."""
+    from .engine import zero0_masters
+
     shard = _shard_fn(model_cfg, tp, tp_rank)
     named = list(engine.module.named_parameters())
     if type(engine).__name__ == "PipelineEngine":
@@ -413,13 +415,12 @@ def load_full_into_engine(engine, state: FullState, model_cfg, tp: int = 1, tp_r
     base = getattr(engine.optimizer, "optimizer", engine.optimizer)
     if with_opt:
         _ensure_adam_state(engine.optimizer, base, state.step or 0)
-    masters = _zero0_masters(engine.optimizer)
+    masters = {id(lp): (key, view) for lp, key, view in zero0_masters(engine.optimizer)}
     for name, p in named:
         value = shard(name, state.module[name]).to(torch.float32)
         _set_param(p, value)
         if id(p) in masters:  # fp16/bf16 at ZeRO-0: the inner optimizer steps an fp32 master copy of p
-            key, view = masters[id(p)]
-            view.copy_(value.view_as(view))
+            masters[id(p)][1].copy_(value.view_as(p))
         if not with_opt:
             continue
         moments = {k: shard(name, getattr(state, k)[name]).to(torch.float32) for k in ADAM_KEYS}
@@ -439,24 +440,6 @@ def load_full_into_engine(engine, state: FullState, model_cfg, tp: int = 1, tp_r
     for k, v in state.engine.items():
         if v is not None and hasattr(engine, k):
             setattr(engine, k, v)
-
-
-def _zero0_masters(wrapper) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
-    """{id(model parameter): (the inner optimizer's state key, the parameter's fp32 master view)} for DeepSpeed's
-    ZeRO-0 fp16/bf16 wrappers: FP16_UnfusedOptimizer keeps one master per parameter (`fp32_groups`),
-    FP16_Optimizer one flat master per group (`fp32_groups_flat`) holding the group's parameters back to back.
-    Empty for every other optimizer."""
-    out = {}
-    if hasattr(wrapper, "fp32_groups") and hasattr(wrapper, "fp16_groups"):
-        for lps, hps in zip(wrapper.fp16_groups, wrapper.fp32_groups):
-            out.update({id(lp): (hp, hp) for lp, hp in zip(lps, hps)})
-    elif hasattr(wrapper, "fp32_groups_flat") and hasattr(wrapper, "fp16_groups"):
-        for lps, flat in zip(wrapper.fp16_groups, wrapper.fp32_groups_flat):
-            offset = 0
-            for lp in lps:
-                out[id(lp)] = (flat, flat.narrow(0, offset, lp.numel()).view_as(lp))
-                offset += lp.numel()
-    return out
 
 
 # Where each DeepSpeed optimizer wrapper keeps the fp32 tensors its inner torch optimizer steps (the state keys):
