@@ -22,6 +22,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_code.kernels.linear_cross_entropy import linear_cross_entropy  # noqa: E402
+from megatron_code.testing import peak_rss_growth  # noqa: E402
 
 SHAPES = [  # (tokens, hidden, vocab, dtype): issue 2's benchmark head, and phi-1's vocabulary at hidden 1024
     (2048, 256, 8192, torch.bfloat16),
@@ -48,11 +49,6 @@ def one(fn, inputs):
     return time.perf_counter() - t0
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
 def peak_extra_mib(variant: str, n: int, hid: int, v: int, dtype: str) -> float:
     """Peak RSS growth of one forward + backward over the inputs, measured in a fresh process (ru_maxrss)."""
     code = (f"import sys; sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
@@ -64,11 +60,9 @@ def peak_extra_mib(variant: str, n: int, hid: int, v: int, dtype: str) -> float:
 def _child(variant: str, n: int, hid: int, v: int, dtype: str) -> None:
     inputs = make_inputs(n, hid, v, getattr(torch, dtype))
     leaves = [t.clone().requires_grad_() for t in inputs[:3]]
-    before = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak (VmHWM) to the current RSS: only this forward + backward counts
-    {"unfused": unfused, "fused": fused}[variant](leaves[0], leaves[1], leaves[2], *inputs[3:]).backward()
-    print((_status_kib("VmHWM") - before) / 1024)
+    with peak_rss_growth() as grown:  # only this forward + backward counts
+        {"unfused": unfused, "fused": fused}[variant](leaves[0], leaves[1], leaves[2], *inputs[3:]).backward()
+    print(grown.mib)
 
 
 def make_inputs(n: int, hid: int, v: int, dtype: torch.dtype):

@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from megatron_code.testing import run_distributed  # noqa: E402
+from megatron_code.testing import peak_rss_growth, run_distributed  # noqa: E402
 
 TP = 2
 SHAPES = [  # (tokens, hidden, vocab, dtype): issue 2's benchmark head, and phi-1's vocabulary at hidden 1024
@@ -87,22 +87,15 @@ def _time(rank, world, shape, repeats):
     return times, torch.get_num_threads()
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
 def _peak(rank, world, shape, variant):
     import torch.distributed as dist
     group, inputs, start = _setup(rank, *shape)
     fn = _variants(group, start)[variant]
     leaves = [t.clone().requires_grad_() for t in inputs[:3]]
     dist.barrier(group)
-    before = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak (VmHWM) to the current RSS: only this forward + backward counts
-    fn(leaves[0], leaves[1], leaves[2], *inputs[3:]).backward()
-    return (_status_kib("VmHWM") - before) / 1024
+    with peak_rss_growth() as grown:  # only this forward + backward counts
+        fn(leaves[0], leaves[1], leaves[2], *inputs[3:]).backward()
+    return grown.mib
 
 
 def main() -> None:

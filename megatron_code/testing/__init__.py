@@ -1,5 +1,6 @@
 """Test helpers shared by the whole project (multi-process runs live in `spawn`)."""
 
+from .memory import peak_rss_growth
 from .spawn import DistributedTestError, run_distributed
 
-__all__ = ["DistributedTestError", "run_distributed"]
+__all__ = ["DistributedTestError", "peak_rss_growth", "run_distributed"]

@@ -222,17 +222,13 @@ def test_palm_540b_print_config_and_meta_build():
 
 
 # ----------------------------------------------------------------------------- ZeRO-3 (DP) build
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith(field + ":"))
-
-
 def _zero3_peak_growth(rank, world):
     """Peak RSS growth of build_partitioned_gpt for a model whose word embedding dominates (64K x 512, 128 MiB),
     with 4 MiB pieces; and this rank's bytes."""
     import megatron_code.model.init as init
     from megatron_code.config.cli import parse_args
     from megatron_code.parallel.engine import build_partitioned_gpt, init_distributed
+    from megatron_code.testing import peak_rss_growth
 
     init_distributed("gloo")
     init.PIECE_ELEMENTS = 1 << 20
@@ -241,13 +237,10 @@ def _zero3_peak_growth(rank, world):
                       "512", "--seq-length", "16", "--mock-data", "--micro-batch-size", "1",
                       "--global-batch-size", "2", "--zero-stage", "3", "--seed", str(SEED)]).job
     build_partitioned_gpt(job, 1)  # once, so DeepSpeed's lazy imports and buffers are not measured
-    before = _status_kib("VmRSS")
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")  # reset the peak (VmHWM) to the current RSS
-    model = build_partitioned_gpt(job, 1)
-    grown = (_status_kib("VmHWM") - before) * 1024
+    with peak_rss_growth() as grown:
+        model = build_partitioned_gpt(job, 1)
     mine = sum(p.ds_tensor.numel() * p.ds_tensor.element_size() for p in model.parameters())
-    return grown, mine, 65536 * 512 * 4
+    return grown.bytes, mine, 65536 * 512 * 4
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="/proc/self/clear_refs is Linux's")
