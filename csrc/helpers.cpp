@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <limits>
 #include <stdexcept>
 #include <string>
 #include <system_error>
@@ -26,6 +27,17 @@
 #include <immintrin.h>
 #else
 #define MC_X86_SIMD 0
+#endif
+
+// GCC 12's AVX-512 headers trip -Wuninitialized on their own code (_mm256_undefined_si256 and the like).
+#if defined(__GNUC__) && !defined(__clang__)
+#define MC_HEADER_WARNINGS_OFF                                  \
+  _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wuninitialized\"") \
+      _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
+#define MC_HEADER_WARNINGS_ON _Pragma("GCC diagnostic pop")
+#else
+#define MC_HEADER_WARNINGS_OFF
+#define MC_HEADER_WARNINGS_ON
 #endif
 
 #if defined(__GNUC__)
@@ -54,7 +66,9 @@ namespace py = pybind11;
 // level (5M documents: 10 MB instead of 20 MB, measured 2x faster gathers on a 32 MB L3). Lengths from 0xffff up
 // (and negative ones) are stored as the escape 0xffff and read from sizes itself. The copy is one sequential
 // pass split over the threads, made only when sizes is large and mostly gathered, and used only when few
-// lengths escape (see use_narrow).
+// lengths escape (see use_narrow). A 12-bit copy (3 bytes per 2 lengths) gathered 1.3x faster in a bare loop but
+// made the whole build slower here (unaligned, line-splitting loads and the shifts), so it is not used.
+// (4) doc_idx and the rows may be int32 (GPTDataset's order): a third less memory traffic than int64.
 
 namespace sample_idx {
 
@@ -89,15 +103,17 @@ struct Cursor {
   int64_t pos = 0, next = 0, k = 0;
 };
 
+// Idx: the dtype of doc_idx, int32 (Megatron's, and ours below 2^31 documents: half the bytes to stream) or int64.
+template <class Idx>
 struct Job {
   const int32_t* sizes;
   uint64_t num_sizes;
-  const int64_t* doc_idx;
+  const Idx* doc_idx;
   int64_t num_docs, seq_length, last_row;  // last_row = num_samples: rows 0..last_row are emitted
   int64_t block, num_blocks;
   int64_t front_limit;  // most blocks thread 0 walks (-1: no limit); tests use it to force buffered blocks
   bool simd;           // helpers may use AVX-512 gathers (when the CPU has them)
-  int64_t* rows;       // (last_row + 1, 2)
+  Idx* rows;           // (last_row + 1, 2), the dtype of doc_idx
   int32_t* lens;       // gathered lengths of buffered blocks, indexed like doc_idx (nullptr with one thread)
   int64_t* block_sum;  // tokens per buffered block, (num_blocks,)
   uint8_t* prefixed;   // per block: lens holds running sums within the block (uint32) instead of lengths
@@ -110,10 +126,10 @@ struct Job {
 };
 
 // Where walk_range reads document lengths: gathered on the fly (front walk) or from the helpers' buffer.
-template <class Tab>
+template <class Tab, class Idx>
 struct Gathered {
   Tab t;
-  const int64_t* d;
+  const Idx* d;
   int32_t len(int64_t i) const { return t.get(static_cast<uint64_t>(d[i])); }
   void prefetch(int64_t i) const { MC_PREFETCH(t.addr(static_cast<uint64_t>(d[i]))); }
 };
@@ -129,8 +145,8 @@ struct Buffered {
 // and advances k/next by the comparison result, so the common case (0 or 1 row start per document) has no
 // branch on the data. A document holding a second row start (longer than seq_length) takes the rare branch.
 // Within a run of m documents with k + m - 1 <= last no row past `last` can be written, so there is no check.
-template <bool PF, class Src>
-static int64_t walk_range(const Src& src, int64_t i, int64_t hi, int64_t S, int64_t last, int64_t* rows,
+template <bool PF, class Src, class Row>
+static int64_t walk_range(const Src& src, int64_t i, int64_t hi, int64_t S, int64_t last, Row* rows,
                           Cursor& c, int32_t& sign_out) {
   // Locals, not the references: a store to rows[] may alias them, which would force a memory round trip (a
   // loop-carried store-to-load dependency) per document.
@@ -144,15 +160,15 @@ static int64_t walk_range(const Src& src, int64_t i, int64_t hi, int64_t S, int6
         const int32_t len = src.len(i);
         sign |= len;
         const int64_t end = pos + len;
-        rows[2 * k] = i;
-        rows[2 * k + 1] = next - pos;
+        rows[2 * k] = static_cast<Row>(i);
+        rows[2 * k + 1] = static_cast<Row>(next - pos);
         const int64_t hit = next < end;
         k += hit;
         next += S & -hit;
         if (MC_UNLIKELY(next < end)) {  // more row starts in this document: write them, re-derive the bound
           for (; next < end && k <= last; ++k, next += S) {
-            rows[2 * k] = i;
-            rows[2 * k + 1] = next - pos;
+            rows[2 * k] = static_cast<Row>(i);
+            rows[2 * k + 1] = static_cast<Row>(next - pos);
           }
           pos = end;
           ++i;
@@ -166,8 +182,8 @@ static int64_t walk_range(const Src& src, int64_t i, int64_t hi, int64_t S, int6
         sign |= len;
         const int64_t end = pos + len;
         for (; next < end && k <= last; ++k, next += S) {
-          rows[2 * k] = i;
-          rows[2 * k + 1] = next - pos;
+          rows[2 * k] = static_cast<Row>(i);
+          rows[2 * k + 1] = static_cast<Row>(next - pos);
         }
         pos = end;
       }
@@ -181,6 +197,8 @@ static int64_t walk_range(const Src& src, int64_t i, int64_t hi, int64_t S, int6
 // Every d[lo, hi) in [0, n). For 1 <= n <= 2^63 and any int64 v: v | (n - 1 - v) is negative exactly when v < 0
 // or v >= n (no overflow). Only subtractions and ORs: the compiler vectorizes it with SSE2, where a max or a
 // compare of 64-bit lanes would be a scalar loop-carried chain (that pass took a third of the walk's time).
+// The same for 32-bit entries, in wrapping unsigned arithmetic: top - v is negative as an int32 exactly when
+// v > top for 0 <= v; a negative v makes the OR negative by itself.
 static bool indices_ok(const int64_t* d, int64_t lo, int64_t hi, uint64_t n) {
   if (hi <= lo) return true;
   if (n == 0) return false;
@@ -189,11 +207,20 @@ static bool indices_ok(const int64_t* d, int64_t lo, int64_t hi, uint64_t n) {
   for (int64_t i = lo; i < hi; ++i) bad |= d[i] | (top - d[i]);
   return bad >= 0;
 }
+static bool indices_ok(const int32_t* d, int64_t lo, int64_t hi, uint64_t n) {
+  if (hi <= lo) return true;
+  if (n == 0) return false;
+  const uint32_t top = static_cast<uint32_t>(std::min<uint64_t>(n, uint64_t{1} << 31) - 1);
+  uint32_t bad = 0;
+  for (int64_t i = lo; i < hi; ++i) bad |= static_cast<uint32_t>(d[i]) | (top - static_cast<uint32_t>(d[i]));
+  return static_cast<int32_t>(bad) >= 0;
+}
 
 static constexpr uint64_t pack(uint64_t front, uint64_t back) { return (front << 32) | back; }
 
 // Claim the next block from the front (thread 0) or from the back (helpers); -1 when none is left.
-static int64_t claim(Job& job, bool from_front) {
+template <class Idx>
+static int64_t claim(Job<Idx>& job, bool from_front) {
   uint64_t cur = job.claims.load(std::memory_order_relaxed);
   for (;;) {
     uint64_t front = cur >> 32, back = cur & 0xffffffffu;
@@ -207,9 +234,9 @@ static int64_t claim(Job& job, bool from_front) {
 
 // Thread 0: claim blocks from the front and walk them in order (bounds-check the block, then gather with
 // prefetch and emit rows). Returns the cursor at the start of the first block it did not claim.
-template <class Tab>
-static Cursor walk_front(Job& job, Tab tab) {
-  const Gathered<Tab> src{tab, job.doc_idx};
+template <class Tab, class Idx>
+static Cursor walk_front(Job<Idx>& job, Tab tab) {
+  const Gathered<Tab, Idx> src{tab, job.doc_idx};
   const int64_t S = job.seq_length, last = job.last_row;
   Cursor c;
   int32_t sign = 0;  // OR of the lengths read: negative if any of them is
@@ -234,8 +261,8 @@ static Cursor walk_front(Job& job, Tab tab) {
 
 // Gather lengths of doc_idx[lo, hi) into lens[lo, hi); returns their sum. Out-of-range indices read sizes[0]
 // and clear `ok`; `sign` collects the OR of the lengths. No branch on the data: many misses stay in flight.
-template <class Tab>
-static int64_t gather_scalar(Tab s, uint64_t n, const int64_t* d, int64_t lo, int64_t hi, int32_t* lens,
+template <class Tab, class Idx>
+static int64_t gather_scalar(Tab s, uint64_t n, const Idx* d, int64_t lo, int64_t hi, int32_t* lens,
                              bool& ok_out, int32_t& sign_out) {
   int64_t sum = 0;
   bool ok = true;
@@ -255,11 +282,21 @@ static int64_t gather_scalar(Tab s, uint64_t n, const int64_t* d, int64_t lo, in
 }
 
 #if MC_X86_SIMD
-#if defined(__GNUC__) && !defined(__clang__)  // GCC 12's AVX-512 headers trip -Wuninitialized on their own code
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+// The last documents [i, hi) of a block gathered by gather_sums_avx512, one by one: their lengths as running sums
+// continuing lens[i - 1] (from 0 when i == lo); returns their sum.
+template <class Tab, class Idx>
+static int64_t tail_sums(Tab tab, uint64_t n, const Idx* d, int64_t lo, int64_t i, int64_t hi, int32_t* lens,
+                         bool& ok, int32_t& sign) {
+  const int64_t tail = gather_scalar(tab, n, d, i, hi, lens, ok, sign);
+  uint32_t acc = i > lo ? static_cast<uint32_t>(lens[i - 1]) : 0u;
+  for (; i < hi; ++i) {
+    acc += static_cast<uint32_t>(lens[i]);
+    lens[i] = static_cast<int32_t>(acc);
+  }
+  return tail;
+}
+
+MC_HEADER_WARNINGS_OFF
 // Like gather_scalar, but lens[lo, hi) receives running sums from lo, modulo 2^32 (lens[i] = len(lo) + ... +
 // len(i)); returns the exact total. 8 documents per AVX-512 gather (masked: out-of-range lanes load nothing); the
 // running sum of the 8 lanes is 3 shifted adds in a register, plus the carry from the previous 8. From the 16-bit
@@ -303,17 +340,52 @@ __attribute__((target("avx512f,avx512vl"))) static int64_t gather_sums_avx512(Ta
   _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), bits);
   for (int32_t x : lanes) sign |= x;
   ok &= all_in == 0xff;
-  const int64_t tail = gather_scalar(tab, n, d, i, hi, lens, ok, sign);
-  uint32_t acc = i > lo ? static_cast<uint32_t>(lens[i - 1]) : 0u;
-  for (; i < hi; ++i) {
-    acc += static_cast<uint32_t>(lens[i]);
-    lens[i] = static_cast<int32_t>(acc);
-  }
-  return _mm512_reduce_add_epi64(sum) + tail;
+  return _mm512_reduce_add_epi64(sum) + tail_sums(tab, n, d, lo, i, hi, lens, ok, sign);
 }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+
+// The same for 32-bit doc_idx entries: 16 documents per gather, the running sum of 16 lanes in 4 shifted adds.
+// Lanes compare as unsigned against min(n, 2^31), so negative entries are out of range.
+template <class Tab>
+__attribute__((target("avx512f,avx512vl"))) static int64_t gather_sums_avx512(Tab tab, uint64_t n,
+                                                                             const int32_t* d, int64_t lo,
+                                                                             int64_t hi, int32_t* lens, bool& ok,
+                                                                             int32_t& sign) {
+  constexpr bool kNarrow = std::is_same<Tab, Narrow>::value;
+  const uint32_t top = static_cast<uint32_t>(std::min<uint64_t>(n, uint64_t{1} << 31));
+  const __m512i limit = _mm512_set1_epi32(static_cast<int>(top));
+  const __m512i zero = _mm512_setzero_si512(), lane15 = _mm512_set1_epi32(15);
+  const __m512i low16 = _mm512_set1_epi32(0xffff), escape = _mm512_set1_epi32(static_cast<int>(kEscape));
+  __m512i sum = _mm512_setzero_si512(), bits = zero, carry = zero;
+  __mmask16 all_in = 0xffff;
+  int64_t i = lo;
+  for (; i + 16 <= hi; i += 16) {
+    const __m512i idx = _mm512_loadu_si512(static_cast<const void*>(d + i));
+    const __mmask16 in = _mm512_cmplt_epu32_mask(idx, limit);
+    all_in &= in;
+    __m512i v;
+    if constexpr (kNarrow) {
+      v = _mm512_and_si512(_mm512_mask_i32gather_epi32(zero, in, idx, tab.addr(0), 2), low16);
+      const __mmask16 esc = _mm512_cmpeq_epi32_mask(v, escape);
+      if (MC_UNLIKELY(esc)) v = _mm512_mask_i32gather_epi32(v, esc, idx, tab.s, 4);
+    } else {
+      v = _mm512_mask_i32gather_epi32(zero, in, idx, tab.s, 4);
+    }
+    bits = _mm512_or_si512(bits, v);
+    sum = _mm512_add_epi64(sum, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v)));
+    sum = _mm512_add_epi64(sum, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1)));
+    __m512i x = _mm512_add_epi32(v, _mm512_alignr_epi32(v, zero, 15));  // lane j += lane j-1
+    x = _mm512_add_epi32(x, _mm512_alignr_epi32(x, zero, 14));           // lane j += lane j-2
+    x = _mm512_add_epi32(x, _mm512_alignr_epi32(x, zero, 12));           // lane j += lane j-4
+    x = _mm512_add_epi32(x, _mm512_alignr_epi32(x, zero, 8));            // lane j += lane j-8
+    x = _mm512_add_epi32(x, carry);
+    _mm512_storeu_si512(static_cast<void*>(lens + i), x);
+    carry = _mm512_permutexvar_epi32(lane15, x);
+  }
+  sign |= _mm512_reduce_or_epi32(bits);
+  ok &= all_in == 0xffff;
+  return _mm512_reduce_add_epi64(sum) + tail_sums(tab, n, d, lo, i, hi, lens, ok, sign);
+}
+MC_HEADER_WARNINGS_ON
 #endif
 
 static bool cpu_has_avx512() {
@@ -337,9 +409,10 @@ static void sums_to_lengths(int32_t* lens, int64_t lo, int64_t hi) {
 // count of those at or below t is how far j moves), so this costs per row, not per document. Every row here lies
 // inside the block: t < E[m - 1]. The rows are split into kStreams runs searched in lockstep: one search is a
 // chain of dependent loads and compares, several are in flight at once (1.5x over one chain, measured).
+template <class Row>
 __attribute__((target("avx512f,popcnt"))) static void rows_from_sums(const int32_t* sums, int64_t lo, int64_t m,
                                                                      int64_t base, int64_t k, int64_t k_last,
-                                                                     int64_t S, int64_t* rows) {
+                                                                     int64_t S, Row* rows) {
   const uint32_t* E = reinterpret_cast<const uint32_t*>(sums + lo);
   int64_t next[kStreams], stop[kStreams], at[kStreams];
   const int64_t n = k_last - k + 1;
@@ -366,8 +439,8 @@ __attribute__((target("avx512f,popcnt"))) static void rows_from_sums(const int32
         if (c < 16) break;
       }
       at[q] = j;
-      rows[2 * r] = lo + j;
-      rows[2 * r + 1] = t - (j ? E[j - 1] : 0u);
+      rows[2 * r] = static_cast<Row>(lo + j);
+      rows[2 * r + 1] = static_cast<Row>(t - (j ? E[j - 1] : 0u));
     }
   }
 }
@@ -375,8 +448,8 @@ __attribute__((target("avx512f,popcnt"))) static void rows_from_sums(const int32
 
 // Helper threads: claim blocks from the back, gather their lengths into job.lens and sum them per block. With
 // AVX-512 a block holds running sums instead (if its total fits in 32 bits), so its rows are found per row.
-template <class Tab>
-static void gather_back(Job& job, Tab tab) {
+template <class Tab, class Idx>
+static void gather_back(Job<Idx>& job, Tab tab) {
   int32_t sign = 0;
   for (int64_t b; (b = claim(job, false)) >= 0;) {
     if (job.bad_index.load(std::memory_order_relaxed)) break;
@@ -402,7 +475,8 @@ static void gather_back(Job& job, Tab tab) {
 }
 
 // Emit the rows starting inside buffered block b, whose first token is `start` and end `end`.
-static void walk_buffered(const Job& job, int64_t b, int64_t start, int64_t end) {
+template <class Idx>
+static void walk_buffered(const Job<Idx>& job, int64_t b, int64_t start, int64_t end) {
   const int64_t S = job.seq_length;
   const int64_t lo = b * job.block, hi = std::min(job.num_docs, lo + job.block);
   Cursor c;
@@ -434,6 +508,7 @@ static int64_t narrow_scalar(const int32_t* s, uint16_t* out, int64_t lo, int64_
 }
 
 #if MC_X86_SIMD
+MC_HEADER_WARNINGS_OFF
 __attribute__((target("avx512f,popcnt"))) static int64_t narrow_avx512(const int32_t* s, uint16_t* out,
                                                                       int64_t lo, int64_t hi) {
   const __m512i limit = _mm512_set1_epi32(static_cast<int>(kEscape));
@@ -445,10 +520,13 @@ __attribute__((target("avx512f,popcnt"))) static int64_t narrow_avx512(const int
   }
   return esc + narrow_scalar(s, out, i, hi);
 }
+MC_HEADER_WARNINGS_ON
 #endif
 
+
 // Each thread converts chunks of sizes until none is left; the escapes are counted for use_narrow.
-static void fill_narrow(Job& job) {
+template <class Idx>
+static void fill_narrow(Job<Idx>& job) {
   const int64_t n = static_cast<int64_t>(job.num_sizes);
   int64_t esc = 0;
   for (int64_t lo; (lo = job.narrow_next.fetch_add(kNarrowChunk, std::memory_order_relaxed)) < n;) {
@@ -462,6 +540,16 @@ static void fill_narrow(Job& job) {
     esc += narrow_scalar(job.sizes, job.narrow, lo, hi);
   }
   job.escapes.fetch_add(esc, std::memory_order_relaxed);
+}
+
+// Whether the gathers get a 16-bit copy of sizes; `narrow` as in build_sample_idx. The copy is then used only if
+// few lengths escape (counted while it is made), unless it was forced.
+static bool plan_narrow(uint64_t num_sizes, int64_t num_docs, int narrow) {
+  if (num_docs == 0 || narrow == 0) return false;
+  if (narrow > 0) return true;
+  // A small table already fits in a core's L2; a large one mostly not gathered (a small split of a big dataset)
+  // does not pay for a copy of all of it.
+  return num_sizes >= kNarrowMinSizes && num_sizes <= 2 * static_cast<uint64_t>(num_docs);
 }
 
 // Runs fn(t) for t = 1..n-1 on new threads and fn(0) here; a thread that cannot start runs inline.
@@ -491,26 +579,23 @@ struct Outcome {
 };
 
 // Fills job.rows. After a bad index or a negative length (flags in job) the rows are unspecified.
-static Outcome build(Job& job, int threads) {
+template <class Idx>
+static Outcome build(Job<Idx>& job, int threads) {
   job.claims.store(pack(0, static_cast<uint64_t>(job.num_blocks)));
-  if (job.narrow) {
+  if (job.narrow) {  // the padding entry after the last one was zeroed by the caller
     run_threads(threads, [&](int) { fill_narrow(job); });
-    job.narrow[job.num_sizes] = 0;  // padding: a 32-bit load at the last entry
     // Automatic choice: escapes cost a second miss and a mispredicted branch, so with many of them the copy is
     // not used (forced on, it is - tests).
     job.use_narrow = job.force_narrow || job.escapes.load() * 32 <= static_cast<int64_t>(job.num_sizes);
   }
   Cursor front;
-  const Wide wide{job.sizes};
-  const Narrow narrow{job.narrow, job.sizes};
   run_threads(threads, [&](int t) {
-    if (job.use_narrow) {
-      if (t == 0) front = walk_front(job, narrow);
-      else gather_back(job, narrow);
-    } else {
-      if (t == 0) front = walk_front(job, wide);
-      else gather_back(job, wide);
-    }
+    auto go = [&](auto tab) {
+      if (t == 0) front = walk_front(job, tab);
+      else gather_back(job, tab);
+    };
+    if (job.use_narrow) go(Narrow{job.narrow, job.sizes});
+    else go(Wide{job.sizes});
   });
   if (job.bad_index.load() || job.negative.load()) return {};
   if (front.k > job.last_row) return {true, 0};  // thread 0 wrote every row
@@ -536,7 +621,8 @@ static Outcome build(Job& job, int threads) {
 
 }  // namespace sample_idx
 
-// Rows (position in doc_idx, token offset) at token positions k * seq_length, k = 0..num_samples.
+// Rows (position in doc_idx, token offset) at token positions k * seq_length, k = 0..num_samples, of the dtype
+// of doc_idx (int32 holds both: positions are below 2^31 and offsets below a length).
 // Zero-length documents are skipped, matching numpy's searchsorted(ends, pos, side="right"). Every doc_idx entry
 // is bounds-checked and its length read (also after the last needed document), as numpy's sizes[doc_idx] does;
 // a negative length is an error here (the .idx reader already rejects them; the numpy twin does not check).
@@ -545,24 +631,23 @@ static Outcome build(Job& job, int threads) {
 // many blocks and helper threads gather the rest; narrow: 16-bit copy of sizes for the gather (-1 automatic: when
 // sizes has at least 2^19 entries, at most 2 per doc_idx entry, and few escape; 0 never; 1 always). These only
 // change speed, never the result.
-static py::array_t<int64_t> build_sample_idx(py::array_t<int32_t, py::array::c_style | py::array::forcecast> sizes_arr,
-                                             py::array_t<int64_t, py::array::c_style | py::array::forcecast> doc_idx_arr,
-                                             int64_t seq_length, int64_t num_samples, int threads, int64_t block,
-                                             bool simd, int64_t front_blocks, int narrow) {
-  if (seq_length < 1) throw std::invalid_argument("seq_length must be >= 1");
-  if (num_samples < 0) throw std::invalid_argument("num_samples must be >= 0");
+using Sizes = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+template <class Idx>
+static py::array_t<Idx> build_sample_idx_t(const Sizes& sizes_arr, const Idx* doc_idx, int64_t num_docs,
+                                               int64_t seq_length, int64_t num_samples, int threads, int64_t block,
+                                               bool simd, int64_t front_blocks, int narrow) {
   namespace si = sample_idx;
-  const int64_t num_docs = doc_idx_arr.size();
   // Every index is out of range (and the scalar paths would read sizes[0] in place of a bad index).
   if (num_docs > 0 && sizes_arr.size() == 0) throw py::value_error("doc_idx refers to a document outside sizes");
   if (block <= 0) block = si::kDefaultBlock;
   block = std::max<int64_t>(block, num_docs >> 31);  // block numbers must fit in 32 bits
   if (threads <= 0) threads = si::auto_threads(num_docs, block);
-  py::array_t<int64_t> out({num_samples + 1, static_cast<int64_t>(2)});
-  si::Job job;
+  py::array_t<Idx> out({num_samples + 1, static_cast<int64_t>(2)});
+  si::Job<Idx> job;
   job.sizes = sizes_arr.data();
   job.num_sizes = static_cast<uint64_t>(sizes_arr.size());
-  job.doc_idx = doc_idx_arr.data();
+  job.doc_idx = doc_idx;
   job.num_docs = num_docs;
   job.seq_length = seq_length;
   job.last_row = num_samples;
@@ -577,10 +662,10 @@ static py::array_t<int64_t> build_sample_idx(py::array_t<int32_t, py::array::c_s
   job.prefixed = prefixed.data();
   job.lens = threads > 1 ? lens.mutable_data() : nullptr;
   job.block_sum = block_sum.data();
-  const bool make_narrow = narrow > 0 || (narrow < 0 && job.num_sizes >= si::kNarrowMinSizes &&
-                                          job.num_sizes <= 2 * static_cast<uint64_t>(num_docs));
-  py::array_t<uint16_t> narrow_table(make_narrow && num_docs > 0 ? job.num_sizes + 1 : 0);
-  job.narrow = narrow_table.size() ? narrow_table.mutable_data() : nullptr;
+  const bool make_narrow = si::plan_narrow(job.num_sizes, num_docs, narrow);
+  py::array_t<uint16_t> narrow_table(make_narrow ? job.num_sizes + 1 : 0);
+  job.narrow = make_narrow ? narrow_table.mutable_data() : nullptr;
+  if (make_narrow) job.narrow[job.num_sizes] = 0;  // padding: a 32-bit load at the last entry
   job.force_narrow = narrow > 0;
   si::Outcome res;
   {
@@ -597,6 +682,24 @@ static py::array_t<int64_t> build_sample_idx(py::array_t<int32_t, py::array::c_s
                           " tokens but the document order holds " + std::to_string(res.total));
   }
   return out;
+}
+
+// doc_idx: int32 (C-contiguous, fewer than 2^31 entries) is read as is and gives int32 rows; anything else is
+// converted to int64 first and gives int64 rows.
+static py::array build_sample_idx(Sizes sizes_arr, py::object doc_idx_obj, int64_t seq_length, int64_t num_samples,
+                                  int threads, int64_t block, bool simd, int64_t front_blocks, int narrow) {
+  if (seq_length < 1) throw std::invalid_argument("seq_length must be >= 1");
+  if (num_samples < 0) throw std::invalid_argument("num_samples must be >= 0");
+  using Idx32 = py::array_t<int32_t, py::array::c_style>;
+  if (py::isinstance<Idx32>(doc_idx_obj) &&
+      py::reinterpret_borrow<Idx32>(doc_idx_obj).size() <= std::numeric_limits<int32_t>::max()) {
+    const auto d = py::reinterpret_borrow<Idx32>(doc_idx_obj);
+    return build_sample_idx_t(sizes_arr, d.data(), d.size(), seq_length, num_samples, threads, block, simd,
+                              front_blocks, narrow);
+  }
+  const auto d = doc_idx_obj.cast<py::array_t<int64_t, py::array::c_style | py::array::forcecast>>();
+  return build_sample_idx_t(sizes_arr, d.data(), d.size(), seq_length, num_samples, threads, block, simd,
+                            front_blocks, narrow);
 }
 
 // Greedy interleave: sample i goes to argmax_d (w_d * max(i,1) - count_d), lowest d on ties.
@@ -637,5 +740,6 @@ PYBIND11_MODULE(_helpers_cpp, m) {
   m.def("build_sample_idx", &build_sample_idx, py::arg("sizes"), py::arg("doc_idx"), py::arg("seq_length"),
         py::arg("num_samples"), py::arg("threads") = 0, py::arg("block") = 0, py::arg("simd") = true,
         py::arg("front_blocks") = -1, py::arg("narrow") = -1);
+
   m.def("build_blending_indices", &build_blending_indices, py::arg("weights"), py::arg("size"));
 }

@@ -40,7 +40,7 @@ def _pick(impl: str):
 
 def build_sample_idx(sizes, doc_idx, seq_length: int, num_samples: int, impl: str = "auto",
                      threads: int | None = None) -> np.ndarray:
-    """Rows of (position in ``doc_idx``, token offset) for packed samples; shape (num_samples + 1, 2), int64.
+    """Rows of (position in ``doc_idx``, token offset) for packed samples; shape (num_samples + 1, 2).
 
     Row ``k`` is token position ``k * seq_length`` of the stream formed by concatenating documents
     ``sizes[doc_idx[0]], sizes[doc_idx[1]], ...``. Sample ``k`` covers rows ``k`` to ``k+1`` *inclusive*
@@ -48,13 +48,18 @@ def build_sample_idx(sizes, doc_idx, seq_length: int, num_samples: int, impl: st
     skipped, so a row always points at an existing token. FORMATS.md section 2: S=4, sizes [5,3,6] ->
     (0,0),(0,4),(2,0),(2,4).
 
+    ``doc_idx`` may be int32 or int64 (other integer types are converted to int64). The rows have its dtype: int32
+    for an int32 order of fewer than 2^31 entries (positions and offsets fit; Megatron's dtype, half the bytes to
+    write and cache), else int64; the values are the same.
     Raises SampleIndexError when any ``doc_idx`` entry (also past the last needed one) is outside ``sizes``, or
     when the order holds too few tokens (C++ also rejects negative lengths, which the .idx reader never yields).
     ``threads`` (C++ only; the numpy twin ignores it): None or 0 = automatic (one thread for small inputs, else up
     to min(cores, 4)), 1 = single-threaded; it never changes the result.
     """
     sizes = np.ascontiguousarray(sizes, dtype=np.int32)
-    doc_idx = np.ascontiguousarray(doc_idx, dtype=np.int64)
+    doc_idx = np.asarray(doc_idx)  # int32 (the datasets' order below 2^31 documents) is read as is, else int64
+    idx32 = doc_idx.dtype == np.int32 and doc_idx.size <= np.iinfo(np.int32).max
+    doc_idx = np.ascontiguousarray(doc_idx, dtype=np.int32 if idx32 else np.int64)
     if seq_length < 1:
         raise SampleIndexError(f"seq_length must be >= 1, got {seq_length}")
     if num_samples < 0:
@@ -80,7 +85,7 @@ def _build_sample_idx_numpy(sizes, doc_idx, seq_length, num_samples):
         raise SampleIndexError(f"{num_samples} samples of {seq_length}+1 tokens need "
                                f"{num_samples * seq_length + 1} tokens but the document order holds {total}")
     where = np.searchsorted(ends, positions, side="right")  # first entry ending after the position
-    out = np.empty((num_samples + 1, 2), dtype=np.int64)
+    out = np.empty((num_samples + 1, 2), dtype=doc_idx.dtype)
     out[:, 0] = where
     out[:, 1] = positions - (ends[where] - lens[where])
     return out

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from megatron_code.data.blended import BlendedDataset, BlendError, parse_data_path
-from megatron_code.data.gpt_dataset import (DatasetConfigError, GPTDataset, build_gpt_datasets, check_vocab,
+from megatron_code.data.gpt_dataset import (DatasetConfigError, GPTDataset, build_gpt_datasets, _rng, check_vocab,
                                             split_ranges)
 from megatron_code.data.helpers import IndexCache, IndexCacheMissing
 from megatron_code.data.indexed import IndexedDataset, IndexedDatasetError, IndexedDatasetWriter
@@ -56,6 +56,9 @@ def test_split_ranges_and_epochs(ds):
     tr = GPTDataset(indexed, (0, 50), 8, 1, num_samples=10)
     # one epoch is enough -> only epoch-0 documents of the train range appear in the first block
     assert set(tr.doc_idx[: 50].tolist()) == set(range(50))
+    # int32 like Megatron's document index, and the same order int64 ids would give (caches stay valid)
+    assert tr.doc_idx.dtype == np.int32
+    np.testing.assert_array_equal(tr.doc_idx[:50], _rng(1, 0, 0).permutation(np.arange(50, dtype=np.int64)))
     T = int(indexed.sizes[:50].sum())
     big = GPTDataset(indexed, (0, 50), 8, 1, num_samples=3 * T // 8)
     assert big.num_epochs == 3

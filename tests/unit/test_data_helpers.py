@@ -45,14 +45,12 @@ doc_sizes = st.lists(st.integers(0, 40), min_size=1, max_size=60)
 @needs_cpp
 @settings(max_examples=150, deadline=None)
 @given(sizes=doc_sizes, epochs=st.integers(1, 4), partial=st.floats(0.0, 1.0), seq=st.integers(1, 50),
-       seed=st.integers(0, 2**31), frac=st.floats(0.0, 1.0))
-def test_sample_idx_twins_equal(sizes, epochs, partial, seq, seed, frac):
-    """Random doc sizes (incl. empty docs), several shuffled epochs plus a partial last epoch."""
+       seed=st.integers(0, 2**31), frac=st.floats(0.0, 1.0), idx32=st.booleans())
+def test_sample_idx_twins_equal(sizes, epochs, partial, seq, seed, frac, idx32):
+    """Random doc sizes (incl. empty docs), several shuffled epochs plus a partial last epoch; int32 or int64
+    document order."""
     sizes = np.asarray(sizes, np.int32)
-    rng = np.random.default_rng(seed)
-    order = [rng.permutation(sizes.size) for _ in range(epochs)]
-    order.append(rng.permutation(sizes.size)[: int(partial * sizes.size)])
-    doc_idx = np.concatenate(order).astype(np.int64)
+    doc_idx = _order(sizes, epochs, partial, seed, np.int32 if idx32 else np.int64)
     total = int(sizes[doc_idx].sum())
     if total < 1:
         return
@@ -107,11 +105,11 @@ def test_blend_prefix_is_stable_and_ties_go_to_lowest(impl):
 # finishes a tiny input before a helper thread starts), so the front walk, the helpers' buffered blocks and the
 # walk of the buffered part by several threads all meet on hypothesis-sized inputs.
 
-def _order(sizes, epochs, partial, seed):
+def _order(sizes, epochs, partial, seed, dtype=np.int64):
     rng = np.random.default_rng(seed)
     order = [rng.permutation(sizes.size) for _ in range(epochs)]
     order.append(rng.permutation(sizes.size)[: int(partial * sizes.size)])
-    return np.concatenate(order).astype(np.int64)
+    return np.concatenate(order).astype(dtype)
 
 
 def _cpp_configs():
@@ -125,12 +123,14 @@ def _cpp_configs():
 @needs_cpp
 @settings(max_examples=120, deadline=None)
 @given(sizes=st.lists(st.integers(0, 60), min_size=1, max_size=80), epochs=st.integers(1, 3),
-       partial=st.floats(0.0, 1.0), seq=st.integers(1, 70), seed=st.integers(0, 2**31), frac=st.floats(0.0, 1.0))
-def test_sample_idx_thread_splits_equal_numpy(sizes, epochs, partial, seq, seed, frac):
+       partial=st.floats(0.0, 1.0), seq=st.integers(1, 70), seed=st.integers(0, 2**31), frac=st.floats(0.0, 1.0),
+       idx32=st.booleans())
+def test_sample_idx_thread_splits_equal_numpy(sizes, epochs, partial, seq, seed, frac, idx32):
     """Zero-length docs, documents longer than seq (several rows in one document), multi-epoch, partial last
-    epoch, and num_samples anywhere from 0 to the maximum (rows done long before the order ends)."""
+    epoch, and num_samples anywhere from 0 to the maximum (rows done long before the order ends); the int32 and
+    int64 paths (16 and 8 documents per AVX-512 gather)."""
     sizes = np.asarray(sizes, np.int32)
-    doc_idx = _order(sizes, epochs, partial, seed)
+    doc_idx = _order(sizes, epochs, partial, seed, np.int32 if idx32 else np.int64)
     total = int(sizes[doc_idx].sum())
     if total < 1:
         return
@@ -174,12 +174,13 @@ def test_exhausted_order_same_error_everywhere(sizes, epochs, seq, seed, extra):
 
 
 @needs_cpp
-@pytest.mark.parametrize("bad", [-1, 50, 2**40])
+@pytest.mark.parametrize("bad,dtype", [(-1, np.int64), (50, np.int64), (2**40, np.int64), (-1, np.int32),
+                                       (50, np.int32), (2**31 - 1, np.int32), (-2**31, np.int32)])
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
-def test_out_of_range_index_anywhere_is_an_error(bad, where):
+def test_out_of_range_index_anywhere_is_an_error(bad, dtype, where):
     """Also past the last document the rows need: numpy's twin validates the whole order, so C++ does too."""
     sizes = np.full(50, 7, np.int32)
-    doc_idx = np.tile(np.arange(50, dtype=np.int64), 3)
+    doc_idx = np.tile(np.arange(50, dtype=dtype), 3)
     doc_idx[{"first": 0, "middle": 75, "last": -1}[where]] = bad
     for impl in ("numpy", "cpp"):
         with pytest.raises(SampleIndexError, match="doc_idx refers to a document outside sizes"):
@@ -190,21 +191,23 @@ def test_out_of_range_index_anywhere_is_an_error(bad, where):
 
 
 @needs_cpp
-def test_no_sizes_at_all_is_an_out_of_range_error():
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_no_sizes_at_all_is_an_out_of_range_error(dtype):
     """Every index is out of range; the scalar C++ paths must not read sizes[0] of an empty array."""
     for impl in ("numpy", "cpp"):
         with pytest.raises(SampleIndexError, match="doc_idx refers to a document outside sizes"):
-            build_sample_idx(np.zeros(0, np.int32), np.zeros(3, np.int64), 4, 0, impl=impl)
+            build_sample_idx(np.zeros(0, np.int32), np.zeros(3, dtype), 4, 0, impl=impl)
     for config in _cpp_configs():
         with pytest.raises(SampleIndexError, match="doc_idx refers to a document outside sizes"):
-            _cpp(np.zeros(0, np.int32), np.zeros(3, np.int64), 4, 0, *config)
+            _cpp(np.zeros(0, np.int32), np.zeros(3, dtype), 4, 0, *config)
 
 
 @needs_cpp
-def test_negative_length_is_rejected_by_cpp_whatever_the_split():
+@pytest.mark.parametrize("dtype", [np.int32, np.int64])
+def test_negative_length_is_rejected_by_cpp_whatever_the_split(dtype):
     sizes = np.full(40, 5, np.int32)
     sizes[33] = -3
-    doc_idx = np.arange(40, dtype=np.int64)
+    doc_idx = np.arange(40, dtype=dtype)
     for config in _cpp_configs():  # also when the rows are complete before document 33
         with pytest.raises(SampleIndexError, match="negative document length"):
             _cpp(sizes, doc_idx, 4, 1, *config)
@@ -243,12 +246,12 @@ def test_blocks_of_more_than_2_to_the_32_tokens():
 @given(sizes=st.lists(st.sampled_from([0, 1, 2, 0xfffe, 0xffff, 0x10000, 0x12345, 7_000_000]) | st.integers(0, 70_000),
                       min_size=1, max_size=60),
        epochs=st.integers(1, 2), seq=st.sampled_from([1, 3, 100, 0xffff, 0x10001, 3_000_000]),
-       seed=st.integers(0, 2**31), frac=st.floats(0.0, 1.0))
-def test_16_bit_table_escapes_long_documents(sizes, epochs, seq, seed, frac):
+       seed=st.integers(0, 2**31), frac=st.floats(0.0, 1.0), idx32=st.booleans())
+def test_16_bit_table_escapes_long_documents(sizes, epochs, seq, seed, frac, idx32):
     """Lengths from 0xffff up are escaped in the 16-bit copy and read from sizes (scalar, front walk and AVX-512
     paths); lengths just below stay in the copy."""
     sizes = np.asarray(sizes, np.int32)
-    doc_idx = _order(sizes, epochs, 0.5, seed)
+    doc_idx = _order(sizes, epochs, 0.5, seed, np.int32 if idx32 else np.int64)
     total = int(sizes[doc_idx].astype(np.int64).sum())
     if total < 1:
         return
@@ -261,7 +264,8 @@ def test_16_bit_table_escapes_long_documents(sizes, epochs, seq, seed, frac):
 @needs_cpp
 def test_16_bit_table_on_a_large_order_automatic_and_forced():
     """The automatic choice makes the 16-bit copy for 2^19+ documents (and keeps it with few escapes); forcing it
-    off or on gives the same rows, also when a tenth of the documents escape and at the very last entry."""
+    off or on gives the same rows, also when a tenth of the documents escape and at the very last entry; int32 and
+    int64 orders."""
     rng = np.random.default_rng(11)
     sizes = rng.integers(1, 3000, 600_000).astype(np.int32)
     doc_idx = np.concatenate([rng.permutation(sizes.size), [sizes.size - 1]]).astype(np.int64)
@@ -272,6 +276,28 @@ def test_16_bit_table_on_a_large_order_automatic_and_forced():
         n = (int(sizes[doc_idx].astype(np.int64).sum()) - 1) // S
         ref = build_sample_idx(sizes, doc_idx, S, n, impl="numpy")
         for threads in (1, 2):
-            for narrow in (-1, 0, 1):
-                out = _cpp(sizes, doc_idx, S, n, threads, 0, True, -1, narrow)
-                np.testing.assert_array_equal(out, ref, err_msg=f"threads {threads} narrow {narrow}")
+            for narrow, order in zip((-1, 0, 1), (doc_idx, doc_idx.astype(np.int32), doc_idx)):
+                out = _cpp(sizes, order, S, n, threads, 0, True, -1, narrow)
+                np.testing.assert_array_equal(out, ref, err_msg=f"threads {threads} narrow {narrow} {order.dtype}")
+            out = _cpp(sizes, doc_idx.astype(np.int32), S, n, threads, 0, True, -1, -1)
+            np.testing.assert_array_equal(out, ref, err_msg=f"threads {threads} automatic int32")
+
+
+@pytest.mark.parametrize("impl", IMPLS)
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.uint16, np.int16, np.uint32])
+def test_document_order_of_any_integer_dtype_gives_the_same_rows(impl, dtype):
+    """int32 is read as is (the datasets' order) and gives int32 rows, others are converted and give int64 rows; a
+    non-contiguous int32 view also works."""
+    rng = np.random.default_rng(2)
+    sizes = rng.integers(0, 30, 300).astype(np.int32)
+    order = np.concatenate([rng.permutation(300), rng.permutation(300)])
+    n = (int(sizes[order].sum()) - 1) // 7
+    ref = build_sample_idx(sizes, order.astype(np.int64), 7, n, impl="numpy")
+    rows = build_sample_idx(sizes, order.astype(dtype), 7, n, impl=impl)
+    assert rows.dtype == (np.int32 if dtype == np.int32 else np.int64)
+    np.testing.assert_array_equal(rows, ref)
+    strided = np.repeat(order.astype(np.int32), 2)[::2]
+    assert not strided.flags.c_contiguous
+    np.testing.assert_array_equal(build_sample_idx(sizes, strided, 7, n, impl=impl), ref)
+    if impl == "cpp":  # the extension itself, without the wrapper's conversion
+        np.testing.assert_array_equal(helpers._cpp.build_sample_idx(sizes, strided, 7, n), ref)
