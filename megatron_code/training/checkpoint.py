@@ -30,8 +30,15 @@ from ..parallel.reshard import FULL_FILE, check_same_layout, consolidate_layout,
 
 STAGING = ".staging"
 # Fields that may change between runs without changing the saved tensors' meaning.
-MUTABLE_MODEL_FIELDS = {"attention_dropout", "hidden_dropout", "embedding_dropout", "init_std", "scaled_init",
-                        "max_position_embeddings_extendable"}
+MUTABLE_MODEL_FIELDS = {"attention_dropout", "hidden_dropout", "embedding_dropout", "init_std", "scaled_init"}
+
+
+def mutable_model_fields(saved_model, model) -> set[str]:
+    """MUTABLE_MODEL_FIELDS, plus max_position_embeddings when neither model learns position embeddings: with RoPE
+    (or none) it sizes no tensor, so a run may raise it to extend the context."""
+    if saved_model.position_embedding != "learned" and model.position_embedding != "learned":
+        return MUTABLE_MODEL_FIELDS | {"max_position_embeddings"}
+    return MUTABLE_MODEL_FIELDS
 
 
 class CheckpointError(ConfigError):
@@ -180,8 +187,8 @@ def load_job_config(ckpt_dir: str, tag: str | None = None) -> JobConfig:
 def check_compatible(saved: JobConfig, job: JobConfig) -> None:
     """Raise naming every architecture field that differs between a checkpoint and the current job."""
     a, b = saved.model.to_dict(), job.model.to_dict()
-    diffs = [f"{k}: checkpoint {a[k]!r} vs now {b.get(k)!r}" for k in a
-             if k not in MUTABLE_MODEL_FIELDS and a[k] != b.get(k)]
+    mutable = mutable_model_fields(saved.model, job.model)
+    diffs = [f"{k}: checkpoint {a[k]!r} vs now {b.get(k)!r}" for k in a if k not in mutable and a[k] != b.get(k)]
     if diffs:
         raise CheckpointError("the checkpoint was trained with a different architecture; resume with the same model "
                               "flags (or --preset) as the saved run. Differences: " + "; ".join(diffs))

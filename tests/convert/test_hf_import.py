@@ -119,6 +119,28 @@ def test_import_writes_a_checkpoint_our_loaders_read(tmp_path):
         import_to_checkpoint(src, save)
 
 
+def test_export_records_the_trained_context_of_a_rope_model(tmp_path, capsys):
+    """RoPE accepts --seq-length above --max-position-embeddings; the export's config records the longer context
+    the checkpoint was trained on (with a note), and the weights are unchanged."""
+    from megatron_code.training.checkpoint import load_job_config
+
+    src = str(tmp_path / "src")
+    make_hf("llama_gqa", src)
+    save = str(tmp_path / "ck")
+    import_to_checkpoint(src, save)
+    config = os.path.join(save, open(os.path.join(save, "latest")).read().strip(), "config.yaml")
+    job = load_job_config(save)
+    assert job.model.max_position_embeddings == 128
+    job.data.seq_length = 512  # as a run with --seq-length 512 would have saved it
+    job.save(config)
+    out = str(tmp_path / "out")
+    export_checkpoint(save, out)
+    assert "max_position_embeddings=512" in capsys.readouterr().err
+    assert transformers.AutoConfig.from_pretrained(out).max_position_embeddings == 512
+    a, b = load_file(os.path.join(src, "model.safetensors")), load_file(os.path.join(out, "model.safetensors"))
+    assert sorted(a) == sorted(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_import_into_tensor_parallel_layout(tmp_path):
     """--tensor-model-parallel-size 2: a layout-free checkpoint configured for TP2 (via parallel.reshard); the
     export from it gives back the source tensors exactly."""
