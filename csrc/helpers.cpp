@@ -58,10 +58,11 @@ namespace py = pybind11;
 // So: (1) the walk has no data-dependent branch in the common case (a mispredict flushes the misses in flight)
 // and no per-document bounds check; (2) thread 0 walks from the front with software prefetch, while helper
 // threads gather from the back into a buffer (independent loads, many misses in flight; AVX-512 gathers and
-// 32-bit running sums per block when the CPU has them) and sum each block; once they meet, the block sums give
-// every buffered block its first token, and the buffered blocks' rows are emitted by all threads (per row, by
-// searching the running sums). Blocks are claimed dynamically in both phases, so a thread that gets no CPU
-// costs nothing but its help, and the result never depends on who did what.
+// 16-bit lengths when the CPU has them: the buffer is fresh memory, whose first touch costs as much as the
+// gathers) and sum each block; once they meet, the block sums give every buffered block its first token, and the
+// buffered blocks' rows are emitted by all threads (16 running sums at a time, a compare per row). Blocks are
+// claimed dynamically in both phases, so a thread that gets no CPU costs nothing but its help, and the result
+// never depends on who did what.
 // (3) The gather reads a 16-bit copy of sizes when that pays: half the bytes, so twice the documents per cache
 // level (5M documents: 10 MB instead of 20 MB, measured 2x faster gathers on a 32 MB L3). Lengths from 0xffff up
 // (and negative ones) are stored as the escape 0xffff and read from sizes itself. The copy is one sequential
@@ -76,7 +77,6 @@ constexpr int64_t kPrefetch = 32;           // documents fetched ahead by the fr
 constexpr int64_t kRun = 1024;              // documents per bounds decision in walk_range
 constexpr int64_t kDefaultBlock = 1 << 16;  // documents per claimable block
 constexpr int kMaxAutoThreads = 4;
-constexpr int kStreams = 4;                 // row searches interleaved per buffered block
 constexpr uint32_t kEscape = 0xffff;        // 16-bit table: "read the length from sizes"
 constexpr int64_t kNarrowChunk = 1 << 16;   // sizes entries per claimable chunk of the 16-bit copy
 constexpr uint64_t kNarrowMinSizes = 1 << 19;  // smaller tables (2 MB) already fit in a core's L2
@@ -116,7 +116,8 @@ struct Job {
   Idx* rows;           // (last_row + 1, 2), the dtype of doc_idx
   int32_t* lens;       // gathered lengths of buffered blocks, indexed like doc_idx (nullptr with one thread)
   int64_t* block_sum;  // tokens per buffered block, (num_blocks,)
-  uint8_t* prefixed;   // per block: lens holds running sums within the block (uint32) instead of lengths
+  uint16_t* lens16;    // the same as 16-bit lengths (AVX-512 helpers), or nullptr
+  uint8_t* packed;     // per block: its lengths are in lens16, not lens
   uint16_t* narrow;    // 16-bit copy of sizes (+1 padding entry), or nullptr; used when use_narrow
   bool use_narrow = false, force_narrow = false;
   std::atomic<int64_t> narrow_next{0}, escapes{0};
@@ -282,37 +283,39 @@ static int64_t gather_scalar(Tab s, uint64_t n, const Idx* d, int64_t lo, int64_
 }
 
 #if MC_X86_SIMD
-// The last documents [i, hi) of a block gathered by gather_sums_avx512, one by one: their lengths as running sums
-// continuing lens[i - 1] (from 0 when i == lo); returns their sum.
+// The last documents [i, hi) of a block gathered by gather16_avx512, one by one (same contract); returns their sum.
 template <class Tab, class Idx>
-static int64_t tail_sums(Tab tab, uint64_t n, const Idx* d, int64_t lo, int64_t i, int64_t hi, int32_t* lens,
-                         bool& ok, int32_t& sign) {
-  const int64_t tail = gather_scalar(tab, n, d, i, hi, lens, ok, sign);
-  uint32_t acc = i > lo ? static_cast<uint32_t>(lens[i - 1]) : 0u;
+static int64_t tail16(Tab tab, uint64_t n, const Idx* d, int64_t i, int64_t hi, uint16_t* lens16, bool& ok,
+                      int32_t& bits) {
+  int64_t sum = 0;
   for (; i < hi; ++i) {
-    acc += static_cast<uint32_t>(lens[i]);
-    lens[i] = static_cast<int32_t>(acc);
+    const uint64_t v = static_cast<uint64_t>(d[i]);
+    ok &= v < n;
+    const int32_t len = tab.get(v < n ? v : 0);
+    bits |= len;
+    lens16[i] = static_cast<uint16_t>(len);
+    sum += len;
   }
-  return tail;
+  return sum;
 }
 
 MC_HEADER_WARNINGS_OFF
-// Like gather_scalar, but lens[lo, hi) receives running sums from lo, modulo 2^32 (lens[i] = len(lo) + ... +
-// len(i)); returns the exact total. 8 documents per AVX-512 gather (masked: out-of-range lanes load nothing); the
-// running sum of the 8 lanes is 3 shifted adds in a register, plus the carry from the previous 8. From the 16-bit
-// table a lane loads 32 bits at 2 * index (the padding entry covers the last one) and keeps the low half; escaped
-// lanes are gathered again from sizes.
+// Lengths of doc_idx[lo, hi) into lens16[lo, hi), each cut to its low 16 bits; returns their exact sum. `bits` gets
+// the OR of the lengths: bits >> 16 != 0 when one did not fit (or was negative), and the block is then gathered
+// again in 32 bits. 8 documents per AVX-512 gather (masked: out-of-range lanes load nothing). From the 16-bit table
+// a lane loads 32 bits at 2 * index (the padding entry covers the last one) and keeps the low half; escaped lanes
+// are gathered again from sizes. Half the bytes of 32-bit lengths: the buffer is fresh memory, and its first
+// touch (page faults, zeroing) cost more than the gathers it holds.
 template <class Tab>
-__attribute__((target("avx512f,avx512vl"))) static int64_t gather_sums_avx512(Tab tab, uint64_t n,
-                                                                             const int64_t* d, int64_t lo,
-                                                                             int64_t hi, int32_t* lens, bool& ok,
-                                                                             int32_t& sign) {
+__attribute__((target("avx512f,avx512vl"))) static int64_t gather16_avx512(Tab tab, uint64_t n, const int64_t* d,
+                                                                          int64_t lo, int64_t hi, uint16_t* lens16,
+                                                                          bool& ok, int32_t& bits) {
   constexpr bool kNarrow = std::is_same<Tab, Narrow>::value;
   const __m512i limit = _mm512_set1_epi64(static_cast<long long>(n));
-  const __m256i zero = _mm256_setzero_si256(), lane7 = _mm256_set1_epi32(7);
+  const __m256i zero = _mm256_setzero_si256();
   const __m256i low16 = _mm256_set1_epi32(0xffff), escape = _mm256_set1_epi32(static_cast<int>(kEscape));
   __m512i sum = _mm512_setzero_si512();
-  __m256i bits = zero, carry = zero;
+  __m256i acc_bits = zero;
   __mmask8 all_in = 0xff;
   int64_t i = lo;
   for (; i + 8 <= hi; i += 8) {
@@ -327,35 +330,29 @@ __attribute__((target("avx512f,avx512vl"))) static int64_t gather_sums_avx512(Ta
     } else {
       v = _mm512_mask_i64gather_epi32(zero, in, idx, tab.s, 4);
     }
-    bits = _mm256_or_si256(bits, v);
+    acc_bits = _mm256_or_si256(acc_bits, v);
     sum = _mm512_add_epi64(sum, _mm512_cvtepi32_epi64(v));
-    __m256i x = _mm256_add_epi32(v, _mm256_alignr_epi32(v, zero, 7));  // lane j += lane j-1
-    x = _mm256_add_epi32(x, _mm256_alignr_epi32(x, zero, 6));           // lane j += lane j-2
-    x = _mm256_add_epi32(x, _mm256_alignr_epi32(x, zero, 4));           // lane j += lane j-4
-    x = _mm256_add_epi32(x, carry);
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lens + i), x);
-    carry = _mm256_permutexvar_epi32(lane7, x);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(lens16 + i), _mm256_cvtepi32_epi16(v));
   }
-  alignas(32) int32_t lanes[8];
-  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), bits);
-  for (int32_t x : lanes) sign |= x;
   ok &= all_in == 0xff;
-  return _mm512_reduce_add_epi64(sum) + tail_sums(tab, n, d, lo, i, hi, lens, ok, sign);
+  alignas(32) int32_t lanes[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lanes), acc_bits);
+  for (int32_t x : lanes) bits |= x;
+  return _mm512_reduce_add_epi64(sum) + tail16(tab, n, d, i, hi, lens16, ok, bits);
 }
 
-// The same for 32-bit doc_idx entries: 16 documents per gather, the running sum of 16 lanes in 4 shifted adds.
-// Lanes compare as unsigned against min(n, 2^31), so negative entries are out of range.
+// The same for 32-bit doc_idx entries: 16 documents per gather. Lanes compare as unsigned against min(n, 2^31), so
+// negative entries are out of range.
 template <class Tab>
-__attribute__((target("avx512f,avx512vl"))) static int64_t gather_sums_avx512(Tab tab, uint64_t n,
-                                                                             const int32_t* d, int64_t lo,
-                                                                             int64_t hi, int32_t* lens, bool& ok,
-                                                                             int32_t& sign) {
+__attribute__((target("avx512f,avx512vl"))) static int64_t gather16_avx512(Tab tab, uint64_t n, const int32_t* d,
+                                                                          int64_t lo, int64_t hi, uint16_t* lens16,
+                                                                          bool& ok, int32_t& bits) {
   constexpr bool kNarrow = std::is_same<Tab, Narrow>::value;
   const uint32_t top = static_cast<uint32_t>(std::min<uint64_t>(n, uint64_t{1} << 31));
   const __m512i limit = _mm512_set1_epi32(static_cast<int>(top));
-  const __m512i zero = _mm512_setzero_si512(), lane15 = _mm512_set1_epi32(15);
+  const __m512i zero = _mm512_setzero_si512();
   const __m512i low16 = _mm512_set1_epi32(0xffff), escape = _mm512_set1_epi32(static_cast<int>(kEscape));
-  __m512i sum = _mm512_setzero_si512(), bits = zero, carry = zero;
+  __m512i sum = _mm512_setzero_si512(), acc_bits = zero;
   __mmask16 all_in = 0xffff;
   int64_t i = lo;
   for (; i + 16 <= hi; i += 16) {
@@ -370,84 +367,63 @@ __attribute__((target("avx512f,avx512vl"))) static int64_t gather_sums_avx512(Ta
     } else {
       v = _mm512_mask_i32gather_epi32(zero, in, idx, tab.s, 4);
     }
-    bits = _mm512_or_si512(bits, v);
+    acc_bits = _mm512_or_si512(acc_bits, v);
     sum = _mm512_add_epi64(sum, _mm512_cvtepi32_epi64(_mm512_castsi512_si256(v)));
     sum = _mm512_add_epi64(sum, _mm512_cvtepi32_epi64(_mm512_extracti64x4_epi64(v, 1)));
-    __m512i x = _mm512_add_epi32(v, _mm512_alignr_epi32(v, zero, 15));  // lane j += lane j-1
-    x = _mm512_add_epi32(x, _mm512_alignr_epi32(x, zero, 14));           // lane j += lane j-2
-    x = _mm512_add_epi32(x, _mm512_alignr_epi32(x, zero, 12));           // lane j += lane j-4
-    x = _mm512_add_epi32(x, _mm512_alignr_epi32(x, zero, 8));            // lane j += lane j-8
-    x = _mm512_add_epi32(x, carry);
-    _mm512_storeu_si512(static_cast<void*>(lens + i), x);
-    carry = _mm512_permutexvar_epi32(lane15, x);
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(lens16 + i), _mm512_cvtepi32_epi16(v));
   }
-  sign |= _mm512_reduce_or_epi32(bits);
   ok &= all_in == 0xffff;
-  return _mm512_reduce_add_epi64(sum) + tail_sums(tab, n, d, lo, i, hi, lens, ok, sign);
+  bits |= _mm512_reduce_or_epi32(acc_bits);
+  return _mm512_reduce_add_epi64(sum) + tail16(tab, n, d, i, hi, lens16, ok, bits);
+}
+
+// Rows k..k_last of one buffered block from its 16-bit lengths L[0, m): row k is token t = k * S - base of the
+// block, in the first document j whose running sum E[j] (from the block's start) exceeds t. The running sums of 16
+// documents at a time are 4 shifted adds in a register (exact in 32 bits: the block's total is below 2^32), and the
+// count of those at or below t is j within the 16, so each row costs a compare, not a search. Every row here lies
+// inside the block.
+template <class Row>
+__attribute__((target("avx512f,avx512bw,avx512vl,popcnt"))) static void rows_from_lengths16(
+    const uint16_t* L, int64_t lo, int64_t m, int64_t base, int64_t k, int64_t k_last, int64_t S, Row* rows) {
+  const __m512i zero = _mm512_setzero_si512(), lane15 = _mm512_set1_epi32(15);
+  alignas(64) uint32_t E[16];
+  uint64_t t = static_cast<uint64_t>(k * S - base);
+  __m512i carry = zero;
+  uint32_t before = 0;  // running sum before the current 16 documents
+  for (int64_t c = 0; c < m && k <= k_last; c += 16) {
+    const int64_t left = m - c;
+    const __mmask16 valid = left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1);
+    __m512i x = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(valid, L + c));  // lanes past m: length 0
+    x = _mm512_add_epi32(x, _mm512_alignr_epi32(x, zero, 15));  // lane j += lane j-1
+    x = _mm512_add_epi32(x, _mm512_alignr_epi32(x, zero, 14));  // lane j += lane j-2
+    x = _mm512_add_epi32(x, _mm512_alignr_epi32(x, zero, 12));  // lane j += lane j-4
+    x = _mm512_add_epi32(x, _mm512_alignr_epi32(x, zero, 8));   // lane j += lane j-8
+    x = _mm512_add_epi32(x, carry);
+    carry = _mm512_permutexvar_epi32(lane15, x);
+    _mm512_store_si512(static_cast<void*>(E), x);
+    for (; k <= k_last && t < E[15]; ++k, t += static_cast<uint64_t>(S)) {
+      const int j = __builtin_popcount(_mm512_cmple_epu32_mask(x, _mm512_set1_epi32(static_cast<int>(t))));
+      rows[2 * k] = static_cast<Row>(lo + c + j);
+      rows[2 * k + 1] = static_cast<Row>(t - (j ? E[j - 1] : before));
+    }
+    before = E[15];
+  }
 }
 MC_HEADER_WARNINGS_ON
 #endif
 
 static bool cpu_has_avx512() {
 #if MC_X86_SIMD
-  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("popcnt");
+  return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("popcnt");
 #else
   return false;
 #endif
 }
 
-#if MC_X86_SIMD
-// Turn running sums (mod 2^32) in lens[lo, hi) back into lengths: exact, every length is below 2^31.
-static void sums_to_lengths(int32_t* lens, int64_t lo, int64_t hi) {
-  for (int64_t i = hi - 1; i > lo; --i) {
-    lens[i] = static_cast<int32_t>(static_cast<uint32_t>(lens[i]) - static_cast<uint32_t>(lens[i - 1]));
-  }
-}
-
-// Rows k..k_last of one buffered block whose lens were turned into running sums E (block-relative, sorted): row k
-// is token t = k * S - base of the block, in the first document j with E[j] > t (16 sums compared at once, the
-// count of those at or below t is how far j moves), so this costs per row, not per document. Every row here lies
-// inside the block: t < E[m - 1]. The rows are split into kStreams runs searched in lockstep: one search is a
-// chain of dependent loads and compares, several are in flight at once (1.5x over one chain, measured).
-template <class Row>
-__attribute__((target("avx512f,popcnt"))) static void rows_from_sums(const int32_t* sums, int64_t lo, int64_t m,
-                                                                     int64_t base, int64_t k, int64_t k_last,
-                                                                     int64_t S, Row* rows) {
-  const uint32_t* E = reinterpret_cast<const uint32_t*>(sums + lo);
-  int64_t next[kStreams], stop[kStreams], at[kStreams];
-  const int64_t n = k_last - k + 1;
-  for (int q = 0; q < kStreams; ++q) {
-    next[q] = k + n * q / kStreams;
-    stop[q] = k + n * (q + 1) / kStreams;
-    at[q] = next[q] < stop[q] ? std::upper_bound(E, E + m, static_cast<uint32_t>(next[q] * S - base)) - E : 0;
-  }
-  for (bool busy = true; busy;) {
-    busy = false;
-    for (int q = 0; q < kStreams; ++q) {
-      if (next[q] >= stop[q]) continue;
-      busy = true;
-      const int64_t r = next[q]++;
-      const uint32_t t = static_cast<uint32_t>(r * S - base);
-      const __m512i tv = _mm512_set1_epi32(static_cast<int>(t));
-      int64_t j = at[q];
-      for (;;) {  // masked loads never touch memory past the block
-        const int64_t left = m - j;
-        const __mmask16 valid = left >= 16 ? static_cast<__mmask16>(0xffff) : static_cast<__mmask16>((1u << left) - 1);
-        const __m512i e = _mm512_maskz_loadu_epi32(valid, E + j);
-        const int c = __builtin_popcount(_mm512_mask_cmple_epu32_mask(valid, e, tv));
-        j += c;
-        if (c < 16) break;
-      }
-      at[q] = j;
-      rows[2 * r] = static_cast<Row>(lo + j);
-      rows[2 * r + 1] = static_cast<Row>(t - (j ? E[j - 1] : 0u));
-    }
-  }
-}
-#endif
-
-// Helper threads: claim blocks from the back, gather their lengths into job.lens and sum them per block. With
-// AVX-512 a block holds running sums instead (if its total fits in 32 bits), so its rows are found per row.
+// Helper threads: claim blocks from the back, gather their lengths into a buffer and sum them per block. With
+// AVX-512 the buffer holds 16-bit lengths (lens16) when they all fit and the block's total fits in 32 bits; other
+// blocks (and CPUs without AVX-512) hold 32-bit lengths (lens), walked per document.
 template <class Tab, class Idx>
 static void gather_back(Job<Idx>& job, Tab tab) {
   int32_t sign = 0;
@@ -457,18 +433,21 @@ static void gather_back(Job<Idx>& job, Tab tab) {
     bool ok = true;
 #if MC_X86_SIMD
     if (job.simd) {
-      const int64_t sum = gather_sums_avx512(tab, job.num_sizes, job.doc_idx, lo, hi, job.lens, ok, sign);
-      job.block_sum[b] = sum;
-      if (sum >= 0 && sum < (int64_t{1} << 32)) {
-        job.prefixed[b] = 1;
-      } else {  // a block of more than 2^32 tokens: back to lengths, walked per document
-        sums_to_lengths(job.lens, lo, hi);
+      int32_t bits = 0;
+      const int64_t sum = gather16_avx512(tab, job.num_sizes, job.doc_idx, lo, hi, job.lens16, ok, bits);
+      if (ok && (bits >> 16) == 0 && sum < (int64_t{1} << 32)) {
+        job.block_sum[b] = sum;
+        job.packed[b] = 1;
+        continue;
       }
-    } else
-#endif
-    {
-      job.block_sum[b] = gather_scalar(tab, job.num_sizes, job.doc_idx, lo, hi, job.lens, ok, sign);
+      if (!ok) {
+        job.bad_index.store(true);
+        break;
+      }
+      // A length from 2^16 up, a negative one, or more than 2^32 tokens: this block again, in 32 bits.
     }
+#endif
+    job.block_sum[b] = gather_scalar(tab, job.num_sizes, job.doc_idx, lo, hi, job.lens, ok, sign);
     if (!ok) job.bad_index.store(true);
   }
   if (sign < 0) job.negative.store(true);
@@ -486,8 +465,8 @@ static void walk_buffered(const Job<Idx>& job, int64_t b, int64_t start, int64_t
   const int64_t last = std::min(job.last_row, (end + S - 1) / S - 1);
   if (c.k > last) return;
 #if MC_X86_SIMD
-  if (job.prefixed[b]) {
-    rows_from_sums(job.lens, lo, hi - lo, start, c.k, last, S, job.rows);
+  if (job.packed[b]) {
+    rows_from_lengths16(job.lens16 + lo, lo, hi - lo, start, c.k, last, S, job.rows);
     return;
   }
 #endif
@@ -658,8 +637,10 @@ static py::array_t<Idx> build_sample_idx_t(const Sizes& sizes_arr, const Idx* do
   job.rows = out.mutable_data();
   py::array_t<int32_t> lens(threads > 1 ? num_docs : 0);  // numpy's allocator: lazily faulted, huge pages
   std::vector<int64_t> block_sum(threads > 1 ? job.num_blocks : 0);
-  std::vector<uint8_t> prefixed(threads > 1 ? job.num_blocks : 0, 0);
-  job.prefixed = prefixed.data();
+  py::array_t<uint16_t> lens16(threads > 1 && job.simd ? num_docs : 0);  // only buffered blocks are touched
+  std::vector<uint8_t> packed(threads > 1 ? job.num_blocks : 0, 0);
+  job.packed = packed.data();
+  job.lens16 = lens16.size() ? lens16.mutable_data() : nullptr;
   job.lens = threads > 1 ? lens.mutable_data() : nullptr;
   job.block_sum = block_sum.data();
   const bool make_narrow = si::plan_narrow(job.num_sizes, num_docs, narrow);

@@ -242,6 +242,23 @@ def test_blocks_of_more_than_2_to_the_32_tokens():
 
 
 @needs_cpp
+def test_buffered_block_of_16_bit_lengths_over_2_to_the_32_tokens():
+    """Helpers keep 16-bit lengths per block and 32-bit sums within it: a block whose lengths all fit 16 bits but
+    whose total does not fit 32 bits (only with blocks above 65,537 documents) is gathered again in 32 bits."""
+    rng = np.random.default_rng(8)
+    sizes = np.full(140_000, 0xffff, np.int32)
+    sizes[rng.choice(sizes.size, 1000, replace=False)] = rng.integers(0, 0xffff, 1000)
+    doc_idx = rng.permutation(sizes.size).astype(np.int32)
+    S = 99_999_989
+    n = (int(sizes[doc_idx].astype(np.int64).sum()) - 1) // S
+    ref = build_sample_idx(sizes, doc_idx, S, n, impl="numpy")
+    for narrow in (0, 1):
+        for front_blocks in (0, 1):
+            out = _cpp(sizes, doc_idx, S, n, 2, 70_000, True, front_blocks, narrow)
+            np.testing.assert_array_equal(out, ref, err_msg=f"narrow {narrow} front_blocks {front_blocks}")
+
+
+@needs_cpp
 @settings(max_examples=60, deadline=None)
 @given(sizes=st.lists(st.sampled_from([0, 1, 2, 0xfffe, 0xffff, 0x10000, 0x12345, 7_000_000]) | st.integers(0, 70_000),
                       min_size=1, max_size=60),
