@@ -7,15 +7,24 @@ datasets used before) is timed as well. Runs are interleaved C++ (automatic thre
 C++ int64, numpy int64, ... and the median of each is reported, with the ratio of numpy to C++ for the same input.
 The C++ helper uses up to min(cores, 4) threads on inputs this large.
 
+Two protocols: repeated builds in this process (the default), and `--fresh-processes`, where every build is the first
+and only one of a new Python process (how indexes are built in practice: once, by tools/build_index.py or rank 0),
+so neither side reuses memory an earlier build freed. Builds alternate C++, C++ one thread, numpy in both.
+
     python benchmarks/bench_sample_index.py --repeats 5
     python benchmarks/bench_sample_index.py --docs 500000 --tokens 200000000 --repeats 5   # smaller
+    python benchmarks/bench_sample_index.py --fresh-processes --repeats 9
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -65,13 +74,45 @@ def interleave(label, fns, repeats, pairs=None):
             dt, out = timed(fn)
             times[name].append(dt)
             outs[name] = out
+    return report(label, times, pairs), outs
+
+
+def report(label, times, pairs=None):
+    """Prints each peer's median and runs, and the ratios of medians; returns the medians."""
     med = {k: statistics.median(v) for k, v in times.items()}
-    names = list(fns)
+    names = list(times)
     print(f"{label}: " + ", ".join(f"{k} median {med[k]:.3f} s (runs {', '.join(f'{x:.3f}' for x in times[k])})"
                                    for k in names))
     for ref, name in pairs or [(names[-1], n) for n in names[:-1]]:
         print(f"  ratio {ref}/{name} = {med[ref] / med[name]:.1f}x")
-    return med, outs
+    return med
+
+
+ONE_SHOT = {"cpp": dict(impl="cpp"), "cpp_1thread": dict(impl="cpp", threads=1), "numpy": dict(impl="numpy")}
+
+
+def one_shot(args):
+    """In a new process: make the dataset, time one build, print its seconds and a digest of the rows."""
+    sizes, doc_idx64 = synthetic(args.docs, args.tokens)
+    doc_idx = doc_idx64.astype(np.int32)
+    n = (int(sizes.sum(dtype=np.int64)) - 1) // args.seq_length
+    dt, rows = timed(lambda: helpers.build_sample_idx(sizes, doc_idx, args.seq_length, n, **ONE_SHOT[args.one_shot]))
+    print(json.dumps({"seconds": dt, "rows": hashlib.sha1(rows.tobytes()).hexdigest()}))
+
+
+def fresh_processes(args):
+    times, digests = {k: [] for k in ONE_SHOT}, set()
+    for r in range(args.repeats):
+        for name in ONE_SHOT:
+            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--one-shot", name, "--docs",
+                                  str(args.docs), "--tokens", str(args.tokens), "--seq-length", str(args.seq_length)],
+                                 check=True, capture_output=True, text=True)
+            result = json.loads(out.stdout.strip().splitlines()[-1])
+            times[name].append(result["seconds"])
+            digests.add(result["rows"])
+    assert len(digests) == 1, "twins disagree"
+    report("sample index, each build the first of a new process", times,
+           pairs=[("numpy", "cpp"), ("numpy", "cpp_1thread")])
 
 
 def main():
@@ -83,9 +124,17 @@ def main():
     ap.add_argument("--blend-samples", type=int, default=1_000_000)
     ap.add_argument("--blend-datasets", type=int, default=4)
     ap.add_argument("--python-loop", action="store_true", help="also time a plain Python loop once (reference)")
+    ap.add_argument("--fresh-processes", action="store_true",
+                    help="time each sample-index build as the first and only one of a new process")
+    ap.add_argument("--one-shot", choices=sorted(ONE_SHOT), help=argparse.SUPPRESS)  # the child of --fresh-processes
     args = ap.parse_args()
     if not helpers.cpp_available():
         raise SystemExit("C++ helpers not built: pip install -e . --no-build-isolation")
+    if args.one_shot:
+        return one_shot(args)
+    if args.fresh_processes:
+        print(f"dataset: {args.docs} docs, {args.tokens} tokens (target), S={args.seq_length}; {os.cpu_count()} cores")
+        return fresh_processes(args)
     sizes, doc_idx64 = synthetic(args.docs, args.tokens)
     doc_idx = doc_idx64.astype(np.int32)
     total = int(sizes.sum(dtype=np.int64))
