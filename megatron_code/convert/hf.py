@@ -19,7 +19,6 @@ from __future__ import annotations
 import glob
 import logging
 import os
-import sys
 
 import torch
 
@@ -102,9 +101,8 @@ def export_checkpoint(ckpt_dir: str, out_dir: str, target: str | None = None, wi
     if cfg.position_embedding != "learned" and job.data.seq_length > cfg.max_position_embeddings:
         # RoPE accepts a longer --seq-length than --max-position-embeddings (no tensor depends on it): the exported
         # config records the context the model was trained on, so Hugging Face tools do not cut it short.
-        print(f"note: trained with --seq-length {job.data.seq_length} > --max-position-embeddings "
-              f"{cfg.max_position_embeddings}; the export records max_position_embeddings={job.data.seq_length}",
-              file=sys.stderr)
+        log.warning("trained with --seq-length %d > --max-position-embeddings %d: the export records "
+                    "max_position_embeddings=%d", job.data.seq_length, cfg.max_position_embeddings, job.data.seq_length)
         cfg.max_position_embeddings = job.data.seq_length
     return export_model(cfg, state, out_dir, tokenizer if with_tokenizer else None, target, dtype)
 
