@@ -114,9 +114,10 @@ struct Job {
   int64_t front_limit;  // most blocks thread 0 walks (-1: no limit); tests use it to force buffered blocks
   bool simd;           // helpers may use AVX-512 gathers (when the CPU has them)
   Idx* rows;           // (last_row + 1, 2), the dtype of doc_idx
-  int32_t* lens;       // gathered lengths of buffered blocks, indexed like doc_idx (nullptr with one thread)
+  int32_t* lens;       // gathered lengths of buffered blocks not in lens16, indexed like doc_idx (nullptr with one
+                       // thread)
   int64_t* block_sum;  // tokens per buffered block, (num_blocks,)
-  uint16_t* lens16;    // the same as 16-bit lengths (AVX-512 helpers), or nullptr
+  uint16_t* lens16;    // AVX-512 helpers: 16-bit lengths of buffered blocks, indexed like doc_idx, or nullptr
   uint8_t* packed;     // per block: its lengths are in lens16, not lens
   uint16_t* narrow;    // 16-bit copy of sizes (+1 padding entry), or nullptr; used when use_narrow
   bool use_narrow = false, force_narrow = false;
