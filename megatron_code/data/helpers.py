@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 
 import numpy as np
 
@@ -64,6 +65,9 @@ def build_sample_idx(sizes, doc_idx, seq_length: int, num_samples: int, impl: st
         raise SampleIndexError(f"seq_length must be >= 1, got {seq_length}")
     if num_samples < 0:
         raise SampleIndexError(f"num_samples must be >= 0, got {num_samples}")
+    if (num_samples + 1) * 16 > sys.maxsize:
+        raise SampleIndexError(f"{num_samples} samples: their index would not fit in memory (too many samples "
+                               f"asked for; check --train-iters / --train-samples and the global batch size)")
     if _pick(impl) == "cpp":
         # The C++ pass bounds-checks every doc_idx entry while it reads it (same contract and text as below), so
         # the two extra numpy passes (min, max) are not needed here.
