@@ -263,6 +263,25 @@ def test_buffered_block_of_16_bit_lengths_over_2_to_the_32_tokens():
 
 
 @needs_cpp
+@pytest.mark.parametrize("S", [4096, 99_999_989, 2**28 + 3])
+def test_buffered_16_bit_blocks_near_2_to_the_32_tokens(S):
+    """Buffered blocks of 16-bit lengths find 16 rows at a time from 32-bit targets (up to 15 S past the next row):
+    the targets of rows inside the block are below its token count, below 2^32, and the lanes past the block's last
+    row (whose targets wrap in 32 bits for the larger S) are masked off. Blocks of 65,536 documents of ~65,000 tokens:
+    4.26e9 tokens each, just below 2^32."""
+    rng = np.random.default_rng(9)
+    sizes = rng.integers(64_900, 65_100, 3 * 65_536).astype(np.int32)
+    sizes[rng.choice(sizes.size, 500, replace=False)] = 0
+    doc_idx = rng.permutation(sizes.size).astype(np.int32)
+    n = (int(sizes.sum(dtype=np.int64)) - 1) // S
+    ref = build_sample_idx(sizes, doc_idx, S, n, impl="numpy")
+    for front_blocks in (0, 1):
+        for order in (doc_idx, doc_idx.astype(np.int64)):
+            out = _cpp(sizes, order, S, n, 2, 0, True, front_blocks, -1)
+            np.testing.assert_array_equal(out, ref, err_msg=f"front_blocks {front_blocks} {order.dtype}")
+
+
+@needs_cpp
 @settings(max_examples=60, deadline=None)
 @given(sizes=st.lists(st.sampled_from([0, 1, 2, 0xfffe, 0xffff, 0x10000, 0x12345, 7_000_000]) | st.integers(0, 70_000),
                       min_size=1, max_size=60),
