@@ -43,8 +43,8 @@
 #define MC_HEADER_WARNINGS_ON
 #endif
 
-// Whole 2 MB pages for the sample index's large arrays (class Pages); not under AddressSanitizer, which checks the
-// bounds of malloc'd memory only.
+// Whole 2 MB pages for the sample index's large arrays (class Pages); not under AddressSanitizer, which finds
+// overflows by the redzones it puts around malloc'd memory.
 #if defined(__linux__) && !defined(__SANITIZE_ADDRESS__)
 #include <sys/mman.h>
 #if defined(MADV_HUGEPAGE)
@@ -69,12 +69,12 @@ namespace py = pybind11;
 
 // ---- fresh memory in whole 2 MB pages ------------------------------------------------------------------------
 // The sample-index build's large arrays (its rows, the 16-bit copy of sizes, the helpers' buffers) are fresh memory
-// touched once, so their first touch is part of the build. In this VM a first touch of 4 KB pages cost 0.5 ms/MB
-// and of transparent 2 MB pages 0.11 ms/MB (benchmarks/fault_pages.c). numpy asks for huge pages as well, but from
-// an array's first 2 MB boundary to its last, so the head and tail of each array (2 MB per array on average) stay
-// 4 KB pages: 1,229 faults per build here. These arrays are mapped 2 MB-aligned instead, in whole 2 MB pages, with
-// the kernel asked for huge pages (a hint; without transparent huge pages they are ordinary pages). Small arrays,
-// and systems other than Linux, use malloc.
+// touched once, so their first touch is part of the build. In this VM a first touch of 4 KB pages cost 0.43-0.57
+// ms/MB and of transparent 2 MB pages 0.094-0.111 ms/MB (benchmarks/fault_pages.c). numpy asks for huge pages as
+// well, but from an array's first 2 MB boundary to its last, so the head and tail of each array (2 MB per array on
+// average) stay 4 KB pages: 1,229 faults per build here. These arrays are mapped 2 MB-aligned instead, in whole 2 MB
+// pages, with the kernel asked for huge pages (a hint; without transparent huge pages they are ordinary pages).
+// Small arrays, systems other than Linux, and AddressSanitizer builds use malloc.
 class Pages {
  public:
   static constexpr size_t kHuge = size_t{2} << 20;
@@ -88,8 +88,8 @@ class Pages {
       void* raw = mmap(nullptr, len + kHuge, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
       if (raw == MAP_FAILED) throw std::bad_alloc();
       const uintptr_t r = reinterpret_cast<uintptr_t>(raw), a = (r + kHuge - 1) & ~uintptr_t{kHuge - 1};
-      if (a > r) munmap(raw, a - r);                                        // unaligned head
-      if (a - r < kHuge) munmap(reinterpret_cast<void*>(a + len), kHuge - (a - r));  // rest of the tail
+      if (a > r) munmap(raw, a - r);                                     // the unaligned head
+      munmap(reinterpret_cast<void*>(a + len), kHuge - (a - r));         // and what is left past the end
       p_ = reinterpret_cast<void*>(a);
       mapped_ = len;
       madvise(p_, len, MADV_HUGEPAGE);
@@ -473,7 +473,8 @@ __attribute__((target("avx512f"))) static inline void store_pairs(int64_t* out, 
   const __m512i f = _mm512_set1_epi64(first);
   const __m256i j0 = _mm512_castsi512_si256(j), j1 = _mm512_extracti64x4_epi64(j, 1);
   const __m256i o0 = _mm512_castsi512_si256(off), o1 = _mm512_extracti64x4_epi64(off, 1);
-  const __m512i p0 = _mm512_add_epi64(_mm512_cvtepu32_epi64(j0), f), p1 = _mm512_add_epi64(_mm512_cvtepu32_epi64(j1), f);
+  const __m512i p0 = _mm512_add_epi64(_mm512_cvtepu32_epi64(j0), f);
+  const __m512i p1 = _mm512_add_epi64(_mm512_cvtepu32_epi64(j1), f);
   const __m512i q0 = _mm512_cvtepu32_epi64(o0), q1 = _mm512_cvtepu32_epi64(o1);
   _mm512_mask_storeu_epi64(out, static_cast<__mmask8>(pairs), _mm512_permutex2var_epi64(p0, lo, q0));
   _mm512_mask_storeu_epi64(out + 8, static_cast<__mmask8>(pairs >> 8), _mm512_permutex2var_epi64(p0, hi, q0));
