@@ -363,14 +363,15 @@ def build_pipeline(model: nn.Module, groups: ParallelGroups, loss_fn: LossFn, *,
 
 
 def _stage_materializer(model: nn.Module) -> Optional[Callable[[nn.Module], None]]:
-    """For a meta GPT with pending init seeds: a function creating one pipeline layer's parameters."""
-    from ..model.init import materialize_gpt_params
+    """For a meta GPT with pending init seeds: a function creating one pipeline layer's parameters. All the layers
+    of the stage draw through one scratch buffer, freed with the function once the stage is built."""
+    from ..model.init import Scratch, materialize_gpt_params
 
     seeds = getattr(model, PENDING_INIT_ATTR, None)
     if seeds is None:
         return None
-    cfg = model.cfg
-    return lambda layer: materialize_gpt_params(layer, cfg, seeds)
+    cfg, scratch = model.cfg, Scratch("cpu")
+    return lambda layer: materialize_gpt_params(layer, cfg, seeds, "cpu", scratch)
 
 
 def _ensure_deepspeed_comm() -> None:

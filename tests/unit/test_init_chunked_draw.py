@@ -105,3 +105,39 @@ def test_tp8_rank_of_a_256k_vocabulary_never_holds_the_full_embedding():
     assert res["made"] < res["embedding"] / 4
     # A whole draw grows the peak by at least the full embedding (64 MiB); pieces by this rank's part and a piece.
     assert res["grown"] < res["embedding"] / 2, res
+
+
+def test_a_pipeline_stage_materialises_its_layers_through_one_scratch_buffer(monkeypatch):
+    """build_pipeline materialises a stage layer by layer; all its layers share one Scratch (one buffer, grown to
+    the largest draw), freed with the stage's materialiser. One per layer left the freed buffers in the heap: 92 MB
+    of each rank's 1.39 GiB peak in a TP2 x PP2 democratize-300m build (1.30 GiB with one). The layers' values are
+    still the single-process init."""
+    import megatron_code.model.init as init
+    from megatron_code.config.model import ModelConfig
+    from megatron_code.model import GPT
+    from megatron_code.parallel.pipeline import PENDING_INIT_ATTR, BlockPipe, _stage_materializer
+
+    made = []
+
+    class CountingScratch(init.Scratch):
+        def __init__(self, device):
+            made.append(self)
+            super().__init__(device)
+
+    monkeypatch.setattr(init, "Scratch", CountingScratch)
+    cfg = ModelConfig(vocab_size=256, num_layers=3, hidden_size=64, num_attention_heads=8, ffn_hidden_size=128,
+                      max_position_embeddings=16)
+    with torch.device("meta"):
+        meta = GPT(cfg)
+    seeds = init.module_seeds(meta, torch.Generator().manual_seed(7))
+    setattr(meta, PENDING_INIT_ATTR, seeds)
+    materialize = _stage_materializer(meta)
+    layers = [BlockPipe(i, meta.layers[i], None, 10000.0) for i in range(cfg.num_layers)]
+    for layer in layers:
+        materialize(layer)
+    assert len(made) == 1, f"{len(made)} scratch buffers for one stage"
+    ref = GPT(cfg)
+    init.init_gpt_weights(ref, cfg, torch.Generator().manual_seed(7))
+    for i, layer in enumerate(layers):
+        for name, p in layer.layers[str(i)].named_parameters():
+            assert torch.equal(p, ref.layers[i].get_parameter(name)), f"layers.{i}.{name}"
