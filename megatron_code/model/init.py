@@ -256,7 +256,7 @@ def materialize_gpt_params(root: nn.Module, cfg: ModelConfig, seeds: dict[str, i
     weight. Parameters already real are left alone (a module shared between pipeline layers is materialised
     once). `scratch`: a `Scratch(device)` to share with other calls of the same build (default: a new one). Returns
     the number of elements created."""
-    created, scratch = 0, scratch or Scratch(device)
+    created, scratch = 0, (scratch if scratch is not None else Scratch(device))
     for name, module in root.named_modules():
         for pname, p in list(module.named_parameters(recurse=False)):
             if p.device.type != "meta":
