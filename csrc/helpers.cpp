@@ -493,7 +493,7 @@ __attribute__((target("avx512f"))) static inline void store_pairs(int64_t* out, 
 // (a compare per row, whose loop exit mispredicted about once per 16 documents) was 1.9x slower on 3M documents of
 // 400 tokens on average, S = 2048; in the benchmark's build this phase went from 2.45 to 1.4 ms (2 threads).
 template <class Row>
-__attribute__((target("avx512f,avx512bw,avx512vl,avx512dq,popcnt"))) static void rows_from_lengths16(
+__attribute__((target("avx512f,avx512bw,avx512vl,popcnt"))) static void rows_from_lengths16(
     const uint16_t* L, int64_t lo, int64_t m, int64_t base, int64_t k, int64_t k_last, int64_t S, Row* rows) {
   const __m512i zero = _mm512_setzero_si512(), lane15 = _mm512_set1_epi32(15);
   const __m512i iota = _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);

@@ -1,7 +1,6 @@
 """C++ and numpy twins of the sample/blending index loops give identical arrays (FORMATS.md sections 2-3)."""
 
 import gc
-import os
 import sys
 
 import numpy as np
@@ -11,6 +10,7 @@ from hypothesis import strategies as st
 
 from megatron_code.data import helpers
 from megatron_code.data.helpers import SampleIndexError, build_blending_indices, build_sample_idx
+from megatron_code.testing import peak_rss_growth
 
 needs_cpp = pytest.mark.skipif(not helpers.cpp_available(), reason="C++ helpers not built (pip install -e .)")
 IMPLS = ["numpy", pytest.param("cpp", marks=needs_cpp)]
@@ -343,11 +343,6 @@ def test_document_order_of_any_integer_dtype_gives_the_same_rows(impl, dtype):
         np.testing.assert_array_equal(helpers._cpp.build_sample_idx(sizes, strided, 7, n), ref)
 
 
-def _rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
 @needs_cpp
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="2 MB mappings are Linux-only (malloc elsewhere)")
 @pytest.mark.parametrize("idx_dtype", [np.int32, np.int64])
@@ -371,11 +366,10 @@ def test_large_rows_are_2mb_aligned_own_their_memory_and_free_it(tmp_path, idx_d
     assert ref[0, 0] == 0
     del rows
     gc.collect()
-    before = _rss_bytes()
-    for _ in range(25):
-        build_sample_idx(sizes, order, S, n, impl="cpp", threads=2)
-    gc.collect()
-    assert _rss_bytes() - before < 25 * ref.nbytes // 4, "rows (or buffers) are not freed"
+    with peak_rss_growth() as grown:  # one build's arrays at a time, unless they leak
+        for _ in range(25):
+            build_sample_idx(sizes, order, S, n, impl="cpp", threads=2)
+    assert grown.bytes < 25 * ref.nbytes // 4, f"rows (or buffers) are not freed: {grown.mib:.0f} MiB"
 
 
 @pytest.mark.parametrize("impl", IMPLS)
