@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import typing
 from typing import Any
 
@@ -40,16 +41,59 @@ def coerce(value: Any, annotation: Any, name: str) -> Any:
         if isinstance(value, int) and value in (0, 1):
             return bool(value)
         raise ConfigError(f"{name}: expected true/false, got {value!r}")
-    if annotation in (int, float, str):
+    if annotation is int:
+        return _coerce_int(value, name)
+    if annotation is float:
         try:
-            if annotation is int and isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            if annotation is int and isinstance(value, str):
-                return int(float(value)) if "e" in value.lower() else int(value)
-            return annotation(value)
+            number = float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"{name}: expected {annotation.__name__}, got {value!r}") from None
+            raise ConfigError(f"{name}: expected float, got {value!r}") from None
+        if not math.isfinite(number):  # NaN and inf pass every `x <= 0` range check below: refuse them here
+            raise ConfigError(f"{name}: must be a finite number, got {value!r}")
+        return number
+    if annotation is str:
+        return str(value)
     return value
+
+
+def _coerce_int(value: Any, name: str) -> int:
+    """An integer given as 12, "12", "1e3" or 1e3; never truncated: 2.5 and "2.5e0" are refused, not read as 2."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{name}: expected int, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return int(value)
+        except ValueError:
+            pass
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name}: expected int, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ConfigError(f"{name}: expected int, got {value!r}")
+    if not number.is_integer():
+        raise ConfigError(f"{name}: expected int, got {value!r} (refused rather than truncated)")
+    # float(str) rounds above 2**53; the decimal string keeps the exact value ("1e11" is exactly 10**11 either way)
+    if isinstance(value, str):
+        from decimal import Decimal, InvalidOperation
+        try:
+            return int(Decimal(value))
+        except (InvalidOperation, ValueError):
+            pass
+    return int(number)
+
+
+def check_ranges(section: str, rules: dict[str, tuple[float | None, float | None]], cfg: Any) -> None:
+    """Each field in `rules` must lie in [low, high] (None: unbounded; None values of Optional fields pass)."""
+    for key, (low, high) in rules.items():
+        value = getattr(cfg, key)
+        if value is None:
+            continue
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = (f">= {low}" if high is None else f"<= {high}" if low is None else f"in [{low}, {high}]")
+            raise ConfigError(f"{section}.{key} must be {bounds}, got {value}")
 
 
 class ConfigBase:

@@ -70,7 +70,13 @@ def _check_choice(flag: str, choices: tuple[str, ...]) -> Setter:
 
 
 def _loss_scale_power(v: str) -> int:
-    return int(round(math.log2(float(v))))
+    try:
+        scale = float(v)
+    except ValueError:
+        scale = float("nan")
+    if not math.isfinite(scale) or scale <= 0:
+        raise ConfigError(f"--initial-loss-scale must be a positive number (a power of two, e.g. 65536), got '{v}'")
+    return int(round(math.log2(scale)))
 
 
 # Megatron and Megatron-DeepSpeed names for our tokenizer types (Megatron-DeepSpeed's HFTokenizer loads a Hugging
@@ -314,6 +320,7 @@ class _LineState:
     data_args_path: str | None = None  # --data-args-path
     split_args_path: str | None = None  # --per-split-data-args-path
     data_flags: set[str] = field(default_factory=set)  # which of _DATA_PATH_FLAGS the line gives
+    precisions: set[str] = field(default_factory=set)  # --fp16 / --bf16 given on the line
 
 
 def _split_flag(token: str) -> tuple[str, str | None]:
@@ -518,6 +525,8 @@ def parse_args(argv: list[str]) -> CliArgs:
         elif name in _STATEFUL_FLAGS:
             _stateful_flag(name, value, state, overrides, out.notes)
         elif name in MEGATRON_FLAGS:
+            if name in ("fp16", "bf16"):
+                state.precisions.add(name)
             state.rope = state.rope or name == "use-rotary-position-embeddings" or (
                 name == "position-embedding-type" and value == "rope")
             state.sequence_parallel = state.sequence_parallel or name == "sequence-parallel"
@@ -560,6 +569,8 @@ def parse_args(argv: list[str]) -> CliArgs:
 
 
 def _finish_line(state: _LineState, overrides: list[tuple[Setter, Any]], notes: list[str]) -> None:
+    if len(state.precisions) > 1:  # Megatron refuses the pair too; taking the last one given would be a guess
+        raise ConfigError("--fp16 and --bf16 are both given: choose one precision")
     if state.query_groups is not None:
         if state.gqa:
             overrides.append((_set("model.num_kv_heads"), state.query_groups))

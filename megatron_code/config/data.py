@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .base import ConfigBase, ConfigError
+from .base import ConfigBase, ConfigError, check_ranges
 
 TOKENIZER_TYPES = ("GPT2BPETokenizer", "HuggingFaceTokenizer", "SentencePieceTokenizer")
 OBJECTIVES = ("causal", "fim", "mim")
@@ -58,6 +59,26 @@ class DataConfig(ConfigBase):
             raise ConfigError(f"--split must look like 969,30,1, got '{self.split}'") from None
         if not parts or any(p < 0 for p in parts) or sum(parts) <= 0:
             raise ConfigError(f"--split weights must be non-negative and not all zero, got '{self.split}'")
+        check_ranges("data", {"num_workers": (0, None)}, self)
+        for flag, items in (("data-path", self.data_path), ("train-data-path", self.train_data_path),
+                            ("valid-data-path", self.valid_data_path), ("test-data-path", self.test_data_path)):
+            _check_blend_weights(flag, items)
+
+
+def _check_blend_weights(flag: str, items: list[str]) -> None:
+    """Megatron's weighted form "W1 PREFIX1 W2 PREFIX2 ...": every weight a finite positive number. A zero weight
+    would build a dataset that is never sampled (and, at 0 samples, an index that cannot be built): leave the
+    prefix out instead."""
+    if len(items) < 2 or len(items) % 2:
+        return
+    try:
+        weights = [float(w) for w in items[0::2]]
+    except ValueError:
+        return  # not the weighted form: plain prefixes
+    for w, prefix in zip(weights, items[1::2]):
+        if not math.isfinite(w) or w <= 0:
+            raise ConfigError(f"--{flag}: blend weight {w:g} for {prefix} must be a positive number; to leave "
+                              f"{prefix} out of the blend, remove it from --{flag}")
 
 
 @dataclass
@@ -80,5 +101,6 @@ class ObjectiveConfig(ConfigBase):
                 raise ConfigError(f"--{name.replace('_', '-')} must be in [0, 1]")
         if self.mim_divergence not in ("tv", "js", "kl", "rkl", "l2"):
             raise ConfigError(f"--mim-divergence must be tv, js, kl, rkl or l2, got '{self.mim_divergence}'")
+        check_ranges("objective", {"fim_fragment_rate": (0, 1), "mim_beta": (0, None)}, self)
         if self.fim_mode not in ("sample", "document"):
             raise ConfigError("objective.fim_mode must be 'sample' or 'document'")

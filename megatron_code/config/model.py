@@ -116,3 +116,6 @@ class ModelConfig(ConfigBase):
         need(self.vocab_pad_multiple >= 1, "model.vocab_pad_multiple must be >= 1")
         need(self.init_std > 0, "model.init_std must be positive")
         need(self.ffn_size > 0, "model.ffn_hidden_size must be positive")
+        need(self.norm_eps > 0, f"model.norm_eps (--norm-epsilon) must be positive, got {self.norm_eps}")
+        need(self.rotary_base > 0, f"model.rotary_base (--rotary-base) must be positive, got {self.rotary_base}")
+        need(self.rotary_dims is None or self.rotary_dims >= 0, "model.rotary_dims must be >= 0")

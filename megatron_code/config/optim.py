@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .base import ConfigBase, ConfigError
+from .base import ConfigBase, ConfigError, check_ranges
 
 DECAY_STYLES = ("constant", "linear", "cosine", "inverse-square-root")
 
@@ -47,6 +47,9 @@ class OptimConfig(ConfigBase):
             raise ConfigError("--adam-beta1/--adam-beta2 must be in [0, 1)")
         if self.clip_grad < 0 or self.weight_decay < 0 or self.lr_warmup_iters < 0:
             raise ConfigError("--clip-grad, --weight-decay and --lr-warmup-iters must be >= 0")
+        if self.adam_eps <= 0:
+            raise ConfigError(f"--adam-eps must be positive (it keeps Adam's division finite), got {self.adam_eps}")
+        check_ranges("optim", {"lr_warmup_fraction": (0, 1), "lr_decay_iters": (1, None)}, self)
         for name in ("lr_warmup_samples", "lr_warmup_tokens"):
             value = getattr(self, name)
             if value is not None and value < 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Optional
 
-from .base import ConfigBase, ConfigError
+from .base import ConfigBase, ConfigError, check_ranges
 
 
 @dataclass
@@ -85,3 +85,12 @@ class TrainingConfig(ConfigBase):
             raise ConfigError(f"--min-loss-scale must be positive, got {self.min_loss_scale}")
         if self.exit_duration_mins < 0:
             raise ConfigError("--exit-duration-in-mins must be >= 0 (0 = no limit)")
+        # numpy's legacy seeding (seed_everything) takes 0 <= seed < 2**32
+        check_ranges("training", {"seed": (0, 2 ** 32 - 1), "save_interval": (0, None), "exit_interval": (0, None),
+                                  "eval_interval": (0, None), "eval_iters": (0, None), "keep_checkpoints": (0, None),
+                                  "cpu_threads": (0, None), "initial_loss_scale_power": (0, 127)}, self)
+        if self.peak_tflops is not None and self.peak_tflops <= 0:
+            raise ConfigError(f"--training.peak_tflops must be positive (or unset), got {self.peak_tflops}")
+        if self.eval_interval and self.eval_iters == 0:
+            raise ConfigError(f"--eval-iters 0 with --eval-interval {self.eval_interval}: validation would average "
+                              f"no batches; give --eval-iters N, or --eval-interval 0 to turn validation off")

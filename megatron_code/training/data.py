@@ -6,7 +6,7 @@ read the same ones. Index caches are built by global rank 0 (when --data-cache-p
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from torch.utils.data import DataLoader
@@ -36,6 +36,8 @@ class JobData:
     train: object
     valid: object | None
     test: object | None
+    # Things the user should hear about (printed once by the trainer), e.g. validation asked for but impossible.
+    notes: list[str] = field(default_factory=list)
 
 
 def build_job_data(job: JobConfig, eod: int | None, is_builder: bool, barrier) -> JobData:
@@ -64,7 +66,12 @@ def build_job_data(job: JobConfig, eod: int | None, is_builder: bool, barrier) -
     if train is None:
         raise ConfigError("the training split is empty: check --split / --train-data-path")
     check_vocab([train, valid, test], job.model.vocab_size)
-    return JobData(train, valid, test)
+    notes = []
+    if t.eval_interval and valid is None:
+        where = (f"--split {d.split} gives it no documents" if d.data_path else "no --valid-data-path is given")
+        notes.append(f"validation is off: the validation split is empty ({where}); give it documents (e.g. "
+                     f"--split 98,2,0 or --valid-data-path), or pass --eval-interval 0 to train without it")
+    return JobData(train, valid, test, notes)
 
 
 def make_loader(dataset, job: JobConfig, consumed_samples: int, dp_rank: int, dp_size: int,

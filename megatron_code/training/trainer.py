@@ -179,6 +179,8 @@ class Trainer:
         self.data = build_job_data(job, eod, is_builder=self.rank == 0,
                                    barrier=dist.barrier if self.world > 1 else None)
         self.data.train = self.objective.wrap_train(self.data.train)
+        for note in self.data.notes:
+            log(f"note: {note}", self.rank)
         self.tp_group = self.groups.tp_group if self.groups.tp_size > 1 else None
         # with PP: decided when the pipeline was built (and possibly switched off above)
         self.fused_loss = self._fused_loss_applies() and (not self.pipelined or self.engine.module.head_in_loss)

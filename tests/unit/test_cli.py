@@ -72,8 +72,9 @@ def test_precedence_preset_then_yaml_then_command_line(tmp_path):
 def test_overrides_apply_in_order_given():
     assert parse_args(["--num-layers", "8", "--model.num_layers", "10"]).job.model.num_layers == 10
     assert parse_args(["--model.num_layers", "10", "--num-layers", "8"]).job.model.num_layers == 8
-    assert parse_args(["--fp16", "--bf16"]).job.training.precision == "bf16"
-    assert parse_args(["--bf16", "--fp16"]).job.training.precision == "fp16"
+    # (--fp16 --bf16 together is refused: tests/unit/test_validation.py)
+    assert parse_args(["--fp16", "--training.precision", "bf16"]).job.training.precision == "bf16"
+    assert parse_args(["--training.precision", "bf16", "--fp16"]).job.training.precision == "fp16"
     assert parse_args(["--normalization", "RMSNorm", "--normalization", "LayerNorm"]).job.model.norm == "layernorm"
     job = parse_args(["--position-embedding-type", "learned_absolute", "--position-embedding-type", "rope"]).job
     assert job.model.position_embedding == "rope"
@@ -275,8 +276,11 @@ def test_print_config_switch_and_inline_values():
 
 
 def test_negative_and_exponent_values_are_values():
-    job = parse_args(["--model.rotary_base", "1e4", "--training.seed", "-1"]).job
-    assert job.model.rotary_base == 1e4 and job.training.seed == -1
+    job = parse_args(["--model.rotary_base", "1e4", "--training.seed", "7"]).job
+    assert job.model.rotary_base == 1e4 and job.training.seed == 7
+    # "-1" is read as the value (not as a flag): the error is about the seed's range, not a missing value
+    with pytest.raises(ConfigError, match=r"training.seed must be in \[0, "):
+        parse_args(["--model.rotary_base", "1e4", "--training.seed", "-1"])
 
 
 def test_data_impl_does_not_clobber_cache_path():
