@@ -17,14 +17,17 @@ its files are exactly what the trainer's ``--load`` expects.
 from __future__ import annotations
 
 import glob
+import json
 import logging
 import os
+import shutil
 
 import torch
 
 from ..config.base import ConfigError
 from ..config.model import ModelConfig
-from .keymaps import (UnsupportedArchitecture, choose_target, from_hf_config, from_hf_state_dict,
+from . import remote
+from .keymaps import (REMOTE, UnsupportedArchitecture, choose_target, from_hf_config, from_hf_state_dict,
                       hf_config_kwargs, to_hf_state_dict)
 from .tokenizer_export import export_tokenizer, import_tokenizer
 
@@ -38,9 +41,24 @@ class ConversionError(ConfigError):
 
 # ------------------------------------------------------------------------------------------------ export
 def _config_class(target: str):
-    import transformers
+    transformers = _transformers()
+    name = "GPT2Config" if target == "GPT2LMHeadModel" else target.replace("ForCausalLM", "Config")
+    return getattr(transformers, name)
 
-    return getattr(transformers, target.replace("ForCausalLM", "Config"))
+
+def _transformers():
+    """The transformers module, or a ConversionError naming the extra that installs it."""
+    try:
+        import transformers
+    except ModuleNotFoundError:
+        raise ConversionError("Hugging Face conversion needs the transformers package: pip install "
+                              "'megatron_code[hf]' (or pip install transformers safetensors)") from None
+    try:
+        import safetensors  # noqa: F401
+    except ModuleNotFoundError:
+        raise ConversionError("Hugging Face conversion needs the safetensors package: pip install "
+                              "'megatron_code[hf]' (or pip install safetensors)") from None
+    return transformers
 
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -67,15 +85,27 @@ def export_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], out_dir:
     pad = tokenizer.pad if tokenizer is not None else None
     kwargs.update(bos_token_id=eod, eos_token_id=eod, pad_token_id=pad,
                   megatron_code={**cfg.to_dict(), "padded_vocab_size": cfg.padded_vocab_size})
-    hf_config = _config_class(target)(**kwargs)
+    transformers = _transformers()
+    if target == REMOTE:
+        kwargs["auto_map"] = dict(remote.AUTO_MAP)
+        hf_config = None
+    else:
+        hf_config = _config_class(target)(**kwargs)
     if tokenizer is not None:  # first: a tokenizer that cannot be exported stops us before any file is written
         export_tokenizer(tokenizer, out_dir, cfg.max_position_embeddings)
     os.makedirs(out_dir, exist_ok=True)
     from safetensors.torch import save_file
 
     save_file(hf_sd, os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
-    hf_config.save_pretrained(out_dir)
-    from transformers import GenerationConfig
+    if hf_config is not None:
+        hf_config.save_pretrained(out_dir)
+    else:  # our own modeling code next to the weights, named by auto_map (loads with trust_remote_code=True)
+        for name in remote.FILES:
+            shutil.copyfile(os.path.join(remote.DIR, name), os.path.join(out_dir, name))
+        record = {"model_type": "megatron_code", "transformers_version": transformers.__version__, **kwargs}
+        with open(os.path.join(out_dir, "config.json"), "w") as f:
+            json.dump(record, f, indent=2, sort_keys=True)
+    GenerationConfig = transformers.GenerationConfig
 
     GenerationConfig(bos_token_id=eod, eos_token_id=eod, pad_token_id=pad).save_pretrained(out_dir)
     return target
@@ -88,6 +118,7 @@ def export_checkpoint(ckpt_dir: str, out_dir: str, target: str | None = None, wi
     from ..data.tokenizer import build_tokenizer, load_tokenizer
     from ..training.checkpoint import load_consolidated
 
+    _transformers()  # before reading a large checkpoint: say which extra is missing
     job, state, tok_dir = load_consolidated(ckpt_dir)
     tokenizer = None
     if tok_dir:
@@ -108,8 +139,20 @@ def export_checkpoint(ckpt_dir: str, out_dir: str, target: str | None = None, wi
 
 
 # ------------------------------------------------------------------------------------------------ import
+def _read_hf_config(hf_dir: str):
+    """The directory's transformers config. Our own exported layout (model_type megatron_code) is read from its
+    JSON without executing the directory's code: the import needs only the recorded architecture."""
+    with open(os.path.join(hf_dir, "config.json")) as f:
+        raw = json.load(f)
+    if raw.get("model_type") == "megatron_code":
+        from types import SimpleNamespace
+
+        return SimpleNamespace(**raw)
+    return _transformers().AutoConfig.from_pretrained(hf_dir)
+
+
 def read_hf_state_dict(hf_dir: str) -> dict[str, torch.Tensor]:
-    """All tensors of a transformers directory (model*.safetensors, else pytorch_model*.bin), legacy names fixed."""
+    """All tensors of a transformers directory (model*.safetensors, else pytorch_model*.bin), as stored."""
     files = sorted(glob.glob(os.path.join(hf_dir, "*.safetensors")))
     sd: dict[str, torch.Tensor] = {}
     if files:
@@ -123,8 +166,6 @@ def read_hf_state_dict(hf_dir: str) -> dict[str, torch.Tensor]:
             raise ConversionError(f"{hf_dir} has no *.safetensors or pytorch_model*.bin weights")
         for f in files:
             sd.update(torch.load(f, map_location="cpu", weights_only=True))
-    if "embed_out.weight" in sd:  # GPT-NeoX checkpoints written before transformers renamed the head
-        sd["lm_head.weight"] = sd.pop("embed_out.weight")
     return {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
 
 
@@ -132,9 +173,8 @@ def import_model(hf_dir: str):
     """(target, our ModelConfig, our full state dict, our Tokenizer or None) from a transformers directory."""
     if not os.path.isfile(os.path.join(hf_dir, "config.json")):
         raise ConversionError(f"{hf_dir} has no config.json: pass a transformers model directory to --load")
-    from transformers import AutoConfig
-
-    hf_cfg = AutoConfig.from_pretrained(hf_dir)
+    _transformers()
+    hf_cfg = _read_hf_config(hf_dir)
     sd = read_hf_state_dict(hf_dir)
     target, cfg = from_hf_config(hf_cfg, sd)
     state = from_hf_state_dict(cfg, sd, target)

@@ -1,40 +1,55 @@
-"""Exact tensor maps between our GPT and four `transformers` architectures, both directions.
+"""Exact tensor maps between our GPT and `transformers` architectures, both directions, from one table.
 
-Targets (chosen by :func:`choose_target` from our ModelConfig; anything not listed is refused, never
-approximated):
+Targets (chosen by :func:`choose_target` from our ModelConfig, first exact match in this order; a standard class
+always wins over our own modeling code):
 
-| our architecture                                                     | target                 |
-|----------------------------------------------------------------------|------------------------|
-| LayerNorm + GELU, sequential or parallel with two norms, MHA         | GPTNeoXForCausalLM     |
-| LayerNorm + GELU, parallel with one shared norm (phi-1), MHA/GQA     | PhiForCausalLM         |
-| RMSNorm + SwiGLU, sequential, full rotary, MHA/GQA/MQA               | LlamaForCausalLM       |
-| bias-free LayerNorm + SwiGLU, parallel shared norm, full rotary (PaLM) | CohereForCausalLM    |
+| our architecture                                                       | target                         |
+|------------------------------------------------------------------------|--------------------------------|
+| LayerNorm + GELU, sequential or parallel with two norms, MHA, rotary   | GPTNeoXForCausalLM             |
+| LayerNorm + GELU, parallel with one shared norm (phi-1), MHA/GQA       | PhiForCausalLM                 |
+| RMSNorm + SwiGLU, sequential, full rotary, MHA/GQA/MQA                 | LlamaForCausalLM               |
+| bias-free LayerNorm + SwiGLU, parallel shared norm, full rotary (PaLM) | CohereForCausalLM              |
+| LayerNorm + GELU, sequential, full rotary, any head_dim, MHA/GQA/MQA   | Starcoder2ForCausalLM          |
+| LayerNorm + GELU, sequential, learned positions, heads x head = hidden | GPT2LMHeadModel                |
+| anything else our model computes                                       | MegatronCodeForCausalLM (ours) |
 
-Facts each map relies on (read from transformers 5.23's modeling code):
+The last one is our own modeling code (megatron_code/convert/remote/), written into the export and loaded with
+``trust_remote_code=True``; it refuses a config that sets a model field it does not implement (see
+:data:`REMOTE_FIELDS`), so a model feature added later cannot be exported silently wrong.
 
-- All four use the half-split ``rotate_half`` rotary on the first ``int(head_dim * partial_rotary_factor)`` dims,
-  like ours, except Cohere: it rotates interleaved pairs (2i, 2i+1) with frequency i over the whole head. Ours rotates
-  (i, i + D/2). Exporting to Cohere therefore permutes the rows of q_proj/k_proj inside each head (HF dim 2i <- our
-  dim i, HF dim 2i+1 <- our dim i + D/2); q.k is unchanged by a permutation applied to both, v/o are untouched.
-- GPT-NeoX fuses q, k, v into ``query_key_value`` with rows ordered per head: [q_h, k_h, v_h] for h = 0..H-1
-  (it views the output as (..., H, 3 * D) and chunks the last dim). It has no GQA and no head_dim != hidden/H.
-  Its MLP always has biases and its LayerNorms always have a bias: when ours have none we write zeros (exact).
-  Its untied head is stored as ``embed_out.weight`` (what transformers' own save_pretrained writes).
-- Phi: one LayerNorm per layer shared by attention and MLP (parallel block), all projections biased, an lm_head with
-  bias (zeros when ours has none).
-- Llama: RMSNorm computed in fp32 like ours; no partial rotary (the head is fully rotated); attention_bias and
-  mlp_bias flags.
-- Cohere: CohereLayerNorm is mean-subtracting LayerNorm without bias (= our LayerNorm with norm_bias=False),
-  computed in fp32; logits are multiplied by ``logit_scale`` (we write 1.0); MLP is bias-free; use_qk_norm off.
+Facts each map relies on (read from transformers 5.25's modeling code):
+
+- GPT-NeoX, Phi, Llama, Starcoder2 use the half-split ``rotate_half`` rotary on the first
+  ``int(head_dim * partial_rotary_factor)`` dims, like ours (Llama and Starcoder2: always the whole head). Cohere
+  rotates interleaved pairs (2i, 2i+1) with frequency i over the whole head: exporting to Cohere permutes the rows
+  of q_proj/k_proj inside each head (HF dim 2i <- our dim i, HF dim 2i+1 <- our dim i + D/2); q.k is unchanged by a
+  permutation applied to both; v/o are untouched. Cohere reads an explicit ``head_dim`` (PaLM 540B: 48 x 256).
+- GPT-NeoX fuses q, k, v into ``query_key_value`` with rows per head: [q_h, k_h, v_h] (it views the output as
+  (..., H, 3 * D)). No GQA, head_dim = hidden / heads. MLP and LayerNorms always carry biases (we write zeros when
+  ours have none: exact). Its untied head is stored as ``embed_out.weight`` (what transformers writes).
+- Phi: one LayerNorm per layer shared by attention and MLP, all projections biased, lm_head with a bias.
+- Llama: RMSNorm in fp32 like ours; attention_bias and mlp_bias flags; explicit head_dim.
+- Cohere: CohereLayerNorm = mean-subtracting LayerNorm without bias, in fp32; logits times ``logit_scale`` (1.0).
+- Starcoder2: nn.LayerNorm (always a bias), non-gated MLP ``c_fc``/``c_proj`` with ``hidden_act`` (exact "gelu" or
+  "gelu_pytorch_tanh"), one ``use_bias`` flag for every projection, explicit head_dim, GQA, no sliding window.
+- GPT-2: learned positions ``wpe``, Conv1D weights stored (in, out) (= our Linear weight transposed), q|k|v
+  concatenated in ``c_attn``, all biases, scale 1/sqrt(head_dim); head_dim is always hidden / heads.
 
 Padded vocabulary policy: only the true ``vocab_size`` rows of the embedding / head are exported (the padded rows
 exist for tensor-parallel divisibility and GEMM shapes, are never valid token ids, and our generation never
 produces them), so `transformers` sees a vocabulary equal to the tokenizer's and logits over the true vocabulary
 are identical. The padded size and our full ModelConfig are recorded in config.json under ``"megatron_code"`` so
 an import restores the padding (padded rows come back as zeros).
+
+The table (:data:`TABLE`) lists, per target, which of our tensors make each of its tensors and how (:data:`KINDS`);
+export runs it forwards, import runs the same rows backwards. Nothing else maps names.
 """
 
 from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -46,9 +61,172 @@ class UnsupportedArchitecture(ConfigError):
     """The model cannot be expressed exactly by any supported `transformers` architecture (or vice versa)."""
 
 
-TARGETS = ("GPTNeoXForCausalLM", "PhiForCausalLM", "LlamaForCausalLM", "CohereForCausalLM")
+REMOTE = "MegatronCodeForCausalLM"
+TARGETS = ("GPTNeoXForCausalLM", "PhiForCausalLM", "LlamaForCausalLM", "CohereForCausalLM", "Starcoder2ForCausalLM",
+           "GPT2LMHeadModel", REMOTE)
+STANDARD_TARGETS = TARGETS[:-1]
 MODEL_TYPES = {"gpt_neox": "GPTNeoXForCausalLM", "phi": "PhiForCausalLM", "llama": "LlamaForCausalLM",
-               "cohere": "CohereForCausalLM"}
+               "cohere": "CohereForCausalLM", "starcoder2": "Starcoder2ForCausalLM", "gpt2": "GPT2LMHeadModel",
+               "megatron_code": REMOTE}
+
+
+# ----------------------------------------------------------------------------------------------- the key table
+@dataclass(frozen=True)
+class Rule:
+    """Our tensors `ours` (templates with {i} = layer) make the target's tensor `theirs` through `kind`.
+
+    fill: the target always has this tensor; when ours are absent (a bias our config turned off) zeros are written,
+    which is the same function. Without fill the rule applies only when our tensors exist."""
+    ours: tuple[str, ...]
+    theirs: str
+    kind: str = "same"
+    fill: bool = False
+
+
+def _qkv_heads_pack(cfg, ts):  # GPT-NeoX: rows [q_h, k_h, v_h] per head
+    heads, d = cfg.num_attention_heads, cfg.head_size
+    return torch.stack([t.reshape(heads, d, *t.shape[1:]) for t in ts], 1).reshape(3 * heads * d, *ts[0].shape[1:])
+
+
+def _qkv_heads_unpack(cfg, t):
+    heads, d = cfg.num_attention_heads, cfg.head_size
+    parts = t.reshape(heads, 3, d, *t.shape[1:])
+    return [parts[:, j].reshape(heads * d, *t.shape[1:]) for j in range(3)]
+
+
+def _interleave_perm(d: int) -> torch.Tensor:
+    """Row permutation for one head: HF-Cohere dim 2i <- ours i, 2i+1 <- ours i + d/2."""
+    half = d // 2
+    return torch.stack([torch.arange(half), torch.arange(half) + half], dim=1).reshape(-1)
+
+
+def _permute_heads(w: torch.Tensor, d: int, inverse: bool = False) -> torch.Tensor:
+    """Apply the per-head rotary permutation to the rows of a (H*d, ...) weight or (H*d,) bias."""
+    perm = _interleave_perm(d)
+    if inverse:
+        perm = torch.argsort(perm)
+    shape = w.shape
+    return w.reshape(-1, d, *shape[1:])[:, perm].reshape(shape)
+
+
+def _split_rows(cfg, t):  # GPT-2 c_attn bias: q | k | v
+    return list(t.split(cfg.num_attention_heads * cfg.head_size, 0))
+
+
+# kind -> (pack: (cfg, [our tensors]) -> their tensor, unpack: (cfg, their tensor) -> [our tensors])
+KINDS: dict[str, tuple[Callable, Callable]] = {
+    "same": (lambda cfg, ts: ts[0], lambda cfg, t: [t]),
+    "transpose": (lambda cfg, ts: ts[0].t(), lambda cfg, t: [t.t()]),  # GPT-2 Conv1D stores (in, out)
+    "qkv_heads": (_qkv_heads_pack, _qkv_heads_unpack),
+    "qkv_cat": (lambda cfg, ts: torch.cat(ts, 0), _split_rows),
+    "qkv_cat_transpose": (lambda cfg, ts: torch.cat(ts, 0).t(), lambda cfg, t: _split_rows(cfg, t.t())),
+    "rope_interleave": (lambda cfg, ts: _permute_heads(ts[0], cfg.head_size),
+                        lambda cfg, t: [_permute_heads(t, cfg.head_size, inverse=True)]),
+}
+
+
+def _lin(ours: str, theirs: str, kind: str = "same", fill_bias: bool = False, bias_kind: str = "same") -> list[Rule]:
+    return [Rule((f"{ours}.weight",), f"{theirs}.weight", kind),
+            Rule((f"{ours}.bias",), f"{theirs}.bias", bias_kind, fill_bias)]
+
+
+def _norm(ours: str, theirs: str, fill_bias: bool) -> list[Rule]:
+    return [Rule((f"{ours}.weight",), f"{theirs}.weight"), Rule((f"{ours}.bias",), f"{theirs}.bias", "same", fill_bias)]
+
+
+def _qkv(theirs: str, kind: str, bias_kind: str, fill_bias: bool) -> list[Rule]:
+    a = "layers.{i}.attn"
+    return [Rule(tuple(f"{a}.{n}_proj.weight" for n in "qkv"), f"{theirs}.weight", kind),
+            Rule(tuple(f"{a}.{n}_proj.bias" for n in "qkv"), f"{theirs}.bias", bias_kind, fill_bias)]
+
+
+_L, _A, _M = "layers.{i}", "layers.{i}.attn", "layers.{i}.mlp"
+_HEAD = [Rule(("lm_head.weight",), "lm_head.weight")]
+TABLE: dict[str, list[Rule]] = {
+    "GPTNeoXForCausalLM": [
+        *_norm(f"{_L}.norm1", "gpt_neox.layers.{i}.input_layernorm", True),
+        *_norm(f"{_L}.norm2", "gpt_neox.layers.{i}.post_attention_layernorm", True),
+        *_qkv("gpt_neox.layers.{i}.attention.query_key_value", "qkv_heads", "qkv_heads", False),
+        *_lin(f"{_A}.o_proj", "gpt_neox.layers.{i}.attention.dense"),
+        *_lin(f"{_M}.fc_in", "gpt_neox.layers.{i}.mlp.dense_h_to_4h", fill_bias=True),
+        *_lin(f"{_M}.fc_out", "gpt_neox.layers.{i}.mlp.dense_4h_to_h", fill_bias=True),
+        Rule(("embed.word.weight",), "gpt_neox.embed_in.weight"),
+        *_norm("final_norm", "gpt_neox.final_layer_norm", True),
+        # transformers 5.x still writes GPT-NeoX's head as embed_out (and renames on load): older versions load it
+        Rule(("lm_head.weight",), "embed_out.weight"),
+    ],
+    "PhiForCausalLM": [
+        *_norm(f"{_L}.norm1", "model.layers.{i}.input_layernorm", True),
+        *[r for n in "qkv" for r in _lin(f"{_A}.{n}_proj", f"model.layers.{{i}}.self_attn.{n}_proj", fill_bias=True)],
+        *_lin(f"{_A}.o_proj", "model.layers.{i}.self_attn.dense", fill_bias=True),
+        *_lin(f"{_M}.fc_in", "model.layers.{i}.mlp.fc1", fill_bias=True),
+        *_lin(f"{_M}.fc_out", "model.layers.{i}.mlp.fc2", fill_bias=True),
+        Rule(("embed.word.weight",), "model.embed_tokens.weight"),
+        *_norm("final_norm", "model.final_layernorm", True),
+        *_HEAD, Rule(("lm_head.bias",), "lm_head.bias", "same", True),
+    ],
+    "LlamaForCausalLM": [
+        *_norm(f"{_L}.norm1", "model.layers.{i}.input_layernorm", False),
+        *_norm(f"{_L}.norm2", "model.layers.{i}.post_attention_layernorm", False),
+        *[r for n in "qkvo" for r in _lin(f"{_A}.{n}_proj", f"model.layers.{{i}}.self_attn.{n}_proj")],
+        *[r for n in ("gate", "up", "down") for r in _lin(f"{_M}.{n}_proj", f"model.layers.{{i}}.mlp.{n}_proj")],
+        Rule(("embed.word.weight",), "model.embed_tokens.weight"),
+        *_norm("final_norm", "model.norm", False),
+        *_HEAD,
+    ],
+    "CohereForCausalLM": [
+        *_norm(f"{_L}.norm1", "model.layers.{i}.input_layernorm", False),
+        *[r for n in "qk" for r in _lin(f"{_A}.{n}_proj", f"model.layers.{{i}}.self_attn.{n}_proj",
+                                        "rope_interleave", bias_kind="rope_interleave")],
+        *[r for n in "vo" for r in _lin(f"{_A}.{n}_proj", f"model.layers.{{i}}.self_attn.{n}_proj")],
+        *[r for n in ("gate", "up", "down") for r in _lin(f"{_M}.{n}_proj", f"model.layers.{{i}}.mlp.{n}_proj")],
+        Rule(("embed.word.weight",), "model.embed_tokens.weight"),
+        *_norm("final_norm", "model.norm", False),
+        *_HEAD,
+    ],
+    "Starcoder2ForCausalLM": [
+        *_norm(f"{_L}.norm1", "model.layers.{i}.input_layernorm", True),
+        *_norm(f"{_L}.norm2", "model.layers.{i}.post_attention_layernorm", True),
+        *[r for n in "qkvo" for r in _lin(f"{_A}.{n}_proj", f"model.layers.{{i}}.self_attn.{n}_proj")],
+        *_lin(f"{_M}.fc_in", "model.layers.{i}.mlp.c_fc"),
+        *_lin(f"{_M}.fc_out", "model.layers.{i}.mlp.c_proj"),
+        Rule(("embed.word.weight",), "model.embed_tokens.weight"),
+        *_norm("final_norm", "model.norm", True),
+        *_HEAD,
+    ],
+    "GPT2LMHeadModel": [
+        *_norm(f"{_L}.norm1", "transformer.h.{i}.ln_1", True),
+        *_norm(f"{_L}.norm2", "transformer.h.{i}.ln_2", True),
+        *_qkv("transformer.h.{i}.attn.c_attn", "qkv_cat_transpose", "qkv_cat", True),
+        *_lin(f"{_A}.o_proj", "transformer.h.{i}.attn.c_proj", "transpose", fill_bias=True),
+        *_lin(f"{_M}.fc_in", "transformer.h.{i}.mlp.c_fc", "transpose", fill_bias=True),
+        *_lin(f"{_M}.fc_out", "transformer.h.{i}.mlp.c_proj", "transpose", fill_bias=True),
+        Rule(("embed.word.weight",), "transformer.wte.weight"),
+        Rule(("embed.position.weight",), "transformer.wpe.weight"),
+        *_norm("final_norm", "transformer.ln_f", True),
+        *_HEAD,
+    ],
+    REMOTE: [],  # our own module names (megatron_code/convert/remote/modeling_megatron_code.py): identity
+}
+
+
+# other names the same tensor is stored under (GPT-NeoX's head: embed_out by transformers' save, lm_head in its
+# module tree; either is read)
+ALIASES = {"embed_out.weight": "lm_head.weight"}
+
+
+def expand(target: str, cfg: ModelConfig, keys) -> list[Rule]:
+    """The target's rules with {i} filled for every layer (REMOTE: one identity rule per key of ours)."""
+    if target == REMOTE:
+        return [Rule((k,), k) for k in keys]
+    out = []
+    for rule in TABLE[target]:
+        if "{i}" in rule.theirs:
+            out.extend(Rule(tuple(o.format(i=i) for o in rule.ours), rule.theirs.format(i=i), rule.kind, rule.fill)
+                       for i in range(cfg.num_layers))
+        else:
+            out.append(rule)
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- target choice
@@ -60,13 +238,53 @@ def _describe(cfg: ModelConfig) -> str:
             f"output_bias={cfg.output_bias}")
 
 
+# ModelConfig fields our exported modeling code implements, with the values it understands (None: any value).
+# A field added to ModelConfig later and set away from its default is refused until the modeling code learns it.
+REMOTE_FIELDS: dict[str, tuple | None] = {
+    "num_layers": None, "hidden_size": None, "num_attention_heads": None, "num_kv_heads": None, "head_dim": None,
+    "ffn_hidden_size": None, "vocab_size": None, "vocab_pad_multiple": None, "max_position_embeddings": None,
+    "position_embedding": ("learned", "rope", "none"), "rotary_percent": None, "rotary_dims": None,
+    "rotary_base": None, "norm": ("layernorm", "rmsnorm"), "norm_eps": None, "norm_bias": None,
+    "activation": ("gelu", "gelu_tanh", "swiglu"), "block": ("sequential", "parallel"),
+    "parallel_shared_norm": None, "bias": None, "tie_embeddings": None, "output_bias": None,
+    # training-only fields: no effect on the function at inference
+    "attention_dropout": None, "hidden_dropout": None, "embedding_dropout": None, "init_std": None,
+    "scaled_init": None,
+}
+
+
+def _unknown_fields(cfg: ModelConfig) -> list[str]:
+    """Fields of `cfg` that the exporters do not know and that are set away from their default."""
+    p = []
+    for f in dataclasses.fields(ModelConfig):
+        value = getattr(cfg, f.name)
+        if f.name in REMOTE_FIELDS:
+            allowed = REMOTE_FIELDS[f.name]
+            if allowed is not None and value not in allowed:
+                p.append(f"model.{f.name}={value!r} (the exporters implement {', '.join(map(str, allowed))})")
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else (
+            f.default_factory() if f.default_factory is not dataclasses.MISSING else dataclasses.MISSING)
+        if value != default:
+            p.append(f"model.{f.name}={value!r} (no exporter implements this field yet)")
+    return p
+
+
 def target_problems(cfg: ModelConfig, target: str) -> list[str]:
     """Reasons why `target` cannot express `cfg` exactly (empty list: it can)."""
-    p: list[str] = []
-    if cfg.position_embedding != "rope":
-        p.append(f"position_embedding={cfg.position_embedding!r} (all targets use rotary embeddings only)")
+    p: list[str] = _unknown_fields(cfg)
     natural_head = cfg.hidden_size // cfg.num_attention_heads
+    natural = cfg.head_size * cfg.num_attention_heads == cfg.hidden_size
     gelu = cfg.activation in ("gelu", "gelu_tanh")
+    if target not in TARGETS:
+        raise UnsupportedArchitecture(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if target == REMOTE:
+        return p
+    if target == "GPT2LMHeadModel":
+        if cfg.position_embedding != "learned":
+            p.append("GPT-2 needs learned positions")
+    elif cfg.position_embedding != "rope":
+        p.append(f"position_embedding={cfg.position_embedding!r} ({target} uses rotary embeddings)")
     if target == "GPTNeoXForCausalLM":
         if cfg.norm != "layernorm" or not gelu:
             p.append("GPT-NeoX needs LayerNorm + GELU")
@@ -74,7 +292,7 @@ def target_problems(cfg: ModelConfig, target: str) -> list[str]:
             p.append("GPT-NeoX's parallel block has two norms (a shared norm is the phi-1 layout)")
         if cfg.kv_heads != cfg.num_attention_heads:
             p.append("GPT-NeoX has no grouped/multi-query attention")
-        if cfg.head_size * cfg.num_attention_heads != cfg.hidden_size:
+        if not natural:
             p.append("GPT-NeoX needs head_dim x heads == hidden_size")
         if cfg.output_bias:
             p.append("GPT-NeoX's output head has no bias")
@@ -90,8 +308,6 @@ def target_problems(cfg: ModelConfig, target: str) -> list[str]:
             p.append("Llama needs RMSNorm + SwiGLU + sequential block")
         if cfg.rotary_size != cfg.head_size:
             p.append("Llama rotates the whole head (no partial rotary)")
-        if cfg.hidden_size % cfg.num_attention_heads:
-            p.append("Llama needs heads to divide hidden_size")
         if cfg.output_bias:
             p.append("Llama's output head has no bias")
     elif target == "CohereForCausalLM":
@@ -103,18 +319,31 @@ def target_problems(cfg: ModelConfig, target: str) -> list[str]:
             p.append("Cohere's MLP has no biases (set bias false)")
         if cfg.rotary_size != cfg.head_size:
             p.append("Cohere rotates the whole head (no partial rotary)")
-        if cfg.head_size != natural_head or cfg.hidden_size % cfg.num_attention_heads:
-            p.append("Cohere needs head_dim == hidden_size / heads")
         if cfg.output_bias:
             p.append("Cohere's output head has no bias")
-    else:
-        raise UnsupportedArchitecture(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    elif target == "Starcoder2ForCausalLM":
+        if cfg.norm != "layernorm" or not gelu or cfg.block != "sequential":
+            p.append("Starcoder2 needs LayerNorm + GELU + sequential block")
+        if cfg.rotary_size != cfg.head_size:
+            p.append("Starcoder2 rotates the whole head (no partial rotary)")
+        if cfg.output_bias:
+            p.append("Starcoder2's output head has no bias")
+    elif target == "GPT2LMHeadModel":
+        if cfg.norm != "layernorm" or not gelu or cfg.block != "sequential":
+            p.append("GPT-2 needs LayerNorm + GELU + sequential block")
+        if cfg.kv_heads != cfg.num_attention_heads:
+            p.append("GPT-2 has no grouped/multi-query attention")
+        if not natural:
+            p.append("GPT-2 needs head_dim x heads == hidden_size")
+        if cfg.output_bias:
+            p.append("GPT-2's output head has no bias")
     return p
 
 
-def choose_target(cfg: ModelConfig, target: str | None = None) -> str:
-    """The HF architecture that expresses `cfg` exactly, or UnsupportedArchitecture naming what does not fit."""
-    candidates = [target] if target else list(TARGETS)
+def choose_target(cfg: ModelConfig, target: str | None = None, standard_only: bool = False) -> str:
+    """The architecture that expresses `cfg` exactly: the first standard transformers class that does, else our own
+    modeling code (REMOTE). `target` forces one; `standard_only` refuses instead of falling back to REMOTE."""
+    candidates = [target] if target else list(STANDARD_TARGETS if standard_only else TARGETS)
     reasons = {}
     for t in candidates:
         problems = target_problems(cfg, t)
@@ -135,27 +364,10 @@ def rotary_factor(cfg: ModelConfig) -> float:
     return f
 
 
-# ----------------------------------------------------------------------------------------------- helpers
-def _interleave_perm(d: int) -> torch.Tensor:
-    """Row permutation for one head: HF-Cohere dim 2i <- ours i, 2i+1 <- ours i + d/2."""
-    half = d // 2
-    return torch.stack([torch.arange(half), torch.arange(half) + half], dim=1).reshape(-1)
-
-
-def _permute_heads(w: torch.Tensor, d: int, inverse: bool = False) -> torch.Tensor:
-    """Apply the per-head rotary permutation to the rows of a (H*d, ...) weight or (H*d,) bias."""
-    perm = _interleave_perm(d)
-    if inverse:
-        perm = torch.argsort(perm)
-    shape = w.shape
-    return w.reshape(-1, d, *shape[1:])[:, perm].reshape(shape)
-
-
-def _zeros_like_bias(rows: int) -> torch.Tensor:
-    return torch.zeros(rows)
-
-
 # ----------------------------------------------------------------------------------------------- export
+HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "swiglu": "silu"}
+
+
 def hf_config_kwargs(cfg: ModelConfig, target: str) -> dict:
     """Keyword arguments for the target's config class (vocab_size = the true vocabulary)."""
     kw = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
@@ -163,7 +375,7 @@ def hf_config_kwargs(cfg: ModelConfig, target: str) -> dict:
               max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=cfg.tie_embeddings,
               initializer_range=cfg.init_std, architectures=[target], dtype="float32",
               rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rotary_base)})
-    act = "gelu" if cfg.activation == "gelu" else "gelu_pytorch_tanh"
+    act = HF_ACT[cfg.activation]
     if target == "GPTNeoXForCausalLM":
         kw.update(hidden_act=act, layer_norm_eps=cfg.norm_eps, use_parallel_residual=cfg.block == "parallel",
                   attention_bias=cfg.bias, attention_dropout=cfg.attention_dropout, hidden_dropout=cfg.hidden_dropout)
@@ -174,83 +386,58 @@ def hf_config_kwargs(cfg: ModelConfig, target: str) -> dict:
                   attention_dropout=cfg.attention_dropout, qk_layernorm=False)
         kw["rope_parameters"]["partial_rotary_factor"] = rotary_factor(cfg)
     elif target == "LlamaForCausalLM":
-        kw.update(hidden_act="silu", rms_norm_eps=cfg.norm_eps, num_key_value_heads=cfg.kv_heads,
+        kw.update(hidden_act=act, rms_norm_eps=cfg.norm_eps, num_key_value_heads=cfg.kv_heads,
                   head_dim=cfg.head_size, attention_bias=cfg.bias, mlp_bias=cfg.bias,
                   attention_dropout=cfg.attention_dropout)
     elif target == "CohereForCausalLM":
-        kw.update(hidden_act="silu", layer_norm_eps=cfg.norm_eps, num_key_value_heads=cfg.kv_heads,
-                  attention_bias=False, use_qk_norm=False, logit_scale=1.0, attention_dropout=cfg.attention_dropout)
+        kw.update(hidden_act=act, layer_norm_eps=cfg.norm_eps, num_key_value_heads=cfg.kv_heads,
+                  head_dim=cfg.head_size, attention_bias=False, use_qk_norm=False, logit_scale=1.0,
+                  attention_dropout=cfg.attention_dropout)
+    elif target == "Starcoder2ForCausalLM":
+        kw.update(hidden_act=act, norm_epsilon=cfg.norm_eps, num_key_value_heads=cfg.kv_heads,
+                  head_dim=cfg.head_size, use_bias=cfg.bias, sliding_window=None,
+                  attention_dropout=cfg.attention_dropout, residual_dropout=cfg.hidden_dropout,
+                  embedding_dropout=cfg.embedding_dropout)
+    elif target == "GPT2LMHeadModel":
+        kw = dict(vocab_size=cfg.vocab_size, n_embd=cfg.hidden_size, n_layer=cfg.num_layers,
+                  n_head=cfg.num_attention_heads, n_inner=cfg.ffn_size, n_positions=cfg.max_position_embeddings,
+                  activation_function=act, layer_norm_epsilon=cfg.norm_eps, resid_pdrop=cfg.hidden_dropout,
+                  embd_pdrop=cfg.embedding_dropout, attn_pdrop=cfg.attention_dropout, scale_attn_weights=True,
+                  scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False,
+                  tie_word_embeddings=cfg.tie_embeddings, initializer_range=cfg.init_std, architectures=[target],
+                  dtype="float32")
+    elif target == REMOTE:
+        kw = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
+                  num_attention_heads=cfg.num_attention_heads, max_position_embeddings=cfg.max_position_embeddings,
+                  tie_word_embeddings=False, architectures=[target], dtype="float32")
     return kw
 
 
+def _zeros_for(key: str, sd: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Zeros standing for our absent bias `key`: as many as its weight's rows (lm_head.bias of a tied head: the
+    embedding's rows)."""
+    w = sd.get(key[:-len("bias")] + "weight")
+    if w is None and key == "lm_head.bias":
+        w = sd["embed.word.weight"]
+    return torch.zeros(w.shape[0], dtype=w.dtype)
+
+
 def to_hf_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor], target: str) -> dict[str, torch.Tensor]:
-    """Our full state dict -> the target's tensor names (true vocab rows only; tied head not written)."""
-    v, d, h = cfg.vocab_size, cfg.head_size, cfg.hidden_size
+    """Our full state dict -> the target's tensor names (true vocab rows only; a tied head is not written)."""
+    v = cfg.vocab_size
+    sd = {k: (t[:v] if k in ("embed.word.weight", "lm_head.weight", "lm_head.bias") else t) for k, t in sd.items()}
     out: dict[str, torch.Tensor] = {}
-
-    def norm(dst: str, src: str, with_bias: bool) -> None:
-        out[f"{dst}.weight"] = sd[f"{src}.weight"]
-        if with_bias:
-            out[f"{dst}.bias"] = sd.get(f"{src}.bias", _zeros_like_bias(h))
-
-    def linear(dst: str, src: str, with_bias: bool) -> None:
-        w = sd[f"{src}.weight"]
-        out[f"{dst}.weight"] = w
-        if with_bias:
-            out[f"{dst}.bias"] = sd.get(f"{src}.bias", _zeros_like_bias(w.shape[0]))
-
-    embed = sd["embed.word.weight"][:v]
-    head_w = None if cfg.tie_embeddings else sd["lm_head.weight"][:v]
-    head_b = sd["lm_head.bias"][:v] if cfg.output_bias else None
-    for i in range(cfg.num_layers):
-        s = f"layers.{i}"
-        if target == "GPTNeoXForCausalLM":
-            p = f"gpt_neox.layers.{i}"
-            norm(f"{p}.input_layernorm", f"{s}.norm1", True)
-            norm(f"{p}.post_attention_layernorm", f"{s}.norm2", True)
-            heads = cfg.num_attention_heads
-            qkv = [sd[f"{s}.attn.{n}_proj.weight"].reshape(heads, d, h) for n in "qkv"]
-            out[f"{p}.attention.query_key_value.weight"] = torch.stack(qkv, 1).reshape(3 * heads * d, h)
-            if cfg.bias:
-                qkv_b = [sd[f"{s}.attn.{n}_proj.bias"].reshape(heads, d) for n in "qkv"]
-                out[f"{p}.attention.query_key_value.bias"] = torch.stack(qkv_b, 1).reshape(-1)
-            linear(f"{p}.attention.dense", f"{s}.attn.o_proj", cfg.bias)
-            linear(f"{p}.mlp.dense_h_to_4h", f"{s}.mlp.fc_in", True)
-            linear(f"{p}.mlp.dense_4h_to_h", f"{s}.mlp.fc_out", True)
-        elif target == "PhiForCausalLM":
-            p = f"model.layers.{i}"
-            norm(f"{p}.input_layernorm", f"{s}.norm1", True)
-            for n in "qkv":
-                linear(f"{p}.self_attn.{n}_proj", f"{s}.attn.{n}_proj", True)
-            linear(f"{p}.self_attn.dense", f"{s}.attn.o_proj", True)
-            linear(f"{p}.mlp.fc1", f"{s}.mlp.fc_in", True)
-            linear(f"{p}.mlp.fc2", f"{s}.mlp.fc_out", True)
-        else:  # Llama / Cohere: same projection names
-            p = f"model.layers.{i}"
-            norm(f"{p}.input_layernorm", f"{s}.norm1", False)
-            if target == "LlamaForCausalLM":
-                norm(f"{p}.post_attention_layernorm", f"{s}.norm2", False)
-            for n in ("q", "k", "v", "o"):
-                linear(f"{p}.self_attn.{n}_proj", f"{s}.attn.{n}_proj", cfg.bias)
-            for n in ("gate", "up", "down"):
-                linear(f"{p}.mlp.{n}_proj", f"{s}.mlp.{n}_proj", cfg.bias)
-            if target == "CohereForCausalLM":
-                for n in ("q", "k"):
-                    key = f"{p}.self_attn.{n}_proj.weight"
-                    out[key] = _permute_heads(out[key], d)
-    if target == "GPTNeoXForCausalLM":
-        out["gpt_neox.embed_in.weight"] = embed
-        norm("gpt_neox.final_layer_norm", "final_norm", True)
-    else:
-        out["model.embed_tokens.weight"] = embed
-        final = {"PhiForCausalLM": "model.final_layernorm"}.get(target, "model.norm")
-        norm(final, "final_norm", target == "PhiForCausalLM")
-    if head_w is not None:
-        # transformers (5.x) still writes GPT-NeoX's head under its legacy name embed_out (and renames on load);
-        # we write what transformers itself writes, so older versions load it too.
-        out["embed_out.weight" if target == "GPTNeoXForCausalLM" else "lm_head.weight"] = head_w
-    if target == "PhiForCausalLM":
-        out["lm_head.bias"] = head_b if head_b is not None else _zeros_like_bias(v)
+    pack = {k: p for k, (p, _) in KINDS.items()}
+    for rule in expand(target, cfg, sd.keys()):
+        present = [k in sd for k in rule.ours]
+        if not any(present) and not rule.fill:
+            continue
+        parts = [sd[k] if k in sd else _zeros_for(k, sd) for k in rule.ours]
+        out[rule.theirs] = pack[rule.kind](cfg, parts)
+    used = {k for rule in expand(target, cfg, sd.keys()) for k in rule.ours}
+    missed = sorted(set(sd) - used)
+    if missed:  # a bug in the table, never a user error
+        raise RuntimeError(f"{target} key table leaves our tensors unexported: {missed[:5]}")
     return {k: t.detach().to(torch.float32).contiguous().clone() for k, t in out.items()}
 
 
@@ -268,8 +455,15 @@ def _rope(hf_cfg, target: str) -> tuple[float, float]:
     if kind != "default":
         raise UnsupportedArchitecture(f"{target} uses rope_type={kind!r} (scaled rotary); our model implements plain "
                                       f"rotary only, so the import is refused rather than approximated")
-    factor = 1.0 if target in ("LlamaForCausalLM", "CohereForCausalLM") else rp.get("partial_rotary_factor", 1.0)
+    partial = target in ("GPTNeoXForCausalLM", "PhiForCausalLM")
+    factor = rp.get("partial_rotary_factor", 1.0) if partial else 1.0
     return float(rp.get("rope_theta", 10000.0)), float(factor)
+
+
+def _activation(target: str, act) -> str:
+    if act not in HF_ACTIVATIONS:
+        raise UnsupportedArchitecture(f"{target} with hidden_act={act!r}: we implement gelu and tanh-gelu only")
+    return HF_ACTIVATIONS[act]
 
 
 def from_hf_config(hf_cfg, sd: dict[str, torch.Tensor]) -> tuple[str, ModelConfig]:
@@ -278,6 +472,10 @@ def from_hf_config(hf_cfg, sd: dict[str, torch.Tensor]) -> tuple[str, ModelConfi
     if target is None:
         raise UnsupportedArchitecture(f"model_type {getattr(hf_cfg, 'model_type', None)!r} is not supported; "
                                       f"import handles {', '.join(MODEL_TYPES)}")
+    if target == REMOTE:
+        return target, _remote_config(hf_cfg)
+    if target == "GPT2LMHeadModel":
+        return target, _gpt2_config(hf_cfg, sd)
     act = getattr(hf_cfg, "hidden_act", None)
     heads, hidden = hf_cfg.num_attention_heads, hf_cfg.hidden_size
     head_dim = getattr(hf_cfg, "head_dim", None) or hidden // heads
@@ -292,15 +490,19 @@ def from_hf_config(hf_cfg, sd: dict[str, torch.Tensor]) -> tuple[str, ModelConfi
     if kw["num_kv_heads"] == heads:
         kw["num_kv_heads"] = None
     if target in ("GPTNeoXForCausalLM", "PhiForCausalLM"):
-        if act not in HF_ACTIVATIONS:
-            raise UnsupportedArchitecture(f"{target} with hidden_act={act!r}: we implement gelu and tanh-gelu only")
-        kw.update(norm="layernorm", norm_eps=hf_cfg.layer_norm_eps, activation=HF_ACTIVATIONS[act])
+        kw.update(norm="layernorm", norm_eps=hf_cfg.layer_norm_eps, activation=_activation(target, act))
         if target == "GPTNeoXForCausalLM":
             kw.update(block="parallel" if hf_cfg.use_parallel_residual else "sequential", parallel_shared_norm=False)
         else:
             if getattr(hf_cfg, "qk_layernorm", False):
                 raise UnsupportedArchitecture("Phi with qk_layernorm=True: our attention has no q/k LayerNorm")
             kw.update(block="parallel", parallel_shared_norm=True)
+    elif target == "Starcoder2ForCausalLM":
+        if getattr(hf_cfg, "sliding_window", None) is not None:
+            raise UnsupportedArchitecture(f"Starcoder2 with sliding_window={hf_cfg.sliding_window}: our attention "
+                                          f"is full causal attention")
+        kw.update(norm="layernorm", norm_eps=hf_cfg.norm_epsilon, activation=_activation(target, act),
+                  block="sequential")
     else:
         if act != "silu":
             raise UnsupportedArchitecture(f"{target} with hidden_act={act!r}: our gated MLP is SwiGLU (silu) only")
@@ -317,29 +519,68 @@ def from_hf_config(hf_cfg, sd: dict[str, torch.Tensor]) -> tuple[str, ModelConfi
             kw.update(norm="layernorm", norm_bias=False, norm_eps=hf_cfg.layer_norm_eps, block="parallel",
                       parallel_shared_norm=True)
     kw.update(_bias_flags(target, hf_cfg, sd))
+    return target, _finish(kw, hf_cfg, target)
+
+
+def _gpt2_config(hf_cfg, sd) -> ModelConfig:
+    if not getattr(hf_cfg, "scale_attn_weights", True) or getattr(hf_cfg, "scale_attn_by_inverse_layer_idx", False):
+        raise UnsupportedArchitecture("GPT-2 without the 1/sqrt(head_dim) attention scale (scale_attn_weights=False "
+                                      "or scale_attn_by_inverse_layer_idx=True): our attention always scales so")
+    target = "GPT2LMHeadModel"
+    kw = dict(num_layers=hf_cfg.n_layer, hidden_size=hf_cfg.n_embd, num_attention_heads=hf_cfg.n_head,
+              ffn_hidden_size=hf_cfg.n_inner or 4 * hf_cfg.n_embd, vocab_size=hf_cfg.vocab_size, vocab_pad_multiple=1,
+              max_position_embeddings=hf_cfg.n_positions, position_embedding="learned", norm="layernorm",
+              norm_eps=hf_cfg.layer_norm_epsilon, activation=_activation(target, hf_cfg.activation_function),
+              block="sequential", tie_embeddings=bool(getattr(hf_cfg, "tie_word_embeddings", True)),
+              output_bias=False)
+    kw.update(_bias_flags(target, hf_cfg, sd))
+    return _finish(kw, hf_cfg, target)
+
+
+def _remote_config(hf_cfg) -> ModelConfig:
+    record = getattr(hf_cfg, "megatron_code", None)
+    if not isinstance(record, dict):
+        raise UnsupportedArchitecture("a megatron_code model directory without its \"megatron_code\" config record")
+    fields = {k: v for k, v in record.items() if k in ModelConfig.__dataclass_fields__}
+    try:
+        cfg = ModelConfig(**fields)
+        cfg.validate()
+    except (ConfigError, TypeError) as exc:
+        raise UnsupportedArchitecture(f"the recorded megatron_code model config is invalid: {exc}") from None
+    return cfg
+
+
+def _finish(kw: dict, hf_cfg, target: str) -> ModelConfig:
     cfg = ModelConfig(**kw)
     try:
         cfg.validate()
     except ConfigError as exc:
         raise UnsupportedArchitecture(f"{target} config cannot be expressed: {exc}") from None
     recorded = _config_from_record(getattr(hf_cfg, "megatron_code", None), cfg, target)
-    if recorded is not None:
-        cfg = recorded
-    return target, cfg
+    return recorded if recorded is not None else cfg
 
 
 def _bias_flags(target: str, hf_cfg, sd) -> dict:
     """bias / norm_bias / output_bias from the tensors: a flag is on when its tensors exist and are not all zero
-    (all-zero biases are exactly the same function as no bias), or when attention_bias says so."""
-    biases = [t for k, t in sd.items() if k.endswith(".bias") and ".layers." in k and "norm" not in k]
-    norm_biases = [t for k, t in sd.items() if k.endswith(".bias") and "norm" in k]
-    out = {"bias": bool(getattr(hf_cfg, "attention_bias", False)) or _nonzero(biases)}
-    if target in ("GPTNeoXForCausalLM", "PhiForCausalLM"):
+    (all-zero biases are exactly the same function as no bias), or when attention_bias/use_bias says so."""
+    layer = (".layers.", "transformer.h.")
+    # (old GPT-2 files carry their causal-mask buffers as attn.bias / attn.masked_bias: not parameters)
+    biases = [t for k, t in sd.items() if k.endswith(".bias") and any(s in k for s in layer) and not _is_norm(k)
+              and not k.endswith(("attn.bias", "attn.masked_bias"))]
+    norm_biases = [t for k, t in sd.items() if k.endswith(".bias") and _is_norm(k)]
+    declared = bool(getattr(hf_cfg, "attention_bias", False)) or (
+        target == "Starcoder2ForCausalLM" and bool(getattr(hf_cfg, "use_bias", False)))
+    out = {"bias": declared or _nonzero(biases)}
+    if target in ("GPTNeoXForCausalLM", "PhiForCausalLM", "Starcoder2ForCausalLM", "GPT2LMHeadModel"):
         out["norm_bias"] = _nonzero(norm_biases)
     if target == "PhiForCausalLM":
         out["output_bias"] = _nonzero([sd.get("lm_head.bias")])
         out["tie_embeddings"] = bool(getattr(hf_cfg, "tie_word_embeddings", False)) and not out["output_bias"]
     return out
+
+
+def _is_norm(key: str) -> bool:
+    return "norm" in key or ".ln_" in key
 
 
 ARCH_PROPERTIES = ("num_layers", "hidden_size", "num_attention_heads", "kv_heads", "head_size", "ffn_size",
@@ -371,81 +612,38 @@ def _config_from_record(record, inferred: ModelConfig, target: str) -> ModelConf
 
 
 def from_hf_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor], target: str) -> dict[str, torch.Tensor]:
-    """The target's tensors -> our full state dict (padded vocab rows are zeros; missing biases are zeros)."""
-    d, h, heads = cfg.head_size, cfg.hidden_size, cfg.num_attention_heads
+    """The target's tensors -> our full state dict, by the same table run backwards (padded vocab rows are zeros;
+    biases the target has but our config turned off were checked to be zeros by _bias_flags and are dropped;
+    biases our config has but the target lacks are zeros)."""
+    from ..model import GPT
+
+    with torch.device("meta"):
+        expected = {k: tuple(t.shape) for k, t in GPT(cfg).state_dict().items()}
+    unpack = {k: u for k, (_, u) in KINDS.items()}
+    got: dict[str, torch.Tensor] = {}
+    for rule in expand(target, cfg, expected):
+        name = rule.theirs
+        if name not in sd and name in ALIASES:
+            name = ALIASES[name]
+        if name in sd:
+            got.update(zip(rule.ours, unpack[rule.kind](cfg, sd[name])))
     out: dict[str, torch.Tensor] = {}
-
-    def take(key: str) -> torch.Tensor:
-        if key not in sd:
-            raise UnsupportedArchitecture(f"the {target} checkpoint has no tensor {key!r}: incomplete or not a "
-                                          f"{target} checkpoint")
-        return sd[key]
-
-    def bias_of(key: str, rows: int) -> torch.Tensor:
-        return sd[key] if key in sd else torch.zeros(rows)
-
-    def norm(dst: str, src: str, with_bias: bool) -> None:
-        out[f"{dst}.weight"] = take(f"{src}.weight")
-        if with_bias:
-            out[f"{dst}.bias"] = bias_of(f"{src}.bias", h)
-
-    def linear(dst: str, src: str, with_bias: bool) -> None:
-        w = take(f"{src}.weight")
-        out[f"{dst}.weight"] = w
-        if with_bias:
-            out[f"{dst}.bias"] = bias_of(f"{src}.bias", w.shape[0])
-
-    nb = cfg.norm_bias and cfg.norm == "layernorm"
-    mlp = ("fc_in", "fc_out") if cfg.activation != "swiglu" else None
-    for i in range(cfg.num_layers):
-        s = f"layers.{i}"
-        if target == "GPTNeoXForCausalLM":
-            p = f"gpt_neox.layers.{i}"
-            norm(f"{s}.norm1", f"{p}.input_layernorm", nb)
-            norm(f"{s}.norm2", f"{p}.post_attention_layernorm", nb)
-            qkv = take(f"{p}.attention.query_key_value.weight").reshape(heads, 3, d, h)
-            qkv_b = bias_of(f"{p}.attention.query_key_value.bias", 3 * heads * d).reshape(heads, 3, d)
-            for j, n in enumerate("qkv"):
-                out[f"{s}.attn.{n}_proj.weight"] = qkv[:, j].reshape(heads * d, h)
-                if cfg.bias:
-                    out[f"{s}.attn.{n}_proj.bias"] = qkv_b[:, j].reshape(-1)
-            linear(f"{s}.attn.o_proj", f"{p}.attention.dense", cfg.bias)
-            linear(f"{s}.mlp.{mlp[0]}", f"{p}.mlp.dense_h_to_4h", cfg.bias)
-            linear(f"{s}.mlp.{mlp[1]}", f"{p}.mlp.dense_4h_to_h", cfg.bias)
-        elif target == "PhiForCausalLM":
-            p = f"model.layers.{i}"
-            norm(f"{s}.norm1", f"{p}.input_layernorm", nb)
-            for n in "qkv":
-                linear(f"{s}.attn.{n}_proj", f"{p}.self_attn.{n}_proj", cfg.bias)
-            linear(f"{s}.attn.o_proj", f"{p}.self_attn.dense", cfg.bias)
-            linear(f"{s}.mlp.fc_in", f"{p}.mlp.fc1", cfg.bias)
-            linear(f"{s}.mlp.fc_out", f"{p}.mlp.fc2", cfg.bias)
+    for key, shape in expected.items():
+        if key in got:
+            t = got[key]
+        elif key == "lm_head.weight" and "embed.word.weight" in got:
+            t = got["embed.word.weight"]  # a tied HF head imported untied (ours cannot tie with an output bias)
+        elif key.endswith(".bias"):
+            t = torch.zeros(shape)
         else:
-            p = f"model.layers.{i}"
-            norm(f"{s}.norm1", f"{p}.input_layernorm", False)
-            if target == "LlamaForCausalLM":
-                norm(f"{s}.norm2", f"{p}.post_attention_layernorm", False)
-            for n in ("q", "k", "v", "o"):
-                linear(f"{s}.attn.{n}_proj", f"{p}.self_attn.{n}_proj", cfg.bias)
-            for n in ("gate", "up", "down"):
-                linear(f"{s}.mlp.{n}_proj", f"{p}.mlp.{n}_proj", cfg.bias)
-            if target == "CohereForCausalLM":
-                for n in ("q", "k"):
-                    key = f"{s}.attn.{n}_proj.weight"
-                    out[key] = _permute_heads(out[key], d, inverse=True)
-    if target == "GPTNeoXForCausalLM":
-        embed = take("gpt_neox.embed_in.weight")
-        norm("final_norm", "gpt_neox.final_layer_norm", nb)
-    else:
-        embed = take("model.embed_tokens.weight")
-        norm("final_norm", "model.final_layernorm" if target == "PhiForCausalLM" else "model.norm", nb)
-    out["embed.word.weight"] = _pad_rows(embed, cfg.padded_vocab_size)
-    if not cfg.tie_embeddings:
-        # a tied HF model whose head has a non-zero bias is imported untied (ours cannot tie with an output bias)
-        head = sd["lm_head.weight"] if "lm_head.weight" in sd else embed
-        out["lm_head.weight"] = _pad_rows(head, cfg.padded_vocab_size)
-    if cfg.output_bias:
-        out["lm_head.bias"] = _pad_rows(take("lm_head.bias"), cfg.padded_vocab_size)
+            raise UnsupportedArchitecture(f"the {target} checkpoint has no tensor for our {key!r}: incomplete or "
+                                          f"not a {target} checkpoint")
+        if key in ("embed.word.weight", "lm_head.weight", "lm_head.bias"):
+            t = _pad_rows(t, shape[0])
+        if tuple(t.shape) != shape:
+            raise UnsupportedArchitecture(f"the {target} checkpoint's tensor for {key!r} has shape {tuple(t.shape)}, "
+                                          f"the config says {shape}")
+        out[key] = t
     return {k: t.detach().to(torch.float32).contiguous().clone() for k, t in out.items()}
 
 

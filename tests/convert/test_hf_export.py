@@ -12,7 +12,7 @@ import torch
 
 from megatron_code.config.model import ModelConfig
 from megatron_code.convert import UnsupportedArchitecture, export_model, import_model
-from megatron_code.convert.keymaps import choose_target, rotary_factor
+from megatron_code.convert.keymaps import REMOTE, REMOTE_FIELDS, choose_target, rotary_factor
 from megatron_code.inference.generate import generate_ids
 from megatron_code.model import GPT
 
@@ -47,6 +47,22 @@ CASES = {
     # PaLM: parallel, shared bias-free LayerNorm, SwiGLU, MQA, tied -> Cohere (interleaved rotary permutation)
     "palm": ("CohereForCausalLM", dict(norm="layernorm", norm_bias=False, activation="swiglu", block="parallel",
                                        parallel_shared_norm=True, num_kv_heads=1, bias=False, tie_embeddings=True)),
+    # PaLM 540B: heads x head_dim != hidden (explicit head_dim in Cohere's config)
+    "palm_540b_heads": ("CohereForCausalLM", dict(norm="layernorm", norm_bias=False, activation="swiglu",
+                                                  block="parallel", num_kv_heads=1, head_dim=24, bias=False)),
+    # democratization: sequential LayerNorm + exact GELU, full rotary, heads of 32 on a 64 model, GQA, untied
+    "starcoder2": ("Starcoder2ForCausalLM", dict(norm="layernorm", activation="gelu", block="sequential",
+                                                 head_dim=32, num_kv_heads=2, tie_embeddings=False)),
+    # GPT-3 shapes (MIM, JuPyT5): learned positions, exact GELU, no biases (zeros exported), untied
+    "gpt2": ("GPT2LMHeadModel", dict(position_embedding="learned", norm="layernorm", activation="gelu",
+                                     block="sequential", bias=False, tie_embeddings=False)),
+    # layouts no standard class computes: our modeling code (trust_remote_code)
+    "remote_learned_parallel": (REMOTE, dict(position_embedding="learned", block="parallel",
+                                             parallel_shared_norm=False, head_dim=24)),
+    "remote_no_positions_rms_gelu": (REMOTE, dict(position_embedding="none", norm="rmsnorm", activation="gelu_tanh",
+                                                  num_kv_heads=2, tie_embeddings=False, output_bias=True)),
+    "remote_partial_rotary_swiglu": (REMOTE, dict(norm="rmsnorm", activation="swiglu", rotary_percent=0.5,
+                                                  block="parallel", num_kv_heads=1)),
 }
 
 
@@ -65,7 +81,9 @@ def make_model(seed: int = 0, **kw) -> GPT:
 
 
 def load_hf(path: str):
-    model, info = transformers.AutoModelForCausalLM.from_pretrained(path, output_loading_info=True)
+    remote = any(f.endswith(".py") for f in os.listdir(path))
+    model, info = transformers.AutoModelForCausalLM.from_pretrained(path, output_loading_info=True,
+                                                                    trust_remote_code=remote)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"], info
     return model.eval()
 
@@ -110,25 +128,34 @@ def test_export_logits_generation_round_trip(name, tmp_path):
     assert ca == cb
 
 
-REFUSED = {
-    "learned positions": dict(position_embedding="learned", block="parallel"),
-    "NeoX-like with GQA": dict(norm="layernorm", activation="gelu", block="sequential", num_kv_heads=2),
+NO_STANDARD_CLASS = {
+    "learned positions, parallel block": dict(position_embedding="learned", block="parallel"),
+    "NeoX-like with GQA and partial rotary": dict(norm="layernorm", activation="gelu", block="sequential",
+                                                  num_kv_heads=2, rotary_percent=0.5),
     "Llama-like with partial rotary": dict(norm="rmsnorm", activation="swiglu", rotary_percent=0.5),
     "RMSNorm parallel block": dict(norm="rmsnorm", activation="swiglu", block="parallel"),
     "PaLM with a norm bias": dict(norm="layernorm", norm_bias=True, activation="swiglu", block="parallel",
                                   bias=False),
-    "GELU head_dim != hidden/heads": dict(norm="layernorm", activation="gelu", block="parallel", head_dim=8),
+    "GELU parallel head_dim != hidden/heads": dict(norm="layernorm", activation="gelu", block="parallel", head_dim=8),
 }
 
 
-@pytest.mark.parametrize("name", sorted(REFUSED))
-def test_inexact_architectures_are_refused(name, tmp_path):
-    cfg = ModelConfig(num_layers=1, hidden_size=64, num_attention_heads=4, vocab_size=VOCAB, **REFUSED[name])
+@pytest.mark.parametrize("name", sorted(NO_STANDARD_CLASS))
+def test_layouts_without_a_standard_class_use_our_modeling_code(name):
+    cfg = ModelConfig(num_layers=1, hidden_size=64, num_attention_heads=4, vocab_size=VOCAB, **NO_STANDARD_CLASS[name])
     with pytest.raises(UnsupportedArchitecture, match="refused rather than approximated"):
+        choose_target(cfg, standard_only=True)
+    assert choose_target(cfg) == REMOTE
+
+
+def test_a_model_field_no_exporter_knows_is_refused(monkeypatch, tmp_path):
+    # stands for a model feature added to ModelConfig later: until the exporters learn it, export is refused
+    monkeypatch.delitem(REMOTE_FIELDS, "block")
+    cfg = ModelConfig(num_layers=1, hidden_size=64, num_attention_heads=4, vocab_size=VOCAB, block="parallel")
+    with pytest.raises(UnsupportedArchitecture, match="no exporter implements this field"):
         choose_target(cfg)
-    model = GPT(cfg)
     with pytest.raises(UnsupportedArchitecture):
-        export_model(cfg, model.state_dict(), str(tmp_path / "x"))
+        export_model(cfg, GPT(cfg).state_dict(), str(tmp_path / "x"))
     assert not os.path.exists(tmp_path / "x" / "model.safetensors")
 
 
@@ -199,3 +226,17 @@ def test_bfloat16_export_rounds_once(tmp_path):
     assert json.load(open(os.path.join(out, "config.json")))["dtype"] == "bfloat16"
     with pytest.raises(ValueError, match="--dtype"):
         export_model(model.cfg, model.state_dict(), str(tmp_path / "x"), dtype="int8")
+
+
+def test_convert_without_transformers_names_the_extra(monkeypatch, capsys, tmp_path):
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("convert_checkpoint", os.path.join(
+        os.path.dirname(__file__), "..", "..", "tools", "convert_checkpoint.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers -> ModuleNotFoundError
+    assert tool.main(["--to", "hf", "--load", str(tmp_path / "ckpt"), "--save", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "pip install 'megatron_code[hf]'" in err and "Traceback" not in err

@@ -35,6 +35,10 @@ FOREIGN = {
     "llama_gqa": ("LlamaConfig", dict(num_key_value_heads=2, tie_word_embeddings=False), True),
     "llama_attention_bias_only": ("LlamaConfig", dict(num_key_value_heads=1, attention_bias=True), False),
     "cohere_mqa": ("CohereConfig", dict(num_key_value_heads=1, logit_scale=1.0, tie_word_embeddings=True), True),
+    "cohere_head_dim": ("CohereConfig", dict(num_key_value_heads=1, logit_scale=1.0, head_dim=24), True),
+    "starcoder2_gqa_head_dim": ("Starcoder2Config", dict(num_key_value_heads=2, head_dim=32, hidden_act="gelu",
+                                                         tie_word_embeddings=False), True),
+    "gpt2_tanh_gelu": ("GPT2Config", dict(activation_function="gelu_new"), True),
 }
 
 
@@ -183,10 +187,12 @@ def test_import_with_a_base_job_zero1(tmp_path):
 def test_unsupported_inputs_are_refused(tmp_path):
     with pytest.raises(ConversionError, match="no config.json"):
         import_model(str(tmp_path))
-    gpt2 = transformers.GPT2LMHeadModel(transformers.GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
-    gpt2.save_pretrained(str(tmp_path / "gpt2"))
-    with pytest.raises(UnsupportedArchitecture, match="model_type 'gpt2' is not supported"):
-        import_model(str(tmp_path / "gpt2"))
+    opt = transformers.OPTForCausalLM(transformers.OPTConfig(num_hidden_layers=1, hidden_size=16,
+                                                             num_attention_heads=2, ffn_dim=32, vocab_size=50,
+                                                             word_embed_proj_dim=16))
+    opt.save_pretrained(str(tmp_path / "opt"))
+    with pytest.raises(UnsupportedArchitecture, match="model_type 'opt' is not supported"):
+        import_model(str(tmp_path / "opt"))
 
     def save(cls, **kw):
         d = str(tmp_path / f"m{len(os.listdir(tmp_path))}")
@@ -201,6 +207,10 @@ def test_unsupported_inputs_are_refused(tmp_path):
         import_model(save("PhiConfig", qk_layernorm=True))
     with pytest.raises(UnsupportedArchitecture, match="hidden_act='relu'"):
         import_model(save("LlamaConfig", hidden_act="relu"))
+    with pytest.raises(UnsupportedArchitecture, match="sliding_window=16"):
+        import_model(save("Starcoder2Config", sliding_window=16))
+    with pytest.raises(UnsupportedArchitecture, match="scale_attn_weights"):
+        import_model(save("GPT2Config", scale_attn_weights=False))
 
 
 # ------------------------------------------------------------------------------------ whole commands (slow)
