@@ -97,8 +97,10 @@ def iter_batches(inputs, json_keys, skip_bad_lines, stats):
 class _Encoder:
     """Per-process state: the tokenizer (built once per worker) and the encoding options."""
 
-    def __init__(self, tok_args: dict, json_keys, append_eod: bool, skip_bad_lines: bool, fim: dict | None = None):
+    def __init__(self, tok_args: dict, json_keys, append_eod: bool, skip_bad_lines: bool, fim: dict | None = None,
+                 include_special_tokens: bool = True):
         self.tokenizer = build_tokenizer(**tok_args)
+        self.include_special_tokens = include_special_tokens
         # Document-level FIM (before packing): document d gets rng (seed, 0, d), so the output does not depend on
         # the number of workers or partitions.
         self.fim = None
@@ -134,9 +136,14 @@ class _Encoder:
                 cfg, seed = self.fim
                 ids = [apply_fim_to_document(np.asarray(x, dtype=np.int64), sample_rng(seed, 0, n), cfg,
                                              self.tokenizer).tolist() for x, n in zip(ids, numbers)]
+            if self.include_special_tokens and self.tokenizer.adds_special_tokens:
+                ids = [self.tokenizer.with_template(x) for x in ids]  # e.g. Llama's <s> before every document
             if self.append_eod:
+                # As Megatron-LM's preprocess_data.py: EOD only after a document that has tokens; a document without
+                # tokens is written as a document holding no sequence (empty __init__.py files add nothing).
                 for x in ids:
-                    x.append(self.tokenizer.eod)
+                    if x:
+                        x.append(self.tokenizer.eod)
             lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
             flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=self.dtype, count=int(lengths.sum()))
             out[key] = (flat, lengths)
@@ -146,12 +153,12 @@ class _Encoder:
 _WORKER: _Encoder | None = None  # one per worker process (set by the pool initializer)
 
 
-def _init_worker(tok_args, json_keys, append_eod, skip_bad_lines, fim=None):
+def _init_worker(tok_args, json_keys, append_eod, skip_bad_lines, fim=None, include_special_tokens=True):
     global _WORKER
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the main process stops us
     # The pool already uses every core we were given; the backend's own thread pool would oversubscribe them.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    _WORKER = _Encoder(tok_args, json_keys, append_eod, skip_bad_lines, fim)
+    _WORKER = _Encoder(tok_args, json_keys, append_eod, skip_bad_lines, fim, include_special_tokens)
 
 
 def _work(task):
@@ -168,8 +175,9 @@ def _numbered(tasks, first_doc: int = 0):
 
 
 def _run_one(inputs, output_prefix, tok_args, json_keys, append_eod, workers, skip_bad_lines, progress,
-             fim=None, first_doc=0):
-    encoder = _Encoder(tok_args, json_keys, append_eod, skip_bad_lines, fim)  # also validates the tokenizer
+             fim=None, first_doc=0, include_special_tokens=True):
+    encoder = _Encoder(tok_args, json_keys, append_eod, skip_bad_lines, fim,
+                       include_special_tokens)  # also validates the tokenizer
     stats = {"bad_files": 0}
     writers = {k: IndexedDatasetWriter(output_prefix_for(output_prefix, k), encoder.dtype) for k in json_keys}
     totals = {"docs": 0, "bad": 0, "bytes": 0, "tokens": 0, "numbered": 0}  # numbered: docs + bad lines
@@ -185,13 +193,13 @@ def _run_one(inputs, output_prefix, tok_args, json_keys, append_eod, workers, sk
         if workers > 1:
             ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
             pool = ctx.Pool(workers, initializer=_init_worker,
-                            initargs=(tok_args, json_keys, append_eod, skip_bad_lines, fim))
+                            initargs=(tok_args, json_keys, append_eod, skip_bad_lines, fim, include_special_tokens))
             results = pool.imap(_work, batches)
         else:
             results = map(encoder.encode_task, batches)
         for out, n_docs, bad, nbytes in results:
             for key, (flat, lengths) in out.items():
-                writers[key].add_documents(flat, lengths)
+                writers[key].add_documents(flat, lengths, empty_as_sequence=False)
                 totals["tokens"] += int(flat.size)
             totals["docs"] += n_docs
             totals["bad"] += bad
@@ -249,8 +257,13 @@ def _split_inputs(inputs, partitions):
 
 def preprocess(inputs, output_prefix, tokenizer_type, tokenizer_model=None, vocab_file=None, merge_file=None,
                json_keys=("text",), append_eod=False, workers=1, partitions=1, skip_bad_lines=False,
-               progress=True, fim_rate=0.0, fim_spm_rate=0.5, fim_seed=1234) -> dict:
+               progress=True, fim_rate=0.0, fim_spm_rate=0.5, fim_seed=1234, include_special_tokens=True) -> dict:
     """Tokenize ``inputs`` into ``{output_prefix}_{key}_document.bin/.idx``; returns counts and seconds.
+
+    As Megatron-LM's tools/preprocess_data.py: a tokenizer whose own template adds special tokens (a Llama-style
+    tokenizer.json adding ``<s>``) writes them around every document unless ``include_special_tokens`` is False
+    (Megatron's --tokenizer-hf-no-include-special-tokens); EOD follows only documents that have tokens, and a
+    document without tokens is a document holding no sequence.
 
     With ``partitions > 1`` each partition is tokenized by the worker pool into a temporary dataset and the
     parts are merged in order (the output is byte-identical to ``partitions=1``)."""
@@ -269,12 +282,12 @@ def preprocess(inputs, output_prefix, tokenizer_type, tokenizer_model=None, voca
     try:
         if len(groups) == 1:
             return _run_one(groups[0], output_prefix, tok_args, json_keys, append_eod, workers, skip_bad_lines,
-                            progress, fim)
+                            progress, fim, include_special_tokens=include_special_tokens)
         totals = {"docs": 0, "bad": 0, "bytes": 0, "tokens": 0, "numbered": 0, "seconds": 0.0}
         for i, group in enumerate(groups):
             pp = f"{output_prefix}_part{i}"
             t = _run_one(group, pp, tok_args, json_keys, append_eod, workers, skip_bad_lines, progress, fim,
-                         first_doc=totals["numbered"])
+                         first_doc=totals["numbered"], include_special_tokens=include_special_tokens)
             part_prefixes.append(pp)
             for k in totals:
                 totals[k] += t[k]
@@ -323,7 +336,11 @@ def main(argv=None) -> int:
     ap.add_argument("--tokenizer-model", default=None)
     ap.add_argument("--vocab-file", default=None)
     ap.add_argument("--merge-file", default=None)
-    ap.add_argument("--append-eod", action="store_true", help="append <|endoftext|> after every document")
+    ap.add_argument("--append-eod", action="store_true",
+                    help="append the end-of-document token after every document that has tokens (as Megatron-LM)")
+    ap.add_argument("--tokenizer-hf-no-include-special-tokens", action="store_true",
+                    help="do not write the special tokens the tokenizer's own template adds (e.g. Llama's <s> before "
+                         "every document); Megatron-LM's flag of the same name. Default: written, as Megatron-LM")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--partitions", type=int, default=1)
     ap.add_argument("--skip-bad-lines", action="store_true",
@@ -361,7 +378,8 @@ def main(argv=None) -> int:
         t = preprocess(args.input, args.output_prefix, args.tokenizer_type, args.tokenizer_model, args.vocab_file,
                        args.merge_file, args.json_keys, args.append_eod, args.workers, args.partitions,
                        args.skip_bad_lines, progress=not args.no_progress, fim_rate=args.fim_rate,
-                       fim_spm_rate=args.fim_spm_rate, fim_seed=args.seed)
+                       fim_spm_rate=args.fim_spm_rate, fim_seed=args.seed,
+                       include_special_tokens=not args.tokenizer_hf_no_include_special_tokens)
     except (PreprocessError, CorpusError, TokenizerError, IndexedDatasetError, FileNotFoundError, FIMError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

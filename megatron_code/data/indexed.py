@@ -88,13 +88,20 @@ class IndexedDatasetWriter:
         self.add_item(tokens)
         self.end_document()
 
-    def add_documents(self, flat_tokens, lengths) -> None:
+    def add_documents(self, flat_tokens, lengths, empty_as_sequence: bool = True) -> None:
         """Append many single-sequence documents at once: ``flat_tokens`` is their concatenation, ``lengths`` the
-        per-document token counts (one write call; the fast path for preprocessing)."""
+        per-document token counts (one write call; the fast path for preprocessing). With ``empty_as_sequence``
+        False a document of 0 tokens is written as Megatron-LM's IndexedDatasetBuilder writes it: a document
+        holding no sequence (its document index repeats the previous one)."""
         lengths = np.asarray(lengths, dtype=np.int64)
         start = self._num_seqs
-        self._write_flat(np.asarray(flat_tokens), lengths)
-        self._doc_idx.extend(range(start + 1, self._num_seqs + 1))
+        if empty_as_sequence:
+            self._write_flat(np.asarray(flat_tokens), lengths)
+            self._doc_idx.extend(range(start + 1, self._num_seqs + 1))
+            return
+        nonempty = lengths > 0
+        self._write_flat(np.asarray(flat_tokens), lengths[nonempty])
+        self._doc_idx.extend((start + np.cumsum(nonempty)).tolist())
 
     def _write_flat(self, arr: np.ndarray, lengths: np.ndarray) -> None:
         if arr.ndim != 1:

@@ -123,6 +123,12 @@ class Tokenizer:
         self.eod = eod
         self.pad = self.special_tokens.get("<pad>", self.eod)
         self._id_to_special = {v: k for k, v in self.special_tokens.items()}
+        # Special ids the tokenizer's own template puts around every text (e.g. Llama's <s> from its tokenizer.json
+        # post-processor). encode() never adds them; encode_document() does, as Megatron-LM's preprocessing does.
+        self.template_prefix, self.template_suffix = self._template()
+
+    def _template(self) -> tuple[list[int], list[int]]:
+        return [], []
 
     # --- backend hooks -------------------------------------------------------------------------------------
     def _vocab_size(self) -> int:
@@ -148,6 +154,16 @@ class Tokenizer:
     def encode_batch(self, texts: Sequence[str]) -> list[list[int]]:
         """Same as ``[encode(t) for t in texts]``, faster where the backend batches natively."""
         return self._encode_batch(list(texts))
+
+    @property
+    def adds_special_tokens(self) -> bool:
+        """True when the tokenizer's own template adds ids around a text (a BOS-adding tokenizer)."""
+        return bool(self.template_prefix or self.template_suffix)
+
+    def with_template(self, ids: list[int]) -> list[int]:
+        """``ids`` inside the tokenizer's own template: what Megatron-LM's ``tokenizer.tokenize(text)`` returns
+        (its HuggingFaceTokenizer calls ``tokenizer(text).input_ids``, its Llama2Tokenizer adds BOS)."""
+        return self.template_prefix + ids + self.template_suffix if self.adds_special_tokens else ids
 
     def decode(self, ids: Iterable[int]) -> str:
         """Text of ``ids``; special ids are rendered as their strings (e.g. ``<fim_middle>``)."""
@@ -238,6 +254,19 @@ class HFTokenizer(Tokenizer):
 
     def _vocab_size(self) -> int:
         return self._tok.get_vocab_size(with_added_tokens=True)
+
+    def _template(self) -> tuple[list[int], list[int]]:
+        """The post-processor's ids around a single text: a probe encoded with and without special tokens."""
+        if self._tok.post_processor is None:
+            return [], []
+        probe = "a"
+        plain = self._tok.encode(probe, add_special_tokens=False).ids
+        full = self._tok.encode(probe, add_special_tokens=True).ids
+        for i in range(len(full) - len(plain) + 1):
+            if full[i:i + len(plain)] == plain:
+                return full[:i], full[i + len(plain):]
+        raise TokenizerError("the tokenizer.json post-processor changes the text's ids (not only adds special tokens "
+                             "around them); such a tokenizer is not supported")
 
     def _token_to_id(self, token):
         return self._tok.token_to_id(token)
