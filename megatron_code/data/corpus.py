@@ -105,27 +105,68 @@ def iter_jsonl(path, json_keys=("text",), skip_bad_lines: bool = False, stats: d
                 stats["bad_lines"] += 1
 
 
-def notebook_to_text(nb_json: dict) -> str:
-    """A notebook as one Python file: code cells in order, markdown cells as ``#`` comments, outputs skipped."""
+def notebook_cells(nb_json: dict, outputs: bool = False) -> list[dict]:
+    """The cells of a notebook (nbformat 3 or 4 JSON) in order: ``{"type", "source"}`` (+ ``"outputs"``: the text
+    of stream / text-plain outputs, when ``outputs``)."""
     if not isinstance(nb_json, dict) or "cells" not in nb_json:
         # nbformat 3 kept cells under worksheets
-        cells = [c for ws in (nb_json or {}).get("worksheets", []) for c in ws.get("cells", [])]
+        raw = [c for ws in (nb_json or {}).get("worksheets", []) for c in ws.get("cells", [])]
     else:
-        cells = nb_json["cells"]
-    chunks = []
-    for cell in cells:
+        raw = nb_json["cells"]
+    cells = []
+    for cell in raw:
         src = cell.get("source", cell.get("input", ""))
         if isinstance(src, list):
             src = "".join(src)
-        src = src.rstrip("\n")
+        out = {"type": cell.get("cell_type"), "source": src}
+        if outputs and cell.get("cell_type") == "code":
+            texts = []
+            for o in cell.get("outputs", []) or []:
+                t = o.get("text") if o.get("output_type") == "stream" else (o.get("data") or {}).get("text/plain")
+                if t is not None:
+                    texts.append("".join(t) if isinstance(t, list) else str(t))
+            out["outputs"] = texts
+        cells.append(out)
+    return cells
+
+
+# Cell-marker tokens for the "markers" renderer (the Jupyter tokens of StarCoder's tokenizer, Li et al. 2023).
+NOTEBOOK_MARKERS = {"start": "<jupyter_start>", "markdown": "<jupyter_text>", "code": "<jupyter_code>",
+                    "output": "<jupyter_output>"}
+
+
+def render_cells(cells: list[dict], style: str = "comments") -> str:
+    """Notebook cells as one training text.
+
+    ``comments``: one Python file, code cells in order and markdown/raw cells as ``#`` comments (outputs skipped);
+    ``markers``: every cell after its cell-marker token (NOTEBOOK_MARKERS), outputs after ``<jupyter_output>``."""
+    if style == "markers":
+        parts = [NOTEBOOK_MARKERS["start"]]
+        for cell in cells:
+            kind = "code" if cell["type"] == "code" else "markdown"
+            parts.append(NOTEBOOK_MARKERS[kind] + cell["source"])
+            for out in cell.get("outputs", ()):
+                parts.append(NOTEBOOK_MARKERS["output"] + out)
+        return "".join(parts)
+    if style != "comments":
+        raise ValueError(f"notebook renderer {style!r}: use 'comments' or 'markers'")
+    chunks = []
+    for cell in cells:
+        src = cell["source"].rstrip("\n")
         if not src.strip():
             continue
-        kind = cell.get("cell_type")
+        kind = cell["type"]
         if kind == "code":
             chunks.append(src)
         elif kind in ("markdown", "raw", "heading"):
             chunks.append("\n".join(("# " + line) if line else "#" for line in src.split("\n")))
     return "\n\n".join(chunks) + ("\n" if chunks else "")
+
+
+def notebook_to_text(nb_json: dict) -> str:
+    """A notebook as one Python file: code cells in order, markdown cells as ``#`` comments, outputs skipped
+    (the ``comments`` renderer of :func:`render_cells`)."""
+    return render_cells(notebook_cells(nb_json), "comments")
 
 
 def iter_source_tree(root, extensions=None, skip_bad_files: bool = False, stats: dict | None = None,
