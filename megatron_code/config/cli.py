@@ -154,6 +154,12 @@ MEGATRON_FLAGS: dict[str, tuple[Any, Setter]] = {
     "eval-iters": (1, _set("training.eval_iters")),
     "log-interval": (1, _set("training.log_interval")),
     "tensorboard-dir": (1, _set("training.tensorboard_dir")),
+    # DeepSpeed is always the engine; a Megatron-DeepSpeed line (it passes --deepspeed) gets its TensorBoard names.
+    "deepspeed": (0, _const("training.tensorboard_style", "megatron-deepspeed")),
+    "wandb-project": (1, _set("training.wandb_project")),
+    "wandb-exp-name": (1, _set("training.wandb_exp_name")),
+    "wandb-save-dir": (1, _set("training.wandb_save_dir")),
+    "wandb-entity": (1, _set("training.wandb_entity")),
     # optimizer and schedule
     "optimizer": (1, _map("optim.optimizer", {"adam": "adamw", "adamw": "adamw"}, "optimizer")),
     "lr": (1, _set("optim.lr")),
@@ -237,7 +243,6 @@ ERROR_FLAGS: dict[str, tuple[Any, str]] = {
 
 # Accepted for compatibility, no effect here (arity, why).
 NOOP_FLAGS: dict[str, tuple[Any, str]] = {
-    "deepspeed": (0, "DeepSpeed is always the engine"),
     "group-query-attention": (0, "GQA follows from --num-query-groups"),
     "use-flash-attn": (0, "the attention kernel is chosen automatically (flash-attn on CUDA when installed)"),
     "use-flash-attn-v2": (0, "the attention kernel is chosen automatically"),

@@ -29,7 +29,9 @@ class TrainingConfig(ConfigBase):
     # 0: dynamic scaling starting at 2**initial_loss_scale_power, halved after `hysteresis` consecutive overflows
     # (never below min_loss_scale) and doubled after loss_scale_window overflow-free steps.
     loss_scale: float = 0.0
-    initial_loss_scale_power: int = 16
+    # 2**32: Megatron-LM's --initial-loss-scale default (megatron/training/arguments.py); the first overflowing
+    # steps halve it to a working scale within a few iterations.
+    initial_loss_scale_power: int = 32
     loss_scale_window: int = 1000
     hysteresis: int = 2
     min_loss_scale: float = 1.0
@@ -52,6 +54,16 @@ class TrainingConfig(ConfigBase):
     eval_iters: int = 10
     log_interval: int = 10
     tensorboard_dir: Optional[str] = None
+    # TensorBoard tag names: "megatron-lm" (flat: "lm loss", "lm loss vs samples", "learning-rate", ...) or
+    # "megatron-deepspeed" (grouped: "lm-loss-training/lm loss", ... vs samples / vs tokens); a line with
+    # --deepspeed picks the latter. Our own tags (train/loss, interval/mfu, ...) are written in both.
+    tensorboard_style: str = "megatron-lm"
+    # Weights & Biases (Megatron's --wandb-project/--wandb-exp-name/--wandb-save-dir/--wandb-entity): logging is
+    # on when wandb_project is set; offline unless WANDB_MODE says otherwise (no network by default).
+    wandb_project: Optional[str] = None
+    wandb_exp_name: Optional[str] = None
+    wandb_save_dir: Optional[str] = None
+    wandb_entity: Optional[str] = None
     # Peak FLOP/s per device for MFU; None -> known GPU table on CUDA, a short matmul probe on CPU.
     peak_tflops: Optional[float] = None
     # Keep this many newest checkpoints (0 = keep all).
@@ -91,6 +103,9 @@ class TrainingConfig(ConfigBase):
                                   "cpu_threads": (0, None), "initial_loss_scale_power": (0, 127)}, self)
         if self.peak_tflops is not None and self.peak_tflops <= 0:
             raise ConfigError(f"--training.peak_tflops must be positive (or unset), got {self.peak_tflops}")
+        if self.tensorboard_style not in ("megatron-lm", "megatron-deepspeed"):
+            raise ConfigError(f"--training.tensorboard_style must be megatron-lm or megatron-deepspeed, got "
+                              f"'{self.tensorboard_style}'")
         if self.eval_interval and self.eval_iters == 0:
             raise ConfigError(f"--eval-iters 0 with --eval-interval {self.eval_interval}: validation would average "
                               f"no batches; give --eval-iters N, or --eval-interval 0 to turn validation off")

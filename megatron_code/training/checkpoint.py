@@ -163,6 +163,11 @@ def save_checkpoint(engine, job: JobConfig, save_dir: str, iteration: int, clien
         os.rename(staged, final)
         _fsync_dir(save_dir)
         _write_atomic(os.path.join(save_dir, "latest"), tag)
+        # Megatron-LM's tracker file (its loaders and scripts read it) and DeepSpeed's recovery script, which
+        # DeepSpeed copies beside the tag directories of a ZeRO save (here: into the staging root).
+        _write_atomic(os.path.join(save_dir, "latest_checkpointed_iteration.txt"), str(iteration))
+        if os.path.exists(os.path.join(staging_root, "zero_to_fp32.py")):
+            os.replace(os.path.join(staging_root, "zero_to_fp32.py"), os.path.join(save_dir, "zero_to_fp32.py"))
         shutil.rmtree(staging_root, ignore_errors=True)
         if keep > 0:
             _prune(save_dir, keep)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 
@@ -64,13 +65,86 @@ class Throughput:
         return tps, mfu
 
 
-class MetricsSink:
-    """Writes scalars to a JSONL file and TensorBoard (rank 0 only; other ranks get a sink that drops)."""
+# Megatron's TensorBoard names. Megatron-LM (megatron/training/training.py, training_log and evaluate_and_print_
+# results) writes flat tags, each value also against consumed samples ("<tag> vs samples"); Megatron-DeepSpeed
+# (megatron/training.py) puts each in a group "<group>/<tag>" and adds "vs tokens". Values without a samples
+# series in Megatron-LM: iteration-time, throughput and the timers.
+MEGATRON_DS_GROUPS = {"lm loss": "lm-loss-training", "learning-rate": "learning-rate", "batch-size": "batch-size",
+                      "loss-scale": "loss-scale", "grad-norm": "grad-norm", "world-size": "world-size",
+                      "iteration-time": "iteration-time"}
+_NO_SERIES = ("iteration-time", "throughput")
 
-    def __init__(self, jsonl_path: str | None, tensorboard_dir: str | None, enabled: bool):
+
+def megatron_tags(name: str, style: str, validation: bool = False) -> list[tuple[str, str]]:
+    """[(tag, x axis)] for one value; x axis is "iteration", "samples" or "tokens"."""
+    if validation:  # name: "lm loss" or "lm loss ppl"
+        base, ppl = (name[:-4], " ppl") if name.endswith(" ppl") else (name, "")
+        if style == "megatron-deepspeed":
+            tag = f"lm-loss-validation/{base} validation{ppl}"
+            return [(tag, "iteration"), (tag + " vs samples", "samples"), (tag + " vs tokens", "tokens")]
+        tag = f"{base} validation{ppl}"
+        return [(tag, "iteration"), (tag + " vs samples", "samples")]
+    if name.endswith("-time") and name != "iteration-time" or name == "throughput":
+        return [(name, "iteration")]  # timers (Megatron's Timers.write) and throughput: per iteration only
+    if style == "megatron-deepspeed":
+        tag = f"{MEGATRON_DS_GROUPS.get(name, name)}/{name}"
+        return [(tag, "iteration"), (tag + " vs samples", "samples"), (tag + " vs tokens", "tokens")]
+    if name in _NO_SERIES:
+        return [(name, "iteration")]
+    return [(name, "iteration"), (name + " vs samples", "samples")]
+
+
+def megatron_log_line(iteration: int, train_iters: int, consumed: int, ms_per_iter: float, tflops: float | None,
+                      lr: float, batch_size: int, losses: dict[str, float], loss_scale: float, grad_norm: float,
+                      skipped: int, nan_iters: int, when: str) -> str:
+    """Megatron-LM's training_log line, field for field (its log parsers read it); our extra fields follow."""
+    s = f" [{when}] iteration {iteration:8d}/{train_iters:8d} | consumed samples: {consumed:12d} |"
+    s += f" elapsed time per iteration (ms): {ms_per_iter:.1f} |"
+    if tflops is not None:
+        s += f" throughput per GPU (TFLOP/s/GPU): {tflops:.1f} |"
+    s += f" learning rate: {lr:.6E} | global batch size: {batch_size:5d} |"
+    for key, value in losses.items():
+        s += f" {key}: {value:.6E} |"
+    s += f" loss scale: {loss_scale:.1f} |"
+    if math.isfinite(grad_norm):
+        s += f" grad norm: {grad_norm:.3f} |"
+    s += f" number of skipped iterations: {skipped:3d} | number of nan iterations: {nan_iters:3d} |"
+    return s
+
+
+class WandbWriter:
+    """Megatron's W&B logging (same scalar names as its TensorBoard tags, per iteration). Offline by default: the
+    run is written under wandb_save_dir (or SAVE/wandb) and can be pushed later with `wandb sync`."""
+
+    def __init__(self, training, config: dict):
+        try:
+            import wandb
+        except ImportError:
+            raise ImportError("--wandb-project needs the wandb package: pip install 'megatron_code[wandb]' (or "
+                              "drop --wandb-project)") from None
+        directory = training.wandb_save_dir or os.path.join(training.save or ".", "wandb")
+        os.makedirs(directory, exist_ok=True)
+        self.run = wandb.init(project=training.wandb_project, name=training.wandb_exp_name,
+                              entity=training.wandb_entity, dir=directory, config=config,
+                              mode=os.environ.get("WANDB_MODE", "offline"))
+
+    def log(self, scalars: dict[str, float], step: int) -> None:
+        self.run.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class MetricsSink:
+    """Writes scalars to a JSONL file, TensorBoard and W&B (rank 0 only; other ranks get a sink that drops)."""
+
+    def __init__(self, jsonl_path: str | None, tensorboard_dir: str | None, enabled: bool,
+                 style: str = "megatron-lm", wandb: WandbWriter | None = None):
         self.enabled = enabled
         self.file = None
         self.tb = None
+        self.style = style
+        self.wandb = wandb
         if not enabled:
             return
         if jsonl_path:
@@ -91,8 +165,27 @@ class MetricsSink:
                 if v is not None:
                     self.tb.add_scalar(f"{kind}/{k}", v, iteration)
 
+    def megatron(self, iteration: int, samples: int, tokens: int, scalars: dict[str, float],
+                 validation: bool = False) -> None:
+        """Scalars under Megatron's names (see megatron_tags), to TensorBoard and W&B."""
+        if not self.enabled:
+            return
+        steps = {"iteration": iteration, "samples": samples, "tokens": tokens}
+        if self.tb:
+            for name, value in scalars.items():
+                if value is None:
+                    continue
+                for tag, axis in megatron_tags(name, self.style, validation):
+                    self.tb.add_scalar(tag, value, steps[axis])
+        if self.wandb:
+            names = {(f"{n[:-4]} validation ppl" if n.endswith(" ppl") else f"{n} validation") if validation else n: v
+                     for n, v in scalars.items() if v is not None}
+            self.wandb.log(names, iteration)
+
     def close(self) -> None:
         if self.file:
             self.file.close()
         if self.tb:
             self.tb.close()
+        if self.wandb:
+            self.wandb.close()

@@ -35,7 +35,7 @@ from .guards import StopSignal, check_finite
 from .losses import masked_mean_weights
 from .objective import Collate, Objective
 from .lr_schedule import lr_at
-from .metrics import MetricsSink, Throughput, peak_flops
+from .metrics import MetricsSink, Throughput, WandbWriter, megatron_log_line, peak_flops
 from .optimizer import build_optimizer
 
 MIM_PARTS = ("fwd_ce", "bwd_ce", "agreement")  # training/losses.py mim_loss parts, logged per step
@@ -187,8 +187,11 @@ class Trainer:
         fpt = flops_per_token(job.model, job.data.seq_length)
         peak, source = peak_flops(t.precision, t.peak_tflops)
         self.throughput = Throughput(fpt, peak, self.world)
+        wandb = WandbWriter(t, job.to_dict()) if t.wandb_project and self.rank == 0 else None
         self.sink = MetricsSink(os.path.join(t.save, "metrics.jsonl") if t.save else None, t.tensorboard_dir,
-                                enabled=self.rank == 0)
+                                enabled=self.rank == 0, style=t.tensorboard_style, wandb=wandb)
+        self.timers: dict[str, float] = {}  # Megatron's timer names -> seconds in this logging window
+        self.skipped_at_window = self._skipped_steps()
         n_params = sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters())  # ZeRO-3: full
         log(f"model: {n_params:,} parameters on this rank | world {self.world} = TP {self.groups.tp_size} x "
             f"PP {self.groups.pp_size} x DP {self.groups.dp_size} | global batch {t.global_batch_size} "
@@ -214,7 +217,9 @@ class Trainer:
         total = 0.0
         self.loss_parts = {}
         for micro in range(self.grad_accum):
+            t0 = time.perf_counter()
             batch = next(batches)
+            t1 = time.perf_counter()
             loss, parts = self._loss(batch)
             for k, v in parts.items():
                 self.loss_parts[k] = self.loss_parts.get(k, 0.0) + v / self.grad_accum
@@ -222,7 +227,11 @@ class Trainer:
             if micro == self.grad_accum - 1 and self.own_clip:
                 self.grad_norm = float(clip_grad_norm_(self.engine.module.parameters(),
                                                        self.job.optim.clip_grad or float("inf"), mpu=self.mpu))
+            t2 = time.perf_counter()
             self.engine.step()
+            self._time("batch-generator", t1 - t0)
+            self._time("forward-backward", t2 - t1)
+            self._time("optimizer", time.perf_counter() - t2)
             total += loss.detach().float()
         if not self.own_clip:
             norm = self.engine.get_global_grad_norm()
@@ -286,7 +295,9 @@ class Trainer:
     def _train_step_pipeline(self, batches) -> float:
         """engine.train_batch pulls `grad_accum` micro batches (first and last stage read the same ones: each
         rank has its own loader over its DP rank's samples); the loss comes back DP-averaged on every stage."""
+        t0 = time.perf_counter()
         loss = self.engine.train_batch(PipelineBatches(batches))
+        self._time("forward-backward", time.perf_counter() - t0)  # DeepSpeed's schedule runs the step inside
         parts = self.engine.get_additional_losses() or {}
         self.loss_parts = {k: float(v) for k, v in parts.items()}
         if self.own_clip:
@@ -321,23 +332,47 @@ class Trainer:
                                     is_rank0=self.rank == 0, keep=t.keep_checkpoints)
         log(f"saved checkpoint {path}", self.rank)
 
+    def _time(self, name: str, seconds: float) -> None:
+        self.timers[name] = self.timers.get(name, 0.0) + seconds
+
+    def _skipped_steps(self) -> int:
+        """Optimizer steps DeepSpeed skipped (fp16 overflow), as Megatron's 'number of skipped iterations'."""
+        return int(getattr(self.engine, "skipped_steps", 0) or 0)
+
+    def _loss_scale(self) -> float:
+        """The fp16 dynamic scale DeepSpeed's optimizers expose as loss_scale / cur_scale; 1.0 otherwise (as Megatron
+        logs it without fp16)."""
+        if self.job.training.precision != "fp16":
+            return 1.0
+        opt = self.engine.optimizer
+        scale = getattr(opt, "loss_scale", None) or getattr(opt, "cur_scale", None)
+        return float(scale) if scale is not None else 1.0
+
     def _log_interval(self, loss_sum: float, steps: int, bar) -> None:
         t = self.job.training
+        seconds = time.perf_counter() - self.throughput.t0
         tps, mfu = self.throughput.rates()
         loss = loss_sum / max(steps, 1)
         gn = self.grad_norm
-        scale = None
-        if t.precision == "fp16":  # DeepSpeed's fp16 optimizers expose the dynamic scale as loss_scale / cur_scale
-            opt = self.engine.optimizer
-            scale = getattr(opt, "loss_scale", None) or getattr(opt, "cur_scale", None)
+        scale = self._loss_scale()
         lr = self.engine.optimizer.param_groups[0]["lr"]
-        parts = "".join(f"{k} {v / max(steps, 1):.4f} | " for k, v in self.window_parts.items())
-        log(f"iter {self.iteration}/{t.train_iters} | loss {loss:.4f} | {parts}lr {lr:.3e} | grad norm {gn:.3f} | "
-            + (f"loss scale {float(scale):.0f} | " if scale is not None else "")
-            + f"tokens/s {tps:,.0f} | MFU {100 * mfu:.2f}% | mem {memory_gb():.2f} GB", self.rank)
+        per_iter = seconds / max(steps, 1)
+        tflops = tps * self.throughput.flops_per_token / 1e12 / self.world  # Megatron: TFLOP/s per GPU
+        skipped = self._skipped_steps()
+        losses = {"lm loss": loss, **{k: v / max(steps, 1) for k, v in self.window_parts.items()}}
+        line = megatron_log_line(self.iteration, t.train_iters, self.consumed, 1000 * per_iter, tflops, lr,
+                                 t.global_batch_size, losses, scale, gn, skipped - self.skipped_at_window, 0,
+                                 time.strftime("%Y-%m-%d %H:%M:%S"))
+        log(f"{line} tokens/s: {tps:,.0f} | MFU: {100 * mfu:.2f}% | mem: {memory_gb():.2f} GB |", self.rank)
+        self.skipped_at_window = skipped
         self.sink.write(self.iteration, {"tokens_per_s": tps, "mfu": mfu, "grad_norm": gn, "lr": lr,
-                                         "loss_scale": float(scale) if scale is not None else None,
+                                         "loss_scale": scale if t.precision == "fp16" else None,
                                          "memory_gb": memory_gb()}, kind="interval")
+        samples, tokens = self.consumed, self.consumed * self.job.data.seq_length
+        self.sink.megatron(self.iteration, samples, tokens, {
+            "iteration-time": per_iter, "throughput": tflops,
+            **{f"{name}-time": v / max(steps, 1) for name, v in self.timers.items()}})
+        self.timers = {}
         if bar is not None:
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
         self.throughput.reset()
@@ -359,6 +394,9 @@ class Trainer:
         v = self.evaluate(self.data.valid)
         history["valid_loss"].append((self.iteration, v))
         self.sink.write(self.iteration, {"loss": v, "ppl": math.exp(min(v, 50))}, kind="valid")
+        # Megatron caps the exponent at 20 for its "ppl" scalars (evaluate_and_print_results).
+        self.sink.megatron(self.iteration, self.consumed, self.consumed * self.job.data.seq_length,
+                           {"lm loss": v, "lm loss ppl": math.exp(min(v, 20))}, validation=True)
         log(f"validation at iter {self.iteration} | loss {v:.4f} | ppl {math.exp(min(v, 50)):.2f}", self.rank)
         self.throughput.reset()  # evaluation time is not training throughput
 
@@ -381,6 +419,10 @@ class Trainer:
         self.throughput.add(t.global_batch_size * self.job.data.seq_length)
         self.sink.write(self.iteration, {"loss": loss, "lr": lr, "consumed_samples": self.consumed,
                                          **self.loss_parts})
+        # Megatron writes these every iteration (its --tensorboard-log-interval defaults to 1).
+        self.sink.megatron(self.iteration, self.consumed, self.consumed * self.job.data.seq_length, {
+            "learning-rate": lr, "batch-size": t.global_batch_size, "lm loss": loss, "loss-scale": self._loss_scale(),
+            "grad-norm": self.grad_norm if math.isfinite(self.grad_norm) else None, "world-size": self.world})
         history["train_loss"].append((self.iteration, loss))
         self.window_loss, self.window_steps = self.window_loss + loss, self.window_steps + 1
         for k, v in self.loss_parts.items():  # MIM's terms, averaged over the window like the loss

@@ -215,11 +215,11 @@ def test_flag_table_covers_every_listed_flag():
         assert flag in MEGATRON_FLAGS or flag == "num-query-groups"
 
 
-def test_deepspeed_switch_accepted_with_note():
+def test_deepspeed_switch_selects_megatron_deepspeed_tensorboard_names():
     out = parse_args(["--deepspeed"])
-    assert out.job.to_dict() == megatron_baseline().to_dict()
-    assert any(n.startswith("--deepspeed:") for n in out.notes)
-    assert "deepspeed" in NOOP_FLAGS
+    expected = megatron_baseline()
+    expected.training.tensorboard_style = "megatron-deepspeed"
+    assert out.job.to_dict() == expected.to_dict()
 
 
 def test_num_query_groups_needs_group_query_attention():
@@ -322,7 +322,7 @@ def test_megatron_deepspeed_launch_line():
                       clip_grad=1.0, adam_beta1=0.9, adam_beta2=0.95),
         "training": dict(micro_batch_size=2, global_batch_size=4, train_iters=10, log_interval=1, save_interval=5,
                          eval_interval=5, eval_iters=2, precision="fp16", save="/ckpt", load="/ckpt",
-                         tensorboard_dir="/tb", seed=1234),
+                         tensorboard_dir="/tb", seed=1234, tensorboard_style="megatron-deepspeed"),
         "parallel": dict(tensor_parallel=1, pipeline_parallel=1, zero_stage=1, deepspeed_config="ds.json",
                          activation_checkpoint_interval=1, backend="gloo"),
     })
@@ -330,7 +330,7 @@ def test_megatron_deepspeed_launch_line():
     assert out.local_rank == 0
     assert out.print_config is False
     noted = {n.split(":")[0] for n in out.notes}
-    assert {"--deepspeed", "--no-query-key-layer-scaling", "--log-timers-to-tensorboard"} <= noted
+    assert {"--no-query-key-layer-scaling", "--log-timers-to-tensorboard"} <= noted
     assert out.job.resolve_batch(data_parallel_size=1) == 2
 
 

@@ -1,0 +1,97 @@
+"""TensorBoard files carry Megatron's tag names and series, read back with TensorBoard's own EventAccumulator;
+the log line is Megatron-LM's (its parsers' regexes match), our fields after it."""
+
+from __future__ import annotations
+
+import glob
+import re
+import subprocess
+import sys
+
+import pytest
+
+from ._cmd import TINY, run
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+ITERS, GLOBAL, SEQ = 4, 8, 32
+
+
+def _scalars(tb_dir: str) -> dict[str, list]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out: dict[str, list] = {}
+    for path in glob.glob(f"{tb_dir}/**/events.out.tfevents.*", recursive=True):
+        acc = EventAccumulator(path, size_guidance={"scalars": 0})
+        acc.Reload()
+        for tag in acc.Tags()["scalars"]:
+            out.setdefault(tag, []).extend(acc.Scalars(tag))
+    return out
+
+
+def _train(tmp_path, *extra: str):
+    tb = str(tmp_path / "tb")
+    line = TINY + ["--train-iters", str(ITERS), "--eval-interval", "2", "--eval-iters", "1", "--split", "90,10,0",
+                   "--tensorboard-dir", tb, "--log-interval", "2", "--save", str(tmp_path / "ckpt"), *extra]
+    proc = run(line, timeout=600)
+    return proc, _scalars(tb)
+
+
+def test_megatron_lm_tags_series_and_log_line(tmp_path):
+    proc, sc = _train(tmp_path, "--zero-stage", "1")
+    every_iteration = ["lm loss", "learning-rate", "batch-size", "loss-scale", "grad-norm"]
+    for tag in every_iteration:
+        assert [e.step for e in sc[tag]] == list(range(1, ITERS + 1)), tag
+        # "vs samples": the same values against consumed samples
+        assert [e.step for e in sc[f"{tag} vs samples"]] == [GLOBAL * i for i in range(1, ITERS + 1)]
+        assert [e.value for e in sc[f"{tag} vs samples"]] == [e.value for e in sc[tag]]
+    assert all(e.value == GLOBAL for e in sc["batch-size"]) and all(e.value == 1.0 for e in sc["loss-scale"])
+    for tag in ("iteration-time", "throughput", "forward-backward-time", "optimizer-time", "batch-generator-time"):
+        assert [e.step for e in sc[tag]] == [2, 4] and all(e.value > 0 for e in sc[tag]), tag
+    for tag in ("lm loss validation", "lm loss validation vs samples", "lm loss validation ppl",
+                "lm loss validation ppl vs samples"):
+        assert len(sc[tag]) >= 2, tag
+    assert "train/loss" in sc  # our own tags stay as aliases
+    # The training loss logged under Megatron's name is the one in metrics.jsonl
+    import json
+    records = [json.loads(x) for x in open(tmp_path / "ckpt" / "metrics.jsonl")]
+    train = [r["loss"] for r in records if r["kind"] == "train"]
+    assert [e.value for e in sc["lm loss"]] == pytest.approx(train, rel=1e-6)
+    # Megatron-LM's log line, as its log parsers read it
+    pattern = re.compile(r" \[[\d\- :.]+\] iteration +(\d+)/ +(\d+) \| consumed samples: +(\d+) \| elapsed time per "
+                         r"iteration \(ms\): [\d.]+ \| throughput per GPU \(TFLOP/s/GPU\): [\d.]+ \| learning rate: "
+                         r"[\d.E+-]+ \| global batch size: +(\d+) \| lm loss: ([\d.E+-]+) \| loss scale: 1\.0 \| grad "
+                         r"norm: [\d.]+ \| number of skipped iterations: +0 \| number of nan iterations: +0 \|")
+    lines = [m for m in map(pattern.search, proc.stdout.splitlines()) if m]
+    assert [(int(m[1]), int(m[2]), int(m[3]), int(m[4])) for m in lines] == [(2, ITERS, 2 * GLOBAL, GLOBAL),
+                                                                              (4, ITERS, 4 * GLOBAL, GLOBAL)]
+    assert "tokens/s:" in proc.stdout and "MFU:" in proc.stdout
+    # (same run) Megatron-LM's tracker file and DeepSpeed's recovery script beside the tag directories; the
+    # script consolidates our ZeRO checkpoint as it does DeepSpeed's.
+    save = tmp_path / "ckpt"
+    assert (save / "latest_checkpointed_iteration.txt").read_text() == str(ITERS)
+    assert (save / "latest").read_text().strip() == f"iter_{ITERS:07d}"
+    script = save / "zero_to_fp32.py"
+    assert script.exists()
+    r = subprocess.run([sys.executable, str(script), str(save), str(tmp_path / "fp32")], capture_output=True,
+                       text=True, timeout=300, cwd=str(save))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert glob.glob(str(tmp_path / "fp32" / "*"))
+
+
+def test_megatron_deepspeed_tags_with_tokens_series(tmp_path):
+    _, sc = _train(tmp_path, "--deepspeed")
+    for group, tag in (("lm-loss-training", "lm loss"), ("learning-rate", "learning-rate"),
+                       ("grad-norm", "grad-norm"), ("batch-size", "batch-size")):
+        assert [e.step for e in sc[f"{group}/{tag}"]] == list(range(1, ITERS + 1))
+        assert [e.step for e in sc[f"{group}/{tag} vs tokens"]] == [GLOBAL * SEQ * i for i in range(1, ITERS + 1)]
+    assert "lm-loss-validation/lm loss validation vs tokens" in sc
+    assert "iteration-time/iteration-time" in sc
+
+def test_fp16_initial_loss_scale_is_megatrons():
+    from megatron_code.config.cli import parse_args
+    from megatron_code.parallel.engine import deepspeed_config
+
+    job = parse_args(["--preset", "tiny", "--model.vocab_size", "256", "--fp16", "--mock-data"]).job
+    job.resolve_batch(1)
+    assert deepspeed_config(job, 1)["fp16"]["initial_scale_power"] == 32  # Megatron-LM's --initial-loss-scale 2**32
