@@ -202,19 +202,6 @@ def test_tokenizer_export_loads_with_autotokenizer(tiny_tokenizer, tmp_path):
     assert tok2.fingerprint() == tok.fingerprint()
 
 
-def test_sentencepiece_tokenizer_is_refused_before_writing(tmp_path):
-    from megatron_code.convert.tokenizer_export import TokenizerExportError
-    from megatron_code.data.tokenizer import train_code_tokenizer
-
-    texts = ["def add(a, b):\n    return a + b\n", "class Point:\n    x: int = 1\n"] * 40
-    tok = train_code_tokenizer(texts, 320, str(tmp_path / "sp"), kind="sentencepiece-bpe")
-    model = make_model(vocab_size=tok.vocab_size, **CASES["llama_mqa"][1])
-    out = tmp_path / "hf"
-    with pytest.raises(TokenizerExportError, match="SentencePiece"):
-        export_model(model.cfg, model.state_dict(), str(out), tokenizer=tok)
-    assert not out.exists()
-
-
 def test_bfloat16_export_rounds_once(tmp_path):
     model = make_model(**CASES["llama_gqa"][1])
     out = str(tmp_path / "bf16")
