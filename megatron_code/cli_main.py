@@ -15,6 +15,12 @@ def print_config(job) -> None:
     job.resolve_units()
     job.validate()
     print(job.to_yaml(), end="")
+    if job.preset:
+        from .config.presets import PRESETS
+        print(f"recipe source: {PRESETS[job.preset]['source']}")
+    t = job.training
+    if t.global_batch_size or t.rampup_batch_size or t.step_batch_size_schedule or t.batch_size_schedule:
+        print(f"batch schedule: {job.batch_schedule().describe()}")
     print(f"padded_vocab_size: {job.model.padded_vocab_size}")
     print(f"parameters: {count_parameters(job.model)}")
 

@@ -36,6 +36,7 @@ from .data_args import check_data_args_exclusive, read_data_args_file, read_per_
 from .job import SECTIONS, JobConfig
 from .megatron_flags import ERROR_FLAGS, NOOP_FLAGS
 from .presets import get_preset
+from .recipe_flags import FIELD_FLAGS, UNIT_GROUPS as RECIPE_UNIT_GROUPS
 
 # flag -> (arity, setter). arity: 0 (switch), 1 (one value), "+" (one or more values).
 Setter = Callable[[dict[str, dict[str, Any]], Any], None]
@@ -162,7 +163,7 @@ MEGATRON_FLAGS: dict[str, tuple[Any, Setter]] = {
     "wandb-save-dir": (1, _set("training.wandb_save_dir")),
     "wandb-entity": (1, _set("training.wandb_entity")),
     # optimizer and schedule
-    "optimizer": (1, _map("optim.optimizer", {"adam": "adamw", "adamw": "adamw"}, "optimizer")),
+    "optimizer": (1, _map("optim.optimizer", dict(adam="adamw", adamw="adamw", adafactor="adafactor"), "optimizer")),
     "lr": (1, _set("optim.lr")),
     "min-lr": (1, _set("optim.min_lr")),
     "lr-decay-style": (1, _set("optim.lr_decay_style")),
@@ -224,6 +225,7 @@ MEGATRON_FLAGS: dict[str, tuple[Any, Setter]] = {
     "distributed-backend": (1, _set("parallel.backend")),
 }
 
+MEGATRON_FLAGS.update({flag: (arity, _set(path)) for flag, (arity, path) in FIELD_FLAGS.items()})
 # Flags whose effect depends on other flags of the same line: handled by _LineState (name -> arity).
 _STATEFUL_FLAGS: dict[str, Any] = {
     "checkpoint-activations": 0, "checkpoint-num-layers": 1, "recompute-activations": 0,
@@ -240,7 +242,7 @@ _UNIT_GROUPS = (
     ("LR decay length", ("optim.lr_decay_iters",), ("optim.lr_decay_samples", "optim.lr_decay_tokens")),
     ("LR warmup length", ("optim.lr_warmup_iters", "optim.lr_warmup_fraction"),
      ("optim.lr_warmup_samples", "optim.lr_warmup_tokens")),
-)
+) + RECIPE_UNIT_GROUPS
 
 # Megatron's --num-query-groups only takes effect together with --group-query-attention.
 _QUERY_GROUPS = "num-query-groups"

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 
 from .base import ConfigError
+from .batch_schedule import BatchSchedule, build_schedule
 from .data import DataConfig, ObjectiveConfig
 from .model import ModelConfig
 from .optim import OptimConfig
@@ -46,6 +47,10 @@ class JobConfig:
     def validate(self) -> None:
         for name in SECTIONS:
             getattr(self, name).validate()
+        t = self.training
+        if t.rampup_batch_size or t.step_batch_size_schedule or t.batch_size_schedule:
+            self.batch_schedule()  # a malformed schedule is reported now, not when training starts
+        self._check_adafactor()
         m, d = self.model, self.data
         if m.position_embedding == "learned" and d.seq_length > m.max_position_embeddings:
             raise ConfigError(f"--seq-length ({d.seq_length}) exceeds --max-position-embeddings "
@@ -79,16 +84,52 @@ class JobConfig:
             raise ConfigError(f"--pipeline-model-parallel-size ({self.parallel.pipeline_parallel}) exceeds "
                               f"num_layers ({m.num_layers})")
 
+    def batch_schedule(self) -> BatchSchedule:
+        """The global batch of every step (config/batch_schedule.py); constant unless a schedule is given. Sets
+        training.global_batch_size to the schedule's final batch when a schedule gives it."""
+        t = self.training
+        sched = build_schedule(t.global_batch_size, t.rampup_batch_size, t.step_batch_size_schedule,
+                               t.batch_size_schedule, self.data.seq_length)
+        t.global_batch_size = sched.final
+        return sched
+
+    def _check_adafactor(self) -> None:
+        """Adafactor's clipping and parameter scaling use each parameter's whole-tensor RMS, so DeepSpeed must hand
+        it the parameters one by one: its plain path (fp32), and at ZeRO-0 the fp16/bf16 wrapper that keeps one
+        fp32 master per parameter. ZeRO >= 1 (and bf16 pipelines, BF16_Optimizer) flatten many parameters into one
+        partition, where those RMS values would mix tensors: refused."""
+        o, p, t = self.optim, self.parallel, self.training
+        if o.optimizer != "adafactor":
+            if o.weight_decay_lr_power is not None:
+                raise ConfigError("optim.weight_decay_lr_power (weight decay = lr^p, PaLM's) is implemented for "
+                                  "--optimizer adafactor only: unset it or use Adafactor")
+            return
+        why = ("needs each parameter as its own tensor (update clipping and parameter scaling use the tensor's "
+               "RMS), but DeepSpeed {} flattens parameters into shared partitions")
+        if p.zero_stage > 0 or p.cpu_offload:
+            raise ConfigError(f"--optimizer adafactor with --zero-stage {p.zero_stage}: Adafactor "
+                              + why.format("ZeRO >= 1") + "; use --zero-stage 0 (optimizer state is then "
+                              "replicated on each data-parallel rank)")
+        if p.pipeline_parallel > 1 and t.precision == "bf16":
+            raise ConfigError("--optimizer adafactor with --bf16 and pipeline parallelism: Adafactor "
+                              + why.format("BF16_Optimizer (bf16 pipelines)") + "; train the pipeline in fp32, "
+                              "or bf16 without pipeline parallelism")
+
     def resolve_batch(self, data_parallel_size: int) -> int:
-        """Check global = micro x dp x accumulation; return the number of accumulation steps."""
+        """Check global = micro x dp x accumulation for every batch of the schedule; return the number of
+        accumulation steps of the final (or only) global batch."""
         t = self.training
         per_step = t.micro_batch_size * data_parallel_size
-        if t.global_batch_size is None:
+        if t.global_batch_size is None and not (t.rampup_batch_size or t.step_batch_size_schedule
+                                                or t.batch_size_schedule):
             t.global_batch_size = per_step
-        if t.global_batch_size % per_step:
-            raise ConfigError(f"--global-batch-size ({t.global_batch_size}) must be a multiple of micro-batch-size x "
-                              f"data-parallel size ({t.micro_batch_size} x {data_parallel_size} = {per_step})")
+        sched = self.batch_schedule()
         self.resolve_units()
+        for size in sched.sizes(t.train_iters):
+            if size % per_step:
+                what = "--global-batch-size" if sched.kind == "constant" else f"the batch schedule's batch {size}"
+                raise ConfigError(f"{what} ({size}) must be a multiple of micro-batch-size x data-parallel size "
+                                  f"({t.micro_batch_size} x {data_parallel_size} = {per_step})")
         return t.global_batch_size // per_step
 
     def resolve_units(self) -> None:
@@ -110,10 +151,13 @@ class JobConfig:
         """
         t, o = self.training, self.optim
         if t.train_samples is None and t.train_tokens is None and all(
-                v is None for v in (o.lr_warmup_samples, o.lr_decay_samples, o.lr_warmup_tokens, o.lr_decay_tokens)):
+                v is None for v in (o.lr_warmup_samples, o.lr_decay_samples, o.lr_warmup_tokens, o.lr_decay_tokens,
+                                    o.lr_wsd_decay_samples)):
             return
-        if t.global_batch_size is None:
+        scheduled = t.rampup_batch_size or t.step_batch_size_schedule or t.batch_size_schedule
+        if t.global_batch_size is None and not scheduled:
             raise ConfigError("lengths in samples/tokens need the global batch size: give --global-batch-size")
+        sched = self.batch_schedule()
         batch, seq = t.global_batch_size, self.data.seq_length
 
         def samples(tokens: int | None, given: int | None) -> int | None:
@@ -124,7 +168,11 @@ class JobConfig:
 
         run = [n for n in (t.train_samples, samples(t.train_tokens, None)) if n is not None]
         if run:
-            t.train_iters = iters(min(run))
+            # with a batch schedule: the steps its batches need to cover the samples (LR lengths below stay in
+            # iterations of the final batch, the unit of the LR schedule's progress: training/lr_schedule.py)
+            t.train_iters = sched.iterations_for(min(run))
+        if o.lr_wsd_decay_samples is not None:
+            o.lr_wsd_decay_iters = iters(o.lr_wsd_decay_samples)
         decay = samples(o.lr_decay_tokens, o.lr_decay_samples)
         if decay is not None:
             o.lr_decay_iters = iters(decay)

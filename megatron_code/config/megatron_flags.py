@@ -8,7 +8,6 @@ from typing import Any
 
 # Flags for features we do not have: an error naming why (arity, message), never silently ignored.
 ERROR_FLAGS: dict[str, tuple[Any, str]] = {
-    "rampup-batch-size": ("+", "batch size ramp-up is not supported yet; remove the flag"),
     "num-layers-per-virtual-pipeline-stage": (
         1, "the interleaved (virtual pipeline) schedule is not supported: DeepSpeed's pipeline engine runs one "
            "stage per rank; remove the flag"),

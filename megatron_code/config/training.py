@@ -13,6 +13,12 @@ class TrainingConfig(ConfigBase):
     micro_batch_size: int = 4
     # None -> micro_batch_size x data-parallel size (no accumulation).
     global_batch_size: Optional[int] = None
+    # Batch-size schedules (config/batch_schedule.py; at most one): Megatron's --rampup-batch-size START INCR
+    # SAMPLES (up to global_batch_size), Megatron's --step-batch-size-schedule "TOKENS:BS ..." and ours,
+    # --batch-size-schedule "BS:STEP,...". The schedule's last batch is the global batch size.
+    rampup_batch_size: Optional[list[int]] = None
+    step_batch_size_schedule: Optional[str] = None
+    batch_size_schedule: Optional[str] = None
     # Run length in optimizer steps. Megatron's --train-samples / Megatron-DeepSpeed's --train-tokens below are
     # other units for the same thing: JobConfig.resolve_units() overwrites train_iters from them once the global
     # batch size is known (see its docstring for the rounding).
@@ -25,6 +31,9 @@ class TrainingConfig(ConfigBase):
     train_tokens: Optional[int] = None
     seed: int = 1234
     precision: str = "fp32"  # fp32 | bf16 | fp16 (loss scaling below)
+    # Set by presets whose seed trained in fp16: where the accelerator has no fp16 (most CPUs), the run uses bf16
+    # (same exponent range as fp32, so no loss scaling) with a one-line note instead of refusing.
+    fp16_fallback_bf16: bool = False
     # fp16 loss scaling (DeepSpeed's fp16 section). loss_scale > 0: a static scale (Megatron's --loss-scale);
     # 0: dynamic scaling starting at 2**initial_loss_scale_power, halved after `hysteresis` consecutive overflows
     # (never below min_loss_scale) and doubled after loss_scale_window overflow-free steps.

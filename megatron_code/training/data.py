@@ -43,7 +43,7 @@ class JobData:
 def build_job_data(job: JobConfig, eod: int | None, is_builder: bool, barrier) -> JobData:
     t, d = job.training, job.data
     gbs = t.global_batch_size
-    n_train = t.train_iters * gbs
+    n_train = job.batch_schedule().samples_through(t.train_iters)  # = train_iters x gbs for a constant batch
     n_eval = max(1, t.eval_iters) * gbs
     if d.mock_data:
         v = job.model.vocab_size
@@ -58,6 +58,7 @@ def build_job_data(job: JobConfig, eod: int | None, is_builder: bool, barrier) -
     # Megatron's counts (the same function tools/build_index.py uses, so caches built ahead of time are reused).
     counts = num_samples_for(global_batch_size=gbs, train_iters=t.train_iters, eval_interval=t.eval_interval or 1,
                              eval_iters=max(1, t.eval_iters))
+    counts = (n_train,) + counts[1:]
     train, valid, test = build_gpt_datasets(
         data_path=d.data_path or None, split=d.split, train_data_path=d.train_data_path or None,
         valid_data_path=d.valid_data_path or None, test_data_path=d.test_data_path or None,

@@ -126,12 +126,24 @@ class Trainer:
     def __init__(self, job: JobConfig):
         self.job = job
         t = job.training
+        precision_note = None
+        if t.precision == "fp16" and t.fp16_fallback_bf16:
+            try:
+                check_precision_supported("fp16")
+            except ConfigError:
+                t.precision = "bf16"
+                precision_note = ("note: the preset trained in fp16, which this machine's accelerator lacks: running "
+                                  "in bf16 (--training.fp16_fallback_bf16 false refuses instead)")
         check_precision_supported(t.precision)  # before any model is built
         if t.cpu_threads:
             torch.set_num_threads(t.cpu_threads)
         self.rank, self.world = init_distributed(job.parallel.backend)
         self.groups = ParallelGroups.build(job.parallel.tensor_parallel, job.parallel.pipeline_parallel)
-        self.grad_accum = job.resolve_batch(self.groups.dp_size)
+        if precision_note:
+            log(precision_note, self.rank)
+        self.grad_accum = job.resolve_batch(self.groups.dp_size)  # of the final global batch (and evaluation)
+        self.schedule = job.batch_schedule()
+        self.step_batch = t.global_batch_size  # the batch DeepSpeed is configured for; see _set_step_batch
         ckpt.check_fresh_save_dir(t.save, t.load)
         seed_everything(t.seed)
         self.tokenizer = resolve_tokenizer(job)
@@ -142,11 +154,13 @@ class Trainer:
         self.pipelined = self.groups.pp_size > 1
         if self.pipelined:
             model, self.mpu = self._pipeline_module(model), None  # DeepSpeed uses the pipeline grid as mpu
-        optimizer = build_optimizer(model, job.optim)
+        optimizer = build_optimizer(model, job.optim,
+                                    tp_group=self.groups.tp_group if self.groups.tp_size > 1 else None)
         self.own_clip = trainer_clips_gradients(job)
         if self.pipelined and self.own_clip:
             self.step_clipper = StepClipper(optimizer, model, job.optim.clip_grad or float("inf"), self.groups)
         ds_config = deepspeed_config(job, self.grad_accum)
+        job._check_adafactor()  # a --deepspeed_config JSON may have set the ZeRO stage
         if self.pipelined:
             ds_config = pipeline_ds_config(ds_config, job.parallel.sequence_parallel)
         self.engine = initialize_engine(model, optimizer, ds_config, mpu=self.mpu)
@@ -194,7 +208,7 @@ class Trainer:
         self.skipped_at_window = self._skipped_steps()
         n_params = sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters())  # ZeRO-3: full
         log(f"model: {n_params:,} parameters on this rank | world {self.world} = TP {self.groups.tp_size} x "
-            f"PP {self.groups.pp_size} x DP {self.groups.dp_size} | global batch {t.global_batch_size} "
+            f"PP {self.groups.pp_size} x DP {self.groups.dp_size} | global batch {self.schedule.describe()} "
             f"(micro {t.micro_batch_size} x accumulation {self.grad_accum}) | {t.precision} | "
             f"ZeRO {job.parallel.zero_stage} | peak {peak / 1e12:.2f} TFLOP/s ({source})", self.rank)
 
@@ -216,15 +230,19 @@ class Trainer:
             return self._train_step_pipeline(batches)
         total = 0.0
         self.loss_parts = {}
-        for micro in range(self.grad_accum):
+        accum = self.step_accum
+        for micro in range(accum):
             t0 = time.perf_counter()
             batch = next(batches)
             t1 = time.perf_counter()
+            # Stated, not left to DeepSpeed's count of micro steps modulo the accumulation, which goes out of step
+            # once a batch schedule changes the accumulation.
+            self.engine.set_gradient_accumulation_boundary(micro == accum - 1)
             loss, parts = self._loss(batch)
             for k, v in parts.items():
-                self.loss_parts[k] = self.loss_parts.get(k, 0.0) + v / self.grad_accum
+                self.loss_parts[k] = self.loss_parts.get(k, 0.0) + v / accum
             self.engine.backward(loss)
-            if micro == self.grad_accum - 1 and self.own_clip:
+            if micro == accum - 1 and self.own_clip:
                 self.grad_norm = float(clip_grad_norm_(self.engine.module.parameters(),
                                                        self.job.optim.clip_grad or float("inf"), mpu=self.mpu))
             t2 = time.perf_counter()
@@ -236,7 +254,7 @@ class Trainer:
         if not self.own_clip:
             norm = self.engine.get_global_grad_norm()
             self.grad_norm = float(norm) if norm is not None else float("nan")
-        mean = total / self.grad_accum
+        mean = total / accum
         if self.groups.dp_size > 1:
             dist.all_reduce(mean, group=self.groups.dp_group)
             mean = mean / self.groups.dp_size
@@ -314,7 +332,8 @@ class Trainer:
         # Stages size their receive buffers from the first activation they see; validation batches may have
         # another shape (MIM trains on doubled batches), so renegotiate shapes on the way in and out.
         self.engine.reset_activation_shape()
-        total = sum(float(self.engine.eval_batch(batches)) for _ in range(n))
+        # batches of the final global batch size even while a batch schedule runs a smaller one
+        total = sum(float(self.engine.eval_batch(batches, num_micro_batches=self.grad_accum)) for _ in range(n))
         self.engine.reset_activation_shape()
         self.engine.train()
         return total / max(n, 1)
@@ -348,6 +367,17 @@ class Trainer:
         scale = getattr(opt, "loss_scale", None) or getattr(opt, "cur_scale", None)
         return float(scale) if scale is not None else 1.0
 
+    def _set_step_batch(self, batch: int) -> None:
+        """Global batch of the next step (config/batch_schedule.py): more or fewer accumulated micro batches."""
+        per_step = self.job.training.micro_batch_size * self.groups.dp_size
+        if batch != self.step_batch:
+            self.engine.set_train_batch_size(batch)
+            if self.step_batch != self.job.training.global_batch_size or self.iteration:
+                log(f"global batch {self.step_batch} -> {batch} at iteration {self.iteration} "
+                    f"({self.consumed} samples consumed)", self.rank)
+            self.step_batch = batch
+        self.step_accum = batch // per_step
+
     def _log_interval(self, loss_sum: float, steps: int, bar) -> None:
         t = self.job.training
         seconds = time.perf_counter() - self.throughput.t0
@@ -361,7 +391,7 @@ class Trainer:
         skipped = self._skipped_steps()
         losses = {"lm loss": loss, **{k: v / max(steps, 1) for k, v in self.window_parts.items()}}
         line = megatron_log_line(self.iteration, t.train_iters, self.consumed, 1000 * per_iter, tflops, lr,
-                                 t.global_batch_size, losses, scale, gn, skipped - self.skipped_at_window, 0,
+                                 self.step_batch, losses, scale, gn, skipped - self.skipped_at_window, 0,
                                  time.strftime("%Y-%m-%d %H:%M:%S"))
         log(f"{line} tokens/s: {tps:,.0f} | MFU: {100 * mfu:.2f}% | mem: {memory_gb():.2f} GB |", self.rank)
         self.skipped_at_window = skipped
@@ -416,12 +446,12 @@ class Trainer:
         """Record one finished iteration: metrics, periodic log line, periodic validation."""
         t = self.job.training
         check_finite(loss, self.iteration, t.precision)
-        self.throughput.add(t.global_batch_size * self.job.data.seq_length)
+        self.throughput.add(self.step_batch * self.job.data.seq_length)
         self.sink.write(self.iteration, {"loss": loss, "lr": lr, "consumed_samples": self.consumed,
-                                         **self.loss_parts})
+                                         "global_batch_size": self.step_batch, **self.loss_parts})
         # Megatron writes these every iteration (its --tensorboard-log-interval defaults to 1).
         self.sink.megatron(self.iteration, self.consumed, self.consumed * self.job.data.seq_length, {
-            "learning-rate": lr, "batch-size": t.global_batch_size, "lm loss": loss, "loss-scale": self._loss_scale(),
+            "learning-rate": lr, "batch-size": self.step_batch, "lm loss": loss, "loss-scale": self._loss_scale(),
             "grad-norm": self.grad_norm if math.isfinite(self.grad_norm) else None, "world-size": self.world})
         history["train_loss"].append((self.iteration, loss))
         self.window_loss, self.window_steps = self.window_loss + loss, self.window_steps + 1
@@ -457,12 +487,15 @@ class Trainer:
         started = time.time()
         with StopSignal() as stop:
             while self.iteration < t.train_iters:
-                lr = lr_at(self.iteration, job.optim, t.train_iters)
+                self._set_step_batch(self.schedule.batch_at(self.iteration, self.consumed))
+                # LR progress in samples, as Megatron's scheduler counts (training/lr_schedule.py)
+                lr = lr_at(self.iteration, job.optim, t.train_iters,
+                           progress=(self.consumed + self.step_batch) / t.global_batch_size)
                 for group in self.engine.optimizer.param_groups:
                     group["lr"] = lr
                 loss = self.train_step(batches)
                 self.iteration += 1
-                self.consumed += t.global_batch_size
+                self.consumed += self.step_batch
                 self._after_step(loss, lr, history, bar)
                 stopping, why = self._should_stop(start_iter, started, stop)
                 last = self.iteration == t.train_iters

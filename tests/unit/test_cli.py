@@ -382,8 +382,20 @@ def test_every_noop_flag_is_accepted_with_a_note(name):
 
 
 @pytest.mark.parametrize("argv, pattern", [
-    (["--rampup-batch-size", "32", "32", "2000"], r"^--rampup-batch-size: batch size ramp-up is not supported yet; "
-                                                  r"remove the flag$"),
+    (["--rampup-batch-size", "32", "32", "2000"], r"--rampup-batch-size ramps up to --global-batch-size: give "
+                                                  r"--global-batch-size"),
+    (["--global-batch-size", "64", "--rampup-batch-size", "8", "16", "2000"],
+     r"--global-batch-size \(64\) - START \(8\) must be a non-negative multiple of INCREMENT \(16\)"),
+    (["--global-batch-size", "64", "--rampup-batch-size", "8", "8", "0"],
+     r"--rampup-batch-size: START, INCREMENT and SAMPLES must be positive, got 8 8 0"),
+    (["--batch-size-schedule", "8:10,16:20"], r"--batch-size-schedule: the first step must be 0"),
+    (["--batch-size-schedule", "8:0,16:0"], r"--batch-size-schedule: steps must be strictly increasing"),
+    (["--batch-size-schedule", "8:0,16:20", "--global-batch-size", "8"],
+     r"--batch-size-schedule ends at batch 16 but --global-batch-size is 8"),
+    (["--step-batch-size-schedule", "0:8 x:16"], r"--step-batch-size-schedule: 'x' is not a number"),
+    (["--batch-size-schedule", "8:0", "--step-batch-size-schedule", "0:8"], r"give one batch-size schedule"),
+    (["--lr-decay-style", "WSD"], r"--lr-decay-style WSD needs the annealing length"),
+    (["--lr-decay-style", "exponential"], r"give a positive --min-lr"),
     (["--num-layers-per-virtual-pipeline-stage", "2"], r"interleaved .* DeepSpeed's pipeline engine"),
     (["--recompute-granularity", "partial"], r"--recompute-granularity: unknown value 'partial'"),
     (["--recompute-method", "random"], r"--recompute-method: unknown value 'random'"),
@@ -531,7 +543,8 @@ def test_megatron_deepspeed_llama2_line():
     assert job.parallel.activation_checkpoint_interval == 1 and job.training.precision == "bf16"
 
 
-# Megatron-LM's GPT-3 175B example (examples/gpt3), sizes shrunk; its batch-size ramp-up is refused clearly.
+# Megatron-LM's GPT-3 175B example (examples/gpt3), sizes shrunk; with its batch-size ramp-up (older versions) or
+# its step schedule (current).
 MEGATRON_LM_GPT3 = """
 --num-layers 4 --hidden-size 128 --num-attention-heads 8 --seq-length 256 --max-position-embeddings 256
 --attention-backend auto --micro-batch-size 1 --global-batch-size 16 --train-iters 500 --weight-decay 0.1
@@ -549,8 +562,12 @@ def test_megatron_lm_gpt3_line():
     assert job.optim.lr_warmup_fraction == 0.001 and job.optim.lr_decay_iters == 430
     assert job.data.tokenizer_type == "GPT2BPETokenizer" and job.parallel.tensor_parallel == 2
     assert {"--attention-backend", "--use-mcore-models", "--transformer-impl"} <= {n.split(":")[0] for n in out.notes}
-    with pytest.raises(ConfigError, match="batch size ramp-up is not supported yet"):
-        parse_args(MEGATRON_LM_GPT3 + ["--rampup-batch-size", "16", "16", "5859375"])
+    ramp = parse_args(MEGATRON_LM_GPT3 + ["--rampup-batch-size", "4", "4", "5859"]).job
+    assert ramp.training.rampup_batch_size == [4, 4, 5859] and ramp.batch_schedule().kind == "rampup"
+    steps = parse_args([a for a in MEGATRON_LM_GPT3 if a not in ("--global-batch-size", "16")]
+                       + ["--step-batch-size-schedule", "0:4 2.4M:8 4.8M:16"]).job
+    sched = steps.batch_schedule()
+    assert sched.final == 16 and sched.points == ((0, 4), (2_400_000 // 256, 8), (4_800_000 // 256, 16))
 
 
 def test_hidden_dropout_also_sets_embedding_dropout():

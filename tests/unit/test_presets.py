@@ -20,6 +20,7 @@ PUBLISHED = {
     "palm-8b": 8_632_012_800,
     "palm-62b": 62_495_662_080,
     "palm-540b": 540_356_474_880,
+    "phi-1-finetune": 1_418_270_720,  # phi-1's shape
 }
 FROM_SHAPES = ["democratize-300m", "democratize-2.5b", "democratize-6b", "mim-350m", "mim-1.3b", "mim-2.7b",
                "jupyt5-350m"]
@@ -149,3 +150,111 @@ def test_tiny_builds_for_real_on_cpu():
     assert logits.shape == (2, 16, 384)
     assert torch.isfinite(logits).all()
     assert model.num_parameters() == closed_form_count(dict(get_preset("tiny")["model"], vocab_size=300))
+
+
+# --- recipes: how each seed was trained (every value is the seed document's; see presets.py) ---------------------
+
+def resolved(name: str, *extra: str) -> JobConfig:
+    job = parse_args(["--preset", name, *extra]).job
+    job.resolve_units()
+    return job
+
+
+def _fields(job: JobConfig, section: str, want: dict) -> dict:
+    have = getattr(job, section).to_dict()
+    return {k: have[k] for k in want}
+
+
+RECIPES = {
+    # Gunasekar et al. 2023, sec. 2.3
+    "phi-1": {"optim": dict(lr=1e-3, min_lr=0.0, lr_warmup_iters=750, lr_decay_style="linear", weight_decay=0.1,
+                            adam_beta2=0.98, optimizer="adamw"),
+              "training": dict(global_batch_size=1024, train_iters=36000, precision="fp16", fp16_fallback_bf16=True),
+              "model": dict(attention_dropout=0.1, hidden_dropout=0.1), "data": dict(seq_length=2048)},
+    "phi-1-small": {"optim": dict(lr=1e-3, lr_warmup_iters=750, lr_decay_style="linear", weight_decay=0.1),
+                    "training": dict(global_batch_size=1024, train_iters=36000, precision="fp16"),
+                    "model": dict(attention_dropout=0.1, hidden_dropout=0.1)},
+    "phi-1-finetune": {"optim": dict(lr=1e-4, lr_warmup_iters=50, weight_decay=0.01, lr_decay_style="linear"),
+                       "training": dict(global_batch_size=256, train_iters=6000, precision="fp16", finetune=True)},
+    # Nguyen et al. 2023
+    **{name: {"optim": dict(lr=2e-4, lr_warmup_iters=5000),
+              "training": dict(global_batch_size=512, train_iters=286000), "data": dict(seq_length=2048),
+              "objective": dict(objective="mim")} for name in ("mim-350m", "mim-1.3b", "mim-2.7b")},
+    # Chandel et al. 2022
+    "jupyt5-350m": {"optim": dict(adam_beta1=0.9, adam_beta2=0.98, adam_eps=1e-6, lr=9.1875e-5, lr_warmup_iters=5000,
+                                  lr_decay_style="inverse-square-root", weight_decay=0.01),
+                    "training": dict(precision="fp16"), "data": dict(seq_length=2200),
+                    "model": dict(max_position_embeddings=2200)},
+    # the democratization study, Table 5.2 (phase 1) and warmup = 2 / (1 - beta2)
+    "democratize-300m": {"optim": dict(lr=3.0e-4, lr_warmup_iters=40, adam_beta2=0.95)},
+    "democratize-2.5b": {"optim": dict(lr=1.6e-4, lr_warmup_iters=40, adam_beta2=0.95)},
+    "democratize-6b": {"optim": dict(lr=1.2e-4, lr_warmup_iters=40, adam_beta2=0.95),
+                       "training": dict(train_iters=150000, global_batch_size=1024)},
+    # Chowdhery et al. 2022, sec. 5
+    **{name: {"optim": dict(optimizer="adafactor", lr=1e-2, lr_warmup_init=1e-2, lr_warmup_iters=10000,
+                            lr_decay_style="inverse-square-root", adam_beta1=0.9, adafactor_beta2_decay=-0.8,
+                            adafactor_clip_threshold=1.0, adafactor_factored=False, weight_decay_lr_power=2.0,
+                            clip_grad=1.0),
+              "training": dict(precision="bf16", train_tokens=780_000_000_000),
+              "model": dict(attention_dropout=0.0, hidden_dropout=0.0, embedding_dropout=0.0)}
+       for name in ("palm-8b", "palm-62b", "palm-540b")},
+}
+
+
+def test_every_seed_preset_has_a_recipe_test():
+    assert set(RECIPES) == EXPECTED_NAMES - {"tiny"}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_recipe_values(name):
+    job = resolved(name)
+    for section, want in RECIPES[name].items():
+        assert _fields(job, section, want) == want, (name, section)
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_print_config_shows_the_recipe(name, capsys):
+    from megatron_code.cli_main import main
+    main(["--preset", name, "--print-config"] + ([] if get_preset(name)["model"].get("vocab_size")
+                                                 else ["--model.vocab_size", "1000"]))
+    out = capsys.readouterr().out
+    for section, want in RECIPES[name].items():
+        for key, value in want.items():
+            assert f"  {key}: " in out, (name, key)
+    assert "recipe source:" in out
+
+
+def test_palm_540b_batch_ramp_and_length():
+    """512 until step 50k, 1024 until 115k, then 2048; 780B tokens of 2048 end near the paper's step 255k."""
+    job = resolved("palm-540b")
+    sched = job.batch_schedule()
+    assert [sched.batch_at(it, 0) for it in (0, 49_999, 50_000, 114_999, 115_000)] == [512, 512, 1024, 1024, 2048]
+    assert job.training.global_batch_size == 2048
+    assert 255_000 <= job.training.train_iters <= 257_000
+    assert sched.samples_through(job.training.train_iters) * 2048 >= 780e9
+
+
+def test_palm_lr_is_1e_2_then_inverse_sqrt():
+    from megatron_code.training.lr_schedule import lr_at
+    job = resolved("palm-540b")
+    o, n = job.optim, job.training.train_iters
+    assert lr_at(0, o, n) == 1e-2 and lr_at(9_999, o, n) == 1e-2
+    for k in (10_000, 40_000, 250_000):
+        assert lr_at(k - 1, o, n) == pytest.approx(1 / math.sqrt(k), rel=1e-12)
+
+
+def test_mim_1_3b_is_a_1_3b_model():
+    """GPT-3 XL with heads x head_dim = d_model: 1.32B with GPT-3's vocabulary, 1.42B with cl100k (MIM's)."""
+    m = preset_model("mim-1.3b")
+    assert m.num_attention_heads * m.head_size == m.hidden_size == 2048
+    assert built_count("mim-1.3b") == 1_418_317_824
+    gpt3_vocab = closed_form_count(dict(get_preset("mim-1.3b")["model"], vocab_size=50257))
+    assert 1.30e9 < gpt3_vocab < 1.33e9
+
+
+def test_democratize_6b_three_phases_from_table_5_2():
+    from megatron_code.config.presets import DEMOCRATIZE_PHASES
+    phases = DEMOCRATIZE_PHASES["democratize-6b"]
+    assert [(p["lr"], p["train_iters"], p["global_batch_size"] * 2048) for p in phases] == [
+        (1.2e-4, 150_000, 2 * 2 ** 20), (0.4e-4, 100_000, 1.5 * 2 ** 20), (0.4e-4, 50_000, 0.75 * 2 ** 20)]
+    assert [p["data"] for p in phases] == ["The Pile", "multi-language code", "Python"]
