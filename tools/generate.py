@@ -8,6 +8,7 @@ output can be piped or compared.
     python tools/generate.py --load CKPT_DIR --prompt "def f(" --contrastive-alpha 0.6 --contrastive-k 4
 
 With --num-samples N > 1 the samples are separated by a line holding --separator (default "=" * 20).
+A MIM checkpoint's prompt is read after <l2r> by itself (the checkpoint records its objective).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch  # noqa: E402
 
 from megatron_code.inference.contrastive import contrastive_search  # noqa: E402
 from megatron_code.inference.generate import generate, load_for_inference  # noqa: E402
+from megatron_code.inference.objective import lead_token, objective_of  # noqa: E402
 from megatron_code.inference.stopping import HUMANEVAL_STOPS  # noqa: E402
 
 log = logging.getLogger("generate")
@@ -84,7 +86,10 @@ def main(argv=None) -> int:
         prompt = _prompt(args)
         t0 = time.time()
         model, tokenizer = load_for_inference(args.load, device=args.device, dtype=DTYPES[args.dtype])
-        log.info("loaded %s (%d parameters) in %.1fs", args.load, model.num_parameters(), time.time() - t0)
+        log.info("loaded %s (%d parameters, %s objective) in %.1fs", args.load, model.num_parameters(),
+                 objective_of(model), time.time() - t0)
+        if lead_token(objective_of(model)):
+            log.info("prompts start with %s, as the model was trained", lead_token(objective_of(model)))
         t0 = time.time()
         stop = _stops(args.stop)
         if args.contrastive_alpha is not None:

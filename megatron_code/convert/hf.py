@@ -33,6 +33,7 @@ from .tokenizer_export import export_tokenizer, import_tokenizer
 
 
 log = logging.getLogger(__name__)
+SENTINELS = ("<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<l2r>", "<r2l>")
 
 
 class ConversionError(ConfigError):
@@ -65,12 +66,17 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def export_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], out_dir: str, tokenizer=None,
-                 target: str | None = None, dtype: str = "float32") -> str:
+                 target: str | None = None, dtype: str = "float32", objective: str = "causal") -> str:
     """Write a transformers model directory for our (full, single-device) `state_dict`. Returns the target name.
 
     Only the true `cfg.vocab_size` rows of the embedding/head are written (policy in keymaps' docstring); the
     padded size is recorded in config.json["megatron_code"]["padded_vocab_size"]. `dtype` "float32" (exact; the
     default) or "bfloat16"/"float16" (rounded once, for serving).
+
+    `objective` (the checkpoint's training objective) makes the export generate the way the model was trained
+    (inference/objective.py): for MIM the tokenizer prefixes ``<l2r>`` (add_special_tokens, its post-processor) and
+    generation_config's bos is ``<l2r>``; the objective and the FIM/MIM sentinel ids are recorded in
+    generation_config.json.
 
     Refuses (UnsupportedArchitecture) when no target expresses `cfg` exactly; `target` forces one."""
     if cfg.vocab_size is None:
@@ -91,8 +97,19 @@ def export_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], out_dir:
         hf_config = None
     else:
         hf_config = _config_class(target)(**kwargs)
+    from ..inference.objective import lead_token
+
+    lead = lead_token(objective)
+    gen = dict(bos_token_id=eod, eos_token_id=eod, pad_token_id=pad, megatron_code_objective=objective)
+    if tokenizer is not None:
+        gen.update({f"{t.strip('<>')}_token_id": tokenizer.special_tokens[t] for t in SENTINELS
+                    if t in tokenizer.special_tokens})
+        if lead is not None:
+            if lead not in tokenizer.special_tokens:
+                raise ConversionError(f"a {objective} model generates after {lead}, which its tokenizer lacks")
+            gen["bos_token_id"] = tokenizer.special_tokens[lead]
     if tokenizer is not None:  # first: a tokenizer that cannot be exported stops us before any file is written
-        export_tokenizer(tokenizer, out_dir, cfg.max_position_embeddings)
+        export_tokenizer(tokenizer, out_dir, cfg.max_position_embeddings, lead=lead)
     os.makedirs(out_dir, exist_ok=True)
     from safetensors.torch import save_file
 
@@ -107,7 +124,7 @@ def export_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], out_dir:
             json.dump(record, f, indent=2, sort_keys=True)
     GenerationConfig = transformers.GenerationConfig
 
-    GenerationConfig(bos_token_id=eod, eos_token_id=eod, pad_token_id=pad).save_pretrained(out_dir)
+    GenerationConfig(**gen).save_pretrained(out_dir)
     return target
 
 
@@ -135,7 +152,8 @@ def export_checkpoint(ckpt_dir: str, out_dir: str, target: str | None = None, wi
         log.warning("trained with --seq-length %d > --max-position-embeddings %d: the export records "
                     "max_position_embeddings=%d", job.data.seq_length, cfg.max_position_embeddings, job.data.seq_length)
         cfg.max_position_embeddings = job.data.seq_length
-    return export_model(cfg, state, out_dir, tokenizer if with_tokenizer else None, target, dtype)
+    return export_model(cfg, state, out_dir, tokenizer if with_tokenizer else None, target, dtype,
+                        objective=job.objective.objective)
 
 
 # ------------------------------------------------------------------------------------------------ import

@@ -91,10 +91,25 @@ def _sentencepiece_json(tok: Tokenizer) -> str:
     return backend.to_str()
 
 
-def export_tokenizer(tok: Tokenizer, out_dir: str, model_max_length: int) -> None:
+def _with_lead(text: str, lead: str, lead_id: int) -> str:
+    """tokenizer.json whose post-processor puts `lead` before every text (applied with add_special_tokens=True,
+    transformers' default): a MIM model's prompts then start with <l2r> without the user asking."""
+    from tokenizers import Tokenizer as _HF
+    from tokenizers.processors import TemplateProcessing
+
+    backend = _HF.from_str(text)
+    backend.post_processor = TemplateProcessing(single=f"{lead} $A", pair=f"{lead} $A $B:1",
+                                                special_tokens=[(lead, lead_id)])
+    return backend.to_str()
+
+
+def export_tokenizer(tok: Tokenizer, out_dir: str, model_max_length: int, lead: str | None = None) -> None:
     """Write tokenizer.json, tokenizer_config.json and special_tokens_map.json into `out_dir`; verify that
-    `transformers` loads them and encodes a probe text exactly like `tok`."""
+    `transformers` loads them and encodes a probe text exactly like `tok`. `lead` (MIM: "<l2r>") is prefixed to
+    every encoded text when special tokens are added."""
     text = _backend_json(tok)  # raises before anything is written when the tokenizer cannot be exported
+    if lead is not None:
+        text = _with_lead(text, lead, tok.special_tokens[lead])
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
         f.write(text)
@@ -107,6 +122,11 @@ def export_tokenizer(tok: Tokenizer, out_dir: str, model_max_length: int) -> Non
     with open(os.path.join(out_dir, "special_tokens_map.json"), "w") as f:
         json.dump(specials, f, indent=2)
     check_exported_tokenizer(tok, out_dir)
+    if lead is not None:
+        from transformers import AutoTokenizer
+
+        if AutoTokenizer.from_pretrained(out_dir)(PROBE)["input_ids"] != [tok.special_tokens[lead]] + tok.encode(PROBE):
+            raise TokenizerExportError(f"the exported tokenizer does not put {lead} before the text")
 
 
 def check_exported_tokenizer(tok: Tokenizer, out_dir: str, text: str = PROBE) -> None:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ..model.gpt import GPT
 from .generate import (attention_mask, check_length, check_prompts, encode_prompts, eval_mode, left_pad,
                        real_vocab_size)
+from .objective import prompt_lead
 from .sampling import GenerationError, mask_padded_vocab
 from .stopping import CompletionTracker
 
@@ -102,7 +103,7 @@ def _prepare(model: GPT, tokenizer_or_ids, prompts, eod_id, vocab_size):
         tok = tokenizer_or_ids
         if prompts is None or isinstance(prompts, str):
             raise GenerationError("with a tokenizer, pass prompts as a list of strings")
-        ids = encode_prompts(tok, prompts)
+        ids = encode_prompts(tok, prompts, prompt_lead(model, tok))
         return ids, tok.decode, tok.eod if eod_id is None else eod_id, vocab_size or real_vocab_size(model, tok), True
     if prompts is not None:
         raise GenerationError("pass either (tokenizer, prompts) or a list of prompt id lists, not both")

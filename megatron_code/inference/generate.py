@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 import torch
 
 from ..model.gpt import GPT
+from .objective import prompt_lead
 from .sampling import GenerationError, SamplingParams, choose_next, row_generator
 from .stopping import CompletionTracker
 
@@ -205,11 +206,12 @@ def generate_ids(model: GPT, prompt_ids: Sequence[Sequence[int]], *, max_new_tok
     return [list(tracker.ids[r]) for r in out_rows]
 
 
-def encode_prompts(tokenizer, prompts: Sequence[str]) -> list[list[int]]:
-    """Token ids of each prompt; an empty prompt becomes [EOD] (the model's document start)."""
+def encode_prompts(tokenizer, prompts: Sequence[str], lead: Sequence[int] = ()) -> list[list[int]]:
+    """Token ids of each prompt after `lead` (objective.prompt_lead: [<l2r>] for MIM); an empty prompt of a model
+    without a lead becomes [EOD] (the model's document start)."""
     ids = tokenizer.encode_batch(list(prompts)) if hasattr(tokenizer, "encode_batch") else \
         [tokenizer.encode(p) for p in prompts]
-    return [list(x) if len(x) else [tokenizer.eod] for x in ids]
+    return [list(lead) + list(x) if len(x) or lead else [tokenizer.eod] for x in ids]
 
 
 def real_vocab_size(model: GPT, tokenizer) -> int:
@@ -222,13 +224,14 @@ def generate(model: GPT, tokenizer, prompts: list[str], *, max_new_tokens: int =
              top_k: int = 0, top_p: float = 1.0, stop: list[str] | None = None, seed: int = 0,
              num_samples: int = 1, batch_size: int = 16, use_cache: bool = True,
              progress: bool = False) -> list[list[str]]:
-    """``num_samples`` completions (the text after the prompt) for each prompt: result[i][s].
+    """``num_samples`` completions (the text after the prompt) for each prompt: result[i][s]. A MIM checkpoint's
+    prompts start with ``<l2r>`` by themselves (inference/objective.py).
 
     Stops at the tokenizer's EOD, at the earliest of ``stop`` (the text is cut before it; e.g.
     stopping.HUMANEVAL_STOPS) or after ``max_new_tokens``. See generate_ids for the sampling contract."""
     if isinstance(prompts, str):
         raise GenerationError("prompts must be a list of strings, not one string: wrap it as [prompt]")
-    ids = encode_prompts(tokenizer, prompts)
+    ids = encode_prompts(tokenizer, prompts, prompt_lead(model, tokenizer))
     tracker, out_rows = _run(model, ids, max_new_tokens=max_new_tokens, temperature=temperature, top_k=top_k,
                              top_p=top_p, stop=stop, seed=seed, num_samples=num_samples, batch_size=batch_size,
                              eod_id=tokenizer.eod, vocab_size=real_vocab_size(model, tokenizer),
@@ -238,7 +241,8 @@ def generate(model: GPT, tokenizer, prompts: list[str], *, max_new_tokens: int =
 
 
 def load_for_inference(ckpt_dir: str, device="cpu", dtype=torch.float32):
-    """(GPT in eval mode on ``device``/``dtype``, Tokenizer) from a checkpoint directory of any training layout."""
+    """(GPT in eval mode on ``device``/``dtype``, Tokenizer) from a checkpoint directory of any training layout.
+    The model carries the checkpoint's training objective as ``model.objective`` (causal, fim or mim)."""
     from ..data.tokenizer import build_tokenizer, load_tokenizer
     from ..training.checkpoint import load_consolidated
 
@@ -265,6 +269,8 @@ def load_for_inference(ckpt_dir: str, device="cpu", dtype=torch.float32):
                               f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
     model = model.to(device=device, dtype=dtype)
     model.eval()
+    model.objective = job.objective.objective  # read by generate/contrastive_search (inference/objective.py)
+    prompt_lead(model, tokenizer)  # a MIM tokenizer without <l2r> is refused here, not mid-evaluation
     return model, tokenizer
 
 

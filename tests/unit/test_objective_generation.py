@@ -1,0 +1,109 @@
+"""Objective-aware generation: a checkpoint records its objective, and generation does the right thing without a
+flag. Spy test of the issue: a tiny MIM checkpoint (a real DeepSpeed checkpoint written by the same code the
+trainer uses) scored by tools/evaluate_humaneval.py feeds every prompt to the model as <l2r> + prompt; a causal
+one feeds the prompt alone; tools/generate.py does the same."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+
+import pytest
+import torch
+
+from megatron_code.config.model import ModelConfig
+from megatron_code.model import GPT
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+PROBLEMS = [{"task_id": "t/0", "prompt": "def add(a, b):\n", "entry_point": "add",
+             "canonical_solution": "    return a + b\n", "test": "def check(f):\n    assert f(1, 2) == 3\n"}]
+
+
+def _tool(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def tok(tmp_path_factory):
+    from megatron_code.data.tokenizer import train_code_tokenizer
+
+    texts = ["def add(a, b):\n    return a + b\n", "class Point:\n    x: int = 1\n", "print('hi')\n"] * 30
+    return train_code_tokenizer(texts, 300, str(tmp_path_factory.mktemp("tok")))
+
+
+def make_checkpoint(tok, objective: str, save_dir: str) -> str:
+    from megatron_code.convert.hf import _save_with_engine, build_job
+
+    cfg = ModelConfig(num_layers=1, hidden_size=32, num_attention_heads=2, vocab_size=tok.vocab_size,
+                      max_position_embeddings=128)
+    model = GPT(cfg)
+    model.init_weights(torch.Generator().manual_seed(0))
+    job = build_job(cfg)
+    job.objective.objective = objective
+    job.data.seq_length = 64
+    job.validate()
+    return _save_with_engine(job, cfg, model.state_dict(), tok, save_dir)
+
+
+@pytest.fixture()
+def spy(monkeypatch):
+    """First input ids of every row of every prompt forward (the first call of a generation group)."""
+    seen: list[list[int]] = []
+    forward = GPT.forward
+
+    def spying(self, input_ids, *args, **kwargs):
+        if kwargs.get("cache") is None or kwargs["cache"].length == 0:
+            seen.extend(input_ids.tolist())
+        return forward(self, input_ids, *args, **kwargs)
+
+    monkeypatch.setattr(GPT, "forward", spying)
+    return seen
+
+
+@pytest.mark.parametrize("objective", ["mim", "causal"])
+def test_evaluate_humaneval_feeds_the_objectives_lead(objective, tok, spy, tmp_path):
+    ckpt = make_checkpoint(tok, objective, str(tmp_path / "ckpt"))
+    problems = tmp_path / "problems.jsonl"
+    problems.write_text("".join(json.dumps(p) + "\n" for p in PROBLEMS))
+    tool = _tool("evaluate_humaneval")
+    rc = tool.main(["--load", ckpt, "--problem-file", str(problems), "--n-samples", "1", "--temperature", "0",
+                    "--max-new-tokens", "4", "--output", str(tmp_path / "out"), "--no-progress", "--workers", "1"])
+    assert rc == 0
+    prompt_ids = tok.encode(PROBLEMS[0]["prompt"])
+    lead = [tok.special_tokens["<l2r>"]] if objective == "mim" else []
+    # one prompt, so no padding: each prompt forward's row is exactly lead + prompt
+    assert spy and all(row == lead + prompt_ids for row in spy), spy
+
+
+def test_generate_tool_feeds_l2r_to_a_mim_checkpoint(tok, spy, tmp_path, capsys):
+    ckpt = make_checkpoint(tok, "mim", str(tmp_path / "ckpt"))
+    tool = _tool("generate")
+    assert tool.main(["--load", ckpt, "--prompt", "def f(", "--max-new-tokens", "3"]) == 0
+    want = [tok.special_tokens["<l2r>"]] + tok.encode("def f(")
+    assert spy == [want]
+    spy.clear()
+    assert tool.main(["--load", ckpt, "--prompt", "def f(", "--max-new-tokens", "3", "--contrastive-alpha", "0.5"]) \
+        == 0
+    assert spy[0] == want  # the prompt forward of contrastive search (candidate forwards follow on the cache)
+    capsys.readouterr()
+
+
+def test_a_mim_checkpoint_whose_tokenizer_lacks_l2r_is_refused(tmp_path):
+    from megatron_code.inference.generate import GenerationError, generate
+
+    model = GPT(ModelConfig(num_layers=1, hidden_size=32, num_attention_heads=2, vocab_size=50))
+    model.objective = "mim"
+
+    class NoL2R:
+        special_tokens = {"<|endoftext|>": 0}
+        eod = 0
+
+        def encode(self, text):
+            return [1, 2]
+
+    with pytest.raises(GenerationError, match="no <l2r> token"):
+        generate(model, NoL2R(), ["x"], max_new_tokens=1)
