@@ -6,6 +6,8 @@ output can be piped or compared.
     python tools/generate.py --load CKPT_DIR --prompt-file p.py --temperature 0.8 --top-p 0.95 --num-samples 4 \\
         --stop humaneval
     python tools/generate.py --load CKPT_DIR --prompt "def f(" --contrastive-alpha 0.6 --contrastive-k 4
+    python tools/generate.py --load CKPT_DIR --prompt "def f(" --contrastive-alpha 0.4 --temperature 0.6 \
+        --num-samples 5
 
 With --num-samples N > 1 the samples are separated by a line holding --separator (default "=" * 20).
 A MIM checkpoint's prompt is read after <l2r> by itself (the checkpoint records its objective).
@@ -23,7 +25,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from megatron_code.inference.contrastive import contrastive_search  # noqa: E402
+from megatron_code.inference.contrastive import contrastive_sample  # noqa: E402
 from megatron_code.inference.generate import generate, load_for_inference  # noqa: E402
 from megatron_code.inference.objective import lead_token, objective_of  # noqa: E402
 from megatron_code.inference.stopping import HUMANEVAL_STOPS  # noqa: E402
@@ -48,7 +50,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-samples", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--contrastive-alpha", type=float, default=None,
-                   help="use contrastive search with this alpha (deterministic; sampling flags are ignored)")
+                   help="use contrastive search with this alpha; --temperature > 0 makes it stochastic (samples "
+                        "differ), 0 is deterministic; --top-k/--top-p are ignored")
     p.add_argument("--contrastive-k", type=int, default=4, help="candidates per step for contrastive search")
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="fp32")
@@ -93,9 +96,11 @@ def main(argv=None) -> int:
         t0 = time.time()
         stop = _stops(args.stop)
         if args.contrastive_alpha is not None:
-            samples = contrastive_search(model, tokenizer, [prompt], top_k=args.contrastive_k,
-                                         alpha=args.contrastive_alpha, max_new_tokens=args.max_new_tokens,
-                                         stop=stop)
+            samples = contrastive_sample(model, tokenizer, [prompt], top_k=args.contrastive_k,
+                                         alpha=args.contrastive_alpha, temperature=args.temperature,
+                                         num_samples=args.num_samples, seed=args.seed,
+                                         max_new_tokens=args.max_new_tokens, stop=stop,
+                                         batch_size=args.batch_size)[0]
         else:
             samples = generate(model, tokenizer, [prompt], max_new_tokens=args.max_new_tokens,
                                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, stop=stop,

@@ -288,19 +288,28 @@ def evaluate_generate_fn(generate_fn: GenerateFn, n: int, problems: dict[str, di
     return report
 
 
-def model_generate_fn(ckpt_dir: str, *, max_new_tokens: int = 512, temperature: float = 0.2, top_k: int = 0,
-                      top_p: float = 0.95, seed: int = 0, stop: Sequence[str] = HUMANEVAL_STOP,
-                      progress: bool = False, **generate_kwargs) -> GenerateFn:
-    """A GenerateFn backed by one of our checkpoints through megatron_code.inference.generate (imported here, so
-    evaluation works without torch when samples come from a file)."""
-    try:
-        from ..inference.generate import generate, load_for_inference
-    except ImportError as exc:
-        raise HumanEvalError(f"model generation needs megatron_code.inference.generate ({exc}); score an existing "
-                             "samples file with --samples-file instead") from exc
-    model, tokenizer = load_for_inference(ckpt_dir)
+DECODINGS = ("sample", "contrastive")
+
+
+def checkpoint_generate_fn(model, tokenizer, *, decoding: str = "sample", max_new_tokens: int = 512,
+                           temperature: float = 0.2, top_k: int = 0, top_p: float = 0.95, alpha: float = 0.6,
+                           contrastive_k: int = 4, seed: int = 0, stop: Sequence[str] = HUMANEVAL_STOP,
+                           progress: bool = False, **generate_kwargs) -> GenerateFn:
+    """A GenerateFn over a loaded model: "sample" (temperature / top-k / top-p) or "contrastive" (stochastic
+    contrastive search: `contrastive_k` candidates, degeneration penalty `alpha`, `temperature` over the scores;
+    0 = deterministic). Both prefix a MIM model's prompts with <l2r> (inference/objective.py)."""
+    from ..inference.contrastive import contrastive_sample
+    from ..inference.generate import generate
+
+    if decoding not in DECODINGS:
+        raise HumanEvalError(f"--decoding {decoding!r}: choose one of {', '.join(DECODINGS)}")
 
     def generate_fn(prompts: list[str], n: int) -> list[list[str]]:
+        if decoding == "contrastive":
+            return contrastive_sample(model, tokenizer, prompts, top_k=contrastive_k, alpha=alpha,
+                                      temperature=temperature, num_samples=n, seed=seed,
+                                      max_new_tokens=max_new_tokens, stop=list(stop), progress=progress,
+                                      **generate_kwargs)
         return generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, temperature=temperature,
                         top_k=top_k, top_p=top_p, stop=list(stop), seed=seed, num_samples=n,
                         progress=progress, **generate_kwargs)
@@ -308,7 +317,69 @@ def model_generate_fn(ckpt_dir: str, *, max_new_tokens: int = 512, temperature: 
     return generate_fn
 
 
-__all__ = ["HUMANEVAL_STOP", "EvaluationReport", "GenerateFn", "HumanEvalError", "SampleResult", "build_program",
-           "default_problem_file", "evaluate_generate_fn", "evaluate_samples", "evaluate_samples_file",
-           "generate_samples", "model_generate_fn", "read_problems", "read_samples", "results_records", "score",
-           "truncate_at_stop", "write_jsonl"]
+def _load(ckpt_dir: str):
+    try:
+        from ..inference.generate import load_for_inference
+    except ImportError as exc:
+        raise HumanEvalError(f"model generation needs megatron_code.inference.generate ({exc}); score an existing "
+                             "samples file with --samples-file instead") from exc
+    return load_for_inference(ckpt_dir)
+
+
+def model_generate_fn(ckpt_dir: str, **kwargs) -> GenerateFn:
+    """A GenerateFn backed by one of our checkpoints (keyword arguments: checkpoint_generate_fn's). The inference
+    code is imported here, so evaluation works without torch when samples come from a file."""
+    model, tokenizer = _load(ckpt_dir)
+    return checkpoint_generate_fn(model, tokenizer, **kwargs)
+
+
+@dataclass
+class SweepReport:
+    """pass@k of every (temperature, alpha) setting, and the best setting per k (the study's Table 3.3 protocol:
+    n samples per problem at each temperature, the best temperature reported per k)."""
+
+    settings: list[dict]
+    reports: list[EvaluationReport]
+
+    def best(self) -> dict[str, tuple[float, dict]]:
+        out: dict[str, tuple[float, dict]] = {}
+        for setting, report in zip(self.settings, self.reports):
+            for name, value in report.pass_at_k.items():
+                if name not in out or value > out[name][0]:
+                    out[name] = (value, setting)
+        return out
+
+    def table(self) -> str:
+        names = list(self.reports[0].pass_at_k) if self.reports else []
+        label = lambda st: " ".join(f"{k}={v:g}" for k, v in st.items())  # noqa: E731
+        width = max([len(label(st)) for st in self.settings] + [len("best per k")]) + 2
+        lines = [f"{'setting':<{width}}" + "".join(f"{n:>10}" for n in names)]
+        for setting, report in zip(self.settings, self.reports):
+            lines.append(f"{label(setting):<{width}}" + "".join(f"{report.pass_at_k[n]:>10.4f}" for n in names))
+        best = self.best()
+        lines.append(f"{'best per k':<{width}}" + "".join(f"{best[n][0]:>10.4f}" for n in names))
+        for n in names:
+            lines.append(f"  {n}: best at {label(best[n][1])}")
+        return "\n".join(lines)
+
+
+def sweep(make_generate_fn: Callable[..., GenerateFn], settings: Sequence[dict], n: int,
+          problems: dict[str, dict], *, output_dir: str | None = None, **evaluate_kwargs) -> SweepReport:
+    """Evaluate `n` samples per problem at every setting (keyword arguments of `make_generate_fn`, e.g.
+    {"temperature": 0.6, "alpha": 0.4}); each setting's files go to output_dir/<setting>/."""
+    if not settings:
+        raise HumanEvalError("the sweep needs at least one setting")
+    reports = []
+    for setting in settings:
+        sub = None
+        if output_dir:
+            sub = os.path.join(output_dir, "_".join(f"{k}{v:g}" for k, v in setting.items()))
+        reports.append(evaluate_generate_fn(make_generate_fn(**setting), n, problems, output_dir=sub,
+                                            **evaluate_kwargs))
+    return SweepReport(list(map(dict, settings)), reports)
+
+
+__all__ = ["HUMANEVAL_STOP", "DECODINGS", "EvaluationReport", "GenerateFn", "HumanEvalError", "SampleResult",
+           "SweepReport", "build_program", "checkpoint_generate_fn", "default_problem_file", "evaluate_generate_fn",
+           "evaluate_samples", "evaluate_samples_file", "generate_samples", "model_generate_fn", "read_problems",
+           "read_samples", "results_records", "score", "sweep", "truncate_at_stop", "write_jsonl"]

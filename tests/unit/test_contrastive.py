@@ -116,3 +116,59 @@ def test_bad_settings():
         contrastive_search(model, [[1]], top_k=0)
     with pytest.raises(GenerationError, match="empty"):
         contrastive_search(model, [[]])
+
+
+# ------------------------------------------------------------------------------------- stochastic contrastive search
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_temperature_to_zero_is_the_deterministic_search(arch):
+    from megatron_code.inference.contrastive import contrastive_sample
+
+    model = build_model(**ARCHS[arch])
+    prompts = random_prompts([4, 9, 1])
+    det = contrastive_search(model, prompts, top_k=4, alpha=0.6, max_new_tokens=12)
+    for t in (1e-4, 1e-6):
+        cold = contrastive_sample(model, prompts, top_k=4, alpha=0.6, max_new_tokens=12, temperature=t,
+                                  num_samples=3, seed=5)
+        assert all(s == d for samples, d in zip(cold, det) for s in samples)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS)[:2])
+def test_samples_differ_are_reproducible_and_match_the_reference(arch):
+    from megatron_code.inference.contrastive import contrastive_sample
+    from megatron_code.inference.sampling import row_generator
+
+    model = build_model(**ARCHS[arch])
+    prompts = random_prompts([5, 2])
+    kw = dict(top_k=4, alpha=0.4, max_new_tokens=10, temperature=0.8, num_samples=6, seed=11)
+    hot = contrastive_sample(model, prompts, **kw)
+    assert all(len({tuple(s) for s in samples}) > 1 for samples in hot)  # n samples of a prompt differ
+    assert hot == contrastive_sample(model, prompts, batch_size=1, **kw)  # batch-independent and reproducible
+    assert hot != contrastive_sample(model, prompts, **{**kw, "seed": 12})
+    for i, p in enumerate(prompts):
+        for s in range(2):
+            ref = contrastive_search_reference(model, p, top_k=4, alpha=0.4, max_new_tokens=10, temperature=0.8,
+                                               generator=row_generator(11, i, s))
+            assert hot[i][s] == ref
+
+
+def test_stochastic_text_form_and_bad_temperature():
+    from megatron_code.inference.contrastive import contrastive_sample
+
+    model = build_model()
+
+    class Tok:
+        eod = 0
+        special_tokens = {}
+        vocab_size = VOCAB
+
+        def encode(self, text):
+            return [ord(c) % VOCAB for c in text]
+
+        def decode(self, ids):
+            return "".join(chr(65 + i % 26) for i in ids)
+
+    out = contrastive_sample(model, Tok(), ["abc", "de"], top_k=3, alpha=0.5, temperature=1.0, num_samples=2,
+                             max_new_tokens=5)
+    assert len(out) == 2 and all(len(x) == 2 and all(isinstance(s, str) for s in x) for x in out)
+    with pytest.raises(GenerationError, match="temperature"):
+        contrastive_sample(model, Tok(), ["a"], temperature=-1.0)

@@ -107,3 +107,41 @@ def test_a_mim_checkpoint_whose_tokenizer_lacks_l2r_is_refused(tmp_path):
 
     with pytest.raises(GenerationError, match="no <l2r> token"):
         generate(model, NoL2R(), ["x"], max_new_tokens=1)
+
+
+# ------------------------------------------------------------------------------- contrastive decoding and the sweep
+def test_contrastive_decoding_and_the_temperature_sweep_table(tok, tmp_path, capsys):
+    ckpt = make_checkpoint(tok, "causal", str(tmp_path / "ckpt"))
+    problems = tmp_path / "problems.jsonl"
+    two = PROBLEMS + [{**PROBLEMS[0], "task_id": "t/1", "prompt": "def add(a, b):\n    return a + b\n"}]
+    problems.write_text("".join(json.dumps(p) + "\n" for p in two))
+    tool = _tool("evaluate_humaneval")
+    base = ["--load", ckpt, "--problem-file", str(problems), "--n-samples", "3", "--max-new-tokens", "6",
+            "--no-progress", "--workers", "1", "--ks", "1", "2", "--decoding", "contrastive"]
+    assert tool.main(base + ["--alpha", "0.4", "--temperature", "0.7", "--output", str(tmp_path / "one")]) == 0
+    samples = [json.loads(x) for x in open(tmp_path / "one" / "samples.jsonl")]
+    assert len(samples) == 6
+    capsys.readouterr()
+    assert tool.main(base + ["--sweep-temperatures", "0.2", "0.8", "--sweep-alphas", "0.1", "0.4",
+                             "--output", str(tmp_path / "sweep")]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("temperature=")]
+    assert len(rows) == 4 and "best per k" in out
+    assert "pass@1: " in out and "pass@2: " in out and "pass@1: best at temperature=" in out
+    assert sorted(os.listdir(tmp_path / "sweep")) == ["temperature0.2_alpha0.1", "temperature0.2_alpha0.4",
+                                                      "temperature0.8_alpha0.1", "temperature0.8_alpha0.4"]
+    # the second problem's prompt is already a solution: whatever a sample adds before a stop, most pass
+    summary = json.load(open(tmp_path / "sweep" / "temperature0.2_alpha0.1" / "samples.jsonl_summary.json"))
+    assert summary["per_task"]["t/1"]["n"] == 3
+
+
+def test_sweep_report_picks_the_best_setting_per_k():
+    from megatron_code.evaluation.humaneval import EvaluationReport, SweepReport
+
+    def report(p1, p10):
+        return EvaluationReport(samples=[], per_task={}, pass_at_k={"pass@1": p1, "pass@10": p10}, fates={},
+                                timeout=1.0, workers=1)
+
+    sw = SweepReport([{"temperature": 0.2}, {"temperature": 0.8}], [report(0.30, 0.40), report(0.20, 0.55)])
+    assert sw.best() == {"pass@1": (0.30, {"temperature": 0.2}), "pass@10": (0.55, {"temperature": 0.8})}
+    assert "best per k" in sw.table() and "0.5500" in sw.table()
