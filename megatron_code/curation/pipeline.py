@@ -133,7 +133,7 @@ def build_filter(kind: str, opts: dict, out: str):
             return QualityClassifierFilter(**opts)
     except TypeError as exc:
         raise CurationError(f"{kind} step: {exc} (see docs/curation.md for each step's options)") from None
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError) as exc:  # ClassifierError is a ValueError
         raise CurationError(f"{kind} step: {exc}") from None
     raise CurationError(f"unknown step {kind}")
 
