@@ -14,6 +14,8 @@ if [[ -f tools/ci/setup_local_slurm.sh ]]; then
   bash tools/ci/setup_local_slurm.sh || echo "SLURM could not be set up here; its test reports why"
 fi
 $PY -c "from megatron_code.parallel.engine import clear_stale_extension_locks as c; [print(\"removed stale lock\", l) for l in c(0)]"
+# bubblewrap: the evaluation sandbox's backend for non-root users (tests/unit/test_sandbox.py runs it as root and as nobody)
+command -v bwrap >/dev/null || apt-get install -y -q bubblewrap >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1; } || echo "bubblewrap not installed: the sandbox tests cover the root backend only"
 echo "== tests"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false
 exec $PY -m pytest -q -rs --durations=25 --timeout=900 tests "$@"

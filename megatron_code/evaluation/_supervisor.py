@@ -1,127 +1,306 @@
-"""Supervisor side of the sandbox (see sandbox.py for the layout and the layers of protection).
+"""Supervisor side of the sandbox (see sandbox.py for the layout and docs/sandbox.md for the threat model).
 
-Run by ``sandbox._Supervisor`` as ``python -I -S -B _supervisor.py --supervise`` (root, own session): one JSON job
-per stdin line, one JSON report per stdout line, exit at EOF. For each job it forks the program side, which
-enters the jail (rlimits, no-new-privs, uid drop, destructive calls patched) and execs the source; the supervisor
-waits with a wall-clock bound, then kills and reaps every descendant.
+Run by ``sandbox._Supervisor`` as ``python -I -S -B _supervisor.py --supervise --backend B`` (root, or
+inside bubblewrap with capabilities in its own user namespace): one JSON job per stdin line, one JSON report per
+stdout line, exit at EOF.
 
-This file must stay a stdlib-only script that starts fast: it is executed directly (not as part of the package),
-so it imports nothing from megatron_code. sandbox.py imports its shared constants and `_world_reachable`.
+Per job it forks:
+
+    S (this process, never runs user code)
+    |-- C: unshare(CLONE_NEWPID), then fork P and relay P's exit status and rusage to S through a pipe
+    |   '-- P (pid 1 of a fresh pid namespace): new mount + IPC namespace, a skeleton root (read-only binds of
+    |       /usr and the interpreter, private size-capped tmpfs /tmp and /dev/shm, a private /proc), pivot_root,
+    |       privileges dropped (fresh uid / every capability), rlimits, no-new-privs, seccomp; then the program
+    '-- K (checked jobs only): the checker. Fresh clean interpreter state (a fork of S), privileges dropped,
+        rlimits, seccomp. It runs the *trusted* test code and calls the candidate through a socket: P executes the
+        call and answers with plain data only (ints, floats, strings, lists, ...) which K decodes into genuine
+        builtin objects. The verdict is K's exit status, read by S with wait4: nothing in P's interpreter can
+        reach it (P sees neither K nor S: other pid namespace, other uid or no capabilities, no ptrace).
+
+Killing P kills its whole pid namespace, so nothing a program starts can outlive it; its mount namespace, with
+the tmpfs mounts, and its IPC namespace die with it.
+
+This file and its helpers _jail.py (namespaces, mounts, privileges, seccomp) and _wire.py (the plain-data
+channel between program and checker) must stay stdlib-only and start fast: the supervisor is executed as a
+script, outside the package, so they import nothing from megatron_code.
 """
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
-import resource
 import secrets
 import select
 import signal
-import stat
 import sys
 import time
 
-_SETUP_FAILED = 121  # program-side exit code: the jail could not be entered; never run the program then
-_CLONE_NEWUSER, _CLONE_NEWNET = 0x10000000, 0x40000000
-_PR_SET_CHILD_SUBREAPER, _PR_SET_NO_NEW_PRIVS = 36, 38
+if __package__:
+    from . import _jail, _wire
+else:  # run as a script (python -I -S): -I keeps this directory off sys.path, so add it just for these two
+    _here = os.path.dirname(os.path.abspath(__file__))
+    sys.path.append(_here)
+    import _jail  # noqa: E402
+    import _wire  # noqa: E402
+    sys.path.remove(_here)
+_SETUP_FAILED = _jail._SETUP_FAILED
+_CLONE_NEWNET = _jail._CLONE_NEWNET
+_CLONE_NEWPID = _jail._CLONE_NEWPID
+_PR_SET_CHILD_SUBREAPER = _jail._PR_SET_CHILD_SUBREAPER
+_libc = _jail._libc
+_check = _jail._check
+_can_mount_proc = _jail._can_mount_proc
+_read_only_binds = _jail._read_only_binds
+_enter_jail = _jail._enter_jail
+_disable_destructive_calls = _jail._disable_destructive_calls
+_safe_print = _jail._safe_print
+_reroute_unreachable_imports = _jail._reroute_unreachable_imports
+_drop_privileges = _jail._drop_privileges
+_common_limits = _jail._common_limits
+_serve_checker = _wire._serve_checker
+_send_quietly = _wire._send_quietly
+_print_exc = _wire._print_exc
+_flush_and_exit = _wire._flush_and_exit
+_run_check = _wire._run_check
 
 
-def _libc():
-    return ctypes.CDLL(None, use_errno=True)
-
-
-def _isolate_network(notes: list[str]) -> bool:
-    """New network namespace for the supervisor and everything it forks. Returns False (with a note) if the
-    kernel or our privileges do not allow it."""
-    libc = _libc()
-    flags = _CLONE_NEWNET if os.geteuid() == 0 else _CLONE_NEWUSER | _CLONE_NEWNET
-    if libc.unshare(flags) == 0:
-        return True
-    notes.append(f"network namespace unavailable ({os.strerror(ctypes.get_errno())}); socket.socket patched "
-                 "instead, which `_socket` can bypass")
-    return False
-
-
-def _supervise(network: bool) -> None:
+def _supervise(backend: str, network: bool) -> None:
     """Supervisor main loop: one JSON job per stdin line, one JSON report per stdout line, exit at EOF."""
     import site  # with -S importing site does not run site.main(): only put site-packages on the path (no .pth)
 
     sys.path.extend(p for p in site.getsitepackages() if os.path.isdir(p) and p not in sys.path)
-    import faulthandler, importlib, shutil, subprocess, traceback  # noqa: E401,F401 - imported once here, not per fork
+    # imported once here, not per fork; the jailed program may not be able to read them later
+    import faulthandler, importlib, shutil, subprocess, traceback, builtins, linecache  # noqa: E401,F401
 
     notes: list[str] = []
-    patch_socket = not network and not _isolate_network(notes)
+    if not network and backend == "root":
+        _check(_libc().unshare(_CLONE_NEWNET), "unshare(CLONE_NEWNET)")  # bubblewrap does this itself
     if _libc().prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         notes.append("could not become child subreaper: orphans of the program are reaped by init")
+    binds = _read_only_binds()
+    proc = _can_mount_proc(binds)
+    if not proc:
+        notes.append("the jail has no /proc: a fresh proc cannot be mounted here (bubblewrap run by root covers "
+                     "parts of /proc, which makes the kernel refuse); processes stay hidden")
     while True:
         line = sys.stdin.buffer.readline()
         if not line:
             os._exit(0)
-        report = _run_one(json.loads(line), patch_socket)
+        cfg = json.loads(line)
+        cfg["backend"], cfg["binds"], cfg["proc"] = backend, binds, proc
+        report = _run_one(cfg)
         report["notes"] = notes + report["notes"]
         data = (json.dumps(report) + "\n").encode()
         while data:
             data = data[os.write(1, data):]
 
 
-def _run_one(cfg: dict, patch_socket: bool) -> dict:
-    """Fork the jailed program, wait for it (bounded by cfg["timeout"]), kill and reap every descendant."""
+def _run_one(cfg: dict) -> dict:
+    """Run one job: fork C (-> P) and for checked jobs K; wait (bounded by cfg["timeout"]); kill and reap all."""
     notes: list[str] = []
+    checked = cfg["mode"] == "checked"
     token = secrets.token_hex(16).encode()
+    info_r, info_w = os.pipe()
     done_r, done_w = os.pipe()
+    if checked:
+        import socket
+
+        prog_sock, check_sock = socket.socketpair()
+        prog_end, check_end = prog_sock.detach(), check_sock.detach()
+    else:
+        prog_end = check_end = -1
     out_fd = os.open(cfg["stdout"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     err_fd = os.open(cfg["stderr"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     started = time.monotonic()
-    pid = os.fork()
-    if pid == 0:  # program side: never returns
-        os.dup2(out_fd, 1)
-        os.dup2(err_fd, 2)
-        _program_main(cfg, token, done_w, patch_socket)
-    for fd in (done_w, out_fd, err_fd):
-        os.close(fd)
-    status, usage, timed_out = _wait_program(pid, started + cfg["timeout"])
-    duration = time.monotonic() - started
-    if status is None:  # timed out: kill it, then take its status during cleanup
-        _kill_if_child_of(pid, os.getpid())
-    late_status, late_usage, stragglers = _kill_and_reap_all(pid)
-    if status is None:
-        status, usage = late_status, late_usage
+    deadline = started + cfg["timeout"]
+    c_pid = os.fork()
+    if c_pid == 0:  # C: never returns
+        os.close(info_r)
+        os.close(done_r)
+        if checked:
+            os.close(check_end)
+        _intermediate_main(cfg, token, info_w, done_w, prog_end, out_fd, err_fd)
+    for fd in (info_w, done_w, out_fd, err_fd, prog_end):
+        if fd >= 0:
+            os.close(fd)
+    k_pid = None
+    if checked:
+        chk_fd = os.open(cfg["check_output"], os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        k_pid = os.fork()
+        if k_pid == 0:  # K: never returns
+            os.close(info_r)
+            os.close(done_r)
+            _checker_main(cfg, check_end, chk_fd)
+        os.close(chk_fd)
+        os.close(check_end)
+    info = _Info(info_r)
+    status = usage = check_status = None
+    timed_out = killed_by_us = False
+    k_pidfd = os.pidfd_open(k_pid) if k_pid else None
+    while True:
+        if info.final is not None and (not checked or check_status is not None):
+            break
+        if checked and check_status is not None and info.p_pid is not None and not killed_by_us \
+                and info.final is None:
+            info.kill_program()  # the verdict is in: the program has nothing left to do
+            killed_by_us = True
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            timed_out = True
+            break
+        fds = [info_r] if not info.eof else []
+        if k_pidfd is not None and check_status is None:
+            fds.append(k_pidfd)
+        if not fds:
+            time.sleep(min(remaining, 0.005))
+        else:
+            ready = select.select(fds, [], [], min(remaining, 0.5))[0]
+            if info_r in ready:
+                info.read()
+        if k_pid and check_status is None:
+            try:
+                wpid, wstatus = os.waitpid(k_pid, os.WNOHANG)
+            except ChildProcessError:
+                wpid, wstatus = k_pid, 1 << 8
+            if wpid == k_pid:
+                check_status = wstatus
+        if info.eof and info.final is None:  # C died without reporting: it must not, but never wait forever
+            break
+    if timed_out or info.final is None:
+        killed_by_us = killed_by_us or info.p_pid is not None
+        info.kill_program()
+    if k_pid and check_status is None:
+        _kill_if_child_of(k_pid, os.getpid())
+    # C reports P's status as soon as P (pid 1 of its namespace, so with everything it started) is gone.
+    info.wait_final(time.monotonic() + 3.0)
+    if info.final is not None:
+        status, usage = info.final["status"], info.final
+    _late_c, _, stragglers = _kill_and_reap_all(c_pid, k_pid)
+    if k_pid and check_status is None:
+        check_status = _late_c.get(k_pid)
+    if k_pidfd is not None:
+        os.close(k_pidfd)
     if stragglers:
         notes.append(f"{stragglers} descendant process(es) could not be reaped within the grace period")
+    duration = time.monotonic() - started
     os.set_blocking(done_r, False)
     try:
         completed = os.read(done_r, 64) == token
     except BlockingIOError:
         completed = False
     os.close(done_r)
-    rc = (-os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)) if status is not None else -9
-    cpu = (usage.ru_utime + usage.ru_stime) if usage is not None else 0.0
-    return {"returncode": rc, "timed_out": timed_out, "completed": completed, "duration": duration, "cpu": cpu,
-            "notes": notes}
+    os.close(info_r)
+    if info.setup_error:
+        notes.append(info.setup_error)
+    rc = _rc(status)
+    report = {"returncode": rc if rc is not None else -9, "timed_out": timed_out, "completed": completed,
+              "duration": duration, "cpu": usage["cpu"] if usage else 0.0, "notes": notes,
+              "killed_by_us": killed_by_us}
+    if checked:
+        report["check_returncode"] = _rc(check_status)
+    return report
 
 
-def _wait_program(pid: int, deadline: float):
-    """Wait for the program until `deadline`, reaping orphans on the way. Returns (status, rusage, timed_out)."""
-    try:
-        pidfd = os.pidfd_open(pid)
-    except (AttributeError, OSError):
-        pidfd = None
-    try:
-        while True:
-            for wpid, wstatus, usage in _reap_nohang():
-                if wpid == pid:
-                    return wstatus, usage, False
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None, None, True
-            if pidfd is not None:  # wakes the moment the program exits; 0.1 s ticks reap orphans meanwhile
-                select.select([pidfd], [], [], min(remaining, 0.1))
+def _rc(status):
+    if status is None:
+        return None
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+class _Info:
+    """Supervisor's reader of C's pipe: first line P's pid (in our pid namespace) or a setup error, then one JSON
+    line with P's wait status and CPU time once P has exited."""
+
+    def __init__(self, fd: int):
+        self.fd, self.buffer, self.eof = fd, b"", False
+        self.p_pid = self.pidfd = self.final = self.setup_error = None
+
+    def read(self) -> None:
+        chunk = os.read(self.fd, 65536)
+        if not chunk:
+            self.eof = True
+        self.buffer += chunk
+        while b"\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            msg = json.loads(line)
+            if "pid" in msg:
+                self.p_pid = msg["pid"]
+                try:
+                    self.pidfd = os.pidfd_open(self.p_pid)
+                except OSError:  # already gone (and reaped by C)
+                    self.pidfd = None
+            elif "error" in msg:
+                self.setup_error = msg["error"]
             else:
-                time.sleep(min(remaining, 0.005))
-    finally:
-        if pidfd is not None:
-            os.close(pidfd)
+                self.final = msg
+
+    def kill_program(self) -> None:
+        if self.pidfd is not None:
+            try:
+                signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)
+            except OSError:
+                pass
+
+    def wait_final(self, until: float) -> None:
+        while self.final is None and not self.eof:
+            remaining = until - time.monotonic()
+            if remaining <= 0 or not select.select([self.fd], [], [], remaining)[0]:
+                return
+            self.read()
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
+
+
+def _intermediate_main(cfg: dict, token: bytes, info_w: int, done_w: int, prog_end: int, out_fd: int,
+                       err_fd: int) -> None:
+    """C: owns the pid namespace of one program. Reports P's pid, then P's exit status and CPU time."""
+    try:
+        _check(_libc().unshare(_CLONE_NEWPID), "unshare(CLONE_NEWPID)")
+        pid = os.fork()
+    except BaseException as exc:  # noqa: BLE001
+        os.write(info_w, (json.dumps({"error": f"sandbox setup failed: {exc}"}) + "\n").encode())
+        os.write(info_w, (json.dumps({"status": _SETUP_FAILED << 8, "cpu": 0.0}) + "\n").encode())
+        os._exit(0)
+    if pid == 0:  # P, pid 1 of the new namespace
+        os.close(info_w)
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        _program_main(cfg, token, done_w, prog_end)
+    for fd in (done_w, out_fd, err_fd, prog_end):
+        if fd >= 0:
+            os.close(fd)
+    os.write(info_w, (json.dumps({"pid": pid}) + "\n").encode())
+    while True:
+        try:
+            _, status, usage = os.wait4(pid, 0)
+            break
+        except InterruptedError:
+            continue
+    os.write(info_w, (json.dumps({"status": status, "cpu": usage.ru_utime + usage.ru_stime}) + "\n").encode())
+    os._exit(0)
+
+
+def _kill_and_reap_all(*pids, grace: float = 3.0):
+    """SIGKILL every descendant until none is left (we are their subreaper, so "no child left" means "no
+    descendant left"). Returns ({pid: status} of `pids` reaped here, rusage dict, number of stragglers)."""
+    statuses: dict[int, int] = {}
+    end = time.monotonic() + grace
+    me = os.getpid()
+    while True:
+        for wpid, wstatus, _ in _reap_nohang():
+            if wpid in pids:
+                statuses[wpid] = wstatus
+        try:
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except ChildProcessError:
+            return statuses, None, 0
+        tree = _descendants(me)
+        if time.monotonic() > end:
+            return statuses, None, len(tree)
+        for child, parent in tree:
+            _kill_if_child_of(child, parent)
+        time.sleep(0.002)
 
 
 def _reap_nohang():
@@ -134,28 +313,6 @@ def _reap_nohang():
         if wpid == 0:
             return reaped
         reaped.append((wpid, wstatus, usage))
-
-
-def _kill_and_reap_all(pid: int, grace: float = 3.0):
-    """SIGKILL every descendant until none is left (we are their subreaper, so "no child left" means "no
-    descendant left"). Returns (status, rusage) of `pid` if reaped here, and the number of stragglers."""
-    status = usage = None
-    end = time.monotonic() + grace
-    me = os.getpid()
-    while True:
-        for wpid, wstatus, wusage in _reap_nohang():
-            if wpid == pid:
-                status, usage = wstatus, wusage
-        try:
-            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-        except ChildProcessError:
-            return status, usage, 0
-        tree = _descendants(me)
-        if time.monotonic() > end:
-            return status, usage, len(tree)
-        for child, parent in tree:
-            _kill_if_child_of(child, parent)
-        time.sleep(0.002)
 
 
 def _descendants(root: int) -> list[tuple[int, int]]:
@@ -197,161 +354,71 @@ def _kill_if_child_of(pid: int, parent: int) -> None:
         os.close(pidfd)
 
 
-def _program_main(cfg: dict, token: bytes, done_w: int, patch_socket: bool) -> None:
-    """Forked program side: enter the jail, then run the program. Exits; never returns."""
+def _program_main(cfg: dict, token: bytes, done_w: int, prog_end: int) -> None:
+    """P: enter the jail, then run the program (script) or serve the checker's calls (checked). Never returns."""
     try:
         import builtins
         import traceback
 
-        code = compile(cfg["source"], cfg["path"], "exec")
+        code = compile(cfg["source"], "/tmp/program.py", "exec")
     except SyntaxError:
         traceback.print_exc()
+        if prog_end >= 0:
+            _send_quietly(prog_end, ["module_error", "SyntaxError in the solution"])
         os._exit(1)
     except BaseException:  # noqa: BLE001
         os._exit(_SETUP_FAILED)
     try:
-        _enter_jail(cfg, done_w)
-        _disable_destructive_calls(patch_socket)
+        _enter_jail(cfg, keep=[done_w, prog_end])
+        _disable_destructive_calls(cfg["network"])
     except BaseException as exc:  # noqa: BLE001 - never run the program outside the jail
-        os.write(2, f"sandbox setup failed: {exc!r}\n".encode())
+        _safe_print(f"sandbox setup failed: {exc!r}\n")
         os._exit(_SETUP_FAILED)
+    namespace = {"__name__": "__main__", "__file__": "/tmp/program.py", "__builtins__": builtins}
+    if prog_end >= 0:
+        os.close(done_w)
+        _serve_checker(code, namespace, cfg["entry_point"], prog_end)
     exit_code = 0
     try:
-        exec(code, {"__name__": "__main__", "__file__": cfg["path"], "__builtins__": builtins})
+        exec(code, namespace)
     except SystemExit as exc:
         exit_code = 1
         _safe_print(f"program called exit({exc.code!r}) before its end: counted as failed\n")
     except BaseException:  # noqa: BLE001 - the program's own failure
         exit_code = 1
-        try:
-            traceback.print_exc()
-        except BaseException:  # noqa: BLE001 - e.g. MemoryError while formatting
-            pass
+        _print_exc()
     try:
         sys.stdout.flush()
         sys.stderr.flush()
     except BaseException:  # noqa: BLE001 - e.g. the file size limit hit while flushing
         exit_code = exit_code or 1
     if exit_code == 0:
+        # Script mode only. This token proves "ran to its end" against accidents (os._exit, sys.exit), not against
+        # a program that searches its own memory; checked jobs do not use it (their verdict is the checker's).
         os.write(done_w, token)
     os._exit(exit_code)
 
 
-def _safe_print(text: str) -> None:
+def _checker_main(cfg: dict, fd: int, out_fd: int) -> None:
+    """K: run the trusted test against a proxy of the candidate; exit 0 only if `check` returned normally."""
     try:
-        os.write(2, text.encode())
-    except OSError:
-        pass
-
-
-def _enter_jail(cfg: dict, done_w: int) -> None:
-    libc = _libc()
-    if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:  # setuid binaries cannot give privileges back
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS) failed")
-    for name, (soft, hard) in cfg["limits"].items():
-        resource.setrlimit(getattr(resource, name), (soft, hard))
-    path_fds = _reroute_unreachable_imports() if cfg["uid"] is not None else []
-    if cfg["uid"] is not None:
-        os.setgroups([])
-        os.setgid(cfg["gid"])
-        os.setuid(cfg["uid"])
-        if os.getuid() != cfg["uid"] or os.geteuid() != cfg["uid"]:
-            raise OSError("uid drop did not take effect")
-        try:
-            os.setuid(0)
-        except PermissionError:
-            pass
-        else:
-            raise OSError("could regain root after dropping privileges")
-    os.chdir(cfg["workdir"])
-    os.umask(0o077)
-    os.environ.update(HOME=cfg["workdir"], TMPDIR=cfg["workdir"])
-    devnull = os.open(os.devnull, os.O_RDONLY)
-    os.dup2(devnull, 0)
-    keep = sorted({0, 1, 2, done_w, *path_fds})
-    for low, high in zip(keep, keep[1:] + [resource.getrlimit(resource.RLIMIT_NOFILE)[0]]):
-        os.closerange(low + 1, high)  # the report pipe and every other inherited fd go away
-
-
-def _reroute_unreachable_imports() -> list[int]:
-    """The unprivileged uid cannot traverse e.g. /root (mode 0700), where pyenv and venv interpreters often live,
-    so imports after the uid drop would fail. Each unreachable sys.path directory is opened now, while still root,
-    and replaced by /proc/self/fd/N: that magic link reaches the directory without walking its ancestors, while
-    everything below it keeps its normal permission checks (read-only for the uid). Packages the supervisor has
-    already imported find submodules through their own __path__, so those are rewritten too. Returns the fds."""
-    import importlib
-
-    mapping: dict[str, str] = {}
-    for entry in sys.path:
-        real = os.path.abspath(entry or ".")
-        if real not in mapping and os.path.isdir(real) and not _world_reachable(real):
-            mapping[real] = f"/proc/self/fd/{os.open(real, os.O_PATH | os.O_DIRECTORY)}"
-
-    def reroute(path: str) -> str:
-        for old in sorted(mapping, key=len, reverse=True):
-            if path == old or path.startswith(old + os.sep):
-                return mapping[old] + path[len(old):]
-        return path
-
-    sys.path[:] = [reroute(os.path.abspath(e or ".")) for e in sys.path]
-    for module in list(sys.modules.values()):
-        if isinstance(getattr(module, "__path__", None), list):
-            module.__path__[:] = [reroute(p) for p in module.__path__]
-    sys.path_importer_cache.clear()
-    importlib.invalidate_caches()
-    return [int(v.rsplit("/", 1)[1]) for v in mapping.values()]
-
-
-def _world_reachable(path: str, need_read: bool = True) -> bool:
-    """True if a uid that is neither owner nor group member can traverse `path` and all its ancestors (and,
-    with `need_read`, list `path`)."""
-    probe = path
+        os.dup2(out_fd, 1)
+        os.dup2(out_fd, 2)
+        path_fds = _reroute_unreachable_imports() if cfg["backend"] == "root" else []
+        _drop_privileges(_libc(), cfg["backend"], cfg["check_uid"], cfg["check_gid"])
+        _common_limits({"limits": cfg["check_limits"]}, [fd, *path_fds])
+    except BaseException as exc:  # noqa: BLE001
+        _safe_print(f"sandbox checker setup failed: {exc!r}\n")
+        os._exit(_SETUP_FAILED)
+    code = 1
     try:
-        if need_read and not os.stat(path).st_mode & stat.S_IROTH:
-            return False
-        while True:
-            if not os.stat(probe).st_mode & stat.S_IXOTH:
-                return False
-            parent = os.path.dirname(probe)
-            if parent == probe:
-                return True
-            probe = parent
-    except OSError:
-        return False
-
-
-def _disable_destructive_calls(patch_socket: bool) -> None:
-    """Replace calls that change the world outside the program with ones raising PermissionError."""
-    import shutil
-
-    def blocked(name):
-        def refuse(*args, **kwargs):
-            raise PermissionError(f"{name} is disabled in the sandbox")
-        return refuse
-
-    for name in ("kill", "killpg", "system", "popen", "fork", "forkpty", "execv", "execve", "execl", "execle",
-                 "execlp", "execlpe", "execvp", "execvpe", "spawnv", "spawnve", "spawnl", "spawnle",
-                 "posix_spawn", "posix_spawnp", "remove", "unlink", "rmdir", "removedirs", "rename", "renames",
-                 "replace", "truncate", "chmod", "fchmod", "lchmod", "chown", "fchown", "lchown", "chroot",
-                 "fchdir", "setuid", "setgid", "seteuid", "setegid", "setreuid", "setregid",
-                 "setsid", "setpgid"):
-        if hasattr(os, name):
-            setattr(os, name, blocked(f"os.{name}"))
-    for name in ("rmtree", "move", "chown"):
-        setattr(shutil, name, blocked(f"shutil.{name}"))
-    import subprocess as sp
-
-    for name in ("Popen", "call", "run", "check_call", "check_output", "getoutput", "getstatusoutput"):
-        setattr(sp, name, blocked(f"subprocess.{name}"))
-    if patch_socket:
-        import socket
-
-        socket.socket = blocked("socket.socket")
-        socket.create_connection = blocked("socket.create_connection")
-    import faulthandler
-
-    faulthandler.disable()
+        _run_check(cfg, fd)
+        code = 0
+    except BaseException:  # noqa: BLE001 - includes SystemExit raised by the test itself
+        _print_exc()
+    _flush_and_exit(code)
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--supervise"]:
-    _supervise(network="--network" in sys.argv[2:])
+    _args = sys.argv[2:]
+    _supervise(backend=_args[_args.index("--backend") + 1], network="--network" in _args)

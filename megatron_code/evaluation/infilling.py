@@ -214,15 +214,15 @@ def score_infills(tasks: Sequence[InfillTask], predictions: Sequence[str], *, ex
     passed: list = [None] * len(tasks)
     runnable = [i for i, t in enumerate(tasks) if t.problem_id is not None]
     if execute and runnable:
-        from .humaneval import build_program, read_problems
-        from .sandbox import run_many
+        from .humaneval import read_problems
+        from .sandbox import CheckedProgram, run_many
 
         problems = problems if problems is not None else read_problems()
         programs = []
         for i in runnable:
             t = tasks[i]
             prob = problems[t.problem_id]
-            programs.append(build_program(prob, (t.prefix + preds[i] + t.suffix)[len(prob["prompt"]):]))
+            programs.append(CheckedProgram.from_problem(prob, (t.prefix + preds[i] + t.suffix)[len(prob["prompt"]):]))
         for i, r in zip(runnable, run_many(programs, timeout=timeout, workers=workers, progress=progress)):
             passed[i] = r.passed
     report = InfillReport(statuses=dict(Counter(statuses)) if statuses else {})

