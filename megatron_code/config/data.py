@@ -8,7 +8,8 @@ from typing import Optional
 
 from .base import ConfigBase, ConfigError, check_ranges
 
-TOKENIZER_TYPES = ("GPT2BPETokenizer", "HuggingFaceTokenizer", "SentencePieceTokenizer")
+TOKENIZER_TYPES = ("GPT2BPETokenizer", "HuggingFaceTokenizer", "SentencePieceTokenizer", "NullTokenizer",
+                   "TikTokenizer")
 OBJECTIVES = ("causal", "fim", "mim")
 
 
@@ -39,6 +40,10 @@ class DataConfig(ConfigBase):
     tokenizer_model: Optional[str] = None
     vocab_file: Optional[str] = None
     merge_file: Optional[str] = None
+    # TikTokenizer (Megatron-LM's --tiktoken-pattern v1|v2, --tiktoken-num-special-tokens; its vocabulary is capped
+    # at model.vocab_size, Megatron's --vocab-size, 2^17 when unset).
+    tiktoken_pattern: Optional[str] = None
+    tiktoken_num_special_tokens: Optional[int] = None
 
     @property
     def has_data(self) -> bool:

@@ -26,7 +26,8 @@ SPECIAL_TOKENS = ["<|endoftext|>", "<pad>", "<fim_prefix>", "<fim_middle>", "<fi
                   "<l2r>", "<r2l>"]
 
 EOD_ALIASES = ("<|end_of_text|>", "</s>", "<eos>")
-TOKENIZER_TYPES = ("GPT2BPETokenizer", "HuggingFaceTokenizer", "SentencePieceTokenizer")
+TOKENIZER_TYPES = ("GPT2BPETokenizer", "HuggingFaceTokenizer", "SentencePieceTokenizer", "NullTokenizer",
+                   "TikTokenizer")
 _META_FILE = "megatron_code_tokenizer.json"
 
 # Code-aware pre-tokenization (Oniguruma syntax, used by HF `tokenizers`). Pieces, in priority order:
@@ -361,9 +362,25 @@ class SentencePieceTokenizer(Tokenizer):
 
 
 def build_tokenizer(tokenizer_type: str, tokenizer_model: str | None = None, vocab_file: str | None = None,
-                    merge_file: str | None = None) -> Tokenizer:
+                    merge_file: str | None = None, vocab_size: int | None = None,
+                    tiktoken_pattern: str | None = None, tiktoken_num_special_tokens: int | None = None) -> Tokenizer:
     """Load a tokenizer by Megatron's type name. ``tokenizer_model`` is a tokenizer.json file or a directory
-    holding one (HuggingFaceTokenizer) or a ``.model`` file (SentencePieceTokenizer)."""
+    holding one (HuggingFaceTokenizer), a ``.model`` file (SentencePieceTokenizer) or a tiktoken ranks file
+    (TikTokenizer). NullTokenizer needs ``vocab_size``; TikTokenizer reads it as Megatron-LM does."""
+    from .megatron_tokenizers import NullTokenizer, TikTokenizer
+
+    if tokenizer_type == "NullTokenizer":
+        if not vocab_size:
+            raise TokenizerError("NullTokenizer needs --vocab-size N (its ids are 0..N-1, N-1 ends a document)")
+        return NullTokenizer({"null_tokenizer.json": json.dumps({"vocab_size": int(vocab_size)}).encode()})
+    if tokenizer_type == "TikTokenizer":
+        if not tokenizer_model:
+            raise TokenizerError("TikTokenizer needs --tokenizer-model (a Megatron-LM tiktoken .json or a .tiktoken "
+                                 "ranks file)")
+        opts = {"pattern": tiktoken_pattern, "num_special_tokens": tiktoken_num_special_tokens,
+                "vocab_size": vocab_size}
+        return TikTokenizer({os.path.basename(tokenizer_model): _read(tokenizer_model),
+                             "tiktoken_options.json": json.dumps(opts, sort_keys=True).encode()})
     if tokenizer_type == "HuggingFaceTokenizer":
         if not tokenizer_model:
             raise TokenizerError("HuggingFaceTokenizer needs --tokenizer-model (a tokenizer.json or its directory)")
@@ -389,9 +406,12 @@ def load_tokenizer(directory: str) -> Tokenizer:
     """Rebuild a tokenizer written by :meth:`Tokenizer.save`."""
     meta_path = os.path.join(directory, _META_FILE)
     meta = json.loads(_read(meta_path).decode("utf-8"))
+    from .megatron_tokenizers import NullTokenizer, TikTokenizer
+
     files = {name: _read(os.path.join(directory, name)) for name in meta["files"]}
     cls = {"HuggingFaceTokenizer": HFTokenizer, "GPT2BPETokenizer": GPT2BPETokenizer,
-           "SentencePieceTokenizer": SentencePieceTokenizer}.get(meta["tokenizer_type"])
+           "SentencePieceTokenizer": SentencePieceTokenizer, "NullTokenizer": NullTokenizer,
+           "TikTokenizer": TikTokenizer}.get(meta["tokenizer_type"])
     if cls is None:
         raise TokenizerError(f"{meta_path}: unknown tokenizer_type {meta['tokenizer_type']!r}")
     return cls(files)

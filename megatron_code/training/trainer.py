@@ -54,7 +54,9 @@ def resolve_tokenizer(job: JobConfig):
     tok = None
     if d.tokenizer_type:
         from ..data.tokenizer import build_tokenizer
-        tok = build_tokenizer(d.tokenizer_type, d.tokenizer_model, d.vocab_file, d.merge_file)
+        tok = build_tokenizer(d.tokenizer_type, d.tokenizer_model, d.vocab_file, d.merge_file,
+                              vocab_size=job.model.vocab_size, tiktoken_pattern=d.tiktoken_pattern,
+                              tiktoken_num_special_tokens=d.tiktoken_num_special_tokens)
         if job.model.vocab_size is None:
             job.model.vocab_size = tok.vocab_size
         elif tok.vocab_size > job.model.vocab_size:
