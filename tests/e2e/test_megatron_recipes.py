@@ -11,8 +11,6 @@ import sys
 
 import pytest
 
-from megatron_code.config import cli
-
 from ._cmd import run
 from .test_launchers import _free_port, _script
 from .test_megatron_cmdline import PRECISION, corpus  # noqa: F401 - the shared corpus fixture
@@ -36,31 +34,25 @@ def gpt3_line(corpus, ckpt: str, tb: str) -> list[str]:
     return _precision(f"""
         --num-layers 2 --hidden-size 64 --num-attention-heads 4 --seq-length 64 --max-position-embeddings 64
         --attention-backend auto
-        --micro-batch-size 1 --global-batch-size 4 --step-batch-size-schedule 0:2 8:4 --train-iters 6
+        --micro-batch-size 1 --global-batch-size 4 --step-batch-size-schedule SCHEDULE --train-iters 6
         --weight-decay 0.1 --adam-beta1 0.9 --adam-beta2 0.95 --init-method-std 0.006 --clip-grad 1.0 --fp16
         --lr 6.0e-5 --lr-decay-style cosine --min-lr 6.0e-6 --lr-warmup-fraction .001 --lr-decay-iters 5
         --tensor-model-parallel-size 1 --pipeline-model-parallel-size 2
         --data-path {corpus['data']} --vocab-file {corpus['vocab']} --merge-file {corpus['merges']} --split 949,50,1
         --log-interval 1 --save-interval 3 --eval-interval 3 --save {ckpt} --load {ckpt} --eval-iters 1
         --tensorboard-dir {tb}
-    """.split())
+    """.split()).copy()
 
 
-def _known(flag: str) -> bool:
-    try:
-        cli._arity(flag)
-        return True
-    except Exception:  # noqa: BLE001 - ConfigError: not (yet) a known flag
-        return False
+def _quoted(line: list[str]) -> list[str]:
+    # The script quotes the schedule: one argument "0:16 2.4B:320 ..." (thresholds in tokens: here a batch of 2
+    # samples, then 4 from 512 tokens = 8 samples on)
+    return ["0:2 512:4" if a == "SCHEDULE" else a for a in line]
 
 
 def test_megatron_lm_gpt3_example_line(corpus, tmp_path):  # noqa: F811
     ckpt, tb = str(tmp_path / "ckpt"), str(tmp_path / "tb")
-    line = gpt3_line(corpus, ckpt, tb)
-    if not _known("step-batch-size-schedule"):
-        # Batch-size schedules are other work in flight: until it lands the line names the flag as unknown.
-        i = line.index("--step-batch-size-schedule")
-        line = line[:i] + line[i + 3:]
+    line = _quoted(gpt3_line(corpus, ckpt, tb))
     tr = _script("torchrun")
     launcher = ([sys.executable, tr] if tr else [sys.executable, "-m", "torch.distributed.run"]) + [
         "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
@@ -70,6 +62,8 @@ def test_megatron_lm_gpt3_example_line(corpus, tmp_path):  # noqa: F811
     assert all(0 < r["loss"] < 7.0 for r in train.values())
     assert open(os.path.join(ckpt, "latest_checkpointed_iteration.txt")).read() == "6"
     assert " iteration        6/       6 |" in proc.stdout
+    # the step schedule: 2 samples per batch until 8 samples are consumed, then 4
+    assert [train[i]["consumed_samples"] for i in range(1, 7)] == [2, 4, 6, 8, 12, 16]
 
 
 def mds_350m_line(corpus, ckpt: str, tb: str, ds_json: str) -> list[str]:

@@ -46,9 +46,9 @@ ds-sequence-parallel-fpdt vocab-size exit-signal
 """.split()
 
 
-# Being implemented by other work in flight (batch-size schedules; distributed timeout; DeepSpeed universal
+# Being implemented by other work in flight (distributed timeout; DeepSpeed universal
 # checkpoints): until they land these are unknown flags, an error naming the closest flag.
-PENDING = {"step-batch-size-schedule", "distributed-timeout-minutes", "universal-checkpoint"}
+PENDING = {"distributed-timeout-minutes", "universal-checkpoint"}
 
 
 def _what(setter) -> str:
