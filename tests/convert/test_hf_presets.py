@@ -24,12 +24,12 @@ VOCAB = 300
 # The README's table: preset -> target (a new preset must be added here with the class it exports to).
 EXPECTED = {
     "tiny": "GPTNeoXForCausalLM",
-    "phi-1": "PhiForCausalLM", "phi-1-small": "PhiForCausalLM",
+    "phi-1": "PhiForCausalLM", "phi-1-small": "PhiForCausalLM", "phi-1-finetune": "PhiForCausalLM",
     "palm-8b": "CohereForCausalLM", "palm-62b": "CohereForCausalLM", "palm-540b": "CohereForCausalLM",
     "democratize-300m": "Starcoder2ForCausalLM", "democratize-2.5b": "Starcoder2ForCausalLM",
     "democratize-6b": "Starcoder2ForCausalLM",
-    "mim-350m": "GPT2LMHeadModel", "mim-2.7b": "GPT2LMHeadModel", "jupyt5-350m": "GPT2LMHeadModel",
-    "mim-1.3b": REMOTE,
+    "mim-350m": "GPT2LMHeadModel", "mim-1.3b": "GPT2LMHeadModel", "mim-2.7b": "GPT2LMHeadModel",
+    "jupyt5-350m": "GPT2LMHeadModel",
 }
 
 
