@@ -11,16 +11,21 @@ from .config.cli import parse_args
 def print_config(job) -> None:
     from .model import count_parameters
     from .training.trainer import resolve_tokenizer
+    from .training.formulas import apply_study_formulas
     resolve_tokenizer(job)
     job.resolve_units()
+    t = job.training
+    scheduled = t.global_batch_size or t.rampup_batch_size or t.step_batch_size_schedule or t.batch_size_schedule
+    notes = apply_study_formulas(job)
     job.validate()
     print(job.to_yaml(), end="")
     if job.preset:
         from .config.presets import PRESETS
         print(f"recipe source: {PRESETS[job.preset]['source']}")
-    t = job.training
-    if t.global_batch_size or t.rampup_batch_size or t.step_batch_size_schedule or t.batch_size_schedule:
+    if scheduled:
         print(f"batch schedule: {job.batch_schedule().describe()}")
+    for note in notes:
+        print(note)
     print(f"padded_vocab_size: {job.model.padded_vocab_size}")
     print(f"parameters: {count_parameters(job.model)}")
 

@@ -36,7 +36,7 @@ from .data_args import check_data_args_exclusive, read_data_args_file, read_per_
 from .job import SECTIONS, JobConfig
 from .megatron_flags import ERROR_FLAGS, NOOP_FLAGS, OFF_FLAGS
 from .presets import get_preset
-from .recipe_flags import FIELD_FLAGS, UNIT_GROUPS as RECIPE_UNIT_GROUPS
+from .recipe_flags import AUTO_FLAGS, FIELD_FLAGS, UNIT_GROUPS as RECIPE_UNIT_GROUPS
 
 # flag -> (arity, setter). arity: 0 (switch), 1 (one value), "+" (one or more values).
 Setter = Callable[[dict[str, dict[str, Any]], Any], None]
@@ -237,6 +237,15 @@ MEGATRON_FLAGS: dict[str, tuple[Any, Setter]] = {
 }
 
 MEGATRON_FLAGS.update({flag: (arity, _set(path)) for flag, (arity, path) in FIELD_FLAGS.items()})
+
+
+def _or_auto(flag: str, setter: Setter) -> Setter:
+    """`--lr auto` etc.: turn the rule on (a number given later on the line turns it off again)."""
+    on, off = _const(AUTO_FLAGS[flag], True), _const(AUTO_FLAGS[flag], False)
+    return lambda values, v: on(values, v) if v == "auto" else (off(values, v), setter(values, v))
+
+
+MEGATRON_FLAGS.update({flag: (1, _or_auto(flag, MEGATRON_FLAGS[flag][1])) for flag in AUTO_FLAGS})
 # Flags whose effect depends on other flags of the same line: handled by _LineState (name -> arity).
 _STATEFUL_FLAGS: dict[str, Any] = {
     "checkpoint-activations": 0, "checkpoint-num-layers": 1, "recompute-activations": 0,

@@ -43,6 +43,12 @@ class OptimConfig(ConfigBase):
     lr_decay_samples: Optional[int] = None
     lr_warmup_tokens: Optional[int] = None
     lr_decay_tokens: Optional[int] = None
+    # The democratization study's rules (training/formulas.py), set by `--lr auto`, `--lr-warmup-iters auto`,
+    # `--weight-decay auto`: the value is computed at launch from the model and the batch plan, and printed.
+    lr_auto: bool = False
+    lr_warmup_auto: bool = False
+    weight_decay_auto: bool = False
+    weight_decay_k: float = 5000.0  # its K in lambda = K sqrt(b / (N_tokens N_batches))
     # Weight decay tied to the learning rate: decay = lr ** this power at each step (PaLM, Chowdhery et al. 2022,
     # sec. 5: "a dynamic weight decay of lr^2.0"), replacing weight_decay for the decayed parameters. None: off.
     weight_decay_lr_power: Optional[float] = None

@@ -16,3 +16,6 @@ FIELD_FLAGS = {
 
 # Lengths given in iterations or samples (cli._UNIT_GROUPS): one unit per length on a command line.
 UNIT_GROUPS = (("WSD annealing length", ("optim.lr_wsd_decay_iters",), ("optim.lr_wsd_decay_samples",)),)
+
+# Flags that also take `auto` (the democratization study's rules, training/formulas.py): flag -> the switch field.
+AUTO_FLAGS = {"lr": "optim.lr_auto", "lr-warmup-iters": "optim.lr_warmup_auto", "weight-decay": "optim.weight_decay_auto"}

@@ -34,6 +34,7 @@ from .data import build_job_data, make_loader
 from .guards import StopSignal, check_finite
 from .losses import masked_mean_weights
 from .objective import Collate, Objective
+from .formulas import apply_study_formulas
 from .lr_schedule import lr_at
 from .metrics import MetricsSink, Throughput, WandbWriter, megatron_log_line, peak_flops
 from .optimizer import build_optimizer
@@ -145,6 +146,8 @@ class Trainer:
             log(precision_note, self.rank)
         self.grad_accum = job.resolve_batch(self.groups.dp_size)  # of the final global batch (and evaluation)
         self.schedule = job.batch_schedule()
+        for note in apply_study_formulas(job):  # --lr auto etc.: needs the batch plan above
+            log(note, self.rank)
         self.step_batch = t.global_batch_size  # the batch DeepSpeed is configured for; see _set_step_batch
         ckpt.check_fresh_save_dir(t.save, t.load)
         seed_everything(t.seed)

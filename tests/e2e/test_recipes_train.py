@@ -1,0 +1,34 @@
+"""Recipe features from the command line: the study's `auto` rules and PaLM's Adafactor in a real run."""
+
+import json
+import os
+
+import pytest
+
+from ._cmd import TINY, run, train_losses
+
+pytestmark = pytest.mark.e2e
+
+
+def test_auto_rules_are_printed_and_used(tmp_path):
+    save = str(tmp_path / "run")
+    out = run(TINY + ["--train-iters", "3", "--lr", "auto", "--lr-warmup-iters", "auto", "--weight-decay", "auto",
+                      "--lr-decay-style", "constant", "--save", save])
+    line = [ln for ln in out.stdout.splitlines() if ln.startswith("--lr auto = ")][0]
+    lr = float(line.split()[3])
+    assert "--lr-warmup-iters auto = 40 = 2 / (1 - beta2) with beta2 = 0.95" in out.stdout
+    assert "--weight-decay auto = 1.6667e+03" in out.stdout  # K / N_batches = 5000 / 3 (constant batch)
+    with open(os.path.join(save, "metrics.jsonl")) as f:
+        lrs = [json.loads(r)["lr"] for r in f if json.loads(r)["kind"] == "train"]
+    assert lrs == pytest.approx([lr * k / 40 for k in (1, 2, 3)], rel=1e-4)  # warmup toward lr auto (printed to 5 digits)
+
+
+def test_adafactor_trains_and_zero1_is_refused_in_one_line(tmp_path):
+    save = str(tmp_path / "run")
+    run(TINY + ["--train-iters", "3", "--optimizer", "adafactor", "--lr", "1e-2", "--lr-warmup-init", "1e-2",
+                "--lr-decay-style", "inverse-square-root", "--optim.weight_decay_lr_power", "2", "--bf16",
+                "--save", save])
+    assert sorted(train_losses(save)) == [1, 2, 3]
+    bad = run(TINY + ["--train-iters", "3", "--optimizer", "adafactor", "--zero-stage", "1"], check=False)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert "use --zero-stage 0" in bad.stderr.strip().splitlines()[-1]
