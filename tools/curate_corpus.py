@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     ap.add_argument("--output-prefix", default="corpus", help="bins: OUT/PREFIX_text_document.bin/.idx")
     ap.add_argument("--slurm-partition", default=None, help="default: the cluster's default partition")
     ap.add_argument("--slurm-time", default="01:00:00")
+    ap.add_argument("--slurm-mem-per-cpu", default="2G", help="sbatch --mem-per-cpu for every stage's jobs")
     ap.add_argument("--overwrite", action="store_true", help="replace a previous run with another pipeline in --output")
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument("--json", action="store_true", help="print the report as JSON instead of a table")
@@ -61,7 +62,8 @@ def main(argv=None) -> int:
             raise CurationError("--tokenizer-model/--vocab-file/--append-eod need --tokenizer-type")
         report = curate(args.input, args.output, cfg, tasks=args.tasks, workers=args.workers,
                         executor=args.executor, tokenizer=tokenizer, prefix=args.output_prefix,
-                        slurm={"partition": args.slurm_partition, "time": args.slurm_time},
+                        slurm={"partition": args.slurm_partition, "time": args.slurm_time,
+                               "mem_per_cpu": args.slurm_mem_per_cpu},
                         overwrite=args.overwrite, progress=not args.no_progress)
     except (CurationError, TokenizerError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
