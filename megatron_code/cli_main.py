@@ -6,6 +6,7 @@ import sys
 
 from .config.base import ConfigError
 from .config.cli import parse_args
+from .training.guards import RunStopped
 
 
 def print_config(job) -> None:
@@ -75,6 +76,13 @@ def main(argv: list[str]) -> int:
         print("interrupted (Ctrl-C): the last complete checkpoint in --save, if any, is intact; resume with --load",
               file=sys.stderr)
         return 130
+    except RunStopped as exc:
+        # Training stopped on purpose (non-finite steps, a lost rank): every rank knows why; one line from each
+        # rank would repeat it world-size times, so global rank 0 says it (the others exit with the same code).
+        import os
+        if os.environ.get("RANK", "0") == "0" or getattr(exc, "every_rank", False):
+            print(f"error: {exc}", file=sys.stderr)
+        return 1
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         # User-fixable problems: one clear line (ValueError subclasses across the package carry the fix).
         if isinstance(exc, ValueError) and not _is_ours(exc):

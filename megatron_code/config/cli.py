@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 import yaml
 
-from .base import ConfigError
+from .base import ConfigError, coerce
 from .data import TOKENIZER_TYPES
 from .data_args import check_data_args_exclusive, read_data_args_file, read_per_split_data_args_file
 from .job import SECTIONS, JobConfig
@@ -77,11 +77,8 @@ def _check_choice(flag: str, choices: tuple[str, ...]) -> Setter:
 
 
 def _loss_scale_power(v: str) -> int:
-    try:
-        scale = float(v)
-    except ValueError:
-        scale = float("nan")
-    if not math.isfinite(scale) or scale <= 0:
+    scale = coerce(v, float, "--initial-loss-scale")  # a finite number, or a one-line ConfigError
+    if scale <= 0:
         raise ConfigError(f"--initial-loss-scale must be a positive number (a power of two, e.g. 65536), got '{v}'")
     return int(round(math.log2(scale)))
 
@@ -170,6 +167,8 @@ MEGATRON_FLAGS: dict[str, tuple[Any, Setter]] = {
     "wandb-exp-name": (1, _set("training.wandb_exp_name")),
     "wandb-save-dir": (1, _set("training.wandb_save_dir")),
     "wandb-entity": (1, _set("training.wandb_entity")),
+    "check-for-spiky-loss": (0, _const("training.check_for_spiky_loss", True)),
+    "rollback-on-nonfinite": (0, _const("training.rollback_on_nonfinite", True)),
     # optimizer and schedule
     "optimizer": (1, _map("optim.optimizer", dict(adam="adamw", adamw="adamw", adafactor="adafactor"), "optimizer")),
     "lr": (1, _set("optim.lr")),
@@ -499,8 +498,7 @@ def parse_args(argv: list[str]) -> CliArgs:
         elif name in _STATEFUL_FLAGS:
             _stateful_flag(name, value, state, overrides, out.notes)
         elif name in MEGATRON_FLAGS:
-            if name in ("fp16", "bf16"):
-                state.precisions.add(name)
+            state.precisions.update({name} & {"fp16", "bf16"})
             state.rope = state.rope or name == "use-rotary-position-embeddings" or (
                 name == "position-embedding-type" and value == "rope")
             state.sequence_parallel = state.sequence_parallel or name == "sequence-parallel"

@@ -99,6 +99,7 @@ NOOP_FLAGS: dict[str, tuple[Any, str]] = {
     "no-ckpt-fully-parallel-save": (0, "DeepSpeed writes one file per model-parallel rank"),
     "dist-ckpt-strictness": (1, "loading is always strict (mismatched keys are an error)"),
     "bf16-reduce-in-fp32": (0, "the reduction dtype is DeepSpeed's"),
+    "check-for-nan-in-loss-and-grad": (0, "always on: a step with a non-finite loss or gradient is never taken"),
     "group-query-attention": (0, "GQA follows from --num-query-groups"),
     "use-flash-attn": (0, "the attention kernel is chosen automatically (flash-attn on CUDA when installed)"),
     "use-flash-attn-v2": (0, "the attention kernel is chosen automatically"),

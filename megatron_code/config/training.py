@@ -85,6 +85,16 @@ class TrainingConfig(ConfigBase):
     # too (vocabulary-sharded head), ZeRO-3 and on the pipeline's last stage. Used where it applies: not TP with
     # fp16, not for MIM training; False = always unfused.
     fused_lm_loss: bool = True
+    # Finite steps only (training/guards.py StepGuard): a step whose loss or gradients are not finite (or, with
+    # check_for_spiky_loss, whose loss exceeds spiky_loss_factor x the running mean) is not taken. After
+    # max_consecutive_skips refused steps in a row the run stops with an error, or, with rollback_on_nonfinite,
+    # reloads the newest checkpoint and skips the refused steps' batches (at most max_rollbacks times).
+    max_consecutive_skips: int = 3
+    rollback_on_nonfinite: bool = False
+    max_rollbacks: int = 3
+    check_for_spiky_loss: bool = False
+    # Megatron-LM's SPIKY_LOSS_FACTOR is 10 (there: against the largest loss seen; here: the running mean).
+    spiky_loss_factor: float = 10.0
 
     def validate(self) -> None:
         if self.precision not in ("fp32", "bf16", "fp16"):
@@ -110,6 +120,10 @@ class TrainingConfig(ConfigBase):
         check_ranges("training", {"seed": (0, 2 ** 32 - 1), "save_interval": (0, None), "exit_interval": (0, None),
                                   "eval_interval": (0, None), "eval_iters": (0, None), "keep_checkpoints": (0, None),
                                   "cpu_threads": (0, None), "initial_loss_scale_power": (0, 127)}, self)
+        check_ranges("training", {"max_consecutive_skips": (1, None), "max_rollbacks": (0, None)}, self)
+        if self.spiky_loss_factor <= 1:
+            raise ConfigError(f"training.spiky_loss_factor must be > 1 (a loss that many times the running mean is "
+                              f"a spike), got {self.spiky_loss_factor}")
         if self.peak_tflops is not None and self.peak_tflops <= 0:
             raise ConfigError(f"--training.peak_tflops must be positive (or unset), got {self.peak_tflops}")
         if self.tensorboard_style not in ("megatron-lm", "megatron-deepspeed"):

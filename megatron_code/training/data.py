@@ -40,10 +40,13 @@ class JobData:
     notes: list[str] = field(default_factory=list)
 
 
-def build_job_data(job: JobConfig, eod: int | None, is_builder: bool, barrier) -> JobData:
+def build_job_data(job: JobConfig, eod: int | None, is_builder: bool, barrier, extra_batches: int = 0) -> JobData:
+    """`extra_batches`: global batches beyond train_iters that the run may pass over without training on them
+    (batches rejected before a rollback, training/recovery.py), so the data does not run out early."""
     t, d = job.training, job.data
     gbs = t.global_batch_size
-    n_train = job.batch_schedule().samples_through(t.train_iters)  # = train_iters x gbs for a constant batch
+    # = train_iters x gbs for a constant batch (plus the batches a rollback may pass over)
+    n_train = job.batch_schedule().samples_through(t.train_iters) + extra_batches * gbs
     n_eval = max(1, t.eval_iters) * gbs
     if d.mock_data:
         v = job.model.vocab_size

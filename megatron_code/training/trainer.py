@@ -31,7 +31,8 @@ from ..parallel.pipeline import (PipelineBatches, StepClipper, build_pipeline, l
                                  pipeline_ds_config)
 from . import checkpoint as ckpt
 from .data import build_job_data, make_loader
-from .guards import StopSignal, check_finite
+from . import recovery
+from .guards import StepGuard, StopSignal
 from .losses import masked_mean_weights
 from .objective import Collate, Objective
 from .formulas import apply_study_formulas
@@ -169,6 +170,14 @@ class Trainer:
         if self.pipelined:
             ds_config = pipeline_ds_config(ds_config, job.parallel.sequence_parallel)
         self.engine = initialize_engine(model, optimizer, ds_config, mpu=self.mpu)
+        # After the engine exists: DeepSpeed's ZeRO-0 fp16/bf16 wrappers take one state-creating step at build time
+        # (undone by initialize_engine), which must not count as a training step.
+        self.guard = StepGuard(optimizer, spike_factor=t.spiky_loss_factor if t.check_for_spiky_loss else 0.0,
+                               device=self.engine.device, world=self.world)
+        self.guard.outer = self.engine.optimizer if self.engine.optimizer is not optimizer else None
+        self.skipped_steps = self.bad_streak = self.rollbacks = 0
+        self.bad_batches: list[tuple[int, int]] = []  # [first sample, end) of the batches of skipped steps
+        self.skip_samples: set[int] = set()  # first sample of each global batch never to train on again
         if self.pipelined and self.engine.module.head_in_loss and not loss_may_produce_gradients(self.engine.optimizer):
             self.engine.module.set_head_in_loss(False)  # the head's gradient would be lost: logits in the pipeline
             log("note: the fused LM head + loss is off on this pipeline (DeepSpeed's bf16 optimizer at ZeRO-0 clears "
@@ -188,6 +197,7 @@ class Trainer:
             else:
                 self.iteration = int(state["iteration"])
                 self.consumed = int(state["consumed_samples"])
+                self.skip_samples = set(state.get("skip_samples") or ())  # batches a rollback rejected
                 if t.load_rng:
                     self.resume_rng = state["rng"]  # restored right before the loop, after all setup work
                     self.resume_tp_rng = state.get("tp_rng")
@@ -195,8 +205,12 @@ class Trainer:
                     self.rank)
         eod = self.tokenizer.eod if self.tokenizer is not None else None
         self.objective = Objective(job, self.tokenizer)
+        # Batches a rollback may pass over (at most max_consecutive_skips per rollback) plus those a resumed run
+        # must still pass over: the data holds that many more, so skipping never ends the run early.
+        extra = (t.max_rollbacks * t.max_consecutive_skips if t.rollback_on_nonfinite else 0) + sum(
+            1 for first in self.skip_samples if first >= self.consumed)
         self.data = build_job_data(job, eod, is_builder=self.rank == 0,
-                                   barrier=dist.barrier if self.world > 1 else None)
+                                   barrier=dist.barrier if self.world > 1 else None, extra_batches=extra)
         self.data.train = self.objective.wrap_train(self.data.train)
         for note in self.data.notes:
             log(f"note: {note}", self.rank)
@@ -235,6 +249,7 @@ class Trainer:
             return self._train_step_pipeline(batches)
         total = 0.0
         self.loss_parts = {}
+        self.guard.begin_step()
         accum = self.step_accum
         for micro in range(accum):
             t0 = time.perf_counter()
@@ -244,12 +259,14 @@ class Trainer:
             # once a batch schedule changes the accumulation.
             self.engine.set_gradient_accumulation_boundary(micro == accum - 1)
             loss, parts = self._loss(batch)
+            self.guard.record_loss(loss)
             for k, v in parts.items():
                 self.loss_parts[k] = self.loss_parts.get(k, 0.0) + v / accum
             self.engine.backward(loss)
             if micro == accum - 1 and self.own_clip:
                 self.grad_norm = float(clip_grad_norm_(self.engine.module.parameters(),
                                                        self.job.optim.clip_grad or float("inf"), mpu=self.mpu))
+                self.guard.known_norm = self.grad_norm
             t2 = time.perf_counter()
             self.engine.step()
             self._time("batch-generator", t1 - t0)
@@ -306,18 +323,26 @@ class Trainer:
 
     def _pipeline_loss(self, logits: torch.Tensor, batch: dict, train: bool):
         """Last stage: the objective's loss on this micro batch's (vocab-parallel) logits."""
-        return self.objective.loss(logits, batch, self.tp_group, train)
+        out = self.objective.loss(logits, batch, self.tp_group, train)
+        if train:
+            self.guard.record_loss(out[0])
+        return out
 
     def _pipeline_head_loss(self, head: torch.nn.Module, hidden: torch.Tensor, batch: dict, train: bool):
         """Last stage with the fused loss: the head runs here, fused with the next-token loss (logits, then the
         objective's loss, for MIM training)."""
         if self.objective.next_token_loss(train):
-            return head_loss(head, hidden, batch["labels"], masked_mean_weights(batch["loss_mask"])), {}
-        return self.objective.loss(head_logits(head, hidden), batch, self.tp_group, train)
+            out = head_loss(head, hidden, batch["labels"], masked_mean_weights(batch["loss_mask"])), {}
+        else:
+            out = self.objective.loss(head_logits(head, hidden), batch, self.tp_group, train)
+        if train:
+            self.guard.record_loss(out[0])
+        return out
 
     def _train_step_pipeline(self, batches) -> float:
         """engine.train_batch pulls `grad_accum` micro batches (first and last stage read the same ones: each
         rank has its own loader over its DP rank's samples); the loss comes back DP-averaged on every stage."""
+        self.guard.begin_step()
         t0 = time.perf_counter()
         loss = self.engine.train_batch(PipelineBatches(batches))
         self._time("forward-backward", time.perf_counter() - t0)  # DeepSpeed's schedule runs the step inside
@@ -346,10 +371,11 @@ class Trainer:
     # ------------------------------------------------------------------ bookkeeping
     def save(self) -> None:
         t = self.job.training
+        recovery.check_weights_finite(self)
         tracker = self._tp_rng_tracker()
         state = {"iteration": self.iteration, "consumed_samples": self.consumed, "rng": ckpt.rng_state(),
                  "tp_rng": tracker.get_states() if tracker is not None else None,
-                 "tokenizer_fingerprint": self.tok_fp,
+                 "tokenizer_fingerprint": self.tok_fp, "skip_samples": sorted(self.skip_samples),
                  "layout": {"tp": self.groups.tp_size, "pp": self.groups.pp_size, "dp": self.groups.dp_size,
                             "zero": self.job.parallel.zero_stage}}
         path = ckpt.save_checkpoint(self.engine, self.job, t.save, self.iteration, state, self.tokenizer,
@@ -360,8 +386,9 @@ class Trainer:
         self.timers[name] = self.timers.get(name, 0.0) + seconds
 
     def _skipped_steps(self) -> int:
-        """Optimizer steps DeepSpeed skipped (fp16 overflow), as Megatron's 'number of skipped iterations'."""
-        return int(getattr(self.engine, "skipped_steps", 0) or 0)
+        """Optimizer steps not taken, as Megatron's 'number of skipped iterations': the StepGuard's count, which
+        includes those DeepSpeed skipped itself (fp16 overflow, non-finite norm)."""
+        return self.skipped_steps
 
     def _loss_scale(self) -> float:
         """The fp16 dynamic scale DeepSpeed's optimizers expose as loss_scale / cur_scale; 1.0 otherwise (as Megatron
@@ -435,6 +462,10 @@ class Trainer:
         log(f"validation at iter {self.iteration} | loss {v:.4f} | ppl {math.exp(min(v, 50)):.2f}", self.rank)
         self.throughput.reset()  # evaluation time is not training throughput
 
+    def _train_loader(self):
+        return iter(make_loader(self.data.train, self.job, self.consumed, self.groups.dp_rank, self.groups.dp_size,
+                                Collate(self.objective, train=True), train=True))
+
     # ------------------------------------------------------------------ the loop
     def _should_stop(self, start_iter: int, started: float, stop: StopSignal) -> tuple[bool, str]:
         """(stop now?, why) - agreed across ranks so every rank saves and leaves at the same iteration."""
@@ -450,7 +481,6 @@ class Trainer:
     def _after_step(self, loss: float, lr: float, history: dict, bar) -> None:
         """Record one finished iteration: metrics, periodic log line, periodic validation."""
         t = self.job.training
-        check_finite(loss, self.iteration, t.precision)
         self.throughput.add(self.step_batch * self.job.data.seq_length)
         self.sink.write(self.iteration, {"loss": loss, "lr": lr, "consumed_samples": self.consumed,
                                          "global_batch_size": self.step_batch, **self.loss_parts})
@@ -472,8 +502,7 @@ class Trainer:
 
     def train(self) -> dict:
         job, t = self.job, self.job.training
-        batches = iter(make_loader(self.data.train, job, self.consumed, self.groups.dp_rank,
-                                   self.groups.dp_size, Collate(self.objective, train=True), train=True))
+        batches = self._train_loader()
         bar = tqdm(total=t.train_iters, initial=self.iteration, desc="train", unit="it", dynamic_ncols=True,
                    disable=self.rank != 0 or not t.progress_bar, file=sys.stderr, mininterval=1.0)
         history = {"train_loss": [], "valid_loss": []}
@@ -492,6 +521,7 @@ class Trainer:
         started = time.time()
         with StopSignal() as stop:
             while self.iteration < t.train_iters:
+                recovery.skip_rejected(self, batches)
                 self._set_step_batch(self.schedule.batch_at(self.iteration, self.consumed))
                 # LR progress in samples, as Megatron's scheduler counts (training/lr_schedule.py)
                 lr = lr_at(self.iteration, job.optim, t.train_iters,
@@ -501,10 +531,23 @@ class Trainer:
                 loss = self.train_step(batches)
                 self.iteration += 1
                 self.consumed += self.step_batch
-                self._after_step(loss, lr, history, bar)
+                verdict = self.guard.verdict(t.precision)
+                if verdict.skipped:
+                    bar.update(1)
+                    if recovery.on_skipped(self, verdict):
+                        recovery.rollback(self)
+                        batches = self._train_loader()
+                        bar.n = self.iteration
+                        continue
+                else:
+                    self.bad_streak, self.bad_batches = 0, []
+                    self._after_step(loss, lr, history, bar)
                 stopping, why = self._should_stop(start_iter, started, stop)
                 last = self.iteration == t.train_iters
-                if t.save and (last or stopping or (t.save_interval and self.iteration % t.save_interval == 0)):
+                # No periodic save inside a run of refused steps: the weights are the last good step's, which the
+                # previous save (or the next good step's) holds; the run may yet stop or roll back.
+                periodic = t.save_interval and self.iteration % t.save_interval == 0 and not self.bad_streak
+                if t.save and (last or stopping or periodic):
                     self.save()
                 if stopping:
                     log(f"stopping at iteration {self.iteration} ({why})", self.rank)
