@@ -24,19 +24,20 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import yaml
 
-from .base import ConfigError, coerce
+from .base import ConfigError
 from .data import TOKENIZER_TYPES
+from .deepspeed_json import merge_deepspeed_json
 from .data_args import check_data_args_exclusive, read_data_args_file, read_per_split_data_args_file
 from .job import SECTIONS, JobConfig
 from .megatron_flags import ERROR_FLAGS, NOOP_FLAGS, OFF_FLAGS
 from .presets import get_preset
 from .recipe_flags import AUTO_FLAGS, FIELD_FLAGS, UNIT_GROUPS as RECIPE_UNIT_GROUPS
+from .training import loss_scale_power
 
 # flag -> (arity, setter). arity: 0 (switch), 1 (one value), "+" (one or more values).
 Setter = Callable[[dict[str, dict[str, Any]], Any], None]
@@ -74,13 +75,6 @@ def _check_choice(flag: str, choices: tuple[str, ...]) -> Setter:
         if v not in choices:
             raise ConfigError(f"--{flag}: unknown value '{v}' (supported: {', '.join(choices)})")
     return check
-
-
-def _loss_scale_power(v: str) -> int:
-    scale = coerce(v, float, "--initial-loss-scale")  # a finite number, or a one-line ConfigError
-    if scale <= 0:
-        raise ConfigError(f"--initial-loss-scale must be a positive number (a power of two, e.g. 65536), got '{v}'")
-    return int(round(math.log2(scale)))
 
 
 # Megatron and Megatron-DeepSpeed names for our tokenizer types (Megatron-DeepSpeed's HFTokenizer loads a Hugging
@@ -145,7 +139,7 @@ MEGATRON_FLAGS: dict[str, tuple[Any, Setter]] = {
     "fp16": (0, _const("training.precision", "fp16")),
     "bf16": (0, _const("training.precision", "bf16")),
     "loss-scale": (1, _set("training.loss_scale")),
-    "initial-loss-scale": (1, _set("training.initial_loss_scale_power", _loss_scale_power)),
+    "initial-loss-scale": (1, _set("training.initial_loss_scale_power", loss_scale_power)),
     "loss-scale-window": (1, _set("training.loss_scale_window")),
     "hysteresis": (1, _set("training.hysteresis")),
     "min-loss-scale": (1, _set("training.min_loss_scale")),
@@ -527,6 +521,9 @@ def parse_args(argv: list[str]) -> CliArgs:
     for setter, value in overrides:  # later flags overwrite earlier ones: the order given decides
         setter(line, value)
     _apply_layer(job, line, "the command line", one_unit=True)
+    # before anything is built (the JSON may set ZeRO, clipping, precision); given = the line's and files' fields
+    merge_deepspeed_json(job, set().union(_unit_fields(line), *map(_unit_fields, map(_load_yaml, config_files))),
+                         out.notes)
     d = job.data
     if d.tokenizer_type is None and d.vocab_file and d.merge_file:
         # Megatron's pretrain_gpt.py defaults the tokenizer to GPT2BPETokenizer, so GPT launch scripts omit it.

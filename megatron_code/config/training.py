@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Optional
 
-from .base import ConfigBase, ConfigError, check_ranges
+from .base import ConfigBase, ConfigError, check_ranges, coerce
 
 
 @dataclass
@@ -132,3 +133,11 @@ class TrainingConfig(ConfigBase):
         if self.eval_interval and self.eval_iters == 0:
             raise ConfigError(f"--eval-iters 0 with --eval-interval {self.eval_interval}: validation would average "
                               f"no batches; give --eval-iters N, or --eval-interval 0 to turn validation off")
+
+
+def loss_scale_power(v: str) -> int:
+    """Megatron's --initial-loss-scale (a scale, e.g. 65536) as DeepSpeed's initial_scale_power (16)."""
+    scale = coerce(v, float, "--initial-loss-scale")  # a finite number, or a one-line ConfigError
+    if scale <= 0:
+        raise ConfigError(f"--initial-loss-scale must be a positive number (a power of two, e.g. 65536), got '{v}'")
+    return int(round(math.log2(scale)))

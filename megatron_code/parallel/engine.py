@@ -172,7 +172,11 @@ def deepspeed_config(job: JobConfig, grad_accum: int) -> dict[str, Any]:
                               f"make them agree (or set it to \"auto\" in the JSON)")
         given[key] = ours[key]
     for key in ("bf16", "fp16"):
-        enabled = bool(given.get(key, {}).get("enabled", False))
+        if key not in given and not (key == "bf16" and "bfloat16" in given):
+            if key in ours:  # the JSON says nothing about this precision: ours (merged from it at parse time)
+                given[key] = ours[key]
+            continue
+        enabled = bool(given.get(key, given.get("bfloat16", {}) if key == "bf16" else {}).get("enabled", False))
         if enabled != (t.precision == key):
             raise ConfigError(f"--deepspeed_config has {key}.enabled={enabled} but the precision is "
                               f"{t.precision}: pass --{key} or change the JSON")

@@ -20,6 +20,7 @@ from deepspeed.runtime.utils import clip_grad_norm_
 from tqdm import tqdm
 
 from ..config.base import ConfigError
+from ..config.deepspeed_json import merge_deepspeed_json
 from ..config.job import JobConfig
 from ..model import GPT, flops_per_token
 from ..model.gpt import head_logits, head_loss
@@ -130,6 +131,9 @@ class Trainer:
     def __init__(self, job: JobConfig):
         self.job = job
         t = job.training
+        # The DeepSpeed JSON, if any, was merged by parse_args; a job built in code is checked against it here, before
+        # anything is built (no-op when it agrees).
+        merge_deepspeed_json(job, None, [])
         precision_note = None
         if t.precision == "fp16" and t.fp16_fallback_bf16:
             try:
