@@ -10,7 +10,7 @@ from .base import ConfigBase, ConfigError
 
 POSITION_TYPES = ("learned", "rope", "none")
 NORM_TYPES = ("layernorm", "rmsnorm")
-ACTIVATIONS = ("gelu", "gelu_tanh", "swiglu")
+ACTIVATIONS = ("gelu", "gelu_tanh", "swiglu", "relu", "elu")
 BLOCK_TYPES = ("sequential", "parallel")
 
 
@@ -49,6 +49,12 @@ class ModelConfig(ConfigBase):
     hidden_dropout: float = 0.0
     embedding_dropout: float = 0.0
     init_std: float = 0.02
+    # Std of the word embedding's normal init (None: init_std). PaLM: 1.0 ("E ~ N(0, 1)", Chowdhery et al. 2022,
+    # sec. 2), because no LayerNorm follows the embedding; with tied embeddings pair it with output_logit_scaling.
+    embedding_init_std: Optional[float] = None
+    # Multiply the pre-softmax logits by 1/sqrt(hidden_size) (PaLM's shared input/output embedding, sec. 2), done
+    # on the final hidden states (the head is linear), so every loss path and generation see it.
+    output_logit_scaling: bool = False
     # Output projections (o_proj, fc_out/down_proj) drawn with std / sqrt(2 * num_layers) (GPT-2, Megatron).
     scaled_init: bool = True
 
@@ -115,6 +121,7 @@ class ModelConfig(ConfigBase):
         need(self.vocab_size is None or self.vocab_size > 0, "model.vocab_size must be positive")
         need(self.vocab_pad_multiple >= 1, "model.vocab_pad_multiple must be >= 1")
         need(self.init_std > 0, "model.init_std must be positive")
+        need(self.embedding_init_std is None or self.embedding_init_std > 0, "model.embedding_init_std must be positive")
         need(self.ffn_size > 0, "model.ffn_hidden_size must be positive")
         need(self.norm_eps > 0, f"model.norm_eps (--norm-epsilon) must be positive, got {self.norm_eps}")
         need(self.rotary_base > 0, f"model.rotary_base (--rotary-base) must be positive, got {self.rotary_base}")

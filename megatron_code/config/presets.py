@@ -35,7 +35,9 @@ def _palm(layers: int, hidden: int, heads: int) -> dict[str, Any]:
     return dict(num_layers=layers, hidden_size=hidden, num_attention_heads=heads, num_kv_heads=1, head_dim=256,
                 ffn_hidden_size=4 * hidden, vocab_size=256000, max_position_embeddings=2048,
                 position_embedding="rope", norm="layernorm", norm_bias=False, activation="swiglu",
-                block="parallel", parallel_shared_norm=True, bias=False, tie_embeddings=True)
+                block="parallel", parallel_shared_norm=True, bias=False, tie_embeddings=True,
+                # sec. 2: "E ~ N(0, 1)" for the shared embedding, pre-softmax logits scaled by 1/sqrt(n)
+                embedding_init_std=1.0, output_logit_scaling=True)
 
 
 def _democratize(layers: int, hidden: int, heads: int) -> dict[str, Any]:

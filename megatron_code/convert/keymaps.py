@@ -246,7 +246,8 @@ def hf_config_kwargs(cfg: ModelConfig, target: str) -> dict:
                   attention_dropout=cfg.attention_dropout)
     elif target == "CohereForCausalLM":
         kw.update(hidden_act=act, layer_norm_eps=cfg.norm_eps, num_key_value_heads=cfg.kv_heads,
-                  head_dim=cfg.head_size, attention_bias=False, use_qk_norm=False, logit_scale=1.0,
+                  head_dim=cfg.head_size, attention_bias=False, use_qk_norm=False,
+                  logit_scale=cfg.hidden_size ** -0.5 if cfg.output_logit_scaling else 1.0,
                   attention_dropout=cfg.attention_dropout)
     elif target == "Starcoder2ForCausalLM":
         kw.update(hidden_act=act, norm_epsilon=cfg.norm_eps, num_key_value_heads=cfg.kv_heads,
@@ -368,9 +369,12 @@ def from_hf_config(hf_cfg, sd: dict[str, torch.Tensor]) -> tuple[str, ModelConfi
             if getattr(hf_cfg, "use_qk_norm", False):
                 raise UnsupportedArchitecture("Cohere with use_qk_norm=True: our attention has no q/k norm")
             scale = getattr(hf_cfg, "logit_scale", 1.0)
-            if scale is not None and float(scale) != 1.0:
-                raise UnsupportedArchitecture(f"Cohere with logit_scale={scale}: our model has no logit scale "
-                                              f"(folding it into the weights would not be exact with tied embeddings)")
+            palm_scale = hf_cfg.hidden_size ** -0.5  # our output_logit_scaling (PaLM's 1/sqrt(d))
+            if scale is not None and float(scale) not in (1.0, palm_scale):
+                raise UnsupportedArchitecture(f"Cohere with logit_scale={scale}: our model scales logits by 1 or "
+                                              f"1/sqrt(hidden_size) = {palm_scale:g} only (folding it into the "
+                                              f"weights would not be exact with tied embeddings)")
+            kw.update(output_logit_scaling=scale is not None and float(scale) == palm_scale != 1.0)
             kw.update(norm="layernorm", norm_bias=False, norm_eps=hf_cfg.layer_norm_eps, block="parallel",
                       parallel_shared_norm=True)
     kw.update(_bias_flags(target, hf_cfg, sd))

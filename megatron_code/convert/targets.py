@@ -44,7 +44,8 @@ REMOTE_FIELDS: dict[str, tuple | None] = {
     "parallel_shared_norm": None, "bias": None, "tie_embeddings": None, "output_bias": None,
     # training-only fields: no effect on the function at inference
     "attention_dropout": None, "hidden_dropout": None, "embedding_dropout": None, "init_std": None,
-    "scaled_init": None,
+    "scaled_init": None, "embedding_init_std": None,
+    "output_logit_scaling": None,  # a function of the model: Cohere's logit_scale only (target_problems)
 }
 
 
@@ -73,6 +74,8 @@ def target_problems(cfg: ModelConfig, target: str) -> list[str]:
     gelu = cfg.activation in ("gelu", "gelu_tanh")
     if target not in TARGETS:
         raise UnsupportedArchitecture(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
+    if cfg.output_logit_scaling and target != "CohereForCausalLM":
+        p.append("output_logit_scaling (logits times 1/sqrt(hidden_size)): only Cohere's logit_scale expresses it")
     if target == REMOTE:
         return p
     if target == "GPT2LMHeadModel":

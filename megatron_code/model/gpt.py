@@ -38,6 +38,17 @@ def head_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
                                 loss_weights.flatten(), vocab_shard=shard)
 
 
+class ScaleOutput:
+    """Forward hook: the module's output times a constant. On the final norm it scales the logits by the same
+    constant (the head is linear): PaLM's 1/sqrt(d) pre-softmax scaling for its shared embedding."""
+
+    def __init__(self, scale: float):
+        self.scale = scale
+
+    def __call__(self, module: nn.Module, inputs, output: torch.Tensor) -> torch.Tensor:
+        return output * self.scale
+
+
 class Embedding(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -79,6 +90,8 @@ class GPT(nn.Module):
         self.embed = Embedding(cfg)
         self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
         self.final_norm = build_norm(cfg)
+        if cfg.output_logit_scaling:  # on the module, so the pipeline's final-norm stage carries it too
+            self.final_norm.register_forward_hook(ScaleOutput(cfg.hidden_size ** -0.5))
         if not cfg.tie_embeddings:
             self.lm_head = nn.Linear(cfg.hidden_size, cfg.padded_vocab_size, bias=cfg.output_bias)
 

@@ -64,6 +64,13 @@ def _weight_std(leaf: str, cfg: ModelConfig) -> float:
     return cfg.init_std
 
 
+def _draw_std(name: str, leaf: str, module: nn.Module, cfg: ModelConfig) -> float:
+    """Std of a drawn weight. By module name, not type: under TP the word embedding is a vocab-parallel layer."""
+    if name == "embed.word" and cfg.embedding_init_std is not None:
+        return cfg.embedding_init_std
+    return _weight_std(leaf, cfg) if isinstance(module, nn.Linear) else cfg.init_std
+
+
 def _full_shape(module: nn.Module, pname: str) -> torch.Size:
     shape = getattr(module, "full_param_shape", None)
     return shape(pname) if shape is not None else getattr(module, pname).shape
@@ -162,7 +169,7 @@ def _init_values(name: str, module: nn.Module, cfg: ModelConfig, seed: Optional[
     if pname == "weight" and _draws(module):
         if seed is None:
             raise KeyError(f"no init seed for module '{name}': seeds come from module_seeds() of the whole GPT")
-        std = _weight_std(leaf, cfg) if isinstance(module, nn.Linear) else cfg.init_std
+        std = _draw_std(name, leaf, module, cfg)
         shape = _full_shape(module, pname)
         spec = narrow_spec(module, pname, shape)
         if (spec is not None and device.type == "cpu" and math.prod(shape) >= 16
@@ -191,7 +198,7 @@ def init_flat_part(name: str, module: nn.Module, cfg: ModelConfig, seed: Optiona
     if pname == "weight" and _draws(module):
         if seed is None:
             raise KeyError(f"no init seed for module '{name}': seeds come from module_seeds() of the whole GPT")
-        std = _weight_std(leaf, cfg) if isinstance(module, nn.Linear) else cfg.init_std
+        std = _draw_std(name, leaf, module, cfg)
         if numel >= 16 and chunked_draws_exact(out.dtype):
             draw_narrow((numel,), out.dtype, std, seed, 0, start, length, out=out)
         else:

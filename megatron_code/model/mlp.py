@@ -1,4 +1,5 @@
-"""Feed-forward blocks: GELU (exact or tanh) with fc_in/fc_out, and SwiGLU (Shazeer, 2020) with
+"""Feed-forward blocks: one activation between fc_in/fc_out (GELU exact or tanh; ReLU and ELU for the
+democratization study's activation ablation, its Table 3.2), and SwiGLU (Shazeer, 2020) with
 gate_proj/up_proj/down_proj (separate, so tensor parallelism shards each column-wise without re-interleaving)."""
 
 from __future__ import annotations
@@ -10,15 +11,21 @@ from torch import nn
 from ..config.model import ModelConfig
 
 
+_ACTIVATIONS = {"gelu": lambda x: F.gelu(x), "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+                "relu": F.relu, "elu": F.elu}  # ELU with alpha 1 (Clevert et al., 2016)
+
+
 class GeluMLP(nn.Module):
+    """fc_in -> activation -> fc_out (named for its usual activation; ReLU/ELU use the same layout)."""
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
+        self.act = _ACTIVATIONS[cfg.activation]
         self.fc_in = nn.Linear(cfg.hidden_size, cfg.ffn_size, bias=cfg.bias)
         self.fc_out = nn.Linear(cfg.ffn_size, cfg.hidden_size, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc_out(F.gelu(self.fc_in(x), approximate=self.approximate))
+        return self.fc_out(self.act(self.fc_in(x)))
 
 
 class SwiGLUMLP(nn.Module):

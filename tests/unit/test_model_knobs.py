@@ -1,0 +1,85 @@
+"""Model knobs of the seeds' recipes: ReLU/ELU MLPs (the study's Table 3.2 ablation), the word embedding's own
+init std and PaLM's 1/sqrt(d) logit scaling, each against a direct reference."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from megatron_code.config import ModelConfig
+from megatron_code.config.base import ConfigError
+from megatron_code.model import GPT
+
+
+def tiny(**kw) -> ModelConfig:
+    base = dict(num_layers=2, hidden_size=32, num_attention_heads=4, ffn_hidden_size=64, vocab_size=100,
+                max_position_embeddings=32, position_embedding="rope")
+    return ModelConfig(**{**base, **kw})
+
+
+def build(cfg: ModelConfig, seed: int = 0) -> GPT:
+    model = GPT(cfg)
+    model.init_weights(torch.Generator().manual_seed(seed))
+    return model.double()
+
+
+@pytest.mark.parametrize("act, ref", [("relu", F.relu), ("elu", F.elu), ("gelu", F.gelu),
+                                      ("gelu_tanh", lambda x: F.gelu(x, approximate="tanh"))])
+def test_mlp_activation_is_the_reference(act, ref):
+    mlp = build(tiny(activation=act)).layers[0].mlp
+    x = torch.randn(2, 5, 32, dtype=torch.float64)
+    assert torch.equal(mlp(x), mlp.fc_out(ref(mlp.fc_in(x))))
+
+
+def test_unknown_activation_is_refused():
+    with pytest.raises(ConfigError, match="model.activation must be one of"):
+        tiny(activation="tanh").validate()
+
+
+def test_embedding_init_std_applies_to_the_word_embedding_only():
+    model = GPT(tiny(embedding_init_std=1.0, vocab_size=4000, hidden_size=64))
+    model.init_weights(torch.Generator().manual_seed(0))
+    assert model.embed.word.weight.std().item() == pytest.approx(1.0, rel=0.02)
+    assert model.layers[0].attn.q_proj.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    same = GPT(tiny(vocab_size=4000, hidden_size=64))
+    same.init_weights(torch.Generator().manual_seed(0))
+    # the same draws, rescaled: std is the only change
+    assert torch.allclose(model.embed.word.weight, same.embed.word.weight / 0.02, rtol=1e-5, atol=1e-6)
+    assert torch.equal(model.layers[0].attn.q_proj.weight, same.layers[0].attn.q_proj.weight)
+
+
+def test_logit_scaling_divides_logits_by_sqrt_d_on_every_path():
+    plain = build(tiny())
+    scaled = build(tiny(output_logit_scaling=True))
+    ids = torch.randint(0, 100, (2, 7))
+    want = plain(ids) / 32 ** 0.5
+    assert torch.allclose(scaled(ids), want, rtol=1e-12, atol=1e-12)
+    # the fused head + loss kernel sees the same logits: loss and gradients equal the unfused reference
+    labels = torch.randint(0, 100, (2, 7))
+    weights = torch.full((2, 7), 1 / 14, dtype=torch.float64)
+    fused = scaled(ids, labels=labels, loss_weights=weights)
+    fused.backward()
+    g_fused = [p.grad.clone() for p in scaled.parameters()]
+    scaled.zero_grad()
+    ref = F.cross_entropy(scaled(ids).flatten(0, 1), labels.flatten())
+    ref.backward()
+    assert fused.item() == pytest.approx(ref.item(), rel=1e-10)
+    for a, b in zip(g_fused, (p.grad for p in scaled.parameters())):
+        assert torch.allclose(a, b, rtol=1e-8, atol=1e-12)
+
+
+def test_logit_scaling_gradcheck():
+    model = build(tiny(output_logit_scaling=True, num_layers=1, hidden_size=8, num_attention_heads=2,
+                       ffn_hidden_size=8, vocab_size=16))
+    ids = torch.randint(0, 16, (1, 3))
+    h = torch.randn(1, 3, 8, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x: model.logits(model.final_norm(x)), (h,))
+
+
+def test_logit_scaling_exports_only_where_a_target_expresses_it():
+    from megatron_code.convert.targets import target_problems
+    cfg = tiny(output_logit_scaling=True)
+    assert any("only Cohere's logit_scale" in p for p in target_problems(cfg, "GPTNeoXForCausalLM"))
+    assert any("only Cohere's logit_scale" in p for p in target_problems(cfg, "MegatronCodeForCausalLM"))
+    palm_like = tiny(output_logit_scaling=True, norm_bias=False, activation="swiglu", block="parallel", bias=False,
+                     num_kv_heads=1)
+    assert not [p for p in target_problems(palm_like, "CohereForCausalLM") if "logit" in p]
