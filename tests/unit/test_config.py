@@ -62,7 +62,7 @@ def test_rotary_dims_ignored_without_rope():
 @pytest.mark.parametrize("kw, pattern", [
     (dict(position_embedding="alibi"), "position_embedding must be one of"),
     (dict(norm="batchnorm"), "norm must be one of"),
-    (dict(activation="relu"), "activation must be one of"),
+    (dict(activation="tanh"), "activation must be one of"),
     (dict(block="moe"), "block must be one of"),
     (dict(attention_dropout=1.0), r"attention_dropout must be in \[0, 1\)"),
     (dict(num_layers=0), "num_layers must be positive"),
