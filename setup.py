@@ -1,27 +1,42 @@
 """Package metadata. The C++ sample-index helpers (csrc/helpers.cpp) and the fast code-BPE encoder
 (csrc/bpe.cpp) are built here, at install time, as optional pybind11 extensions: if no compiler is available the
 install still succeeds, megatron_code.data.helpers falls back to its numpy twin and the tokenizer to the
-`tokenizers` encoder (slower, identical results)."""
+`tokenizers` encoder (slower, identical results).
+
+MEGATRON_CODE_REQUIRE_EXTENSIONS=1 (set by CI and tools/run_tests.sh) makes a missing pybind11 or a failed
+compile an install error instead of a warning, so a broken extension cannot hide behind skipped tests."""
 
 import os
+import sys
 
 from setuptools import find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 
+REQUIRE_ENV = "MEGATRON_CODE_REQUIRE_EXTENSIONS"
+
+
+def extensions_required() -> bool:
+    return os.environ.get(REQUIRE_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 class OptionalBuildExt(build_ext):
-    """Never fail the install because the optional extension did not compile."""
+    """Do not fail a user's install because the optional extension did not compile (unless REQUIRE_ENV is set)."""
 
     def run(self):
         try:
             super().run()
         except Exception as exc:  # noqa: BLE001 - any compiler failure means "use the numpy twin"
+            if extensions_required():
+                raise
             print(f"WARNING: C++ helpers not built ({exc}); the numpy implementation will be used.")
 
     def build_extension(self, ext):
         try:
             super().build_extension(ext)
         except Exception as exc:  # noqa: BLE001
+            if extensions_required():
+                sys.exit(f"error: {ext.name} did not build ({exc}) and {REQUIRE_ENV}=1 requires it")
             print(f"WARNING: could not build {ext.name} ({exc}); the numpy implementation will be used.")
 
 
@@ -29,6 +44,9 @@ def extensions():
     try:
         from pybind11.setup_helpers import Pybind11Extension
     except ImportError:
+        if extensions_required():
+            sys.exit(f"error: pybind11 is not installed and {REQUIRE_ENV}=1 requires the C++ extensions: "
+                     f"pip install pybind11 (and use --no-build-isolation)")
         return []
     # name -> source; the fast BPE encoder (csrc/bpe.cpp) falls back to `tokenizers` when absent.
     sources = {"megatron_code.data._helpers_cpp": "helpers.cpp", "megatron_code.data._bpe_cpp": "bpe.cpp"}

@@ -60,6 +60,9 @@ class TrainingConfig(ConfigBase):
     load_optim: bool = True
     load_rng: bool = True
     finetune: bool = False
+    # --load of a save directory without a 'latest' file (a crash between a save and the pointer update): False
+    # resumes from the newest complete iter_* with a warning, True refuses (docs/checkpoints.md).
+    require_latest: bool = False
     eval_interval: int = 0
     eval_iters: int = 10
     log_interval: int = 10

@@ -14,7 +14,6 @@ import os
 import re
 import socket
 import subprocess
-import sys
 from typing import Any, MutableMapping
 
 import torch
@@ -74,36 +73,34 @@ def launch_environment(environ: MutableMapping[str, str] | None = None) -> dict[
     return {k: env[k] for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
 
 
-STALE_LOCK_SECONDS = 300
+# DeepSpeed ops that it would JIT-compile when a job starts, and why none of them is needed here.
+UNUSED_JIT_OPS = {
+    # deepspeed.comm.torch.TorchBackend builds this on every CPU init_distributed (30-300 s of silent g++ on a cold
+    # cache, under a file lock in ~/.cache/torch_extensions that a killed holder leaves behind, hanging every later
+    # launch). It serves only DeepSpeed's `inference_all_reduce` (DeepSpeed-Inference's injected layers), which
+    # nothing in megatron_code calls; without it that call falls back to torch.distributed.all_reduce anyway.
+    "deepspeed_shm_comm": "inference-only shared-memory all-reduce; training collectives go through gloo/NCCL",
+}
 
 
-def clear_stale_extension_locks(max_age: float = STALE_LOCK_SECONDS) -> list[str]:
-    """Remove torch JIT-extension lock files older than `max_age` seconds.
+def keep_deepspeed_from_compiling() -> list[str]:
+    """Mark UNUSED_JIT_OPS incompatible in DeepSpeed's probe table (`deepspeed.ops.__compatible_ops__`, which
+    `deepspeed.comm.torch.build_shm_op` consults before it JIT-builds the op), so no job start compiles anything or
+    takes torch's extension file lock. Returns the ops switched off. Nothing else reads the table."""
+    import deepspeed.ops
 
-    DeepSpeed loads its compiled comm helper through torch.utils.cpp_extension, which holds
-    TORCH_EXTENSIONS_DIR/<ext>/lock while loading (and while building, ~40 s here on a first run). A process killed
-    inside that window leaves the file behind and every later run waits on it forever. A lock older than any build
-    takes is stale."""
-    import glob
-    import time
-
-    root = os.environ.get("TORCH_EXTENSIONS_DIR") or os.path.join(os.path.expanduser("~"), ".cache",
-                                                                   "torch_extensions")
-    removed = []
-    for lock in glob.glob(os.path.join(root, "*", "*", "lock")):
-        try:
-            if time.time() - os.path.getmtime(lock) > max_age:
-                os.remove(lock)
-                removed.append(lock)
-        except OSError:
-            pass  # another process removed or took it
-    return removed
+    table = getattr(deepspeed.ops, "__compatible_ops__", None)
+    if not isinstance(table, dict):
+        return []
+    off = [name for name in UNUSED_JIT_OPS if table.get(name)]
+    for name in off:
+        table[name] = False
+    return off
 
 
 def init_distributed(backend: str = "auto") -> tuple[int, int]:
     """Initialize torch.distributed through DeepSpeed (idempotent). Returns (rank, world_size)."""
-    for lock in clear_stale_extension_locks():
-        print(f"note: removed a stale torch extension lock {lock} (left by a killed process)", file=sys.stderr)
+    keep_deepspeed_from_compiling()
     import deepspeed
     import torch.distributed as dist
 

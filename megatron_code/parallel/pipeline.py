@@ -379,7 +379,10 @@ def _ensure_deepspeed_comm() -> None:
     helpers and some launchers initialize torch only)."""
     import deepspeed
 
+    from .engine import keep_deepspeed_from_compiling
+
     if not deepspeed.comm.is_initialized():
+        keep_deepspeed_from_compiling()  # no JIT build at start-up (engine.UNUSED_JIT_OPS)
         deepspeed.init_distributed(dist_backend=dist.get_backend(), auto_mpi_discovery=False, verbose=False)
 
 

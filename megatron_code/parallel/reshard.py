@@ -38,6 +38,8 @@ from typing import Any, Optional
 import torch
 
 from ..config.base import ConfigError
+from ..utils import atomic
+from ..utils.checksums import file_records
 
 FULL_FILE = "full_state.pt"
 FULL_FORMAT = "megatron_code.full/1"
@@ -366,11 +368,11 @@ def consolidate_layout(ckpt_tag_dir: str, job) -> dict[str, torch.Tensor]:
 
 # ----------------------------------------------------------------------------- the full (layout-free) file
 def save_full_file(path: str, state: FullState) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
+    tmp = atomic.tmp_path(path)
     torch.save({"format": FULL_FORMAT, "module": state.module, "exp_avg": state.exp_avg,
                 "exp_avg_sq": state.exp_avg_sq, "step": state.step, "client_state": state.client_state,
                 "engine": state.engine}, tmp)
-    os.replace(tmp, path)
+    atomic.replace(tmp, path)
 
 
 def load_full_file(path: str) -> FullState:
@@ -524,17 +526,15 @@ def reshard_to_full(tag_dir: str, job, save_dir: str, tp: int, pp: int, zero: Op
             "consumed_samples": state.client_state.get("consumed_samples"),
             "tokenizer_fingerprint": state.client_state.get("tokenizer_fingerprint"),
             "layout": state.client_state["layout"], "time": time.time()}
-    with open(os.path.join(staged, "meta.json"), "w") as f:
-        json.dump(meta, f, indent=2)
     tok = os.path.join(tag_dir, "tokenizer")
     if os.path.isdir(tok):
         shutil.copytree(tok, os.path.join(staged, "tokenizer"))
+    meta["files"] = file_records(staged)  # checked on load (training/ckpt_store.py)
+    atomic.write_text(os.path.join(staged, "meta.json"), json.dumps(meta, indent=2))
     os.rename(staged, final)
+    atomic.fsync_dir(save_dir)
     shutil.rmtree(os.path.join(save_dir, ".staging"), ignore_errors=True)
-    tmp = os.path.join(save_dir, f"latest.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(tag)
-    os.replace(tmp, os.path.join(save_dir, "latest"))
+    atomic.write_text(os.path.join(save_dir, "latest"), tag)
     return final
 
 

@@ -90,7 +90,7 @@ def _context():
     if method == "forkserver":
         # torch._dynamo is imported lazily by the first optimizer step (seconds) and deepspeed by most
         # distributed tests (seconds more): preload them once here. Missing modules are skipped by the server.
-        # testing.warm loads DeepSpeed's CPU communication op once (see its docstring).
+        # testing.warm switches off the DeepSpeed op that ranks would otherwise JIT-build (see its docstring).
         ctx.set_forkserver_preload(["torch", "torch.distributed", "torch._dynamo", "torch.testing", "deepspeed",
                                     "deepspeed.comm", "megatron_code.testing.spawn", "megatron_code.testing.warm"])
     return ctx

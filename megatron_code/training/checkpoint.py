@@ -9,26 +9,28 @@ Layout of a save directory:
     SAVE/iter_0000100/tokenizer/     the tokenizer files (for generation and HF export)
 
 A save first writes everything into SAVE/.staging/<tag>, then renames the directory into place and only then
-rewrites `latest`: a crash at any point leaves the previous checkpoint and `latest` intact.
+rewrites `latest`: a crash at any point leaves the previous checkpoint and `latest` intact. meta.json lists every
+file with its size and SHA-256; which tag a load trusts (and what is refused) is decided in ckpt_store.py.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
+import sys
 import time
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from ..config.base import ConfigError
 from ..config.job import JobConfig
 from ..parallel.reshard import FULL_FILE, check_same_layout, consolidate_layout, load_full_checkpoint
+from ..utils import atomic
+from . import ckpt_store as store
+from .ckpt_store import STAGING, CheckpointError, read_latest  # noqa: F401 - re-exported
 
-STAGING = ".staging"
 # Fields that may change between runs without changing the saved tensors' meaning.
 MUTABLE_MODEL_FIELDS = {"attention_dropout", "hidden_dropout", "embedding_dropout", "init_std", "scaled_init"}
 
@@ -41,37 +43,31 @@ def mutable_model_fields(saved_model, model) -> set[str]:
     return MUTABLE_MODEL_FIELDS
 
 
-class CheckpointError(ConfigError):
-    """A checkpoint cannot be used as asked (missing, corrupt, other architecture or tokenizer)."""
-
-
 def tag_for(iteration: int) -> str:
     return f"iter_{iteration:07d}"
 
 
-def read_latest(ckpt_dir: str) -> str | None:
-    path = os.path.join(ckpt_dir, "latest")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return f.read().strip()
-
-
-def resolve_checkpoint(ckpt_dir: str, tag: str | None = None) -> tuple[str, str]:
-    """(directory holding `latest`, tag). Accepts SAVE or SAVE/iter_XXXXXXX."""
+def resolve_checkpoint(ckpt_dir: str, tag: str | None = None, full: bool = False, require_latest: bool = False,
+                       warn: Callable[[str], None] | None = None) -> tuple[str, str]:
+    """(directory holding `latest`, tag). Accepts SAVE or SAVE/iter_XXXXXXX. For SAVE the tag is `latest` when it
+    is intact, else the previous intact one (store.select_tag; each fallback is reported through `warn`, default
+    stderr); an explicitly named tag must itself be intact. full=True also checks every file's SHA-256."""
     if os.path.isfile(ckpt_dir):
         raise CheckpointError(f"{ckpt_dir} is a file, not a checkpoint directory: pass the directory given to --save "
                               f"(or SAVE/iter_XXXXXXX)")
     if not os.path.isdir(ckpt_dir):
         raise CheckpointError(f"checkpoint directory {ckpt_dir} does not exist: check --load")
-    if tag is None and os.path.exists(os.path.join(ckpt_dir, "config.yaml")):
-        return os.path.dirname(os.path.abspath(ckpt_dir)), os.path.basename(os.path.abspath(ckpt_dir))
-    tag = tag or read_latest(ckpt_dir)
-    if tag is None:
-        raise CheckpointError(f"{ckpt_dir} has no 'latest' file: it holds no complete checkpoint "
-                              f"(pass the directory given to --save, or SAVE/iter_XXXXXXX)")
-    if not os.path.isdir(os.path.join(ckpt_dir, tag)):
-        raise CheckpointError(f"{ckpt_dir}/latest names '{tag}' but that directory is missing")
+    if tag is None and store.is_ours(ckpt_dir):
+        ckpt_dir, tag = os.path.dirname(os.path.abspath(ckpt_dir)), os.path.basename(os.path.abspath(ckpt_dir))
+    if tag is not None:
+        bad = store.problems(os.path.join(ckpt_dir, tag), full=full)
+        if bad:
+            raise CheckpointError(f"checkpoint {os.path.join(ckpt_dir, tag)} is damaged: {'; '.join(bad[:3])}. Load "
+                                  f"an earlier one (pass the save directory to fall back automatically)")
+        return ckpt_dir, tag
+    tag, warnings = store.select_tag(ckpt_dir, require_latest=require_latest, full=full)
+    for w in warnings:
+        (warn or (lambda m: print(m, file=sys.stderr, flush=True)))(w)
     return ckpt_dir, tag
 
 
@@ -92,20 +88,49 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def nothing_to_load(load_dir: str, save_dir: str | None) -> bool:
     """True when --load names the --save directory of a run that has not saved yet (Megatron launch scripts pass
-    --load X --save X from the first launch on). A --load elsewhere that holds nothing stays an error."""
+    --load X --save X from the first launch on). A --load elsewhere that holds nothing stays an error, and so does
+    one holding another trainer's checkpoint; `iter_*` directories without `latest` are resumed, not trained over."""
     if not save_dir or os.path.abspath(load_dir) != os.path.abspath(save_dir):
         return False
-    return not os.path.isdir(load_dir) or read_latest(load_dir) is None
+    if not os.path.isdir(load_dir):
+        return True
+    store.refuse_foreign(load_dir, "--load")
+    return read_latest(load_dir) is None and not store.list_tags(load_dir)
 
 
 def check_fresh_save_dir(save_dir: str | None, load_dir: str | None) -> None:
-    """Refuse to start a new run on top of another run's checkpoints (they would be mixed and overwritten)."""
-    if not save_dir or load_dir:
+    """Refuse to start a new run on top of another run's checkpoints (they would be mixed and overwritten), and
+    another trainer's checkpoint in --load or --save (before anything is built)."""
+    if load_dir and os.path.isdir(load_dir):
+        store.refuse_foreign(load_dir, "--load")
+    if not save_dir or load_dir or not os.path.isdir(save_dir):
         return
-    latest = read_latest(save_dir) if os.path.isdir(save_dir) else None
+    store.refuse_foreign(save_dir, "--save")
+    latest = read_latest(save_dir) or (store.list_tags(save_dir) or [None])[-1]
     if latest is not None:
         raise CheckpointError(f"--save {save_dir} already holds checkpoints (latest: {latest}). To continue that "
                               f"run pass --load {save_dir}; to start a new one choose an empty --save directory")
+
+
+def lock_save_dir(save_dir: str, rank: int = 0) -> store.SaveDirLock | None:
+    """Collective when distributed: rank 0 takes SAVE/.lock (held until the process ends) and removes leftovers of
+    interrupted saves; every rank raises the same CheckpointError when another job holds it."""
+    import torch.distributed as dist
+    lock, error = None, None
+    if rank == 0:
+        try:
+            lock = store.SaveDirLock(save_dir)
+            for path in store.clean_leftovers(save_dir):
+                print(f"note: removed {path} (left by an interrupted save)", file=sys.stderr)
+        except CheckpointError as exc:
+            error = str(exc)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        box = [error]
+        dist.broadcast_object_list(box, src=0)
+        error = box[0]
+    if error:
+        raise CheckpointError(error)
+    return lock
 
 
 def _barrier() -> None:
@@ -114,71 +139,82 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def save_checkpoint(engine, job: JobConfig, save_dir: str, iteration: int, client_state: dict[str, Any],
-                    tokenizer=None, is_rank0: bool = True, keep: int = 0) -> str:
+                    tokenizer=None, is_rank0: bool = True, keep: int = 0,
+                    publish_if: Callable[[str], str | None] | None = None) -> str | None:
     """Collective: every rank calls it. Returns the final checkpoint directory. With training.save_optim False the
-    optimizer state is left out (smaller checkpoints; resuming then needs --no-load-optim)."""
+    optimizer state is left out (smaller checkpoints; resuming then needs --no-load-optim).
+
+    publish_if(staged_dir), when given, is called on every rank after the engine has written the staged files and
+    before anything is published (it may run collectives); a string it returns is the reason to refuse: the staged
+    files are deleted, `latest` and the existing checkpoints stay as they were, and None is returned. A full disk
+    (ENOSPC/EDQUOT) raises a CheckpointError naming the directory and the bytes needed, after removing the staged
+    files."""
     tag = tag_for(iteration)
     staging_root = os.path.join(save_dir, STAGING)
     staged = os.path.join(staging_root, tag)
-    if is_rank0:
-        os.makedirs(save_dir, exist_ok=True)
-        shutil.rmtree(staged, ignore_errors=True)  # leftovers of a crashed save of the same tag
-        os.makedirs(staging_root, exist_ok=True)
-    _barrier()
-    engine.save_checkpoint(staging_root, tag=tag, client_state=client_state, save_latest=False)
-    _barrier()
-    final = os.path.join(save_dir, tag)
-    if is_rank0:
-        job.save(os.path.join(staged, "config.yaml"))
-        meta = {"iteration": iteration, "consumed_samples": client_state.get("consumed_samples"),
-                "tokenizer_fingerprint": client_state.get("tokenizer_fingerprint"),
-                "layout": client_state.get("layout"), "has_optimizer": job.training.save_optim,
-                "time": time.time()}
-        if not job.training.save_optim:
-            strip_optimizer_state(staged)
-        _write_atomic(os.path.join(staged, "meta.json"), json.dumps(meta, indent=2))
-        if tokenizer is not None:
-            tokenizer.save(os.path.join(staged, "tokenizer"))
-        if os.path.exists(final):
-            # Never delete a user's checkpoint silently: keep the old one beside the new one.
-            os.rename(final, f"{final}.replaced-{int(time.time())}")
-        os.rename(staged, final)
-        _fsync_dir(save_dir)
-        _write_atomic(os.path.join(save_dir, "latest"), tag)
-        # Megatron-LM's tracker file (its loaders and scripts read it) and DeepSpeed's recovery script, which
-        # DeepSpeed copies beside the tag directories of a ZeRO save (here: into the staging root).
-        _write_atomic(os.path.join(save_dir, "latest_checkpointed_iteration.txt"), str(iteration))
-        if os.path.exists(os.path.join(staging_root, "zero_to_fp32.py")):
-            os.replace(os.path.join(staging_root, "zero_to_fp32.py"), os.path.join(save_dir, "zero_to_fp32.py"))
+    try:
+        if is_rank0:
+            os.makedirs(save_dir, exist_ok=True)
+            shutil.rmtree(staged, ignore_errors=True)  # leftovers of a crashed save of the same tag
+            os.makedirs(staging_root, exist_ok=True)
+        _barrier()
+        engine.save_checkpoint(staging_root, tag=tag, client_state=client_state, save_latest=False)
+        _barrier()
+        refusal = publish_if(staged) if publish_if is not None else None
+        final = os.path.join(save_dir, tag)
+        if refusal is not None:
+            if is_rank0:
+                shutil.rmtree(staging_root, ignore_errors=True)
+                print(f"checkpoint {tag} not published: {refusal} ('latest' stays {read_latest(save_dir)})",
+                      file=sys.stderr, flush=True)
+            _barrier()
+            return None
+        if is_rank0:
+            _publish(job, save_dir, staged, final, tag, iteration, client_state, tokenizer, keep)
+    except OSError as exc:
+        if not store.is_disk_full(exc):
+            raise
+        error = store.no_space_error(save_dir, staged, exc)
         shutil.rmtree(staging_root, ignore_errors=True)
-        if keep > 0:
-            _prune(save_dir, keep)
+        raise error from None
     _barrier()
     return final
 
 
-def _prune(save_dir: str, keep: int) -> None:
-    tags = sorted(d for d in os.listdir(save_dir) if d.startswith("iter_") and "." not in d)
-    for old in tags[:-keep]:
-        shutil.rmtree(os.path.join(save_dir, old), ignore_errors=True)
+def _publish(job: JobConfig, save_dir: str, staged: str, final: str, tag: str, iteration: int,
+             client_state: dict[str, Any], tokenizer, keep: int) -> None:
+    """Rank 0: complete the staged tag (config, tokenizer, meta.json with every file's checksum), move it into
+    place, then point `latest` at it."""
+    job.save(os.path.join(staged, "config.yaml"))
+    meta = {"iteration": iteration, "consumed_samples": client_state.get("consumed_samples"),
+            "tokenizer_fingerprint": client_state.get("tokenizer_fingerprint"),
+            "layout": client_state.get("layout"), "has_optimizer": job.training.save_optim,
+            "time": time.time()}
+    if not job.training.save_optim:
+        strip_optimizer_state(staged)
+    if tokenizer is not None:
+        tokenizer.save(os.path.join(staged, "tokenizer"))
+    store.write_meta(staged, meta)  # last: lists (and checksums) every file written above
+    if os.path.exists(final):
+        # Never delete a user's checkpoint silently: keep the old one beside the new one.
+        os.rename(final, f"{final}.replaced-{int(time.time())}")
+    os.rename(staged, final)
+    atomic.fsync_dir(save_dir)
+    atomic.write_text(os.path.join(save_dir, "latest"), tag)
+    # Megatron-LM's tracker file (its loaders and scripts read it) and DeepSpeed's recovery script, which
+    # DeepSpeed copies beside the tag directories of a ZeRO save (here: into the staging root).
+    atomic.write_text(os.path.join(save_dir, "latest_checkpointed_iteration.txt"), str(iteration))
+    staging_root = os.path.dirname(staged)
+    if os.path.exists(os.path.join(staging_root, "zero_to_fp32.py")):
+        os.replace(os.path.join(staging_root, "zero_to_fp32.py"), os.path.join(save_dir, "zero_to_fp32.py"))
+    shutil.rmtree(staging_root, ignore_errors=True)
+    if keep > 0:
+        store.prune(save_dir, keep)
+
+
+def _prune(save_dir: str, keep: int) -> list[str]:
+    return store.prune(save_dir, keep)
 
 
 def load_job_config(ckpt_dir: str, tag: str | None = None) -> JobConfig:
@@ -202,11 +238,10 @@ def check_compatible(saved: JobConfig, job: JobConfig) -> None:
 def load_checkpoint(engine, job: JobConfig, load_dir: str, tokenizer_fingerprint: str | None) -> dict[str, Any]:
     """Collective. Loads weights (and, unless told otherwise or absent, optimizer state) into the engine; returns
     the client state. training.finetune loads the weights only; training.load_optim False skips the optimizer."""
-    root, tag = resolve_checkpoint(load_dir)
+    root, tag = _choose_on_rank0(load_dir, job.training.require_latest)
     saved = load_job_config(root, tag)
     check_compatible(saved, job)
-    with open(os.path.join(root, tag, "meta.json")) as f:
-        meta = json.load(f)
+    meta = store.read_meta(os.path.join(root, tag))
     saved_fp = meta.get("tokenizer_fingerprint")
     if saved_fp and tokenizer_fingerprint and saved_fp != tokenizer_fingerprint:
         raise CheckpointError(f"the checkpoint in {root}/{tag} was trained with a different tokenizer "
@@ -237,6 +272,24 @@ def load_checkpoint(engine, job: JobConfig, load_dir: str, tokenizer_fingerprint
         # --no-load-optim resume jumped back to near the initial loss). Re-derive them from the loaded weights.
         engine.optimizer.refresh_fp32_params()
     return client_state or {}
+
+
+def _choose_on_rank0(load_dir: str, require_latest: bool) -> tuple[str, str]:
+    """Collective: rank 0 picks the tag (verifying every file's checksum once, not once per rank) and tells the
+    others, so every rank loads the same tag or raises the same error."""
+    import torch.distributed as dist
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    box: list = [None, None]
+    if not distributed or dist.get_rank() == 0:
+        try:
+            box = [resolve_checkpoint(load_dir, full=True, require_latest=require_latest), None]
+        except CheckpointError as exc:
+            box = [None, str(exc)]
+    if distributed:
+        dist.broadcast_object_list(box, src=0)
+    if box[1] is not None:
+        raise CheckpointError(box[1])
+    return box[0]
 
 
 def _bf16_optimizer_without_zero(engine) -> bool:
@@ -277,8 +330,8 @@ def strip_optimizer_state(tag_dir: str) -> None:
 
 def load_consolidated(ckpt_dir: str, tag: str | None = None) -> tuple[JobConfig, dict[str, torch.Tensor], str | None]:
     """(job config, full single-device GPT state dict, tokenizer dir or None) from a checkpoint of any supported
-    layout. Reads files directly; no process group needed."""
-    root, tag = resolve_checkpoint(ckpt_dir, tag)
+    layout. Reads files directly; no process group needed. Every file's checksum is verified first."""
+    root, tag = resolve_checkpoint(ckpt_dir, tag, full=True)
     job = load_job_config(root, tag)
     d = os.path.join(root, tag)
     p = job.parallel

@@ -10,6 +10,7 @@ def _save_dir(tmp_path):
     save = tmp_path / "ck"
     (save / "iter_0000005").mkdir(parents=True)
     (save / "iter_0000005" / "config.yaml").write_text("model: {}\n")
+    (save / "iter_0000005" / "meta.json").write_text("{}")
     (save / "latest").write_text("iter_0000005\n")
     return save
 
