@@ -21,6 +21,7 @@ Example::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import multiprocessing as mp
 import os
@@ -34,6 +35,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from megatron_code.data.corpus import (CorpusError, iter_jsonl_lines, iter_source_tree,  # noqa: E402
                                        parse_jsonl_line)
+from megatron_code.data.identity import DatasetTokenizerError, sidecar_path, write_sidecar  # noqa: E402
 from megatron_code.data.indexed import (IndexedDatasetError, IndexedDatasetWriter, dtype_for_vocab,  # noqa: E402
                                         merge_datasets)
 from megatron_code.data.objectives.fim import FIMConfig, FIMError, apply_fim_to_document  # noqa: E402
@@ -212,8 +214,13 @@ def _run_one(inputs, output_prefix, tok_args, json_keys, append_eod, workers, sk
         if totals["docs"] == 0:
             raise PreprocessError(f"no documents found in {', '.join(inputs)}"
                                   + (f" ({totals['bad']} bad lines skipped)" if totals["bad"] else ""))
-        for w in writers.values():
+        for k, w in writers.items():
+            # The tokenizer's fingerprint beside each dataset, checked by the trainer (data/identity.py). A replaced
+            # dataset's old record goes first, so no dataset is ever paired with another tokenizer's record.
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(sidecar_path(output_prefix_for(output_prefix, k)))
             w.finalize()
+            write_sidecar(output_prefix_for(output_prefix, k), encoder.tokenizer)
     except BaseException:
         for w in writers.values():
             w.abort()
@@ -229,30 +236,72 @@ def _run_one(inputs, output_prefix, tok_args, json_keys, append_eod, workers, sk
     return totals
 
 
-def _split_inputs(inputs, partitions):
+def _split_inputs(inputs, partitions, scratch):
     """Partition i gets every partitions-th input file; a single JSONL file is split into contiguous line
-    ranges written to temporary files. Order of documents in the merged output equals the unpartitioned one."""
+    ranges written to files in `scratch`. Order of documents in the merged output equals the unpartitioned one."""
     if partitions <= 1:
-        return [list(inputs)], []
+        return [list(inputs)]
     if len(inputs) >= partitions:
         per = -(-len(inputs) // partitions)
-        return [inputs[i:i + per] for i in range(0, len(inputs), per)], []
+        return [inputs[i:i + per] for i in range(0, len(inputs), per)]
     if len(inputs) != 1 or not _is_jsonl(inputs[0]):
-        return [list(inputs)], []
-    path = inputs[0]
-    lines = [line for _, line in iter_jsonl_lines(path)]
+        return [list(inputs)]
+    lines = [line for _, line in iter_jsonl_lines(inputs[0])]
     per = -(-len(lines) // partitions)
-    parts, tmp_files = [], []
+    parts = []
     for i in range(partitions):
         chunk = lines[i * per:(i + 1) * per]
         if not chunk:
             continue
-        tmp = f"{path}.part{i}-{os.getpid()}.jsonl"
-        with open(tmp, "wb") as f:
+        part = os.path.join(scratch, f"lines{i}.jsonl")
+        with open(part, "wb") as f:
             f.writelines(chunk)
-        parts.append([tmp])
-        tmp_files.append(tmp)
-    return parts, tmp_files
+        parts.append([part])
+    return parts
+
+
+
+class _Scratch:
+    """A hidden working directory beside the output for --partitions (`.NAME.partitions-<pid>/`): the line-range
+    copies of the input and the finished partitions live there, never beside the input or the output, where a
+    later glob (`data/*.jsonl`, `data/*_text_document`) would take them for data. It is removed at the end; a run
+    killed with SIGKILL (no `finally`) leaves it, and the next run removes it: its flock(2) died with its owner,
+    so an unlockable directory belongs to a live run and is left alone."""
+
+    def __init__(self, output_prefix: str):
+        import fcntl
+        import glob
+        import shutil
+
+        parent = os.path.dirname(os.path.abspath(output_prefix))
+        os.makedirs(parent, exist_ok=True)
+        base = os.path.basename(output_prefix)
+        self.removed = []
+        for old in glob.glob(os.path.join(parent, glob.escape(f".{base}.partitions-") + "*")):
+            try:
+                fd = os.open(os.path.join(old, "lock"), os.O_RDWR)
+            except OSError:
+                fd = None
+            try:
+                if fd is not None:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # held: a live run's
+            finally:
+                if fd is not None:
+                    os.close(fd)
+            shutil.rmtree(old, ignore_errors=True)
+            self.removed.append(old)
+        self.path = os.path.join(parent, f".{base}.partitions-{os.getpid()}")
+        os.makedirs(self.path, exist_ok=True)
+        self._fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(self._fd, fcntl.LOCK_EX)
+
+    def close(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.close(self._fd)
 
 
 def preprocess(inputs, output_prefix, tokenizer_type, tokenizer_model=None, vocab_file=None, merge_file=None,
@@ -266,8 +315,9 @@ def preprocess(inputs, output_prefix, tokenizer_type, tokenizer_model=None, voca
     (Megatron's --tokenizer-hf-no-include-special-tokens); EOD follows only documents that have tokens, and a
     document without tokens is a document holding no sequence.
 
-    With ``partitions > 1`` each partition is tokenized by the worker pool into a temporary dataset and the
-    parts are merged in order (the output is byte-identical to ``partitions=1``)."""
+    With ``partitions > 1`` each partition is tokenized by the worker pool into a temporary dataset (in a hidden
+    scratch directory, see _Scratch) and the parts are merged in order (the output is byte-identical to
+    ``partitions=1``)."""
     if isinstance(inputs, str):
         inputs = [inputs]
     inputs = [os.fspath(p) for p in inputs]
@@ -280,15 +330,21 @@ def preprocess(inputs, output_prefix, tokenizer_type, tokenizer_model=None, voca
     tok_args = dict(tokenizer_type=tokenizer_type, tokenizer_model=tokenizer_model, vocab_file=vocab_file,
                     merge_file=merge_file, **(tokenizer_options or {}))
     fim = {"rate": fim_rate, "spm_rate": fim_spm_rate, "seed": fim_seed} if fim_rate > 0 else None
-    groups, tmp_files = _split_inputs(inputs, partitions)
-    part_prefixes = []
+    if partitions <= 1:
+        return _run_one(inputs, output_prefix, tok_args, json_keys, append_eod, workers, skip_bad_lines,
+                        progress, fim, include_special_tokens=include_special_tokens)
+    scratch = _Scratch(output_prefix)
+    for old in scratch.removed:
+        print(f"note: removed {old} (left by an interrupted --partitions run)", file=sys.stderr)
     try:
+        groups = _split_inputs(inputs, partitions, scratch.path)
         if len(groups) == 1:
             return _run_one(groups[0], output_prefix, tok_args, json_keys, append_eod, workers, skip_bad_lines,
                             progress, fim, include_special_tokens=include_special_tokens)
         totals = {"docs": 0, "bad": 0, "bytes": 0, "tokens": 0, "numbered": 0, "seconds": 0.0}
+        part_prefixes = []
         for i, group in enumerate(groups):
-            pp = f"{output_prefix}_part{i}"
+            pp = os.path.join(scratch.path, f"part{i}")
             t = _run_one(group, pp, tok_args, json_keys, append_eod, workers, skip_bad_lines, progress, fim,
                          first_doc=totals["numbered"], include_special_tokens=include_special_tokens)
             part_prefixes.append(pp)
@@ -301,11 +357,7 @@ def preprocess(inputs, output_prefix, tokenizer_type, tokenizer_model=None, voca
     finally:
         # Finished partitions are complete datasets: never leave them behind (after an error or Ctrl-C they would
         # look like valid output holding part of the corpus).
-        parts = [output_prefix_for(pp, key) + ext for pp in part_prefixes for key in json_keys
-                 for ext in (".bin", ".idx")]
-        for f in tmp_files + parts:
-            if os.path.exists(f):
-                os.remove(f)
+        scratch.close()
 
 
 def check_output_prefix(output_prefix: str, json_keys, overwrite: bool) -> None:
@@ -388,7 +440,8 @@ def main(argv=None) -> int:
                        include_special_tokens=not args.tokenizer_hf_no_include_special_tokens,
                        tokenizer_options=dict(vocab_size=args.vocab_size, tiktoken_pattern=args.tiktoken_pattern,
                                               tiktoken_num_special_tokens=args.tiktoken_num_special_tokens))
-    except (PreprocessError, CorpusError, TokenizerError, IndexedDatasetError, FileNotFoundError, FIMError) as exc:
+    except (PreprocessError, CorpusError, TokenizerError, IndexedDatasetError, FileNotFoundError, FIMError,
+            DatasetTokenizerError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -36,20 +36,81 @@ def open_text_lines(path: str):
     if path.endswith(".gz"):
         return gzip.open(path, "rb")
     if path.endswith(".zst") or path.endswith(".zstd"):
-        import zstandard
-
-        raw = open(path, "rb")
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True, closefd=True)
-        return io.BufferedReader(reader)
+        return io.BufferedReader(_ZstdFrames(path), buffer_size=1 << 20)
     return open(path, "rb")
 
 
+class _ZstdFrames(io.RawIOBase):
+    """Decompressed bytes of every frame of a .zst file. zstandard's stream_reader ends quietly at a truncated
+    frame (measured: half of a file read as its first half, no error); here a file ending inside a frame raises
+    EOFError, which iter_jsonl_lines reports with the file's name."""
+
+    def __init__(self, path: str):
+        import zstandard
+
+        self._new = zstandard.ZstdDecompressor().decompressobj
+        self._raw = open(path, "rb")
+        self._obj = self._new()
+        self._in_frame = False
+        self._pending = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf) -> int:
+        while not self._pending:
+            chunk = self._raw.read(1 << 20)
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("the file ends inside a zstd frame (truncated)")
+                return 0
+            out = []
+            while chunk:
+                self._in_frame = True
+                out.append(self._obj.decompress(chunk))
+                if not self._obj.eof:
+                    break
+                chunk, self._obj, self._in_frame = self._obj.unused_data, self._new(), False
+            self._pending = b"".join(out)
+        n = min(len(buf), len(self._pending))
+        buf[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
 def iter_jsonl_lines(path: str) -> Iterator[tuple[int, bytes]]:
-    """(1-based line number, raw line bytes) for every non-blank line."""
-    with open_text_lines(path) as f:
-        for lineno, line in enumerate(f, 1):
-            if line.strip():
-                yield lineno, line
+    """(1-based line number, raw line bytes) for every non-blank line. A corrupt or truncated compressed file is
+    a CorpusError naming the file and the last good line (gzip/zstd raise their own errors without the name)."""
+    lineno = 0
+    try:
+        with open_text_lines(path) as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    yield lineno, line
+    except FileNotFoundError:
+        raise
+    except (EOFError, OSError, ValueError) as exc:  # gzip.BadGzipFile, zlib.error, zstandard.ZstdError, EOF
+        if isinstance(exc, CorpusError) or not _decompression_error(exc):
+            raise
+        kind = "gzip" if path.endswith(".gz") else "zstd" if path.endswith((".zst", ".zstd")) else "input"
+        where = f"after line {lineno}" if lineno else "at its start"
+        raise CorpusError(f"{path}: corrupt or truncated {kind} file, unreadable {where} ({type(exc).__name__}: "
+                          f"{exc}); re-download or re-compress it, or leave it out of --input") from None
+
+
+def _decompression_error(exc: BaseException) -> bool:
+    import zlib
+    if isinstance(exc, (EOFError, gzip.BadGzipFile, zlib.error)):
+        return True
+    try:
+        import zstandard
+        return isinstance(exc, zstandard.ZstdError)
+    except ImportError:
+        return False
 
 
 def parse_jsonl_line(line: bytes, lineno: int, path: str, json_keys=("text",)) -> dict:

@@ -18,6 +18,7 @@ permutation. ``num_samples=None`` means one pass over the split without repetiti
 from __future__ import annotations
 
 import os
+import shutil
 import warnings
 
 import numpy as np
@@ -67,6 +68,50 @@ def _ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def index_bytes(num_docs: int, doc_epochs: int, num_samples: int, wide: bool = False) -> int:
+    """Bytes of a GPTDataset's three index arrays: document order (doc_epochs x docs), sample rows
+    ((n + 1) x 2) in int32 (int64 past 2^31 documents or rows), shuffle (n, int64)."""
+    item = 8 if wide or doc_epochs * num_docs >= 2 ** 31 else 4
+    return doc_epochs * num_docs * item + (num_samples + 1) * 2 * item + num_samples * 8
+
+
+def _available_memory() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_index_fits(name: str, needed: int, num_samples, cache_dir: str | None = None) -> None:
+    """Refuse, before building anything, a sample index that cannot fit in this machine's available memory (it is
+    built in memory) or in the free space of --data-cache-path: e.g. --train-iters 1e11 on a small corpus."""
+    limits = []
+    mem = _available_memory()
+    if mem is not None:
+        limits.append((mem, "available memory"))
+    if cache_dir:
+        probe = cache_dir
+        while probe and not os.path.exists(probe):
+            probe = os.path.dirname(probe)
+        try:
+            limits.append((shutil.disk_usage(probe or ".").free, f"free space in --data-cache-path {cache_dir}"))
+        except OSError:
+            pass
+    for limit, what in limits:
+        if needed > limit:
+            raise DatasetConfigError(
+                f"{name}: the sample index for {num_samples:,} samples needs {needed / 2 ** 30:,.1f} GiB "
+                f"({needed:,} bytes), more than the {limit / 2 ** 30:,.1f} GiB of {what}: lower --train-iters / "
+                f"--train-samples (or --eval-iters), or use a larger corpus")
+
+
 class GPTDataset:
     """Samples of ``seq_length + 1`` tokens from sequences ``[start, end)`` of ``indexed``.
 
@@ -102,10 +147,18 @@ class GPTDataset:
             n_epochs_blocks = max(1, (int(num_samples) - 1) * S // T + 1)
             n = _ceil_div(n_epochs_blocks * T, S)
             doc_epochs = _ceil_div(n * S + 1, T)  # epochs of document order the last sample reaches into
+        # Before anything of this size is allocated (the epoch list below included): refuse what cannot fit.
+        building = cache is not None and cache.cache_dir is not None and not cache.load_only
+        check_index_fits(self.name, index_bytes(self.end - self.start, doc_epochs, n, self.end > 2 ** 31 - 1)
+                         + 8 * (n_epochs_blocks + 1), n, cache_dir=cache.cache_dir if building else None)
+        if num_samples is not None:
             block_starts = [_ceil_div(e * T, S) for e in range(n_epochs_blocks + 1)]
         self.num_epochs = n_epochs_blocks
         self._block_starts = np.asarray(block_starts, dtype=np.int64)
+        # "idx": the dataset's content (size + SHA-256 of its .idx), so a dataset rewritten in place (same path,
+        # even the same counts) never reuses the sample index of its previous content.
         desc = {"class": "GPTDataset", "version": INDEX_VERSION, "path": os.path.realpath(indexed.prefix),
+                "idx": indexed.content_key(),
                 "num_sequences": len(indexed), "num_tokens": indexed.num_tokens, "range": [self.start, self.end],
                 "seq_length": S, "seed": self.seed, "blocks": n_epochs_blocks, "one_pass": num_samples is None}
 
@@ -184,7 +237,8 @@ def _build_split(entries, ranges_of, num_samples, seq_length, seed, cache, opene
     per_ds = samples_per_dataset(weights, num_samples) if num_samples is not None else [None] * len(parts)
     children = [GPTDataset(ds, r, seq_length, seed, n, cache, name=f"{p} ({split_name})")
                 for (p, ds, r), n in zip(parts, per_ds)]
-    desc = {"paths": [os.path.realpath(p) for p, _, _ in parts], "ranges": [list(r) for _, _, r in parts],
+    desc = {"paths": [os.path.realpath(p) for p, _, _ in parts], "idx": [ds.content_key() for _, ds, _ in parts],
+            "ranges": [list(r) for _, _, r in parts],
             "seq_length": seq_length, "seed": seed, "split": split_name}
     return BlendedDataset(children, weights, num_samples, cache, description=desc,
                           names=[c.name for c in children])

@@ -7,8 +7,8 @@ What training/checkpoint.py writes into `--save` (see its docstring) is checked 
   `latest`, or a user deleting it) the newest *complete* tag is resumed with a loud warning, unless
   training.require_latest asks to refuse. Never: training from iteration 0 over existing `iter_*` directories.
 - meta.json records every file of the tag with its size and SHA-256 (`files`, utils/checksums.py); a load
-  verifies them. A damaged tag (missing/truncated/flipped file, unreadable meta.json) is skipped for the previous intact one,
-  loudly; a tag named explicitly (`--load SAVE/iter_N`) is refused instead.
+  verifies them. A damaged tag (missing/truncated/flipped file, unreadable meta.json) is skipped for the previous
+  intact one, loudly; a tag named explicitly (`--load SAVE/iter_N`) is refused instead.
 - Checkpoints of other trainers (Megatron-LM legacy and torch_dist, Megatron-DeepSpeed, Hugging Face) are refused
   with one line naming the format and the converter.
 - `SAVE/.lock` is held with flock(2) by the job writing the directory: the kernel drops it when the holder dies

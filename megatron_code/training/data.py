@@ -13,7 +13,9 @@ from torch.utils.data import DataLoader
 
 from ..config.base import ConfigError
 from ..config.job import JobConfig
+from ..data.blended import parse_data_path
 from ..data.gpt_dataset import build_gpt_datasets, check_vocab, num_samples_for
+from ..data.identity import check_dataset_tokenizer
 from ..data.sampler import PretrainingSampler, RandomPretrainingSampler
 
 
@@ -40,7 +42,8 @@ class JobData:
     notes: list[str] = field(default_factory=list)
 
 
-def build_job_data(job: JobConfig, eod: int | None, is_builder: bool, barrier, extra_batches: int = 0) -> JobData:
+def build_job_data(job: JobConfig, eod: int | None, is_builder: bool, barrier, extra_batches: int = 0,
+                   tokenizer_fingerprint: str | None = None) -> JobData:
     """`extra_batches`: global batches beyond train_iters that the run may pass over without training on them
     (batches rejected before a rollback, training/recovery.py), so the data does not run out early."""
     t, d = job.training, job.data
@@ -58,6 +61,11 @@ def build_job_data(job: JobConfig, eod: int | None, is_builder: bool, barrier, e
     if eod is None:
         raise ConfigError("a tokenizer is needed with --data-path: pass --tokenizer-type and --tokenizer-model "
                           "(or --vocab-file/--merge-file)")
+    # Data tokenized by another tokenizer (its sidecar, data/identity.py) is refused before any index is built.
+    prefixes = [p for paths in (d.data_path, d.train_data_path, d.valid_data_path, d.test_data_path) if paths
+                for p in parse_data_path(paths)[1]]
+    check_dataset_tokenizer(prefixes, tokenizer_fingerprint, f"--tokenizer-model {job.data.tokenizer_model}"
+                            if getattr(job.data, "tokenizer_model", None) else "the tokenizer given")
     # Megatron's counts (the same function tools/build_index.py uses, so caches built ahead of time are reused).
     counts = num_samples_for(global_batch_size=gbs, train_iters=t.train_iters, eval_interval=t.eval_interval or 1,
                              eval_iters=max(1, t.eval_iters))

@@ -215,7 +215,8 @@ class Trainer:
         extra = (t.max_rollbacks * t.max_consecutive_skips if t.rollback_on_nonfinite else 0) + sum(
             1 for first in self.skip_samples if first >= self.consumed)
         self.data = build_job_data(job, eod, is_builder=self.rank == 0,
-                                   barrier=dist.barrier if self.world > 1 else None, extra_batches=extra)
+                                   barrier=dist.barrier if self.world > 1 else None, extra_batches=extra,
+                                   tokenizer_fingerprint=self.tok_fp)
         self.data.train = self.objective.wrap_train(self.data.train)
         for note in self.data.notes:
             log(f"note: {note}", self.rank)
