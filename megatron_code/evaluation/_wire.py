@@ -9,40 +9,46 @@ import struct
 import sys
 
 _MAX_MESSAGE = 64 << 20  # checker side: a candidate's answer larger than this is a failure, not a memory blow-up
+# Bound now, before any solution code runs: a solution may patch `os.write`, `json.dumps`... on its side of the
+# channel. That can only break its own answers, but the call server should still report them instead of hanging.
+_os_read, _os_write, _dumps, _loads, _pack, _unpack, _dict = os.read, os.write, json.dumps, json.loads, \
+    struct.pack, struct.unpack, dict
 
 
 def encode(value, depth: int = 0):
     """Plain data -> JSON-able tagged lists. Subclasses of builtin types are reduced to the builtin value through
-    the base type's own methods, so no method of the value's class runs. Anything else raises TypeError."""
+    the base type's own methods, so no method of the value's class runs (`type()` and `issubclass`, not
+    `isinstance`, which would consult a `__class__` the value can fake). Anything else raises TypeError."""
     if depth > 200:
         raise TypeError("value nested more than 200 levels deep")
     d = depth + 1
+    t = type(value)
     if value is None:
         return ["N"]
-    if isinstance(value, bool):
+    if issubclass(t, bool):
         return ["B", bool(int.__index__(value))]
-    if isinstance(value, int):
+    if issubclass(t, int):
         return ["I", int.__format__(value, "x")]  # hex: no 4300-digit str limit, exact
-    if isinstance(value, float):
+    if issubclass(t, float):
         return ["F", float.hex(value)]
-    if isinstance(value, complex):
+    if issubclass(t, complex):
         return ["C", float.hex(complex.__getattribute__(value, "real")),
                 float.hex(complex.__getattribute__(value, "imag"))]
-    if isinstance(value, str):
+    if issubclass(t, str):
         return ["S", str.__str__(value)]
-    if isinstance(value, bytes):
+    if issubclass(t, bytes):
         return ["Y", bytes.hex(value)]
-    if isinstance(value, bytearray):
+    if issubclass(t, bytearray):
         return ["A", bytearray.hex(value)]
-    if isinstance(value, list):
+    if issubclass(t, list):
         return ["L", [encode(v, d) for v in list.__iter__(value)]]
-    if isinstance(value, tuple):
+    if issubclass(t, tuple):
         return ["T", [encode(v, d) for v in tuple.__iter__(value)]]
-    if isinstance(value, dict):
+    if issubclass(t, dict):
         return ["D", [[encode(k, d), encode(v, d)] for k, v in dict.items(value)]]
-    if isinstance(value, frozenset):
+    if issubclass(t, frozenset):
         return ["Z", [encode(v, d) for v in frozenset.__iter__(value)]]
-    if isinstance(value, set):
+    if issubclass(t, set):
         return ["E", [encode(v, d) for v in set.__iter__(value)]]
     raise TypeError(f"a value of type {type(value).__name__} cannot cross the sandbox boundary (only None, bool, "
                     "int, float, complex, str, bytes, bytearray, list, tuple, dict, set, frozenset)")
@@ -88,11 +94,11 @@ def decode(item):
 
 
 def send_message(fd: int, obj) -> None:
-    data = json.dumps(obj, separators=(",", ":")).encode()
-    data = struct.pack("<I", len(data)) + data
+    data = _dumps(obj, separators=(",", ":")).encode()
+    data = _pack("<I", len(data)) + data
     view = memoryview(data)
     while view:
-        view = view[os.write(fd, view):]
+        view = view[_os_write(fd, view):]
 
 
 def recv_message(fd: int, limit: int = _MAX_MESSAGE):
@@ -100,19 +106,19 @@ def recv_message(fd: int, limit: int = _MAX_MESSAGE):
     head = _read_exact(fd, 4)
     if head is None:
         return None
-    (n,) = struct.unpack("<I", head)
+    (n,) = _unpack("<I", head)
     if n > limit:
         raise ValueError(f"message of {n} bytes exceeds the {limit}-byte limit")
     body = _read_exact(fd, n)
     if body is None:
         return None
-    return json.loads(body)
+    return _loads(body)
 
 
 def _read_exact(fd: int, n: int) -> bytes | None:
     chunks, got = [], 0
     while got < n:
-        chunk = os.read(fd, min(n - got, 1 << 20))
+        chunk = _os_read(fd, min(n - got, 1 << 20))
         if not chunk:
             return None
         chunks.append(chunk)
@@ -120,17 +126,43 @@ def _read_exact(fd: int, n: int) -> bytes | None:
     return b"".join(chunks)
 
 
+class _Builtins:
+    """The solution may patch builtins (len, isinstance...) for its own code; the call server swaps the original
+    ones back in for its protocol steps and the solution's in again for each call."""
+
+    def __init__(self):
+        import builtins
+
+        self.live = builtins.__dict__
+        self.original = _dict(self.live)
+        self.solution_view = None
+
+    def protocol(self) -> None:
+        self.solution_view = _dict(self.live)
+        self.live.clear()
+        self.live.update(self.original)
+
+    def solution(self) -> None:
+        if self.solution_view is not None:
+            self.live.clear()
+            self.live.update(self.solution_view)
+
+
 def _serve_checker(code, namespace: dict, entry_point: str, fd: int) -> None:
     """Run the solution's module code, then answer the checker's calls of `entry_point` with plain data."""
+    state = _Builtins()
     try:
         exec(code, namespace)
         fn = namespace.get(entry_point)
         if not callable(fn):
             raise NameError(f"the solution does not define a function {entry_point!r}")
     except BaseException as exc:  # noqa: BLE001 - includes SystemExit: leaving early is a failure
+        description = _describe(exc)
+        state.protocol()
         _print_exc()
-        _send_quietly(fd, ["module_error", _describe(exc)])
+        _send_quietly(fd, ["module_error", description])
         _flush_and_exit(1)
+    state.protocol()
     _send_quietly(fd, ["ready"])
     while True:
         try:
@@ -141,7 +173,11 @@ def _serve_checker(code, namespace: dict, entry_point: str, fd: int) -> None:
             _flush_and_exit(0)
         try:
             args, kwargs = decode(msg[1]), decode(msg[2])
-            result = fn(*args, **kwargs)
+            state.solution()
+            try:
+                result = fn(*args, **kwargs)
+            finally:
+                state.protocol()
             try:
                 reply = ["return", encode(result)]
             except RecursionError:
@@ -151,7 +187,10 @@ def _serve_checker(code, namespace: dict, entry_point: str, fd: int) -> None:
             except BaseException:  # noqa: BLE001 - an argument turned into something unsendable: not reported
                 reply.append(None)
         except BaseException as exc:  # noqa: BLE001
-            reply = ["raise", type(exc).__name__, _message(exc)]
+            state.solution()
+            name, message = type(exc).__name__, _message(exc)  # may run the solution's code (__str__)
+            state.protocol()
+            reply = ["raise", str(name), str(message)]
         try:
             send_message(fd, reply)
         except BaseException:  # noqa: BLE001

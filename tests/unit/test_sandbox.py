@@ -212,9 +212,11 @@ def test_hostile_frame_walk_forges_a_script_verdict_documented_limitation(backen
     assert result.status == "passed", result
 
 
-def test_hostile_builtins_patch_fails(backend):
-    result = checked(add_problem({}, ADD_ABS), completion("builtins_patch.py"), backend)
+@pytest.mark.parametrize("deep", [False, True])
+def test_hostile_builtins_patch_fails(backend, deep):
+    result = checked(add_problem({"deep": deep}, ADD_ABS), completion("builtins_patch.py"), backend)
     assert result.status == "failed", result
+    assert result.stderr.strip().splitlines()[-1] == "AssertionError", result.stderr[-500:]
 
 
 @pytest.mark.parametrize("variant", ["object", "int", "str", "list"])
