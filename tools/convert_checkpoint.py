@@ -21,11 +21,16 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
+# Megatron formats (megatron_code/convert/megatron_lm.py; docs/megatron.md)
+FOREIGN = ["megatron-lm"]
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     way = p.add_mutually_exclusive_group(required=True)
-    way.add_argument("--to", choices=["hf"], help="export one of our checkpoints")
-    way.add_argument("--from", dest="from_", choices=["hf"], help="import a transformers directory")
+    way.add_argument("--to", choices=["hf"] + FOREIGN, help="export one of our checkpoints")
+    way.add_argument("--from", dest="from_", choices=["hf"] + FOREIGN,
+                     help="import a transformers directory or a Megatron-LM checkpoint directory")
     p.add_argument("--load", required=True, help="source: our checkpoint dir (--to) or a transformers dir (--from)")
     p.add_argument("--save", required=True, help="destination directory")
     p.add_argument("--target", default=None, help="force a transformers architecture (export only)")
@@ -51,6 +56,8 @@ def main(argv=None) -> int:
     from megatron_code.convert import hf
 
     try:
+        if args.to in FOREIGN or args.from_ in FOREIGN:
+            return _megatron(args)
         if args.to:
             if args.config or args.tensor_model_parallel_size != 1 or args.pipeline_model_parallel_size != 1:
                 raise ConfigError("--config / --tensor-model-parallel-size / --pipeline-model-parallel-size apply "
@@ -78,6 +85,40 @@ def main(argv=None) -> int:
     except (ConfigError, ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _megatron(args) -> int:
+    """--from/--to megatron-lm: weights, iteration and consumed samples at any TP x PP on either side."""
+    from megatron_code.convert import megatron_lm as mlm
+
+    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+    if args.from_:
+        job, state = mlm.read_megatron_lm(args.load)
+        if args.config:
+            from megatron_code.config.job import JobConfig
+
+            base = JobConfig.load(args.config)
+            base.model = job.model
+            job = base
+        path = mlm.write_ours(job, state, args.save)
+        it = state.client_state["iteration"]
+        print(f"imported {args.load} (Megatron-LM, {state.client_state['imported_from'].split('(')[-1].rstrip(')')}) "
+              f"-> {path} at iteration {it}")
+        print(f"continue with: python pretrain_code.py --config {os.path.join(path, 'config.yaml')} --load "
+              f"{args.save} --no-load-optim --save NEW_DIR ... (Adam moments start fresh)")
+        return 0
+    from megatron_code.training.checkpoint import load_consolidated, resolve_checkpoint
+
+    job, sd, _ = load_consolidated(args.load)
+    root, tag = resolve_checkpoint(args.load)
+    import json
+
+    meta = json.load(open(os.path.join(root, tag, "meta.json")))
+    path = mlm.write_megatron_lm(job, sd, args.save, tp=tp, pp=pp, iteration=int(meta.get("iteration") or 0),
+                                 consumed=int(meta.get("consumed_samples") or 0))
+    print(f"exported {args.load} -> {path} (Megatron-LM legacy layout, TP{tp} x PP{pp}; load with "
+          f"--ckpt-format torch --use-mcore-models --transformer-impl local)")
     return 0
 
 

@@ -204,7 +204,7 @@ class Trainer:
                 self.consumed = int(state["consumed_samples"])
                 self.skip_samples = set(state.get("skip_samples") or ())  # batches a rollback rejected
                 if t.load_rng:
-                    self.resume_rng = state["rng"]  # restored right before the loop, after all setup work
+                    self.resume_rng = state.get("rng")  # restored right before the loop (imported: none)
                     self.resume_tp_rng = state.get("tp_rng")
                 log(f"resumed from {t.load} at iteration {self.iteration} ({self.consumed} samples consumed)",
                     self.rank)
