@@ -235,7 +235,15 @@ MEGATRON_FLAGS.update({flag: (arity, _set(path)) for flag, (arity, path) in FIEL
 def _or_auto(flag: str, setter: Setter) -> Setter:
     """`--lr auto` etc.: turn the rule on (a number given later on the line turns it off again)."""
     on, off = _const(AUTO_FLAGS[flag], True), _const(AUTO_FLAGS[flag], False)
-    return lambda values, v: on(values, v) if v == "auto" else (off(values, v), setter(values, v))
+
+    def set_or_auto(values: dict[str, dict[str, Any]], v: Any) -> None:
+        if v == "auto":
+            on(values, v)
+        else:
+            off(values, v)
+            setter(values, v)
+    set_or_auto.target = f"{getattr(setter, 'target', '?')} (or 'auto': {AUTO_FLAGS[flag]})"
+    return set_or_auto
 
 
 MEGATRON_FLAGS.update({flag: (1, _or_auto(flag, MEGATRON_FLAGS[flag][1])) for flag in AUTO_FLAGS})
