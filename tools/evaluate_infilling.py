@@ -6,6 +6,9 @@ oracle / empty baselines), report exact match and, for HumanEval, the pass rate 
     python tools/evaluate_infilling.py --benchmark stdlib --corpus-test runs/x/corpus/test.jsonl \\
         --load CKPT --mode fim-psm --output runs/x/infill_fim.json
     python tools/evaluate_infilling.py --benchmark humaneval --load CKPT --mode mim --n 3
+    # the FIM paper's HumanEval-infilling files, when you have them (single-line, multi-line, random-span)
+    python tools/evaluate_infilling.py --benchmark file --infilling-file HumanEval-SingleLineInfilling.jsonl.gz \
+        --load CKPT --mode fim-psm
 
 Modes: fim-psm, fim-spm, mim (megatron_code/inference/infill.py), l2r (the prefix alone, for causal models: the
 no-suffix baseline) and mim-l2r (a MIM model's forward direction alone). Prints the summary table; --output
@@ -25,7 +28,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--benchmark", choices=["humaneval", "stdlib"], required=True)
+    p.add_argument("--benchmark", choices=["humaneval", "stdlib", "file"], required=True)
+    p.add_argument("--infilling-file", nargs="+", help="file: HumanEval-infilling JSONL(.gz) file(s) "
+                   "(github.com/openai/human-eval-infilling format: task_id, prompt, suffix, canonical_solution, "
+                   "test, entry_point)")
     p.add_argument("--corpus-test", help="stdlib: the corpus test split JSONL (tools/prepare_stdlib_corpus.py)")
     p.add_argument("--problem-file", help="humaneval: problem file (default: the human-eval package's)")
     who = p.add_mutually_exclusive_group(required=True)
@@ -56,6 +62,20 @@ def build_tasks(args):
     from megatron_code.evaluation.infilling import InfillingError, humaneval_tasks, stdlib_tasks
 
     opt = {k: v for k, v in (("max_lines", args.max_lines),) if v is not None}
+    if args.benchmark == "file":
+        from megatron_code.evaluation.infilling import read_infilling_file
+
+        if not args.infilling_file:
+            raise InfillingError("--benchmark file needs --infilling-file PATH [PATH ...]")
+        tasks, problems = [], {}
+        for path in args.infilling_file:
+            t, p = read_infilling_file(path)
+            clash = set(p) & set(problems)
+            if clash:
+                raise InfillingError(f"{path}: task ids already read from another file, e.g. {sorted(clash)[0]}")
+            tasks += t
+            problems.update(p)
+        return tasks[:args.limit] if args.limit is not None else tasks, problems
     if args.benchmark == "humaneval":
         from megatron_code.evaluation.humaneval import read_problems
 

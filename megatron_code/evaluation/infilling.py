@@ -31,9 +31,10 @@ import numpy as np
 
 __all__ = ["InfillTask", "InfillReport", "InfillingError", "KINDS", "humaneval_tasks", "stdlib_tasks",
            "postprocess", "exact_match", "edit_similarity", "score_infills", "evaluate_infilling", "oracle_infiller",
-           "empty_infiller", "model_infiller", "write_tasks", "read_tasks", "INFILL_MODES"]
+           "empty_infiller", "model_infiller", "write_tasks", "read_tasks", "INFILL_MODES", "read_infilling_file",
+           "INFILLING_FILE_KINDS"]
 
-KINDS = ("single-line", "multi-line")
+KINDS = ("single-line", "multi-line", "random-span")  # random-span: from HumanEval-infilling files only
 INFILL_MODES = ("fim-psm", "fim-spm", "mim", "l2r", "mim-l2r")
 Infiller = Callable[[Sequence["InfillTask"]], list]
 
@@ -163,6 +164,48 @@ def stdlib_tasks(test_jsonl: str, *, seed: int = 0, single_per_file: int = 4, mu
     return tasks
 
 
+# The HumanEval-infilling benchmark files of the FIM paper (Bavarian et al., 2022; github.com/openai/human-eval-
+# infilling): JSONL(.gz) records {task_id, entry_point, prompt (the text before the span), suffix (after it),
+# canonical_solution (the span), test}; the task_id's first component names the benchmark.
+INFILLING_FILE_KINDS = {"SingleLineInfilling": "single-line", "MultiLineInfilling": "multi-line",
+                        "RandomSpanInfilling": "random-span", "RandomSpanInfillingLight": "random-span"}
+
+
+def read_infilling_file(path: str) -> tuple[list[InfillTask], dict[str, dict]]:
+    """(tasks, problems) from a user-supplied HumanEval-infilling file (single-line, multi-line or random-span;
+    several kinds may be mixed). Each task is its own problem: the completed program prefix + prediction + suffix
+    runs under the record's test, as the benchmark's harness runs prompt + completion + suffix + test; the record's
+    reference program (prefix + canonical_solution + suffix, trusted: it comes with the benchmark) is the checker's
+    prelude, for helpers a test calls."""
+    from .humaneval import HumanEvalError, read_jsonl
+
+    try:
+        records = read_jsonl(path)
+    except HumanEvalError as exc:
+        raise InfillingError(str(exc)) from None
+    tasks, problems = [], {}
+    for i, r in enumerate(records, 1):
+        missing = {"task_id", "prompt", "suffix", "canonical_solution", "test", "entry_point"} - set(r)
+        if missing:
+            raise InfillingError(f"{path}: record #{i} lacks {sorted(missing)}; is this a HumanEval-infilling file "
+                                 f"(SingleLine/MultiLine/RandomSpan)?")
+        bench = str(r["task_id"]).split("/", 1)[0]
+        if bench not in INFILLING_FILE_KINDS:
+            raise InfillingError(f"{path}: record #{i} task_id {r['task_id']!r} does not start with one of "
+                                 f"{', '.join(INFILLING_FILE_KINDS)}")
+        if r["task_id"] in problems:
+            raise InfillingError(f"{path}: task_id {r['task_id']!r} appears twice")
+        tasks.append(InfillTask(task_id=r["task_id"], kind=INFILLING_FILE_KINDS[bench], prefix=r["prompt"],
+                                middle=r["canonical_solution"], suffix=r["suffix"], source="humaneval-infilling",
+                                problem_id=r["task_id"]))
+        problems[r["task_id"]] = {"task_id": r["task_id"], "prompt": "", "test": r["test"],
+                                  "entry_point": r["entry_point"],
+                                  "reference": r["prompt"] + r["canonical_solution"] + r["suffix"]}
+    if not tasks:
+        raise InfillingError(f"{path}: contains no tasks")
+    return tasks, problems
+
+
 def write_tasks(path: str, tasks: Iterable[InfillTask]) -> None:
     with open(path, "w", encoding="utf-8") as f:
         for t in tasks:
@@ -176,7 +219,10 @@ def read_tasks(path: str) -> list[InfillTask]:
 
 # ---------------------------------------------------------------------------------------------- scoring
 def postprocess(prediction: str, task: InfillTask) -> str:
-    """First line only for single-line tasks; a trailing newline when the true middle is line-aligned."""
+    """First line only for single-line tasks; a trailing newline when the true middle is line-aligned; a random
+    span (any characters) is used as predicted."""
+    if task.kind == "random-span":
+        return prediction
     if task.kind == "single-line":
         prediction = prediction.split("\n", 1)[0]
     if task.middle.endswith("\n") and not prediction.endswith("\n"):
@@ -222,7 +268,11 @@ def score_infills(tasks: Sequence[InfillTask], predictions: Sequence[str], *, ex
         for i in runnable:
             t = tasks[i]
             prob = problems[t.problem_id]
-            programs.append(CheckedProgram.from_problem(prob, (t.prefix + preds[i] + t.suffix)[len(prob["prompt"]):]))
+            if "reference" in prob:  # a HumanEval-infilling file's task (read_infilling_file)
+                programs.append(CheckedProgram(solution=t.prefix + preds[i] + t.suffix + "\n", test=prob["test"],
+                                               entry_point=prob["entry_point"], prelude=prob["reference"]))
+            else:
+                programs.append(CheckedProgram.from_problem(prob, (t.prefix + preds[i] + t.suffix)[len(prob["prompt"]):]))
         for i, r in zip(runnable, run_many(programs, timeout=timeout, workers=workers, progress=progress)):
             passed[i] = r.passed
     report = InfillReport(statuses=dict(Counter(statuses)) if statuses else {})

@@ -92,3 +92,68 @@ def test_oracle_scores_one_and_empty_scores_zero(subset, tmp_path):
     write_tasks(str(path), tasks)
     assert read_tasks(str(path)) == tasks
     assert "single-line" in oracle.summary_table()
+
+
+# ------------------------------------------------------------------- user-supplied HumanEval-infilling files
+def _infilling_records(problems, pid):
+    """Records in the FIM paper's HumanEval-infilling format, cut from a problem's canonical solution."""
+    p = problems[pid]
+    lines = p["canonical_solution"].splitlines(keepends=True)
+    code = p["canonical_solution"]
+
+    def rec(bench, name, prefix_sol, middle, suffix):
+        return {"task_id": f"{bench}/{pid}/{name}", "entry_point": p["entry_point"], "prompt": p["prompt"] + prefix_sol,
+                "suffix": suffix, "canonical_solution": middle, "test": p["test"]}
+    cut = len(code) // 3
+    return [rec("SingleLineInfilling", "L0", "", lines[0], "".join(lines[1:])),
+            rec("MultiLineInfilling", "L0_L1", "", "".join(lines[:2]), "".join(lines[2:])),
+            rec("RandomSpanInfilling", "0", code[:cut], code[cut:2 * cut], code[2 * cut:])]
+
+
+def test_humaneval_infilling_files_load_and_score(problems, tmp_path):
+    import gzip
+    import subprocess
+    import sys
+
+    from megatron_code.evaluation.infilling import read_infilling_file
+
+    # HumanEval/38's test calls encode_cyclic from the problem's prompt: the reference prelude must provide it
+    records = _infilling_records(problems, "HumanEval/0") + _infilling_records(problems, "HumanEval/38")
+    plain, packed = tmp_path / "mixed.jsonl", tmp_path / "mixed.jsonl.gz"
+    plain.write_text("".join(json.dumps(r) + "\n" for r in records))
+    with gzip.open(packed, "wt") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+    tasks, probs = read_infilling_file(str(packed))
+    assert (tasks, probs) == read_infilling_file(str(plain))
+    assert [t.kind for t in tasks] == ["single-line", "multi-line", "random-span"] * 2
+    assert all(t.prefix + t.middle + t.suffix == r["prompt"] + r["canonical_solution"] + r["suffix"]
+               for t, r in zip(tasks, records))
+    oracle = evaluate_infilling(tasks, oracle_infiller, problems=probs, timeout=5.0)
+    for kind in ("single-line", "multi-line", "random-span", "all"):
+        assert oracle.metrics[kind]["exact_match"] == 1.0 and oracle.metrics[kind]["pass_rate"] == 1.0, \
+            oracle.records
+    empty = evaluate_infilling(tasks, empty_infiller, problems=probs, timeout=5.0)
+    assert empty.metrics["all"]["pass_rate"] == 0.0, [r for r in empty.records if r["passed"]]
+    assert postprocess("ab\ncd", tasks[2]) == "ab\ncd"  # a random span is taken as predicted
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({**records[0], "task_id": "Other/HumanEval/0/L0"}) + "\n")
+    with pytest.raises(InfillingError, match="does not start with"):
+        read_infilling_file(str(bad))
+    bad.write_text(json.dumps({k: v for k, v in records[0].items() if k != "suffix"}) + "\n")
+    with pytest.raises(InfillingError, match="lacks \\['suffix'\\]"):
+        read_infilling_file(str(bad))
+
+    # the command line: --benchmark file, one line on stderr for a user mistake
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, PYTHONPATH=root)
+    r = subprocess.run([sys.executable, "tools/evaluate_infilling.py", "--benchmark", "file", "--infilling-file",
+                        str(packed), "--oracle", "--no-progress"], cwd=root, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert "random-span" in r.stdout and "6 tasks" in r.stdout
+    r = subprocess.run([sys.executable, "tools/evaluate_infilling.py", "--benchmark", "file", "--oracle"], cwd=root,
+                       env=env, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "--infilling-file" in r.stderr and "Traceback" not in r.stderr
