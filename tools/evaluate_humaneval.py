@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """HumanEval pass@k: score an existing samples file, or generate samples from a checkpoint and score them.
 
-Every sample runs in the sandbox (megatron_code/evaluation/sandbox.py: own process and directory, unprivileged
-uid, CPU/memory/file/process limits, no network), `--workers` at a time, `--timeout` seconds each.
+Every sample runs in the sandbox (docs/sandbox.md: root, or bubblewrap without root; own namespaces, private /tmp,
+seccomp, limits, no network; the test runs in a separate checker process), `--workers` at a time, `--timeout`
+seconds each.
 
     python tools/evaluate_humaneval.py --samples-file samples.jsonl
     python tools/evaluate_humaneval.py --load CKPT_DIR --n-samples 20 --temperature 0.8 --output out/
@@ -32,7 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from megatron_code.evaluation.humaneval import (DECODINGS, HUMANEVAL_STOP, evaluate_generate_fn,  # noqa: E402
                                                 evaluate_samples_file, model_generate_fn, read_problems)
 from megatron_code.evaluation.pass_at_k import DEFAULT_KS  # noqa: E402
-from megatron_code.evaluation.sandbox import SandboxLimits  # noqa: E402
+from megatron_code.evaluation.sandbox import SandboxLimits, choose_backend  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -104,6 +105,7 @@ def main(argv=None) -> int:
     limits = SandboxLimits(memory_bytes=args.memory_mb << 20)
     progress = not args.no_progress
     try:
+        choose_backend(limits)  # before any generation: a machine that cannot sandbox says so in one line, now
         if args.samples_file:
             report = evaluate_samples_file(args.samples_file, args.problem_file, timeout=args.timeout,
                                            workers=args.workers, ks=args.ks, limits=limits,
