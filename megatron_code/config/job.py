@@ -51,6 +51,9 @@ class JobConfig:
         if t.rampup_batch_size or t.step_batch_size_schedule or t.batch_size_schedule:
             self.batch_schedule()  # a malformed schedule is reported now, not when training starts
         self._check_adafactor()
+        if t.z_loss and self.objective.objective == "mim":
+            raise ConfigError("--z-loss is not implemented for the MIM objective (its loss scores two directions); "
+                              "drop --z-loss or train AR/FIM")
         m, d = self.model, self.data
         if m.position_embedding == "learned" and d.seq_length > m.max_position_embeddings:
             raise ConfigError(f"--seq-length ({d.seq_length}) exceeds --max-position-embeddings "

@@ -124,7 +124,7 @@ def _palm_recipe(schedule: str) -> dict[str, Any]:
                       lr_decay_style="inverse-square-root", min_lr=0.0, adam_beta1=0.9, adafactor_beta2_decay=-0.8,
                       adafactor_clip_threshold=1.0, adafactor_factored=False, weight_decay_lr_power=2.0,
                       clip_grad=1.0),
-        "training": dict(batch_size_schedule=schedule, train_tokens=780_000_000_000, precision="bf16"),
+        "training": dict(batch_size_schedule=schedule, train_tokens=780_000_000_000, precision="bf16", z_loss=1e-4),
         "data": dict(seq_length=2048),
     }
 

@@ -12,6 +12,7 @@ FIELD_FLAGS = {
     "rampup-batch-size": ("+", "training.rampup_batch_size"),  # START INCREMENT SAMPLES
     "step-batch-size-schedule": (1, "training.step_batch_size_schedule"),  # "TOKENS:BS ..." (current Megatron)
     "batch-size-schedule": (1, "training.batch_size_schedule"),  # ours: "BS:STEP,..."
+    "z-loss": (1, "training.z_loss"),  # PaLM's auxiliary loss, 1e-4
 }
 
 # Lengths given in iterations or samples (cli._UNIT_GROUPS): one unit per length on a command line.

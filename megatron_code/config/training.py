@@ -89,6 +89,9 @@ class TrainingConfig(ConfigBase):
     # too (vocabulary-sharded head), ZeRO-3 and on the pipeline's last stage. Used where it applies: not TP with
     # fp16, not for MIM training; False = always unfused.
     fused_lm_loss: bool = True
+    # PaLM's auxiliary loss (Chowdhery et al. 2022, sec. 5: 1e-4): adds z_loss * log^2 Z per scored token (Z the
+    # softmax normaliser) to the training loss, on every loss path; logged as its own scalar `z_loss`. 0: off.
+    z_loss: float = 0.0
     # Finite steps only (training/guards.py StepGuard): a step whose loss or gradients are not finite (or, with
     # check_for_spiky_loss, whose loss exceeds spiky_loss_factor x the running mean) is not taken. After
     # max_consecutive_skips refused steps in a row the run stops with an error, or, with rollback_on_nonfinite,
@@ -118,6 +121,8 @@ class TrainingConfig(ConfigBase):
             raise ConfigError("--loss-scale-window and --hysteresis must be positive")
         if self.min_loss_scale <= 0:
             raise ConfigError(f"--min-loss-scale must be positive, got {self.min_loss_scale}")
+        if self.z_loss < 0:
+            raise ConfigError(f"--z-loss must be >= 0 (PaLM: 1e-4), got {self.z_loss}")
         if self.exit_duration_mins < 0:
             raise ConfigError("--exit-duration-in-mins must be >= 0 (0 = no limit)")
         # numpy's legacy seeding (seed_everything) takes 0 <= seed < 2**32

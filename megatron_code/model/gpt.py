@@ -29,13 +29,14 @@ def head_logits(head: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def head_loss(head: nn.Module, hidden: torch.Tensor, labels: torch.Tensor,
-              loss_weights: torch.Tensor) -> torch.Tensor:
+              loss_weights: torch.Tensor, z_loss: float = 0.0):
     """sum(loss_weights * CE(head_logits(head, hidden), labels)) from the fused head + loss kernel; hidden (B, T, H),
     labels and loss_weights (B, T). A tensor-parallel head (swapped in from outside) holds a slice of the
-    vocabulary and says so (`vocab_shard()`); the loss is then the whole-vocabulary loss on every rank."""
+    vocabulary and says so (`vocab_shard()`); the loss is then the whole-vocabulary loss on every rank.
+    With ``z_loss`` > 0 (PaLM's z-loss, added per token as z_loss * logsumexp^2): ``(loss, detached z part)``."""
     shard = head.vocab_shard() if hasattr(head, "vocab_shard") else None
     return linear_cross_entropy(hidden.flatten(0, 1), head.weight, getattr(head, "bias", None), labels.flatten(),
-                                loss_weights.flatten(), vocab_shard=shard)
+                                loss_weights.flatten(), vocab_shard=shard, z_loss=z_loss, return_z=z_loss > 0)
 
 
 class ScaleOutput:
@@ -120,7 +121,7 @@ class GPT(nn.Module):
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                 cache: KVCache | None = None, mask: torch.Tensor | None = None,
                 return_hidden: bool = False, labels: torch.Tensor | None = None,
-                loss_weights: torch.Tensor | None = None):
+                loss_weights: torch.Tensor | None = None, z_loss: float = 0.0):
         """input_ids (B, T) -> logits (B, T, padded_vocab) [, final hidden (B, T, hidden)].
 
         With a cache, positions continue from the cached length and keys/values are appended.
@@ -129,7 +130,8 @@ class GPT(nn.Module):
         ``sum(loss_weights * CE(logits, labels))`` from the fused head + cross-entropy kernel, which keeps no
         float32 copy of the (B, T, V) logits and nothing of that size for backward (pass
         ``loss_mask / loss_mask.sum()`` for the masked mean). With a vocabulary-sharded (tensor-parallel) head
-        the loss is the whole-vocabulary loss on every rank of its group."""
+        the loss is the whole-vocabulary loss on every rank of its group. With ``z_loss`` > 0 the loss adds
+        ``z_loss * logsumexp(logits)^2`` per token (same weights) and the return is ``(loss, detached z part)``."""
         if position_ids is None:
             position_ids = self.default_position_ids(input_ids, cache.length if cache is not None else 0)
         x = self.embed(input_ids, position_ids)
@@ -140,7 +142,7 @@ class GPT(nn.Module):
         if labels is not None:
             if loss_weights is None or labels.shape != input_ids.shape or loss_weights.shape != input_ids.shape:
                 raise ValueError("labels and loss_weights must both be given, shaped like input_ids (B, T)")
-            return head_loss(self.head(), hidden, labels, loss_weights)
+            return head_loss(self.head(), hidden, labels, loss_weights, z_loss)  # (loss, z part) with z_loss
         logits = self.logits(hidden)
         return (logits, hidden) if return_hidden else logits
 

@@ -22,7 +22,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-__all__ = ["causal_lm_loss", "masked_mean_weights", "mim_loss", "vocab_parallel_log_softmax", "token_divergence", "DIVERGENCES", "LossError"]
+__all__ = ["causal_lm_loss", "masked_mean_weights", "mim_loss", "vocab_parallel_log_softmax", "token_divergence", "DIVERGENCES", "LossError",
+           "vocab_logsumexp", "z_loss_term"]
 
 DIVERGENCES = ("tv", "js", "kl", "rkl", "l2")
 _LOG2 = 0.6931471805599453
@@ -132,6 +133,21 @@ def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.
         return _masked_mean(nll.view_as(labels), loss_mask)
     logp = vocab_parallel_log_softmax(logits, tp_group)
     return _masked_mean(-_target_logprob(logp, labels, tp_group), loss_mask)
+
+
+def vocab_logsumexp(logits: torch.Tensor, tp_group=None) -> torch.Tensor:
+    """log Z = logsumexp over the (possibly sharded) vocabulary, (B, S, V or V/tp) -> (B, S), differentiable."""
+    x = _upcast(logits)
+    x_max = x.detach().amax(dim=-1, keepdim=True)
+    if tp_group is not None:
+        dist.all_reduce(x_max, op=dist.ReduceOp.MAX, group=tp_group)
+    return x_max.squeeze(-1) + _vocab_sum((x - x_max).exp(), tp_group).log()
+
+
+def z_loss_term(logits: torch.Tensor, loss_mask: torch.Tensor, coeff: float, tp_group=None) -> torch.Tensor:
+    """PaLM's auxiliary z-loss (Chowdhery et al. 2022, sec. 5): coeff * log^2 Z averaged like the loss (over
+    ``loss_mask``), which keeps the softmax normaliser near 1 (log Z near 0) for stability."""
+    return coeff * _masked_mean(vocab_logsumexp(logits, tp_group) ** 2, loss_mask)
 
 
 def _vocab_sum(x: torch.Tensor, tp_group) -> torch.Tensor:

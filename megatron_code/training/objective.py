@@ -17,7 +17,7 @@ from ..data.batch import make_batch
 from ..data.objectives.dataset import FIMDataset
 from ..data.objectives.fim import FIMConfig, fim_ids
 from ..data.objectives.mim import mim_batch, mim_forward_batch, split_directions
-from .losses import causal_lm_loss, mim_loss
+from .losses import causal_lm_loss, mim_loss, z_loss_term
 
 
 class Objective:
@@ -81,7 +81,12 @@ class Objective:
             fwd, bwd = split_directions(logits, batch)
             total, parts = mim_loss(fwd, bwd, batch, o.mim_beta, o.mim_divergence, o.mim_stop_grad, tp_group)
             return total, {k: float(v) for k, v in parts.items()}
-        return causal_lm_loss(logits, batch["labels"], batch["loss_mask"], tp_group), {}
+        loss = causal_lm_loss(logits, batch["labels"], batch["loss_mask"], tp_group)
+        z = self.job.training.z_loss
+        if train and z:  # training only: validation stays the plain next-token loss, comparable across runs
+            term = z_loss_term(logits, batch["loss_mask"], z, tp_group)
+            return loss + term, {"z_loss": float(term)}
+        return loss, {}
 
 
 class Collate:

@@ -243,9 +243,11 @@ class Trainer:
         batch = {k: v.to(self.engine.device, non_blocking=True) if torch.is_tensor(v) else v
                  for k, v in batch.items()}
         if self.fused_loss and self.objective.next_token_loss(train):
-            loss = self.engine(batch["input_ids"], batch["position_ids"], mask=batch.get("attention_mask"),
-                               labels=batch["labels"], loss_weights=masked_mean_weights(batch["loss_mask"]))
-            return loss, {}
+            z = self.job.training.z_loss if train else 0.0  # validation: the plain next-token loss
+            out = self.engine(batch["input_ids"], batch["position_ids"], mask=batch.get("attention_mask"),
+                              labels=batch["labels"], loss_weights=masked_mean_weights(batch["loss_mask"]),
+                              **({"z_loss": z} if z else {}))
+            return (out[0], {"z_loss": float(out[1])}) if z else (out, {})
         logits = self.engine(batch["input_ids"], batch["position_ids"], mask=batch.get("attention_mask"))
         return self.objective.loss(logits, batch, self.tp_group, train)
 
@@ -315,7 +317,8 @@ class Trainer:
         p = self.job.parallel
         return build_pipeline(model, self.groups, self._pipeline_loss, partition_method=p.pipeline_partition,
                               checkpoint_interval=p.activation_checkpoint_interval,
-                              part_names=MIM_PARTS if self.job.objective.objective == "mim" else (),
+                              part_names=MIM_PARTS if self.job.objective.objective == "mim" else (
+                                  ("z_loss",) if self.job.training.z_loss else ()),
                               seed=self.job.training.seed,
                               head_loss_fn=self._pipeline_head_loss if self._fused_loss_applies() else None)
 
@@ -337,7 +340,11 @@ class Trainer:
     def _pipeline_head_loss(self, head: torch.nn.Module, hidden: torch.Tensor, batch: dict, train: bool):
         """Last stage with the fused loss: the head runs here, fused with the next-token loss (logits, then the
         objective's loss, for MIM training)."""
-        if self.objective.next_token_loss(train):
+        z = self.job.training.z_loss if train else 0.0
+        if self.objective.next_token_loss(train) and z:
+            loss, z_part = head_loss(head, hidden, batch["labels"], masked_mean_weights(batch["loss_mask"]), z)
+            out = loss, {"z_loss": float(z_part)}
+        elif self.objective.next_token_loss(train):
             out = head_loss(head, hidden, batch["labels"], masked_mean_weights(batch["loss_mask"])), {}
         else:
             out = self.objective.loss(head_logits(head, hidden), batch, self.tp_group, train)

@@ -32,3 +32,15 @@ def test_adafactor_trains_and_zero1_is_refused_in_one_line(tmp_path):
     bad = run(TINY + ["--train-iters", "3", "--optimizer", "adafactor", "--zero-stage", "1"], check=False)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "use --zero-stage 0" in bad.stderr.strip().splitlines()[-1]
+
+
+def test_z_loss_is_logged_and_equal_on_the_fused_and_unfused_paths(tmp_path):
+    runs = {}
+    for fused in ("true", "false"):
+        save = str(tmp_path / fused)
+        run(TINY + ["--train-iters", "2", "--z-loss", "1e-2", "--training.fused_lm_loss", fused, "--save", save])
+        with open(os.path.join(save, "metrics.jsonl")) as f:
+            runs[fused] = [json.loads(r) for r in f if json.loads(r)["kind"] == "train"]
+    for a, b in zip(runs["true"], runs["false"]):
+        assert a["z_loss"] > 0 and a["z_loss"] == pytest.approx(b["z_loss"], rel=1e-5)
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)

@@ -195,7 +195,7 @@ RECIPES = {
                             lr_decay_style="inverse-square-root", adam_beta1=0.9, adafactor_beta2_decay=-0.8,
                             adafactor_clip_threshold=1.0, adafactor_factored=False, weight_decay_lr_power=2.0,
                             clip_grad=1.0),
-              "training": dict(precision="bf16", train_tokens=780_000_000_000),
+              "training": dict(precision="bf16", train_tokens=780_000_000_000, z_loss=1e-4),
               "model": dict(attention_dropout=0.0, hidden_dropout=0.0, embedding_dropout=0.0, embedding_init_std=1.0,
                             output_logit_scaling=True)}
        for name in ("palm-8b", "palm-62b", "palm-540b")},

@@ -14,6 +14,10 @@ Here, per block of rows (all N rows unless their logits would pass ``_BLOCK_BYTE
         d z = weights_i * (softmax(z_i) - onehot(labels_i))   written back over z, in the compute dtype
     d hidden = d z @ weight     d weight (+)= d z^T @ hidden     d bias (+)= sum_i d z_i (float32)
 
+With ``z_loss`` = c > 0 each row adds c * lse_i^2 (lse_i = log Z_i, the softmax normaliser; PaLM's auxiliary loss,
+Chowdhery et al. 2022 sec. 5, c = 1e-4), whose gradient c * 2 lse_i * softmax(z_i) joins the softmax term: the
+row's softmax is scaled by w_i (1 + 2 c lse_i) instead of w_i. The z part of the sum is returned on request.
+
 The loss is a weighted *sum* (its gradient with respect to nll_i is ``weights_i`` times the scalar upstream
 gradient), so the gradients are formed in the forward pass and backward only scales them by the upstream scalar.
 The three matmuls are the unfused path's three, at full size (small row chunks made the ``d weight`` update a
@@ -68,9 +72,11 @@ def default_block_rows(vocab: int, element_size: int) -> int:
 
 
 def _score_block(z: torch.Tensor, labels: torch.Tensor, w: torch.Tensor, chunk_rows: int, grad: bool,
-                 d_bias: torch.Tensor | None, score: torch.dtype) -> torch.Tensor:
-    """z (R, V) logits of one block in the compute dtype; returns sum_i w_i * nll_i (0-dim, ``score`` dtype).
-    With ``grad``, z is overwritten by d loss / d z (compute dtype) and d_bias (if given) accumulates it."""
+                 d_bias: torch.Tensor | None, score: torch.dtype, z_loss: float = 0.0,
+                 z_total: torch.Tensor | None = None) -> torch.Tensor:
+    """z (R, V) logits of one block in the compute dtype; returns sum_i w_i * (nll_i + z_loss lse_i^2) (0-dim,
+    ``score`` dtype), adding the z_loss part to ``z_total``. With ``grad``, z is overwritten by d loss / d z
+    (compute dtype) and d_bias (if given) accumulates it."""
     total = torch.zeros((), dtype=score, device=z.device)
     for s in range(0, z.shape[0], chunk_rows):
         e = min(z.shape[0], s + chunk_rows)
@@ -79,10 +85,17 @@ def _score_block(z: torch.Tensor, labels: torch.Tensor, w: torch.Tensor, chunk_r
         target = zc.gather(1, y).squeeze(1)  # (c,)
         z_max = zc.amax(dim=-1, keepdim=True)  # (c, 1): logsumexp by hand, one exp pass reused for softmax
         sum_exp = zc.sub_(z_max).exp_().sum(dim=-1, keepdim=True)  # zc now holds exp(z - max)
-        total += ((z_max.squeeze(1) + sum_exp.squeeze(1).log() - target) * w_c).sum()
+        lse = z_max.squeeze(1) + sum_exp.squeeze(1).log()  # (c,)
+        total += ((lse - target) * w_c).sum()
+        soft = w_c
+        if z_loss:
+            z_part = z_loss * (lse * lse * w_c).sum()
+            total += z_part
+            z_total += z_part
+            soft = w_c * (1.0 + 2.0 * z_loss * lse)
         if not grad:
             continue
-        g = zc.mul_(w_c[:, None] / sum_exp)  # w_i * softmax(z_i) ...
+        g = zc.mul_(soft[:, None] / sum_exp)  # w_i (1 + 2 c lse_i) * softmax(z_i) ...
         g.scatter_add_(1, y, -w_c[:, None])  # ... - w_i * onehot(label_i)
         if d_bias is not None:
             d_bias += g.sum(0)
@@ -92,7 +105,8 @@ def _score_block(z: torch.Tensor, labels: torch.Tensor, w: torch.Tensor, chunk_r
 
 
 def _score_block_sharded(z: torch.Tensor, labels: torch.Tensor, w: torch.Tensor, chunk_rows: int, grad: bool,
-                         d_bias: torch.Tensor | None, score: torch.dtype, shard: VocabShard) -> torch.Tensor:
+                         d_bias: torch.Tensor | None, score: torch.dtype, shard: VocabShard, z_loss: float = 0.0,
+                         z_total: torch.Tensor | None = None) -> torch.Tensor:
     """`_score_block` for a vocabulary shard: z (R, V_local) holds this rank's columns of the logits. Returns the
     block's sum_i w_i * nll_i, the same on every rank of the shard group."""
     rows, v_local = z.shape
@@ -108,10 +122,17 @@ def _score_block_sharded(z: torch.Tensor, labels: torch.Tensor, w: torch.Tensor,
         stats[1, s:e] = torch.where(inside[s:e], zc.gather(1, idx[s:e]).squeeze(1), 0.0)
         stats[0, s:e] = zc.sub_(z_max[s:e, None]).exp_().sum(dim=-1)
     sum_exp, target = shard.all_reduce(stats, "sum")
-    total = ((z_max + sum_exp.log() - target) * w).sum()
+    lse = z_max + sum_exp.log()  # (R,) the whole vocabulary's, on every rank
+    total = ((lse - target) * w).sum()
+    soft = w
+    if z_loss:
+        z_part = z_loss * (lse * lse * w).sum()
+        total = total + z_part
+        z_total += z_part
+        soft = w * (1.0 + 2.0 * z_loss * lse)
     if not grad:
         return total
-    scale = w / sum_exp  # (R,)
+    scale = soft / sum_exp  # (R,)
     w_in = (w * inside.to(score))[:, None]  # (R, 1): the one-hot term, on the label's rank only
     for s in range(0, rows, chunk_rows):
         e = min(rows, s + chunk_rows)
@@ -127,7 +148,7 @@ def _score_block_sharded(z: torch.Tensor, labels: torch.Tensor, w: torch.Tensor,
 
 class _LinearCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, labels, weights, chunk_rows, block_rows, shard):
+    def forward(ctx, hidden, weight, bias, labels, weights, chunk_rows, block_rows, shard, z_loss):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         need_b = need_b and bias is not None
         grad = need_h or need_w or need_b
@@ -140,13 +161,15 @@ class _LinearCrossEntropy(torch.autograd.Function):
             d_weight = torch.zeros(weight.shape, dtype=score, device=weight.device)
         d_bias = torch.zeros(weight.shape[0], dtype=score, device=weight.device) if need_b else None  # (V,)
         total = torch.zeros((), dtype=score, device=hidden.device)
+        z_total = torch.zeros((), dtype=score, device=hidden.device)
         w = weights.to(score)
         for s, e in blocks:
             z = F.linear(hidden[s:e], weight, bias)  # (R, V), compute dtype
             if shard is None:
-                total += _score_block(z, labels[s:e], w[s:e], chunk_rows, grad, d_bias, score)
+                total += _score_block(z, labels[s:e], w[s:e], chunk_rows, grad, d_bias, score, z_loss, z_total)
             else:
-                total += _score_block_sharded(z, labels[s:e], w[s:e], chunk_rows, grad, d_bias, score, shard)
+                total += _score_block_sharded(z, labels[s:e], w[s:e], chunk_rows, grad, d_bias, score, shard,
+                                              z_loss, z_total)
             if need_h:
                 torch.mm(z, weight, out=d_hidden[s:e])
             if need_w and len(blocks) == 1:
@@ -155,22 +178,23 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 d_weight += z.t() @ hidden[s:e]
         ctx.save_for_backward(d_hidden, d_weight, d_bias)
         ctx.param_dtypes = (weight.dtype, bias.dtype if bias is not None else None)
-        return total
+        ctx.mark_non_differentiable(z_total)
+        return total, z_total
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx, grad, _grad_z):
         d_hidden, d_weight, d_bias = ctx.saved_tensors
         w_dtype, b_dtype = ctx.param_dtypes
         return (None if d_hidden is None else d_hidden * grad.to(d_hidden.dtype),
                 None if d_weight is None else (d_weight * grad).to(w_dtype),
                 None if d_bias is None else (d_bias * grad).to(b_dtype),
-                None, None, None, None, None)
+                None, None, None, None, None, None)
 
 
 def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
                          labels: torch.Tensor, weights: torch.Tensor, *, chunk_rows: int | None = None,
                          block_rows: int | None = None, impl: str = "auto",
-                         vocab_shard: VocabShard | None = None) -> torch.Tensor:
+                         vocab_shard: VocabShard | None = None, z_loss: float = 0.0, return_z: bool = False):
     """``sum_i weights_i * CE(hidden_i @ weight.T + bias, labels_i)`` as a 0-dim float32 tensor (float64 for
     float64 inputs). hidden (N, H), weight (V, H), bias (V,) or None, labels (N,) long, weights (N,).
 
@@ -180,7 +204,10 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
 
     ``vocab_shard``: ``weight``/``bias`` are this rank's rows of a vocabulary-sharded head (see ``VocabShard``);
     the loss is the whole-vocabulary loss on every rank, the hidden gradient this shard's part (sum it over the
-    group). The reference needs the whole vocabulary, so fp16 and impl="reference" are refused with a shard."""
+    group). The reference needs the whole vocabulary, so fp16 and impl="reference" are refused with a shard.
+
+    ``z_loss`` = c adds ``sum_i weights_i * c * logsumexp(z_i)^2`` (PaLM's z-loss); ``return_z`` returns
+    ``(total, z part)`` with the z part detached, for logging."""
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"expected hidden (N, H) and weight (V, H), got {tuple(hidden.shape)} and "
                          f"{tuple(weight.shape)}")
@@ -193,7 +220,10 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
         if vocab_shard is not None:
             raise ValueError("the reference (used for fp16) needs the whole vocabulary: with a vocabulary-sharded "
                              "head score the vocab-parallel logits instead (parallel.cross_entropy)")
-        return linear_cross_entropy_reference(hidden, weight, bias, labels, weights)
+        total, z_part = linear_cross_entropy_reference(hidden, weight, bias, labels, weights, z_loss, return_z=True)
+        return (total, z_part.detach()) if return_z else total
     chunk = chunk_rows or default_chunk_rows(weight.shape[0])
     block = block_rows or default_block_rows(weight.shape[0], hidden.element_size())
-    return _LinearCrossEntropy.apply(hidden, weight, bias, labels, weights, chunk, block, vocab_shard)
+    total, z_part = _LinearCrossEntropy.apply(hidden, weight, bias, labels, weights, chunk, block, vocab_shard,
+                                              float(z_loss))
+    return (total, z_part) if return_z else total
