@@ -130,9 +130,10 @@ def main(argv=None) -> int:
     print(report.summary_table())
     if args.output:
         out = {"config": {k: v for k, v in vars(args).items()}, **report.to_json(), "records": report.records}
-        with open(args.output + ".tmp", "w", encoding="utf-8") as f:
+        from megatron_code.utils import atomic
+
+        with atomic.atomic_open(args.output, "w", encoding="utf-8") as f:
             json.dump(out, f, indent=1)
-        os.replace(args.output + ".tmp", args.output)
     return 0
 
 

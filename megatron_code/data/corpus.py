@@ -14,6 +14,8 @@ import os
 import sysconfig
 from typing import Iterator
 
+from ..utils import atomic
+
 LANGUAGES = {
     ".py": "python", ".pyi": "python", ".ipynb": "python", ".c": "c", ".h": "c", ".cc": "c++", ".cpp": "c++",
     ".cxx": "c++", ".hpp": "c++", ".hh": "c++", ".cu": "cuda", ".java": "java", ".js": "javascript",
@@ -315,7 +317,7 @@ def build_stdlib_corpus(output_dir, seed: int = 1234, valid_fraction: float = 0.
         for f in files.values():
             f.close()
         for s in paths:
-            os.replace(tmp[s], paths[s])
+            atomic.replace(tmp[s], paths[s])
     finally:
         for s, f in files.items():
             f.close()

@@ -14,6 +14,8 @@ import sys
 
 import numpy as np
 
+from ..utils import atomic
+
 try:  # built by setup.py from csrc/helpers.cpp
     from . import _helpers_cpp as _cpp
 except ImportError:  # no compiler at install time: numpy twin
@@ -181,15 +183,10 @@ class IndexCache:
                                     f"tools/build_index.py")
         arrays = build()
         os.makedirs(self.cache_dir, exist_ok=True)
-        tag = f".tmp-{os.getpid()}"
         for n, arr in arrays.items():
-            final = os.path.join(self.cache_dir, f"{key}-{cls}-{n}.npy")
-            with open(final + tag, "wb") as f:
+            with atomic.atomic_open(os.path.join(self.cache_dir, f"{key}-{cls}-{n}.npy"), "wb") as f:
                 np.save(f, np.ascontiguousarray(arr))
-            os.replace(final + tag, final)
         # The description is written last: its presence means every array is complete.
-        with open(desc_path + tag, "w") as f:
-            json.dump({"description": description, "arrays": sorted(arrays)}, f, indent=1, sort_keys=True,
-                      default=str)
-        os.replace(desc_path + tag, desc_path)
+        atomic.write_text(desc_path, json.dumps({"description": description, "arrays": sorted(arrays)}, indent=1,
+                                                sort_keys=True, default=str))
         return {n: np.load(os.path.join(self.cache_dir, f"{key}-{cls}-{n}.npy"), mmap_mode="r") for n in arrays}

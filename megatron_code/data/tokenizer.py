@@ -20,6 +20,7 @@ import os
 import re
 from typing import Iterable, Sequence
 
+from ..utils import atomic
 from . import fast_bpe
 
 SPECIAL_TOKENS = ["<|endoftext|>", "<pad>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>",
@@ -199,15 +200,11 @@ class Tokenizer:
         :func:`load_tokenizer` reads."""
         os.makedirs(directory, exist_ok=True)
         for name, data in self._files.items():
-            tmp = os.path.join(directory, name + ".tmp")
-            with open(tmp, "wb") as f:
-                f.write(data)
-            os.replace(tmp, os.path.join(directory, name))
+            atomic.write_bytes(os.path.join(directory, name), data)
         meta = {"tokenizer_type": self.tokenizer_type, "files": sorted(self._files), "vocab_size": self.vocab_size,
                 "eod": self.eod, "pad": self.pad, "special_tokens": self.special_tokens,
                 "fingerprint": self.fingerprint()}
-        with open(os.path.join(directory, _META_FILE), "w") as f:
-            json.dump(meta, f, indent=2)
+        atomic.write_text(os.path.join(directory, _META_FILE), json.dumps(meta, indent=2))
 
     def __reduce__(self):
         # Rebuild from the model bytes (backends' native objects are not reliably picklable).
@@ -454,8 +451,8 @@ def _train_hf_bpe(texts: Iterable[str], vocab_size: int, output_dir: str) -> Tok
     tok.train_from_iterator(texts, trainer=trainer)
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, "tokenizer.json")
-    tok.save(path + ".tmp")
-    os.replace(path + ".tmp", path)
+    tok.save(atomic.tmp_path(path))
+    atomic.replace(atomic.tmp_path(path), path)
     result = HFTokenizer({"tokenizer.json": _read(path)})
     result.save(output_dir)
     return result

@@ -22,6 +22,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
+from ..utils import atomic
 from .pass_at_k import DEFAULT_KS, pass_at_k_table
 from .sandbox import STATUSES, CheckedProgram, SandboxLimits, SandboxResult, run_many
 
@@ -118,11 +119,9 @@ def read_jsonl(path: str) -> list[dict]:
 
 def write_jsonl(path: str, records: Iterable[dict]) -> None:
     """Write records atomically (temporary file, then rename): a crash never leaves half a results file."""
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
+    with atomic.atomic_open(path, "w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
-    os.replace(tmp, path)
 
 
 def read_problems(problem_file: str | None = None) -> dict[str, dict]:

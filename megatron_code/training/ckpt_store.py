@@ -78,7 +78,7 @@ def _has(path: str, pattern: str) -> bool:
 
 
 def foreign_format(ckpt_dir: str) -> tuple[str, str] | None:
-    """(format name, converter command) when `ckpt_dir` (or the tag directory given) holds a checkpoint written
+    """(format name, how to convert it) when `ckpt_dir` (or the tag directory given) holds a checkpoint written
     by another trainer; None when it holds ours or nothing recognisable as a checkpoint."""
     d = ckpt_dir
     if not os.path.isdir(d):
@@ -90,35 +90,40 @@ def foreign_format(ckpt_dir: str) -> tuple[str, str] | None:
     # A tag directory given directly is judged by its own contents, a save directory by its tags'.
     subdirs = [os.path.join(d, n) for n in names if os.path.isdir(os.path.join(d, n))]
     tag_dirs = [d] + subdirs
-    if any(_has(t, r"^mp_rank_\d\d(_\d\d\d)?$") for t in tag_dirs) or "latest_checkpointed_iteration.txt" in names:
-        if any(_has(t, r".*\.distcp$") for t in tag_dirs):
-            return "Megatron-LM torch_dist (distributed checkpoint)", f"{CONVERTER} --from megatron-lm"
-        return "Megatron-LM (iter_N/mp_rank_XX/model_optim_rng.pt)", f"{CONVERTER} --from megatron-lm"
+    from_megatron = f"`{CONVERTER} --from megatron-lm --load {d} --save NEW_DIR`"
+    torch_dist = ("Megatron-LM torch_dist (distributed checkpoint)",
+                  f"re-save it in Megatron-LM's legacy format with Megatron-LM itself (--ckpt-convert-format torch "
+                  f"--ckpt-convert-save TORCH_DIR), then `{CONVERTER} --from megatron-lm --load TORCH_DIR --save "
+                  f"NEW_DIR`")
     if any(_has(t, r".*\.distcp$") for t in tag_dirs) or any(_has(t, r"^common\.pt$") for t in tag_dirs):
-        return "Megatron-LM torch_dist (distributed checkpoint)", f"{CONVERTER} --from megatron-lm"
+        return torch_dist
+    if any(_has(t, r"^mp_rank_\d\d(_\d\d\d)?$") for t in tag_dirs) or "latest_checkpointed_iteration.txt" in names:
+        return "Megatron-LM (iter_N/mp_rank_XX/model_optim_rng.pt)", f"convert it with {from_megatron}"
     latest = read_latest(d) if "latest" in names else None
     if any(re.match(r"^global_step\d+$", n) for n in names) or (latest or "").startswith("global_step") \
             or _has(d, r"^(mp_rank_\d\d_model_states|layer_\d\d-model_\d\d-model_states)\.pt$"):
-        return "Megatron-DeepSpeed (global_stepN/...model_states.pt)", f"{CONVERTER} --from megatron-deepspeed"
+        return ("Megatron-DeepSpeed (global_stepN/...model_states.pt)",
+                "convert it to Megatron-LM's format with Megatron-DeepSpeed's tools/convert_checkpoint/"
+                f"deepspeed_to_megatron.py, then `{CONVERTER} --from megatron-lm --load THAT_DIR --save NEW_DIR`")
     if "config.json" in names and any(n.endswith((".safetensors", ".bin")) or n.endswith(".index.json")
                                       for n in names):
-        return "Hugging Face transformers", f"{CONVERTER} --from hf"
+        return "Hugging Face transformers", f"convert it with `{CONVERTER} --from hf --load {d} --save NEW_DIR`"
     if any(re.match(r".*\.(pt|pth|bin|safetensors|ckpt|distcp)$", n) for n in names) \
             or any(_has(s, r".*\.(pt|pth|bin|safetensors|distcp)$") for s in subdirs):
-        return "an unknown format (not a megatron_code checkpoint)", f"{CONVERTER} (see docs/checkpoints.md)"
+        return ("an unknown format (not a megatron_code checkpoint)",
+                f"{CONVERTER} converts Megatron-LM and Hugging Face checkpoints (docs/checkpoints.md)")
     return None
 
 
 def refuse_foreign(ckpt_dir: str, flag: str) -> None:
     found = foreign_format(ckpt_dir)
     if found:
-        name, converter = found
-        raise CheckpointError(f"{flag} {ckpt_dir} holds a {name} checkpoint, not a megatron_code one: convert it "
-                              f"with `{converter} --load {ckpt_dir} --save NEW_DIR` and pass that directory"
-                              if flag == "--load" else
-                              f"{flag} {ckpt_dir} holds a {name} checkpoint: choose an empty --save directory "
-                              f"(to train on from it, convert it with `{converter} --load {ckpt_dir} --save NEW_DIR`"
-                              f" and pass --load NEW_DIR)")
+        name, how = found
+        if flag == "--load":
+            raise CheckpointError(f"--load {ckpt_dir} holds a {name} checkpoint, not a megatron_code one: {how}, "
+                                  f"and pass --load NEW_DIR")
+        raise CheckpointError(f"--save {ckpt_dir} holds a {name} checkpoint: choose an empty --save directory (to "
+                              f"train on from it: {how}, and pass --load NEW_DIR)")
 
 
 # ---------------------------------------------------------------------------------------------- integrity
