@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # Megatron formats (megatron_code/convert/megatron_lm.py; docs/megatron.md)
-FOREIGN = ["megatron-lm"]
+FOREIGN = ["megatron-lm", "megatron-deepspeed"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -42,6 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "new checkpoint is written with (its model section is replaced by the imported one)")
     p.add_argument("--overwrite", action="store_true", help="export only: write into a --save directory that is not "
                    "empty (files of the same name are replaced)")
+    p.add_argument("--qkv-layout", choices=["blocks", "per-head"], default="blocks",
+                   help="megatron-deepspeed only: fused QKV rows as current Megatron-DeepSpeed splits them ([q; k; v] "
+                        "blocks per TP shard) or Megatron-LM's per-head order (older Megatron-DeepSpeed)")
     p.add_argument("--tensor-model-parallel-size", type=int, default=1)
     p.add_argument("--pipeline-model-parallel-size", type=int, default=1)
     return p.parse_args(argv)
@@ -90,11 +93,14 @@ def main(argv=None) -> int:
 
 def _megatron(args) -> int:
     """--from/--to megatron-lm: weights, iteration and consumed samples at any TP x PP on either side."""
+    from megatron_code.convert import megatron_deepspeed as mds
     from megatron_code.convert import megatron_lm as mlm
 
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+    fmt = args.from_ or args.to
     if args.from_:
-        job, state = mlm.read_megatron_lm(args.load)
+        job, state = (mlm.read_megatron_lm(args.load) if fmt == "megatron-lm" else
+                      mds.read_megatron_deepspeed(args.load, args.qkv_layout))
         if args.config:
             from megatron_code.config.job import JobConfig
 
@@ -103,7 +109,7 @@ def _megatron(args) -> int:
             job = base
         path = mlm.write_ours(job, state, args.save)
         it = state.client_state["iteration"]
-        print(f"imported {args.load} (Megatron-LM, {state.client_state['imported_from'].split('(')[-1].rstrip(')')}) "
+        print(f"imported {args.load} ({fmt}, {state.client_state['imported_from'].split('(')[-1].rstrip(')')}) "
               f"-> {path} at iteration {it}")
         print(f"continue with: python pretrain_code.py --config {os.path.join(path, 'config.yaml')} --load "
               f"{args.save} --no-load-optim --save NEW_DIR ... (Adam moments start fresh)")
@@ -115,10 +121,16 @@ def _megatron(args) -> int:
     import json
 
     meta = json.load(open(os.path.join(root, tag, "meta.json")))
-    path = mlm.write_megatron_lm(job, sd, args.save, tp=tp, pp=pp, iteration=int(meta.get("iteration") or 0),
-                                 consumed=int(meta.get("consumed_samples") or 0))
-    print(f"exported {args.load} -> {path} (Megatron-LM legacy layout, TP{tp} x PP{pp}; load with "
-          f"--ckpt-format torch --use-mcore-models --transformer-impl local)")
+    it, consumed = int(meta.get("iteration") or 0), int(meta.get("consumed_samples") or 0)
+    if fmt == "megatron-lm":
+        path = mlm.write_megatron_lm(job, sd, args.save, tp=tp, pp=pp, iteration=it, consumed=consumed)
+        print(f"exported {args.load} -> {path} (Megatron-LM legacy layout, TP{tp} x PP{pp}; load with "
+              f"--ckpt-format torch --use-mcore-models --transformer-impl local)")
+    else:
+        path = mds.write_megatron_deepspeed(job, sd, args.save, tp=tp, pp=pp, iteration=it, consumed=consumed,
+                                            qkv_layout=args.qkv_layout)
+        print(f"exported {args.load} -> {path} (Megatron-DeepSpeed, TP{tp} x PP{pp}"
+              + (", --no-pipeline-parallel" if pp == 1 else "") + ")")
     return 0
 
 
