@@ -1,7 +1,7 @@
 """The Megatron / Megatron-DeepSpeed flag coverage, committed as tests/fixtures/megatron_flags.tsv (flag, status,
 what it does or why not): implemented (sets a config field), note (accepted, no effect, with the reason), off-only
-(accepted at the value meaning "off", refused otherwise), refused (with the reason). Changing what a flag does means
-changing the table in the same commit; regenerate it with UPDATE_FLAG_TABLE=1 after a deliberate change."""
+(accepted at the value meaning "off", refused otherwise), refused (with the reason). A flag whose status changes
+or that disappears fails the test until the table is regenerated (UPDATE_FLAG_TABLE=1) in the same commit."""
 
 from __future__ import annotations
 
@@ -74,12 +74,19 @@ def _render(rows) -> str:
     return "flag\tstatus\twhat / why\n" + "".join(f"--{f}\t{s}\t{w}\n" for f, s, w in rows)
 
 
-def test_committed_flag_table_matches_the_code():
-    text = _render(flag_table())
+def test_committed_flag_table_holds_in_the_code():
+    """Every committed row still holds (same status; what/why may be reworded): no flag loses coverage unnoticed.
+    Flags added since are allowed until the table is regenerated (UPDATE_FLAG_TABLE=1)."""
+    rows = flag_table()
     if os.environ.get("UPDATE_FLAG_TABLE"):
         with open(TABLE, "w") as f:
-            f.write(text)
-    assert open(TABLE).read() == text, "the flag coverage changed: regenerate with UPDATE_FLAG_TABLE=1 and review"
+            f.write(_render(rows))
+    now = {f"--{flag}": status for flag, status, _ in rows}
+    committed = [line.split("\t")[:2] for line in open(TABLE).read().splitlines()[1:]]
+    changed = [f"{flag}: table says {status}, the code {now.get(flag, 'unknown flag')}"
+               for flag, status in committed if now.get(flag) != status]
+    assert not changed, "flag coverage changed (review, then regenerate with UPDATE_FLAG_TABLE=1):\n" + \
+        "\n".join(changed)
 
 
 def test_every_recipe_flag_is_in_the_table_and_no_flag_is_listed_twice():
