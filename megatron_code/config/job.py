@@ -31,12 +31,21 @@ class JobConfig:
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     preset: str | None = None
+    # Multi-phase training (training/phases.py): each entry overrides sections of this job for one phase, plus
+    # `name` and `optimizer_state` (keep | reset: carry the optimizer state into the phase, or start it fresh).
+    phases: list = field(default_factory=list)
 
     def update(self, values: dict[str, Any]) -> None:
         """Merge a nested dict ({section: {key: value}}) into this config."""
         for section, sub in values.items():
             if section == "preset":
                 self.preset = sub
+                continue
+            if section == "phases":
+                if not isinstance(sub, list) or not all(isinstance(p, dict) for p in sub):
+                    raise ConfigError("phases: expected a list of mappings (name:, optimizer_state:, and sections "
+                                      "such as data:, training:, optim:)")
+                self.phases = [dict(p) for p in sub]
                 continue
             if section not in SECTIONS:
                 raise ConfigError(f"unknown config section '{section}' (sections: {', '.join(SECTIONS)})")
@@ -51,6 +60,11 @@ class JobConfig:
         if t.rampup_batch_size or t.step_batch_size_schedule or t.batch_size_schedule:
             self.batch_schedule()  # a malformed schedule is reported now, not when training starts
         self._check_adafactor()
+        for name, _, job in self.phase_jobs():
+            try:
+                job.validate()
+            except ConfigError as exc:
+                raise ConfigError(f"phase {name}: {exc}") from None
         if t.z_loss and self.objective.objective == "mim":
             raise ConfigError("--z-loss is not implemented for the MIM objective (its loss scores two directions); "
                               "drop --z-loss or train AR/FIM")
@@ -188,6 +202,29 @@ class JobConfig:
         out: dict[str, Any] = {"preset": self.preset}
         for name in SECTIONS:
             out[name] = dataclasses.asdict(getattr(self, name))
+        if self.phases:
+            out["phases"] = [dict(p) for p in self.phases]
+        return out
+
+    def phase_jobs(self) -> list[tuple[str, str, "JobConfig"]]:
+        """(name, optimizer_state, job) per phase: this job with the phase's sections merged over it."""
+        out = []
+        for i, phase in enumerate(self.phases):
+            phase = dict(phase)
+            name = str(phase.pop("name", f"phase{i}"))
+            policy = str(phase.pop("optimizer_state", "keep"))
+            if policy not in ("keep", "reset"):
+                raise ConfigError(f"phases[{i}] ({name}): optimizer_state must be keep or reset, got '{policy}'")
+            if not name or "/" in name:
+                raise ConfigError(f"phases[{i}]: name '{name}' must be a non-empty name without '/'")
+            base = self.to_dict()
+            base.pop("phases", None)
+            job = JobConfig.from_dict(base)
+            try:
+                job.update(phase)
+            except ConfigError as exc:
+                raise ConfigError(f"phases[{i}] ({name}): {exc}") from None
+            out.append((name, policy, job))
         return out
 
     @classmethod

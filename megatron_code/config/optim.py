@@ -78,7 +78,7 @@ class OptimConfig(ConfigBase):
         if self.weight_decay_lr_power is not None and self.weight_decay_lr_power <= 0:
             raise ConfigError(f"optim.weight_decay_lr_power must be positive (PaLM: 2.0), got "
                               f"{self.weight_decay_lr_power}")
-        if not 0 <= self.lr_warmup_init <= self.lr:
+        if self.lr > 0 and not 0 <= self.lr_warmup_init <= self.lr:
             raise ConfigError(f"--lr-warmup-init ({self.lr_warmup_init}) must be in [0, --lr ({self.lr})]")
         if self.lr_decay_style == "WSD":
             if self.lr_wsd_decay_style not in WSD_DECAY_STYLES:

@@ -60,6 +60,9 @@ class TrainingConfig(ConfigBase):
     load_optim: bool = True
     load_rng: bool = True
     finetune: bool = False
+    # --load restores weights and optimizer state but starts at iteration 0 with 0 consumed samples and fresh RNG
+    # (the next phase of a multi-phase run that keeps its optimizer state; training/phases.py).
+    reset_progress: bool = False
     # --load of a save directory without a 'latest' file (a crash between a save and the pointer update): False
     # resumes from the newest complete iter_* with a warning, True refuses (docs/checkpoints.md).
     require_latest: bool = False

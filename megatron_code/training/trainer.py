@@ -188,6 +188,7 @@ class Trainer:
             log("note: the fused LM head + loss is off on this pipeline (DeepSpeed's bf16 optimizer at ZeRO-0 clears "
                 "gradients of parameters used only in the loss); --zero-stage 1 keeps it", self.rank)
         self.grad_norm = float("nan")
+        self.phase = None  # {"index", "name", "of"} in a multi-phase run (training/phases.py), saved with checkpoints
         self.iteration, self.consumed = 0, 0
         self.resume_rng = self.resume_tp_rng = None
         if t.load and ckpt.nothing_to_load(t.load, t.save):
@@ -199,6 +200,9 @@ class Trainer:
             if t.finetune:
                 log(f"fine-tuning from the weights in {t.load} (iteration, data position and optimizer start "
                     f"fresh)", self.rank)
+            elif t.reset_progress:
+                log(f"continuing from the weights and optimizer state in {t.load} (iteration and data position "
+                    f"start fresh)", self.rank)
             else:
                 self.iteration = int(state["iteration"])
                 self.consumed = int(state["consumed_samples"])
@@ -389,6 +393,7 @@ class Trainer:
         state = {"iteration": self.iteration, "consumed_samples": self.consumed, "rng": ckpt.rng_state(),
                  "tp_rng": tracker.get_states() if tracker is not None else None,
                  "tokenizer_fingerprint": self.tok_fp, "skip_samples": sorted(self.skip_samples),
+                 "phase": self.phase,
                  "layout": {"tp": self.groups.tp_size, "pp": self.groups.pp_size, "dp": self.groups.dp_size,
                             "zero": self.job.parallel.zero_stage}}
         path = ckpt.save_checkpoint(self.engine, self.job, t.save, self.iteration, state, self.tokenizer,
@@ -572,6 +577,9 @@ class Trainer:
 
 def pretrain(job: JobConfig) -> dict:
     """Run a job to completion (or to its exit interval / stop signal). Returns the loss history."""
+    if job.phases:
+        from .phases import run_phases
+        return run_phases(job)
     trainer = Trainer(job)
     t0 = time.time()
     history = trainer.train()

@@ -1,0 +1,78 @@
+"""Multi-phase training (training/phases.py): one command runs three phases (each its own data, length, batch or
+batch schedule, LR schedule, optimizer keep/reset); a run SIGKILLed in phase 2 and re-run with the same command
+matches the uninterrupted run bitwise, skips what is done, and every checkpoint records its phase."""
+
+import glob
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from ._cmd import ROOT, TINY, env, run, train_losses
+
+pytestmark = pytest.mark.e2e
+
+BASE = [a for i, a in enumerate(TINY) if a != "--global-batch-size" and TINY[i - 1] != "--global-batch-size"]
+PHASES = """
+phases:
+  - name: pile
+    training: {train_iters: 4, global_batch_size: 8}
+    optim: {lr: 2.0e-3, lr_warmup_iters: 1, lr_decay_style: cosine}
+  - name: code
+    optimizer_state: keep
+    training: {train_iters: 8, global_batch_size: 4, seed: 7}
+    optim: {lr: 1.0e-3, lr_warmup_iters: 0, lr_decay_style: linear}
+  - name: python
+    optimizer_state: reset
+    training: {train_iters: 3, batch_size_schedule: "4:0,8:2", seed: 9}
+    optim: {lr: 5.0e-4, lr_warmup_iters: 0, lr_decay_style: constant}
+"""
+NAMES = ["phase-0-pile", "phase-1-code", "phase-2-python"]
+
+
+def all_losses(save: str) -> dict:
+    return {name: train_losses(os.path.join(save, name)) for name in NAMES}
+
+
+def test_three_phases_killed_in_phase_two_resume_bitwise(tmp_path):
+    cfg = tmp_path / "phases.yaml"
+    cfg.write_text(PHASES)
+    args = BASE + ["--config", str(cfg), "--save-interval", "2"]
+    ref = str(tmp_path / "ref")
+    run(args + ["--save", ref])
+    reference = all_losses(ref)
+    assert [sorted(reference[n]) for n in NAMES] == [[1, 2, 3, 4], list(range(1, 9)), [1, 2, 3]]
+
+    save = str(tmp_path / "run")
+    cmd = [sys.executable, os.path.join(ROOT, "pretrain_code.py")] + args + ["--save", save]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    metrics = os.path.join(save, NAMES[1], "metrics.jsonl")
+    deadline = time.time() + 900
+    try:
+        while time.time() < deadline:  # kill in phase 2 after its step 3: its checkpoint 2 exists, 3 is past it
+            if os.path.exists(metrics) and '"iteration": 3,' in open(metrics).read():
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"training exited early with {proc.returncode}")
+            time.sleep(0.01)
+        else:
+            pytest.fail("phase 2 did not reach iteration 3 in time")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    latest = open(os.path.join(save, NAMES[1], "latest")).read().strip()
+    assert latest in ("iter_0000002", "iter_0000004"), latest
+    assert not os.path.exists(os.path.join(save, NAMES[2]))
+    out = run(args + ["--save", save])  # the same command resumes
+    assert "phase 0 (pile) is complete" in out.stdout and "resumed from" in out.stdout
+    assert all_losses(save) == reference
+    for i, name in enumerate(NAMES):  # every checkpoint records its phase
+        states = glob.glob(os.path.join(save, name, "iter_*", "mp_rank_00_model_states.pt"))
+        assert states and all(torch.load(f, weights_only=False)["phase"] == {"index": i, "name": name.split("-")[2],
+                                                                              "of": 3} for f in states)
+    again = run(args + ["--save", save])  # nothing left to do
+    assert again.stdout.count("is complete") == 3
