@@ -167,7 +167,8 @@ class Plan:
             kind, opts = next(iter(step.items()))
             steps += [build_filter(kind, opts, out), Tally(kind)]
             self.labels.append(kind)
-        steps.append(JsonlWriter(os.path.join(w, "filtered"), output_filename="${rank}.jsonl.gz"))
+        # intermediate shards uncompressed: they are read once, by this run (gzip level 9 cost more than the I/O)
+        steps.append(JsonlWriter(os.path.join(w, "filtered"), output_filename="${rank}.jsonl", compression=None))
         exact = cfg.get("exact_dedup", True)
         if exact:
             steps.append(Sha256ExactSignature(os.path.join(w, "exact_sigs")))
@@ -182,7 +183,7 @@ class Plan:
             s3 = [RankJsonlReader(src)]
             if exact:
                 s3 += [ExactDedupFilter(os.path.join(w, "exact_dups"), exact_config()), Tally("exact_dedup")]
-                s3.append(JsonlWriter(os.path.join(w, "exact"), output_filename="${rank}.jsonl.gz"))
+                s3.append(JsonlWriter(os.path.join(w, "exact"), output_filename="${rank}.jsonl", compression=None))
                 src = os.path.join(w, "exact")
             if near:
                 params = NearDedupParams(**(near if isinstance(near, dict) else {}))
@@ -213,16 +214,16 @@ class Plan:
 
 
 class RankJsonlReader(JsonlReader):
-    """Reads ``{task:05d}.jsonl.gz`` of a folder written by the previous stage (its own task's file only, so the
+    """Reads ``{task:05d}.jsonl`` of a folder written by the previous stage (its own task's file only, so the
     document indices the dedup stages recorded line up); a task whose file is absent had no documents."""
 
     name = "previous stage"
 
     def __init__(self, folder: str):
-        super().__init__(folder, compression="gzip", add_file_path=False)
+        super().__init__(folder, compression=None, add_file_path=False)
 
     def run(self, data=None, rank: int = 0, world_size: int = 1):
-        name = f"{rank:05d}.jsonl.gz"
+        name = f"{rank:05d}.jsonl"
         if self.data_folder.exists(name):
             yield from self.read_files_shard([name])
 
