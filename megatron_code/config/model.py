@@ -48,6 +48,12 @@ class ModelConfig(ConfigBase):
     attention_dropout: float = 0.0
     hidden_dropout: float = 0.0
     embedding_dropout: float = 0.0
+    # Structure dropout (the democratization study's dropout ablation, its Fig. 3.4): LayerDrop (Fan et al., 2019)
+    # skips a whole block's residual branches with this probability per step in training, no rescaling (as
+    # fairseq's LayerDropModuleList); DropHead (Zhou et al., 2020) zeroes whole attention heads per sample with this
+    # probability and rescales the kept ones by 1 / (1 - p). Both draw from torch's global RNG. 0: off.
+    layerdrop: float = 0.0
+    drophead: float = 0.0
     init_std: float = 0.02
     # Std of the word embedding's normal init (None: init_std). PaLM: 1.0 ("E ~ N(0, 1)", Chowdhery et al. 2022,
     # sec. 2), because no LayerNorm follows the embedding; with tied embeddings pair it with output_logit_scaling.
@@ -115,7 +121,7 @@ class ModelConfig(ConfigBase):
             need(r > 0, f"rotary dims resolve to {r}: raise rotary_percent or rotary_dims")
             need(r % 2 == 0, f"rotary dims ({r}) must be even (pairs of dims are rotated): adjust rotary_dims/percent")
             need(r <= self.head_size, f"rotary dims ({r}) exceed head_dim ({self.head_size})")
-        for name in ("attention_dropout", "hidden_dropout", "embedding_dropout"):
+        for name in ("attention_dropout", "hidden_dropout", "embedding_dropout", "layerdrop", "drophead"):
             v = getattr(self, name)
             need(0.0 <= v < 1.0, f"model.{name} must be in [0, 1), got {v}")
         need(self.vocab_size is None or self.vocab_size > 0, "model.vocab_size must be positive")

@@ -44,7 +44,7 @@ REMOTE_FIELDS: dict[str, tuple | None] = {
     "parallel_shared_norm": None, "bias": None, "tie_embeddings": None, "output_bias": None,
     # training-only fields: no effect on the function at inference
     "attention_dropout": None, "hidden_dropout": None, "embedding_dropout": None, "init_std": None,
-    "scaled_init": None, "embedding_init_std": None,
+    "scaled_init": None, "embedding_init_std": None, "layerdrop": None, "drophead": None,
     "output_logit_scaling": None,  # a function of the model: Cohere's logit_scale only (target_problems)
 }
 

@@ -44,6 +44,7 @@ class Attention(nn.Module):
         super().__init__()
         self.head_dim = cfg.head_size
         self.dropout_p = cfg.attention_dropout
+        self.drophead = cfg.drophead
         q_out = cfg.num_attention_heads * cfg.head_size
         kv_out = cfg.kv_heads * cfg.head_size
         self.q_proj = nn.Linear(cfg.hidden_size, q_out, bias=cfg.bias)
@@ -68,5 +69,8 @@ class Attention(nn.Module):
             k, v = cache.append(k, v)
         dropout = self.dropout_p if self.training else 0.0
         out = attention_kernel(q, k, v, causal=True, dropout_p=dropout, mask=mask)  # (B, Hq_local, T, D)
+        if self.training and self.drophead > 0:  # DropHead: whole heads per sample, kept ones rescaled
+            keep = torch.rand(out.shape[0], out.shape[1], 1, 1, device=out.device) >= self.drophead
+            out = out * keep.to(out.dtype) / (1.0 - self.drophead)
         out = out.transpose(1, 2).reshape(b, t, -1)
         return self.o_proj(out)

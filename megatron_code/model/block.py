@@ -28,14 +28,20 @@ class Block(nn.Module):
         if self.parallel:
             self.parallel_reduce = nn.Identity()
         self.dropout = nn.Dropout(cfg.hidden_dropout)
+        self.layerdrop = cfg.layerdrop
 
     def forward(self, x: torch.Tensor, rope=None, cache: LayerKVCache | None = None,
                 mask: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, hidden) -> (B, T, hidden)."""
+        # LayerDrop: a dropped block still runs with its branches multiplied by 0, so every parameter gets a (zero)
+        # gradient and tensor-parallel collectives stay in step across ranks; the block then acts as the identity.
+        keep = 1.0
+        if self.training and self.layerdrop > 0:
+            keep = float(torch.rand(()) >= self.layerdrop)
         if not self.parallel:
-            x = x + self.dropout(self.attn(self.norm1(x), rope, cache, mask))
-            return x + self.dropout(self.mlp(self.norm2(x)))
+            x = x + keep * self.dropout(self.attn(self.norm1(x), rope, cache, mask))
+            return x + keep * self.dropout(self.mlp(self.norm2(x)))
         n1 = self.norm1(x)
         n2 = self.norm2(x) if hasattr(self, "norm2") else n1
         h = self.attn(n1, rope, cache, mask) + self.mlp(n2)
-        return x + self.dropout(self.parallel_reduce(h))
+        return x + keep * self.dropout(self.parallel_reduce(h))

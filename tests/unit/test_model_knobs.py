@@ -83,3 +83,44 @@ def test_logit_scaling_exports_only_where_a_target_expresses_it():
     palm_like = tiny(output_logit_scaling=True, norm_bias=False, activation="swiglu", block="parallel", bias=False,
                      num_kv_heads=1)
     assert not [p for p in target_problems(palm_like, "CohereForCausalLM") if "logit" in p]
+
+
+# --- structure dropout: LayerDrop and DropHead ------------------------------------------------------------------
+
+def test_layerdrop_off_in_eval_and_all_dropped_is_the_identity_stack():
+    base = build(tiny())
+    drop = build(tiny(layerdrop=0.999999))
+    ids = torch.randint(0, 100, (2, 7))
+    assert torch.equal(drop.eval()(ids), base.eval()(ids))
+    drop.train()
+    torch.manual_seed(0)
+    hidden = drop.embed(ids, drop.default_position_ids(ids))
+    want = drop.logits(drop.final_norm(hidden))  # every block skipped: embeddings straight to the head
+    assert torch.allclose(drop(ids), want, rtol=1e-12, atol=1e-12)
+    drop(ids).sum().backward()  # dropped blocks still give every parameter a (zero) gradient
+    assert all(p.grad is not None and not p.grad.any() for p in drop.layers.parameters())
+
+
+def test_layerdrop_rate():
+    model = build(tiny(layerdrop=0.3, num_layers=1)).train()
+    block = model.layers[0]
+    x = torch.randn(1, 3, 32, dtype=torch.float64)
+    torch.manual_seed(1)
+    kept = sum(not torch.equal(block(x), x) for _ in range(2000))
+    assert 0.66 < kept / 2000 < 0.74
+
+
+def test_drophead_masks_whole_heads_per_sample_and_rescales():
+    p = 0.5
+    attn = build(tiny(drophead=p)).layers[0].attn.train()
+    x = torch.randn(3, 5, 32, dtype=torch.float64)
+    torch.manual_seed(4)
+    got = attn(x)
+    torch.manual_seed(4)
+    keep = (torch.rand(3, 4, 1, 1) >= p).double()
+    attn.eval()
+    q, k, v = (proj(x).view(3, 5, 4, 8).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True) * keep / (1 - p)
+    want = attn.o_proj(ref.transpose(1, 2).reshape(3, 5, 32))
+    assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
+    assert 0 < keep.sum() < keep.numel()
