@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     ap.add_argument("--input", nargs="+", required=True)
     ap.add_argument("--vocab-size", type=int, required=True)
     ap.add_argument("--output-dir", required=True)
-    ap.add_argument("--kind", default="bpe", choices=["bpe", "sentencepiece-bpe", "sentencepiece-unigram"])
+    ap.add_argument("--kind", default="bpe", choices=["bpe", "wordpiece", "sentencepiece-bpe", "sentencepiece-unigram"])
     ap.add_argument("--json-key", default="text")
     ap.add_argument("--max-chars", type=int, default=None, help="train on at most this many characters")
     ap.add_argument("--skip-bad-lines", action="store_true")

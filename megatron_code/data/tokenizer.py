@@ -458,6 +458,51 @@ def _train_hf_bpe(texts: Iterable[str], vocab_size: int, output_dir: str) -> Tok
     return result
 
 
+# WordPiece's continuing-subword prefix: a character outside the byte-level alphabet, so no text token can
+# contain it and the decoder can drop it exactly (BERT's "##" occurs in code: "## comment").
+_WORDPIECE_PREFIX = "\u2042"
+
+
+def _train_hf_wordpiece(texts: Iterable[str], vocab_size: int, output_dir: str) -> Tokenizer:
+    """WordPiece (Schuster & Nakajima, 2012; BERT's tokenizer) for the democratization study's tokenizer ablation,
+    through `tokenizers`, on the same byte-level pre-tokenization as our BPE, so the round trip is exact: after
+    training, every byte symbol is added both word-initial and continuing (<= 512 extra entries), so no word ever
+    falls back to the unknown token."""
+    from tokenizers import Regex
+    from tokenizers import Tokenizer as _HF
+    from tokenizers import decoders, models, pre_tokenizers, trainers
+
+    def finish(tok):
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(CODE_PRETOKENIZE_REGEX), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ])
+        tok.decoder = decoders.Sequence([decoders.Replace(_WORDPIECE_PREFIX, ""), decoders.ByteLevel()])
+        return tok
+
+    unk = "[UNK]"  # in the vocabulary as WordPiece requires; never produced (every byte symbol is covered)
+    kw = dict(unk_token=unk, continuing_subword_prefix=_WORDPIECE_PREFIX, max_input_chars_per_word=1 << 30)
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    trained = finish(_HF(models.WordPiece(**kw)))
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS) + [unk],
+                                        initial_alphabet=alphabet, continuing_subword_prefix=_WORDPIECE_PREFIX,
+                                        show_progress=False)
+    trained.train_from_iterator(texts, trainer=trainer)
+    vocab = trained.get_vocab()
+    for symbol in sorted(alphabet):
+        for piece in (symbol, _WORDPIECE_PREFIX + symbol):
+            vocab.setdefault(piece, len(vocab))
+    tok = finish(_HF(models.WordPiece(vocab=vocab, **kw)))
+    tok.add_special_tokens(list(SPECIAL_TOKENS))
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, "tokenizer.json")
+    tok.save(atomic.tmp_path(path))
+    atomic.replace(atomic.tmp_path(path), path)
+    result = HFTokenizer({"tokenizer.json": _read(path)})
+    result.save(output_dir)
+    return result
+
+
 def _train_sentencepiece(texts: Iterable[str], vocab_size: int, output_dir: str, model_type: str) -> Tokenizer:
     import io
 
@@ -489,7 +534,8 @@ def _spm_train(spm, texts, model, vocab_size, model_type):
 def train_code_tokenizer(files_or_texts, vocab_size: int, output_dir: str, kind: str = "bpe") -> Tokenizer:
     """Train a tokenizer for source code and save it to ``output_dir``.
 
-    ``kind``: ``"bpe"`` (HF byte-level BPE; exact round trip for any text) or ``"sentencepiece-bpe"`` /
+    ``kind``: ``"bpe"`` (HF byte-level BPE; exact round trip for any text), ``"wordpiece"`` (byte-level WordPiece,
+    exact round trip; the study's tokenizer ablation) or ``"sentencepiece-bpe"`` /
     ``"sentencepiece-unigram"`` (byte fallback; round trip exact except for the U+2581 character SentencePiece
     reserves for spaces). SPECIAL_TOKENS get the ids 0..7 (BPE) so every tokenizer we train agrees on them.
     """
@@ -499,7 +545,10 @@ def train_code_tokenizer(files_or_texts, vocab_size: int, output_dir: str, kind:
     texts = _iter_texts(files_or_texts)
     if kind == "bpe":
         return _train_hf_bpe(texts, vocab_size, output_dir)
+    if kind == "wordpiece":
+        return _train_hf_wordpiece(texts, vocab_size, output_dir)
     if kind in ("sentencepiece-bpe", "sentencepiece-unigram", "unigram"):
         model_type = "bpe" if kind == "sentencepiece-bpe" else "unigram"
         return _train_sentencepiece(texts, vocab_size, output_dir, model_type)
-    raise TokenizerError(f"unknown tokenizer kind {kind!r}; choose bpe, sentencepiece-bpe or sentencepiece-unigram")
+    raise TokenizerError(f"unknown tokenizer kind {kind!r}; choose bpe, wordpiece, sentencepiece-bpe or "
+                         f"sentencepiece-unigram")
