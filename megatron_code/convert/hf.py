@@ -137,6 +137,9 @@ def export_checkpoint(ckpt_dir: str, out_dir: str, target: str | None = None, wi
 
     _transformers()  # before reading a large checkpoint: say which extra is missing
     job, state, tok_dir = load_consolidated(ckpt_dir)
+    masters = fp32_master_weights(ckpt_dir, job)
+    if masters is not None:  # flat pieces take the shapes of the model's tensors
+        state = {k: masters[k].view(v.shape) if k in masters else v for k, v in state.items()}
     tokenizer = None
     if tok_dir:
         tokenizer = load_tokenizer(tok_dir)
@@ -154,6 +157,91 @@ def export_checkpoint(ckpt_dir: str, out_dir: str, target: str | None = None, wi
         cfg.max_position_embeddings = job.data.seq_length
     return export_model(cfg, state, out_dir, tokenizer if with_tokenizer else None, target, dtype,
                         objective=job.objective.objective)
+
+
+def fp32_master_weights(ckpt_dir: str, job) -> dict[str, torch.Tensor] | None:
+    """The fp32 master weights of a bf16/fp16 run (None for an fp32 run, whose weights are the masters). The
+    model states of a mixed-precision run hold the weights rounded to 16 bits; training steps the fp32 masters,
+    which the export writes instead (rounding once more, to --dtype, only if asked):
+
+    - ZeRO-1/2: the flat fp32 partitions of every DP rank; ZeRO-3: its fp32 flat groups; pipelines at ZeRO-0 with
+      bf16: the bf16_zero_pp_rank files (all read by parallel/reshard.read_full_state);
+    - ZeRO-0 without a pipeline: DeepSpeed's FP16_Optimizer / FP16_UnfusedOptimizer (fp16, and bf16 without ZeRO)
+      save the fp32 masters in the model-states file, one flat tensor per parameter group (`fp32_groups_flat`) or
+      one per parameter (`fp32_groups`), in the optimizer's order (training/optimizer.param_groups), which is
+      rebuilt here on the meta device.
+    A checkpoint saved without optimizer state has no masters: its 16-bit weights are exported, with a warning."""
+    if job.training.precision == "fp32":
+        return None
+    from ..parallel.reshard import FULL_FILE, read_full_state
+    from ..training.checkpoint import resolve_checkpoint
+
+    root, tag = resolve_checkpoint(ckpt_dir)
+    d = os.path.join(root, tag)
+    p = job.parallel
+    if os.path.exists(os.path.join(d, FULL_FILE)) or p.zero_stage == 3:
+        return None  # stored (full file) or read (zero_to_fp32) in fp32 already
+    bf16_files = sorted(glob.glob(os.path.join(d, "bf16_zero_pp_rank_*_mp_rank_00_optim_states.pt")))
+    if bf16_files and p.pipeline_parallel == 1:
+        if p.tensor_parallel > 1:
+            log.warning("%s: fp32 masters of a tensor-parallel bf16 ZeRO-%d run are not read: exporting its bf16 "
+                        "weights (reshard it to TP 1 first to export the masters)", d, p.zero_stage)
+            return None
+        return _bf16_optimizer_masters(bf16_files)
+    if p.zero_stage in (1, 2) or p.pipeline_parallel > 1:
+        try:
+            return {k.removeprefix("module."): v.float() for k, v in read_full_state(d, job).module.items()}
+        except (FileNotFoundError, KeyError, ValueError) as exc:
+            log.warning("%s: no fp32 master weights readable (%s): exporting the %s weights", d, exc,
+                        job.training.precision)
+            return None
+    if p.tensor_parallel > 1:
+        log.warning("%s: fp32 masters of a ZeRO-0 tensor-parallel %s run are not read: exporting its %s weights "
+                    "(reshard it to TP 1 first to export the masters)", d, job.training.precision,
+                    job.training.precision)
+        return None
+    sd = torch.load(os.path.join(d, "mp_rank_00_model_states.pt"), map_location="cpu", weights_only=False)
+    opt = sd.get("optimizer") or {}
+    flats = opt.get("fp32_groups_flat")
+    if not flats and opt.get("fp32_groups"):  # FP16_UnfusedOptimizer: one master per parameter
+        flats = [torch.cat([t.reshape(-1) for t in group]) for group in opt["fp32_groups"]]
+    if not flats:
+        log.warning("%s holds no optimizer state (saved without it): exporting its %s weights, not fp32 masters",
+                    d, job.training.precision)
+        return None
+    from ..model import GPT
+    from ..training.optimizer import param_groups
+
+    with torch.device("meta"):
+        meta = GPT(job.model)
+    names = {id(q): n for n, q in meta.named_parameters()}
+    groups = [[(names[id(q)], q.shape) for q in g["params"]] for g in param_groups(meta, job.optim.weight_decay)]
+    if len(groups) != len(flats) or any(sum(s.numel() for _, s in g) != f.numel() for g, f in zip(groups, flats)):
+        raise ConversionError(f"{d}: the saved fp32 master groups do not match the model's parameter groups")
+    out = {}
+    for group, flat in zip(groups, flats):
+        offset = 0
+        for name, shape in group:
+            out[name] = flat[offset:offset + shape.numel()].view(shape).float().clone()
+            offset += shape.numel()
+    return out
+
+
+def _bf16_optimizer_masters(files: list[str]) -> dict[str, torch.Tensor]:
+    """fp32 weights from DeepSpeed's BF16_Optimizer files (bf16 with ZeRO-1 here): per parameter group each DP
+    rank's flat fp32 partition, and 'param_slice_mappings' saying where each parameter's piece lies in it; a
+    parameter split between ranks is its pieces in rank order."""
+    def rank(path: str) -> int:
+        return int(os.path.basename(path).split("_")[4])
+
+    pieces: dict[str, list[torch.Tensor]] = {}
+    for f in sorted(files, key=rank):
+        o = torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"]
+        for g, mapping in enumerate(o["param_slice_mappings"]):
+            flat = o["single_partition_of_fp32_groups"][g]
+            for name, frag in mapping.items():
+                pieces.setdefault(name.removeprefix("module."), []).append(flat.narrow(0, frag.start, frag.numel))
+    return {name: torch.cat(parts).float() for name, parts in pieces.items()}
 
 
 # ------------------------------------------------------------------------------------------------ import
