@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 # Megatron formats (megatron_code/convert/megatron_lm.py; docs/megatron.md)
-FOREIGN = ["megatron-lm", "megatron-deepspeed"]
+FOREIGN = ["megatron-lm", "megatron-deepspeed", "ds-universal"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -98,6 +98,20 @@ def _megatron(args) -> int:
 
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
     fmt = args.from_ or args.to
+    if args.from_ == "ds-universal":
+        from megatron_code.convert import ds_universal
+
+        job, state = ds_universal.read_ds_universal(args.load)
+        if job is None and not args.config:
+            raise mlm.MegatronCheckpointError(f"{args.load} carries no job config (not written from one of our "
+                                              f"checkpoints): pass --config JOB.yaml describing the model")
+        if args.config:
+            from megatron_code.config.job import JobConfig
+            job = JobConfig.load(args.config)
+        path = mlm.write_ours(job, state, args.save)
+        print(f"imported {args.load} (DeepSpeed universal, {'with' if state.exp_avg else 'without'} Adam moments) "
+              f"-> {path}; it loads at any TP x PP x ZeRO layout")
+        return 0
     if args.from_:
         job, state = (mlm.read_megatron_lm(args.load) if fmt == "megatron-lm" else
                       mds.read_megatron_deepspeed(args.load, args.qkv_layout))
@@ -115,6 +129,20 @@ def _megatron(args) -> int:
               f"{args.save} --no-load-optim --save NEW_DIR ... (Adam moments start fresh)")
         return 0
     from megatron_code.training.checkpoint import load_consolidated, resolve_checkpoint
+
+    if fmt == "ds-universal":
+        from megatron_code.convert import ds_universal
+        from megatron_code.parallel.reshard import read_full_state
+        from megatron_code.training.checkpoint import load_job_config
+
+        root, tag = resolve_checkpoint(args.load)
+        job = load_job_config(root, tag)
+        state = read_full_state(os.path.join(root, tag), job)
+        tok = os.path.join(root, tag, "tokenizer")
+        path = ds_universal.write_ds_universal(job, state, args.save, tok if os.path.isdir(tok) else None)
+        print(f"exported {args.load} -> {path} (DeepSpeed universal; "
+              f"{'with' if state.exp_avg else 'without'} Adam moments)")
+        return 0
 
     job, sd, _ = load_consolidated(args.load)
     root, tag = resolve_checkpoint(args.load)

@@ -157,6 +157,8 @@ MEGATRON_FLAGS: dict[str, tuple[Any, Setter]] = {
     "tensorboard-dir": (1, _set("training.tensorboard_dir")),
     # DeepSpeed is always the engine; a Megatron-DeepSpeed line (it passes --deepspeed) gets its TensorBoard names.
     "deepspeed": (0, _const("training.tensorboard_style", "megatron-deepspeed")),
+    "universal-checkpoint": (0, _const("training.universal_checkpoint", True)),
+    "load-universal": (0, _const("training.universal_checkpoint", True)),
     "wandb-project": (1, _set("training.wandb_project")),
     "wandb-exp-name": (1, _set("training.wandb_exp_name")),
     "wandb-save-dir": (1, _set("training.wandb_save_dir")),

@@ -76,6 +76,9 @@ class TrainingConfig(ConfigBase):
     tensorboard_style: str = "megatron-lm"
     # Weights & Biases (Megatron's --wandb-project/--wandb-exp-name/--wandb-save-dir/--wandb-entity): logging is
     # on when wandb_project is set; offline unless WANDB_MODE says otherwise (no network by default).
+    # --load names a DeepSpeed universal checkpoint folder (ds_to_universal's output, or the directory holding its
+    # latest_universal): Megatron-DeepSpeed's --universal-checkpoint, DeepSpeed's checkpoint.load_universal.
+    universal_checkpoint: bool = False
     wandb_project: Optional[str] = None
     wandb_exp_name: Optional[str] = None
     wandb_save_dir: Optional[str] = None

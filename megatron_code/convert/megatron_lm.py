@@ -421,7 +421,7 @@ def write_ours(job: JobConfig, state: FullState, save_dir: str) -> str:
     job.save(os.path.join(staged, "config.yaml"))
     meta = {"iteration": state.client_state.get("iteration"), "consumed_samples":
             state.client_state.get("consumed_samples"), "tokenizer_fingerprint": None,
-            "layout": state.client_state["layout"], "has_optimizer": False, "time": time.time(),
+            "layout": state.client_state["layout"], "has_optimizer": state.exp_avg is not None, "time": time.time(),
             "imported_from": state.client_state.get("imported_from")}
     with open(os.path.join(staged, "meta.json"), "w") as f:
         json.dump(meta, f, indent=2)

@@ -95,6 +95,10 @@ def foreign_format(ckpt_dir: str) -> tuple[str, str] | None:
                   f"re-save it in Megatron-LM's legacy format with Megatron-LM itself (--ckpt-convert-format torch "
                   f"--ckpt-convert-save TORCH_DIR), then `{CONVERTER} --from megatron-lm --load TORCH_DIR --save "
                   f"NEW_DIR`")
+    if "latest_universal" in names or (os.path.isdir(os.path.join(d, "zero")) and _has(d, r"^mp_rank_\d\d_model_"
+                                                                                          r"states\.pt$")):
+        return ("DeepSpeed universal", "load it with --universal-checkpoint (or convert it with "
+                f"`{CONVERTER} --from ds-universal --load {d} --save NEW_DIR`)")
     if any(_has(t, r".*\.distcp$") for t in tag_dirs) or any(_has(t, r"^common\.pt$") for t in tag_dirs):
         return torch_dist
     if any(_has(t, r"^mp_rank_\d\d(_\d\d\d)?$") for t in tag_dirs) or "latest_checkpointed_iteration.txt" in names:
@@ -103,8 +107,7 @@ def foreign_format(ckpt_dir: str) -> tuple[str, str] | None:
     if any(re.match(r"^global_step\d+$", n) for n in names) or (latest or "").startswith("global_step") \
             or _has(d, r"^(mp_rank_\d\d_model_states|layer_\d\d-model_\d\d-model_states)\.pt$"):
         return ("Megatron-DeepSpeed (global_stepN/...model_states.pt)",
-                "convert it to Megatron-LM's format with Megatron-DeepSpeed's tools/convert_checkpoint/"
-                f"deepspeed_to_megatron.py, then `{CONVERTER} --from megatron-lm --load THAT_DIR --save NEW_DIR`")
+                f"convert it with `{CONVERTER} --from megatron-deepspeed --load {d} --save NEW_DIR`")
     if "config.json" in names and any(n.endswith((".safetensors", ".bin")) or n.endswith(".index.json")
                                       for n in names):
         return "Hugging Face transformers", f"convert it with `{CONVERTER} --from hf --load {d} --save NEW_DIR`"

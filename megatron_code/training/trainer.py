@@ -28,6 +28,7 @@ from ..parallel.engine import (build_partitioned_gpt, check_precision_supported,
                                initialize_engine, trainer_clips_gradients)
 from ..parallel.activation_checkpoint import apply_activation_checkpointing
 from ..parallel.groups import ParallelGroups
+from ..parallel.universal import read_ds_universal, universal_info
 from ..parallel.pipeline import (PipelineBatches, StepClipper, build_pipeline, loss_may_produce_gradients,
                                  pipeline_ds_config)
 from . import checkpoint as ckpt
@@ -154,7 +155,7 @@ class Trainer:
         for note in apply_study_formulas(job):  # --lr auto etc.: needs the batch plan above
             log(note, self.rank)
         self.step_batch = t.global_batch_size  # the batch DeepSpeed is configured for; see _set_step_batch
-        ckpt.check_fresh_save_dir(t.save, t.load)  # other trainers' checkpoints, another run's --save: refused
+        ckpt.check_fresh_save_dir(t.save, None if t.universal_checkpoint else t.load)  # other trainers' checkpoints, another run's --save: refused
         self.save_lock = ckpt.lock_save_dir(t.save, self.rank) if t.save else None  # one job per --save
         seed_everything(t.seed)
         self.tokenizer = resolve_tokenizer(job)
@@ -196,7 +197,8 @@ class Trainer:
                 f"(the Megatron first-launch convention)", self.rank)
             t.load = None
         if t.load:
-            state = ckpt.load_checkpoint(self.engine, job, t.load, self.tok_fp)
+            state = (self._load_universal(t.load) if t.universal_checkpoint else
+                     ckpt.load_checkpoint(self.engine, job, t.load, self.tok_fp))
             if t.finetune:
                 log(f"fine-tuning from the weights in {t.load} (iteration, data position and optimizer start "
                     f"fresh)", self.rank)
@@ -395,10 +397,27 @@ class Trainer:
                  "tokenizer_fingerprint": self.tok_fp, "skip_samples": sorted(self.skip_samples),
                  "phase": self.phase,
                  "layout": {"tp": self.groups.tp_size, "pp": self.groups.pp_size, "dp": self.groups.dp_size,
-                            "zero": self.job.parallel.zero_stage}}
+                            "zero": self.job.parallel.zero_stage},
+                 # for DeepSpeed's ds_to_universal (convert/ds_universal.py), and the config it carries along
+                 "universal_checkpoint_info": universal_info(), "job_config": self.job.to_dict()}
         path = ckpt.save_checkpoint(self.engine, self.job, t.save, self.iteration, state, self.tokenizer,
                                     is_rank0=self.rank == 0, keep=t.keep_checkpoints)
         log(f"saved checkpoint {path}", self.rank)
+
+    def _load_universal(self, path: str) -> dict:
+        """--universal-checkpoint: a DeepSpeed universal folder (weights and Adam moments) into this layout."""
+        from ..parallel.reshard import load_full_into_engine
+
+        saved, state = read_ds_universal(path)
+        if saved is not None:
+            ckpt.check_compatible(saved, self.job)
+        t = self.job.training
+        mpu = getattr(self.engine, "mpu", None)
+        tp_rank = mpu.get_tensor_model_parallel_rank() if (mpu is not None and self.groups.tp_size > 1) else 0
+        load_full_into_engine(self.engine, state, self.job.model, tp=self.groups.tp_size, tp_rank=tp_rank,
+                              load_optimizer=t.load_optim and not t.finetune)
+        log(f"loaded the DeepSpeed universal checkpoint {path}", self.rank)
+        return {"iteration": 0, "consumed_samples": 0, **state.client_state}
 
     def _time(self, name: str, seconds: float) -> None:
         self.timers[name] = self.timers.get(name, 0.0) + seconds

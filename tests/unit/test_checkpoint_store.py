@@ -110,7 +110,7 @@ def _unknown(d):
 @pytest.mark.parametrize("make,words", [
     (_megatron_lm, ["Megatron-LM", "--from megatron-lm"]),
     (_torch_dist, ["torch_dist", "--ckpt-convert-format torch", "--from megatron-lm"]),
-    (_megatron_deepspeed, ["Megatron-DeepSpeed", "deepspeed_to_megatron.py", "--from megatron-lm"]),
+    (_megatron_deepspeed, ["Megatron-DeepSpeed", "--from megatron-deepspeed"]),
     (_hf, ["Hugging Face", "--from hf"]),
     (_unknown, ["unknown format", "convert_checkpoint.py"]),
 ])

@@ -46,9 +46,9 @@ ds-sequence-parallel-fpdt vocab-size exit-signal
 """.split()
 
 
-# Being implemented by other work in flight (distributed timeout; DeepSpeed universal
+# Being implemented by other work in flight (distributed timeout):
 # checkpoints): until they land these are unknown flags, an error naming the closest flag.
-PENDING = {"distributed-timeout-minutes", "universal-checkpoint"}
+PENDING = {"distributed-timeout-minutes"}
 
 
 def _what(setter) -> str:
