@@ -141,3 +141,19 @@ def write_ds_universal(job: JobConfig, state: FullState, out_dir: str, tokenizer
     with open(os.path.join(out_dir, "meta.json"), "w") as f:
         json.dump({"iteration": state.client_state.get("iteration"), "format": "deepspeed-universal"}, f)
     return out_dir
+
+
+def load_universal(engine, job: JobConfig, path: str, check_compatible=None) -> dict:
+    """Collective. --universal-checkpoint: a universal folder (weights and, unless --no-load-optim/--finetune, Adam
+    moments) into `engine` at whatever TP x PP x DP x ZeRO layout it runs; returns the client state."""
+    from .reshard import load_full_into_engine
+
+    saved, state = read_ds_universal(path)
+    if saved is not None and check_compatible is not None:
+        check_compatible(saved, job)
+    t, tp = job.training, job.parallel.tensor_parallel
+    mpu = getattr(engine, "mpu", None)
+    tp_rank = mpu.get_tensor_model_parallel_rank() if (mpu is not None and tp > 1) else 0
+    load_full_into_engine(engine, state, job.model, tp=tp, tp_rank=tp_rank,
+                          load_optimizer=t.load_optim and not t.finetune)
+    return {"iteration": 0, "consumed_samples": 0, **state.client_state}

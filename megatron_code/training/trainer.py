@@ -28,7 +28,7 @@ from ..parallel.engine import (build_partitioned_gpt, check_precision_supported,
                                initialize_engine, trainer_clips_gradients)
 from ..parallel.activation_checkpoint import apply_activation_checkpointing
 from ..parallel.groups import ParallelGroups
-from ..parallel.universal import read_ds_universal, universal_info
+from ..parallel.universal import load_universal, universal_info
 from ..parallel.pipeline import (PipelineBatches, StepClipper, build_pipeline, loss_may_produce_gradients,
                                  pipeline_ds_config)
 from . import checkpoint as ckpt
@@ -197,7 +197,7 @@ class Trainer:
                 f"(the Megatron first-launch convention)", self.rank)
             t.load = None
         if t.load:
-            state = (self._load_universal(t.load) if t.universal_checkpoint else
+            state = (load_universal(self.engine, job, t.load, ckpt.check_compatible) if t.universal_checkpoint else
                      ckpt.load_checkpoint(self.engine, job, t.load, self.tok_fp))
             if t.finetune:
                 log(f"fine-tuning from the weights in {t.load} (iteration, data position and optimizer start "
@@ -403,21 +403,6 @@ class Trainer:
         path = ckpt.save_checkpoint(self.engine, self.job, t.save, self.iteration, state, self.tokenizer,
                                     is_rank0=self.rank == 0, keep=t.keep_checkpoints)
         log(f"saved checkpoint {path}", self.rank)
-
-    def _load_universal(self, path: str) -> dict:
-        """--universal-checkpoint: a DeepSpeed universal folder (weights and Adam moments) into this layout."""
-        from ..parallel.reshard import load_full_into_engine
-
-        saved, state = read_ds_universal(path)
-        if saved is not None:
-            ckpt.check_compatible(saved, self.job)
-        t = self.job.training
-        mpu = getattr(self.engine, "mpu", None)
-        tp_rank = mpu.get_tensor_model_parallel_rank() if (mpu is not None and self.groups.tp_size > 1) else 0
-        load_full_into_engine(self.engine, state, self.job.model, tp=self.groups.tp_size, tp_rank=tp_rank,
-                              load_optimizer=t.load_optim and not t.finetune)
-        log(f"loaded the DeepSpeed universal checkpoint {path}", self.rank)
-        return {"iteration": 0, "consumed_samples": 0, **state.client_state}
 
     def _time(self, name: str, seconds: float) -> None:
         self.timers[name] = self.timers.get(name, 0.0) + seconds
