@@ -10,6 +10,7 @@ near-dedup: documents/s of the whole near dedup (signatures -> candidate pairs -
      whitespace: its tokenizers, even the whitespace one, need spaCy; its cluster stage, no verification), same
      bands x rows.
   Recall and precision of each against exact Jaccard of the shingle sets, on planted pairs.
+signatures: the signature computation alone, in memory (ours / datasketch / datatrove's hashing).
 filters: MB/s of the study's filter steps (reader, language, quality) with 1 and 2 workers (4 tasks).
 
     python benchmarks/bench_curation.py --reps 3
@@ -185,6 +186,43 @@ def bench_near_dedup(reps: int, n_pairs: int, n_stdlib: int) -> dict:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def bench_signatures(reps: int, n_files: int = 300) -> dict:
+    """The dominant cost alone, in memory: MinHash signatures of stdlib files, ours (CodeMinhashSignature) vs
+    datasketch (MinHash.update_batch over the same shingle strings, 256 permutations) vs datatrove's own shingle
+    hashing and (a*x+b) mod (2^61-1) permutations on the same tokens (string_shingles=True)."""
+    from datasketch import MinHash
+
+    from megatron_code.curation.dedup import CodeMinhashSignature, NearDedupParams, shingle_strings
+    from megatron_code.data.corpus import _iter_stdlib, stdlib_root
+
+    texts = [d["text"] for _, d in zip(range(n_files), _iter_stdlib(stdlib_root()))]
+    cfg = NearDedupParams(threshold=THRESHOLD, num_perm=NUM_PERM, n_grams=N_GRAMS).config()
+    ours = CodeMinhashSignature(tempfile.mkdtemp(), cfg)
+    dt = CodeMinhashSignature(tempfile.mkdtemp(), cfg, string_shingles=True)
+
+    def sig(step):
+        for x in texts:
+            sh = step.get_shingles(x)
+            if sh.size:
+                step.get_signature(sh)
+
+    def ds():
+        for x in texts:
+            MinHash(num_perm=NUM_PERM).update_batch([t.encode() for t in shingle_strings(x, N_GRAMS)])
+
+    fns = {"ours": lambda: sig(ours), "datasketch": ds, "datatrove_hashing": lambda: sig(dt)}
+    times = {k: [] for k in fns}
+    for rep in range(reps):
+        for name in (list(fns) if rep % 2 == 0 else list(fns)[::-1]):
+            t0 = time.perf_counter()
+            fns[name]()
+            times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"files": len(texts), "mb": sum(len(t.encode()) for t in texts) / 1e6, "median_s": med, "times": times,
+            "ours_vs_datasketch": med["datasketch"] / med["ours"],
+            "ours_vs_datatrove_hashing": med["datatrove_hashing"] / med["ours"]}
+
+
 def bench_filters(reps: int) -> dict:
     from megatron_code.curation.pipeline import curate
     from megatron_code.data.corpus import _iter_stdlib, stdlib_root
@@ -221,7 +259,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--pairs", type=int, default=300)
     ap.add_argument("--stdlib-files", type=int, default=600)
-    ap.add_argument("--only", choices=["near-dedup", "filters"], default=None)
+    ap.add_argument("--only", choices=["near-dedup", "signatures", "filters"], default=None)
     args = ap.parse_args()
     from loguru import logger
 
@@ -229,6 +267,8 @@ def main() -> int:
     out = {}
     if args.only in (None, "near-dedup"):
         out["near_dedup"] = bench_near_dedup(args.reps, args.pairs, args.stdlib_files)
+    if args.only in (None, "signatures"):
+        out["signatures"] = bench_signatures(args.reps)
     if args.only in (None, "filters"):
         out["filters"] = bench_filters(args.reps)
     print(json.dumps(out, indent=1, default=str))
