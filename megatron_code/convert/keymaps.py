@@ -220,7 +220,7 @@ def expand(target: str, cfg: ModelConfig, keys) -> list[Rule]:
 
 
 # ----------------------------------------------------------------------------------------------- export
-HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "swiglu": "silu"}
+HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "swiglu": "silu", "relu": "relu"}
 
 
 def hf_config_kwargs(cfg: ModelConfig, target: str) -> dict:
@@ -230,7 +230,7 @@ def hf_config_kwargs(cfg: ModelConfig, target: str) -> dict:
               max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=cfg.tie_embeddings,
               initializer_range=cfg.init_std, architectures=[target], dtype="float32",
               rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rotary_base)})
-    act = HF_ACT[cfg.activation]
+    act = HF_ACT.get(cfg.activation)  # elu: our modeling code only (transformers' ACT2FN has no ELU)
     if target == "GPTNeoXForCausalLM":
         kw.update(hidden_act=act, layer_norm_eps=cfg.norm_eps, use_parallel_residual=cfg.block == "parallel",
                   attention_bias=cfg.bias, attention_dropout=cfg.attention_dropout, hidden_dropout=cfg.hidden_dropout)
@@ -298,7 +298,8 @@ def to_hf_state_dict(cfg: ModelConfig, sd: dict[str, torch.Tensor], target: str)
 
 
 # ----------------------------------------------------------------------------------------------- import
-HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh"}
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu_fast": "gelu_tanh",
+                  "relu": "relu"}
 
 
 def _nonzero(tensors) -> bool:
@@ -318,7 +319,8 @@ def _rope(hf_cfg, target: str) -> tuple[float, float]:
 
 def _activation(target: str, act) -> str:
     if act not in HF_ACTIVATIONS:
-        raise UnsupportedArchitecture(f"{target} with hidden_act={act!r}: we implement gelu and tanh-gelu only")
+        raise UnsupportedArchitecture(f"{target} with hidden_act={act!r}: we implement gelu, tanh-gelu and relu "
+                                      f"only")
     return HF_ACTIVATIONS[act]
 
 
@@ -444,7 +446,7 @@ def _is_norm(key: str) -> bool:
 
 ARCH_PROPERTIES = ("num_layers", "hidden_size", "num_attention_heads", "kv_heads", "head_size", "ffn_size",
                    "vocab_size", "max_position_embeddings", "position_embedding", "rotary_size", "rotary_base",
-                   "norm", "norm_eps", "activation", "block", "tie_embeddings")
+                   "norm", "norm_eps", "activation", "block", "tie_embeddings", "output_logit_scaling")
 
 
 def _config_from_record(record, inferred: ModelConfig, target: str) -> ModelConfig | None:

@@ -40,12 +40,12 @@ REMOTE_FIELDS: dict[str, tuple | None] = {
     "ffn_hidden_size": None, "vocab_size": None, "vocab_pad_multiple": None, "max_position_embeddings": None,
     "position_embedding": ("learned", "rope", "none"), "rotary_percent": None, "rotary_dims": None,
     "rotary_base": None, "norm": ("layernorm", "rmsnorm"), "norm_eps": None, "norm_bias": None,
-    "activation": ("gelu", "gelu_tanh", "swiglu"), "block": ("sequential", "parallel"),
+    "activation": ("gelu", "gelu_tanh", "swiglu", "relu", "elu"), "block": ("sequential", "parallel"),
     "parallel_shared_norm": None, "bias": None, "tie_embeddings": None, "output_bias": None,
     # training-only fields: no effect on the function at inference
     "attention_dropout": None, "hidden_dropout": None, "embedding_dropout": None, "init_std": None,
     "scaled_init": None, "embedding_init_std": None, "layerdrop": None, "drophead": None,
-    "output_logit_scaling": None,  # a function of the model: Cohere's logit_scale only (target_problems)
+    "output_logit_scaling": None,  # a function of the model: Cohere's logit_scale or our code (target_problems)
 }
 
 
@@ -71,13 +71,15 @@ def target_problems(cfg: ModelConfig, target: str) -> list[str]:
     p: list[str] = _unknown_fields(cfg)
     natural_head = cfg.hidden_size // cfg.num_attention_heads
     natural = cfg.head_size * cfg.num_attention_heads == cfg.hidden_size
-    gelu = cfg.activation in ("gelu", "gelu_tanh")
+    # one activation between fc_in and fc_out; transformers' ACT2FN has gelu, tanh-gelu and relu (no ELU)
+    gelu = cfg.activation in ("gelu", "gelu_tanh", "relu")
     if target not in TARGETS:
         raise UnsupportedArchitecture(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
-    if cfg.output_logit_scaling and target != "CohereForCausalLM":
-        p.append("output_logit_scaling (logits times 1/sqrt(hidden_size)): only Cohere's logit_scale expresses it")
     if target == REMOTE:
         return p
+    if cfg.output_logit_scaling and target != "CohereForCausalLM":
+        p.append("output_logit_scaling (logits times 1/sqrt(hidden_size)): of the standard classes only Cohere's "
+                 "logit_scale expresses it")
     if target == "GPT2LMHeadModel":
         if cfg.position_embedding != "learned":
             p.append("GPT-2 needs learned positions")

@@ -63,6 +63,13 @@ CASES = {
                                                   num_kv_heads=2, tie_embeddings=False, output_bias=True)),
     "remote_partial_rotary_swiglu": (REMOTE, dict(norm="rmsnorm", activation="swiglu", rotary_percent=0.5,
                                                   block="parallel", num_kv_heads=1)),
+    # the democratization study's activation ablation: ReLU in a standard class, ELU in our code
+    "relu_starcoder2": ("Starcoder2ForCausalLM", dict(norm="layernorm", activation="relu", block="sequential",
+                                                      num_kv_heads=2)),
+    "elu_remote": (REMOTE, dict(norm="layernorm", activation="elu", block="sequential")),
+    # PaLM's logit scaling where Cohere does not fit (partial rotary): our code
+    "logit_scaling_remote": (REMOTE, dict(norm="layernorm", norm_bias=False, activation="swiglu", block="parallel",
+                                          bias=False, rotary_percent=0.5, output_logit_scaling=True)),
 }
 
 

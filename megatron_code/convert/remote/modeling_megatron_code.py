@@ -2,7 +2,7 @@
 megatron_code.model.GPT for every layout it accepts, with the same module names, so the tensors are ours unchanged.
 
 Layouts: learned / rotary (half-split, partial) / no positions; LayerNorm (with or without bias) or RMSNorm (fp32);
-GELU (exact or tanh) or SwiGLU; sequential or parallel block (one shared norm or two); MHA/GQA/MQA with any head
+GELU (exact or tanh), ReLU, ELU or SwiGLU; optional 1/sqrt(hidden) logit scaling; sequential or parallel block (one shared norm or two); MHA/GQA/MQA with any head
 size; biases on or off; tied or untied head, optional output bias. Attention: softmax(q k^T / sqrt(head_dim)),
 causal, through torch's scaled_dot_product_attention.
 """
@@ -101,14 +101,15 @@ class _MLP(nn.Module):
             self.up_proj = nn.Linear(a.hidden_size, a.ffn_size, bias=a.bias)
             self.down_proj = nn.Linear(a.ffn_size, a.hidden_size, bias=a.bias)
         else:
-            self.approximate = "tanh" if a.activation == "gelu_tanh" else "none"
+            self.act = {"gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "relu": F.relu,
+                        "elu": F.elu}[a.activation]  # ELU with alpha 1
             self.fc_in = nn.Linear(a.hidden_size, a.ffn_size, bias=a.bias)
             self.fc_out = nn.Linear(a.ffn_size, a.hidden_size, bias=a.bias)
 
     def forward(self, x):
         if self.swiglu:
             return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-        return self.fc_out(F.gelu(self.fc_in(x), approximate=self.approximate))
+        return self.fc_out(self.act(self.fc_in(x)))
 
 
 class _Block(nn.Module):
@@ -205,6 +206,8 @@ class MegatronCodeForCausalLM(MegatronCodePreTrainedModel, GenerationMixin):
         for layer in self.layers:
             x = layer(x, rope, mask, cache)
         hidden = self.final_norm(x)
+        if a.__dict__.get("output_logit_scaling"):  # PaLM's 1/sqrt(d) on the logits, applied before the head
+            hidden = hidden * a.hidden_size ** -0.5
         if isinstance(logits_to_keep, int) and logits_to_keep > 0:
             hidden = hidden[:, -logits_to_keep:]
         logits = self.lm_head(hidden) if not a.tie_embeddings else F.linear(hidden, self.embed.word.weight)

@@ -1,0 +1,101 @@
+#!/usr/bin/env python
+"""Decoding throughput (new tokens per second), same run, peers interleaved A B C A B C ...:
+
+A: ours, deterministic contrastive search (temperature 0): one batched forward of the B x k candidates per step on
+   the shared KV cache (KVCache.reorder), then the cache reordered to the winners;
+B: ours, stochastic contrastive search (temperature > 0): the same path plus one draw per row;
+C: transformers' own sampling (`generate(do_sample=True)`) on the Hugging Face export of the same model.
+
+C is not the same algorithm (it has no candidate forward and no degeneration penalty): it is the cost of plain
+sampling in the peer library, the floor any contrastive decoder pays on top of. transformers 5 no longer ships
+contrastive search itself (moved to a Hub repository this machine cannot download), so there is no same-algorithm
+peer. Every peer generates exactly --new-tokens tokens per row (no EOD stop).
+
+    python benchmarks/bench_contrastive.py --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--k", type=int, default=4)
+    p.add_argument("--alpha", type=float, default=0.4)
+    p.add_argument("--temperature", type=float, default=0.6)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--hidden", type=int, default=512)
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    import transformers
+
+    from megatron_code.config.model import ModelConfig
+    from megatron_code.convert import export_model
+    from megatron_code.inference.contrastive import contrastive_sample
+    from megatron_code.model import GPT
+
+    cfg = ModelConfig(num_layers=args.layers, hidden_size=args.hidden, num_attention_heads=8, vocab_size=8000,
+                      max_position_embeddings=args.prompt_len + args.new_tokens + 8, position_embedding="rope",
+                      norm="rmsnorm", activation="swiglu", ffn_hidden_size=4 * args.hidden, bias=False)
+    model = GPT(cfg)
+    model.init_weights(torch.Generator().manual_seed(0))
+    model.eval()
+    prompts = torch.randint(0, cfg.vocab_size, (args.batch, args.prompt_len),
+                            generator=torch.Generator().manual_seed(1)).tolist()
+    with tempfile.TemporaryDirectory() as d:
+        target = export_model(cfg, model.state_dict(), d)
+        hf = transformers.AutoModelForCausalLM.from_pretrained(d).eval()
+    total = args.batch * args.new_tokens
+
+    def ours(temperature):
+        def run():
+            out = contrastive_sample(model, prompts, top_k=args.k, alpha=args.alpha, temperature=temperature,
+                                     max_new_tokens=args.new_tokens, batch_size=args.batch, seed=0)
+            assert all(len(x[0]) == args.new_tokens for x in out)
+        return run
+
+    def theirs():
+        with torch.no_grad():
+            out = hf.generate(torch.tensor(prompts), do_sample=True, temperature=args.temperature, top_k=0,
+                              top_p=1.0, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens,
+                              pad_token_id=0)
+        assert out.shape[1] == args.prompt_len + args.new_tokens
+
+    peers = {"A: ours, contrastive T=0 (deterministic)": ours(0.0),
+             f"B: ours, contrastive T={args.temperature} (stochastic)": ours(args.temperature),
+             f"C: transformers sampling T={args.temperature} ({target})": theirs}
+    for fn in peers.values():  # warm-up
+        fn()
+    times = {name: [] for name in peers}
+    for _ in range(args.rounds):
+        for name, fn in peers.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    print(f"{args.layers} layers x {args.hidden}, batch {args.batch}, prompt {args.prompt_len}, "
+          f"{args.new_tokens} new tokens, k={args.k}, load {os.getloadavg()[0]:.1f}, {args.rounds} rounds")
+    base = statistics.median(times[next(iter(peers))])
+    print("| peer | median s | tokens/s | vs A |\n|---|---|---|---|")
+    for name, ts in times.items():
+        m = statistics.median(ts)
+        print(f"| {name} | {m:.2f} | {total / m:.0f} | {base / m:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()
