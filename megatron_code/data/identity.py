@@ -13,11 +13,12 @@ import json
 import os
 
 from ..utils import atomic
+from .indexed import IndexedDatasetError
 
 SUFFIX = ".tokenizer.json"
 
 
-class DatasetTokenizerError(ValueError):
+class DatasetTokenizerError(IndexedDatasetError):
     """The dataset was tokenized with another tokenizer than the one given."""
 
 

@@ -11,6 +11,9 @@ import os
 from typing import Any
 
 META = "meta.json"
+# Not checksummed: meta.json holds the records, and config.yaml is text that users edit (paths, a recorded
+# sequence length) and that is validated field by field when it is read.
+UNCHECKED = (META, "config.yaml")
 
 
 def sha256_file(path: str) -> str:
@@ -18,9 +21,8 @@ def sha256_file(path: str) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def file_records(directory: str, exclude: tuple[str, ...] = (META,)) -> dict[str, dict[str, Any]]:
-    """{relative path: {"size", "sha256"}} of every file under `directory`, except `exclude` (meta.json, which
-    holds the records)."""
+def file_records(directory: str, exclude: tuple[str, ...] = UNCHECKED) -> dict[str, dict[str, Any]]:
+    """{relative path: {"size", "sha256"}} of every file under `directory`, except `exclude` (UNCHECKED)."""
     out = {}
     for root, _, files in os.walk(directory):
         for name in files:

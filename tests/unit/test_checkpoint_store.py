@@ -49,7 +49,7 @@ def warnings_of(save_dir, **kw):
 def test_meta_lists_every_file_with_its_checksum(tmp_path):
     final = save(tmp_path, 3)
     files = json.load(open(os.path.join(final, "meta.json")))["files"]
-    assert set(files) == {"config.yaml", "mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"}
+    assert set(files) == {"mp_rank_00_model_states.pt", "zero_pp_rank_0_mp_rank_00_optim_states.pt"}
     assert files["zero_pp_rank_0_mp_rank_00_optim_states.pt"]["size"] == 8192
     assert all(len(r["sha256"]) == 64 for r in files.values())
     assert not os.path.exists(tmp_path / ".staging")

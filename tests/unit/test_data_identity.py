@@ -69,3 +69,20 @@ def test_sidecar_check_and_merge(tmp_path):
     (tmp_path / "c.tokenizer.json").write_text("{not json")
     with pytest.raises(identity.DatasetTokenizerError, match="unreadable"):
         identity.read_sidecar(c)
+
+
+def test_merge_tool_refuses_mixed_tokenizers_in_one_line(tmp_path, capsys):
+    import importlib.util
+    import os
+
+    a, b = write(tmp_path / "a", [5, 6]), write(tmp_path / "b", [7])
+    identity.write_sidecar(a, Tok("f" * 64))
+    identity.write_sidecar(b, Tok("e" * 64))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location("merge_tool", os.path.join(root, "tools", "merge_datasets.py"))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.main(["--input", a, b, "--output-prefix", str(tmp_path / "ab")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot merge") and "different tokenizers" in err
+    assert not os.path.exists(tmp_path / "ab.bin")
