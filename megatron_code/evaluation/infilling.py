@@ -272,7 +272,8 @@ def score_infills(tasks: Sequence[InfillTask], predictions: Sequence[str], *, ex
                 programs.append(CheckedProgram(solution=t.prefix + preds[i] + t.suffix + "\n", test=prob["test"],
                                                entry_point=prob["entry_point"], prelude=prob["reference"]))
             else:
-                programs.append(CheckedProgram.from_problem(prob, (t.prefix + preds[i] + t.suffix)[len(prob["prompt"]):]))
+                completed = t.prefix + preds[i] + t.suffix
+                programs.append(CheckedProgram.from_problem(prob, completed[len(prob["prompt"]):]))
         for i, r in zip(runnable, run_many(programs, timeout=timeout, workers=workers, progress=progress)):
             passed[i] = r.passed
     report = InfillReport(statuses=dict(Counter(statuses)) if statuses else {})

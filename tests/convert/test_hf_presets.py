@@ -1,7 +1,7 @@
 """Every preset's layout exports to Hugging Face: a tiny model of the same family (same target class, same head /
 rotary / norm / block / bias / tie choices at small sizes) gives the same logits (1e-4, fp32) and the same 32 greedy
-tokens from a text prompt through AutoTokenizer + AutoModelForCausalLM, and re-importing gives identical tensors. A preset added without an export path
-fails here (the test enumerates PRESETS)."""
+tokens from a text prompt through AutoTokenizer + AutoModelForCausalLM, and re-importing gives identical tensors.
+A preset added without an export path fails here (the test enumerates PRESETS)."""
 
 from __future__ import annotations
 

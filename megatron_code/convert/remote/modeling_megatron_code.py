@@ -2,9 +2,9 @@
 megatron_code.model.GPT for every layout it accepts, with the same module names, so the tensors are ours unchanged.
 
 Layouts: learned / rotary (half-split, partial) / no positions; LayerNorm (with or without bias) or RMSNorm (fp32);
-GELU (exact or tanh), ReLU, ELU or SwiGLU; optional 1/sqrt(hidden) logit scaling; sequential or parallel block (one shared norm or two); MHA/GQA/MQA with any head
-size; biases on or off; tied or untied head, optional output bias. Attention: softmax(q k^T / sqrt(head_dim)),
-causal, through torch's scaled_dot_product_attention.
+GELU (exact or tanh), ReLU, ELU or SwiGLU; optional 1/sqrt(hidden) logit scaling; sequential or parallel block
+(one shared norm or two); MHA/GQA/MQA with any head size; biases on or off; tied or untied head, optional output
+bias. Attention: softmax(q k^T / sqrt(head_dim)), causal, through torch's scaled_dot_product_attention.
 """
 
 import math
