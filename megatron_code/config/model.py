@@ -8,7 +8,7 @@ from typing import Optional
 
 from .base import ConfigBase, ConfigError
 
-POSITION_TYPES = ("learned", "rope", "none")
+POSITION_TYPES = ("learned", "rope", "none", "t5")  # t5: relative position bias (model/attention.py)
 NORM_TYPES = ("layernorm", "rmsnorm")
 ACTIVATIONS = ("gelu", "gelu_tanh", "swiglu", "relu", "elu")
 BLOCK_TYPES = ("sequential", "parallel")
@@ -35,6 +35,11 @@ class ModelConfig(ConfigBase):
     rotary_percent: float = 1.0
     rotary_dims: Optional[int] = None
     rotary_base: float = 10000.0
+    # position_embedding "t5": T5's relative position bias (Raffel et al., 2020), a learned scalar per head and
+    # bucket of the distance key - query: exact up to buckets / 2, log-spaced up to max_distance, causal
+    # (unidirectional) buckets. One table per layer (T5 shares one across layers).
+    t5_buckets: int = 32
+    t5_max_distance: int = 128
     norm: str = "layernorm"
     norm_eps: float = 1e-5
     norm_bias: bool = True
@@ -126,6 +131,10 @@ class ModelConfig(ConfigBase):
             need(0.0 <= v < 1.0, f"model.{name} must be in [0, 1), got {v}")
         need(self.vocab_size is None or self.vocab_size > 0, "model.vocab_size must be positive")
         need(self.vocab_pad_multiple >= 1, "model.vocab_pad_multiple must be >= 1")
+        if self.position_embedding == "t5":
+            need(self.t5_buckets >= 2 and self.t5_max_distance > self.t5_buckets // 2,
+                 f"model.t5_buckets ({self.t5_buckets}) must be >= 2 and model.t5_max_distance "
+                 f"({self.t5_max_distance}) above half of it (T5: 32 and 128)")
         need(self.init_std > 0, "model.init_std must be positive")
         need(self.embedding_init_std is None or self.embedding_init_std > 0, "model.embedding_init_std must be positive")
         need(self.ffn_size > 0, "model.ffn_hidden_size must be positive")

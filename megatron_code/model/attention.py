@@ -7,6 +7,8 @@ column-sharded q_proj with H/tp heads just works.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -39,6 +41,17 @@ class LayerKVCache:
         self.v = self.v.index_select(0, index)
 
 
+def t5_bucket(relative: torch.Tensor, buckets: int, max_distance: int) -> torch.Tensor:
+    """T5's unidirectional relative-position bucket of key - query (Raffel et al., 2020; its
+    `_relative_position_bucket(bidirectional=False)`): distances n = max(query - key, 0) below buckets / 2 get their
+    own bucket; larger ones share log-spaced buckets up to max_distance, then the last bucket."""
+    n = (-relative).clamp(min=0)
+    exact = buckets // 2
+    large = exact + (torch.log(n.float().clamp(min=1) / exact) / math.log(max_distance / exact)
+                     * (buckets - exact)).long()
+    return torch.where(n < exact, n, large.clamp(max=buckets - 1))
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -51,6 +64,9 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(cfg.hidden_size, kv_out, bias=cfg.bias)
         self.v_proj = nn.Linear(cfg.hidden_size, kv_out, bias=cfg.bias)
         self.o_proj = nn.Linear(q_out, cfg.hidden_size, bias=cfg.bias)
+        if cfg.position_embedding == "t5":
+            self.rel_bias = nn.Embedding(cfg.t5_buckets, cfg.num_attention_heads)
+            self.t5 = (cfg.t5_buckets, cfg.t5_max_distance)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                 cache: LayerKVCache | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -68,7 +84,12 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.append(k, v)
         dropout = self.dropout_p if self.training else 0.0
-        out = attention_kernel(q, k, v, causal=True, dropout_p=dropout, mask=mask)  # (B, Hq_local, T, D)
+        bias = None
+        if hasattr(self, "rel_bias"):  # T5: bias[h, i, j] from the bucket of (key j - query i)
+            tk = k.shape[2]
+            rel = torch.arange(tk, device=x.device)[None, :] - torch.arange(tk - t, tk, device=x.device)[:, None]
+            bias = self.rel_bias(t5_bucket(rel, *self.t5)).permute(2, 0, 1)[None]  # (1, H, T, Tk)
+        out = attention_kernel(q, k, v, causal=True, dropout_p=dropout, mask=mask, bias=bias)  # (B, Hq_local, T, D)
         if self.training and self.drophead > 0:  # DropHead: whole heads per sample, kept ones rescaled
             keep = torch.rand(out.shape[0], out.shape[1], 1, 1, device=out.device) >= self.drophead
             out = out * keep.to(out.dtype) / (1.0 - self.drophead)

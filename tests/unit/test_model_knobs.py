@@ -124,3 +124,44 @@ def test_drophead_masks_whole_heads_per_sample_and_rescales():
     want = attn.o_proj(ref.transpose(1, 2).reshape(3, 5, 32))
     assert torch.allclose(got, want, rtol=1e-10, atol=1e-12)
     assert 0 < keep.sum() < keep.numel()
+
+
+# --- T5 relative position bias ----------------------------------------------------------------------------------
+
+def test_t5_buckets_equal_transformers_t5():
+    t5 = pytest.importorskip("transformers.models.t5.modeling_t5")
+    from megatron_code.model.attention import t5_bucket
+    rel = torch.arange(-600, 1)[None, :].repeat(1, 1)
+    for buckets, dist in ((32, 128), (16, 64), (8, 20)):
+        want = t5.T5Attention._relative_position_bucket(rel, bidirectional=False, num_buckets=buckets,
+                                                        max_distance=dist)
+        assert torch.equal(t5_bucket(rel, buckets, dist), want)
+
+
+def test_t5_bias_attention_equals_direct_scores_and_cache_decoding():
+    model = build(tiny(position_embedding="t5", t5_buckets=8, t5_max_distance=16)).eval()
+    with torch.no_grad():
+        for layer in model.layers:
+            layer.attn.rel_bias.weight.normal_(0, 1.0)
+    attn = model.layers[0].attn
+    x = torch.randn(2, 21, 32, dtype=torch.float64)
+    from megatron_code.model.attention import t5_bucket
+    q, k, v = (proj(x).view(2, 21, 4, 8).transpose(1, 2) for proj in (attn.q_proj, attn.k_proj, attn.v_proj))
+    pos = torch.arange(21)
+    bias = attn.rel_bias(t5_bucket(pos[None, :] - pos[:, None], 8, 16)).permute(2, 0, 1)  # (H, T, T)
+    scores = q @ k.transpose(-1, -2) / 8 ** 0.5 + bias
+    scores = scores.masked_fill(~torch.ones(21, 21, dtype=torch.bool).tril(), float("-inf"))
+    want = attn.o_proj((scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 21, 32))
+    assert torch.allclose(attn(x), want, rtol=1e-10, atol=1e-12)
+    # KV-cache decoding sees the same distances as the full forward
+    ids = torch.randint(0, 100, (2, 9))
+    full = model(ids)
+    cache = model.new_cache(2, 9)
+    steps = [model(ids[:, :5], cache=cache)] + [model(ids[:, i:i + 1], cache=cache) for i in range(5, 9)]
+    assert torch.allclose(torch.cat(steps, 1), full, rtol=1e-9, atol=1e-10)
+
+
+def test_t5_bias_refused_with_tensor_parallelism():
+    from megatron_code.config.cli import parse_args
+    with pytest.raises(ConfigError, match="not sharded over heads for tensor parallelism"):
+        parse_args(["--model.position_embedding", "t5", "--tensor-model-parallel-size", "2"])

@@ -23,8 +23,14 @@ def _flash_ok(q: torch.Tensor, mask) -> bool:
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, dropout_p: float = 0.0,
-              mask: torch.Tensor | None = None, impl: str = "auto") -> torch.Tensor:
-    """q: (B, Hq, Tq, D), k/v: (B, Hkv, Tk, D). Returns (B, Hq, Tq, D). See attention_reference for semantics."""
+              mask: torch.Tensor | None = None, impl: str = "auto", bias: torch.Tensor | None = None) -> torch.Tensor:
+    """q: (B, Hq, Tq, D), k/v: (B, Hkv, Tk, D). Returns (B, Hq, Tq, D). See attention_reference for semantics.
+    ``bias``: an additive float bias on the scores, broadcastable to (B, Hq, Tq, Tk) (T5's relative position bias);
+    it goes through torch's SDPA with causality and ``mask`` folded in as -inf."""
+    if bias is not None:
+        if impl == "reference":
+            raise ValueError("attention(impl='reference') takes no bias")
+        impl = "sdpa"
     if impl == "reference":
         return attention_reference(q, k, v, causal=causal, dropout_p=dropout_p, mask=mask)
     if impl in ("auto", "flash") and _flash_ok(q, mask):
@@ -47,4 +53,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool
         causal = False
     if tq == 1 and causal:
         causal = False  # one query attending to all keys
+    if bias is not None:
+        if causal:
+            mask = torch.ones(tq, tk, dtype=torch.bool, device=q.device).tril()
+            causal = False
+        bias = bias.to(q.dtype)
+        mask = bias if mask is None else bias.masked_fill(~mask, float("-inf"))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=causal)
