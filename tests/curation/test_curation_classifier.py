@@ -43,6 +43,7 @@ def test_held_out_accuracy_and_pipeline_step(curated, tmp_path):
     p = run(["tools/train_quality_classifier.py", "--labels", str(labels), "--embedding-model", curated["ckpt"],
              "--output", str(model), "--trees", "100"])
     result = json.loads(p.stdout.strip().splitlines()[-1])
+    print("quality classifier:", result)  # shown with pytest -s
     assert result["held_out"] == 75 and result["held_out_accuracy"] >= 0.9, p.stdout
 
     # the saved model is not overwritten by accident
