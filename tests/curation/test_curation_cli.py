@@ -151,3 +151,20 @@ def test_user_errors_are_one_clear_line(corpus, tmp_path):
     p = run(["tools/curate_corpus.py", "--input", str(corpus), "--output", str(tmp_path / "o2"), "--pipeline", "study",
              "--set", "quality.max_line_len=3"], check=False)
     assert p.returncode == 1 and "unknown thresholds" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_plain_jsonl_output_and_overwrite(tmp_path):
+    from megatron_code.curation.pipeline import CurationError, curate
+
+    src = tmp_path / "in.jsonl"
+    src.write_text("".join(json.dumps({"text": f"x = {i}\n", "id": f"d{i}", "path": "a.py"}) + "\n"
+                           for i in range(3)))
+    cfg = {"name": "plain", "exact_dedup": False, "near_dedup": False, "output": {"compression": "none"}}
+    curate([str(src)], str(tmp_path / "out"), cfg, progress=False)
+    lines = (tmp_path / "out" / "data" / "00000.jsonl").read_text().splitlines()
+    assert [json.loads(x)["id"] for x in lines] == ["d0", "d1", "d2"]
+    other = dict(cfg, name="other")
+    with pytest.raises(CurationError, match="--overwrite"):
+        curate([str(src)], str(tmp_path / "out"), other, progress=False)
+    report = curate([str(src)], str(tmp_path / "out"), other, overwrite=True, progress=False)
+    assert report["pipeline"] == "other" and report["written"]["docs"] == 3
