@@ -433,7 +433,9 @@ def _bwrap_command(script: str, base: str, network: bool) -> list[str]:
            "--uid", "65534", "--gid", "65534", "--hostname", "sandbox"]
     if network:
         cmd.append("--share-net")
-    cmd += ["--ro-bind", "/usr", "/usr"]
+    # /proc, /dev and the private /tmp first: a later bind of a path under /tmp (a checkout or venv there, as in
+    # a CI clone under /tmp) is then mounted on top of the tmpfs instead of being hidden by it.
+    cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--ro-bind", "/usr", "/usr"]
     for link in ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"):
         if os.path.islink(link):
             cmd += ["--symlink", os.readlink(link), link]
@@ -447,7 +449,7 @@ def _bwrap_command(script: str, base: str, network: bool) -> list[str]:
         if os.path.isdir(entry) and not any(entry == s or entry.startswith(s.rstrip("/") + "/") for s in seen):
             seen.append(entry)
             cmd += ["--ro-bind", os.path.realpath(entry), entry]
-    cmd += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--bind", base, base, "--chdir", "/"]
+    cmd += ["--bind", base, base, "--chdir", "/"]
     return cmd
 
 
