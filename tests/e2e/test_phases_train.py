@@ -43,9 +43,23 @@ def test_three_phases_killed_in_phase_two_resume_bitwise(tmp_path):
     cfg.write_text(PHASES)
     args = BASE + ["--config", str(cfg), "--save-interval", "2"]
     ref = str(tmp_path / "ref")
-    run(args + ["--save", ref])
+    tb = str(tmp_path / "tb")
+    run(args + ["--save", ref, "--tensorboard-dir", tb])
     reference = all_losses(ref)
     assert [sorted(reference[n]) for n in NAMES] == [[1, 2, 3, 4], list(range(1, 9)), [1, 2, 3]]
+    # each phase's learning rate and batch size in TensorBoard (Megatron's tags), under TB/phase-i-NAME
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    seen = {}
+    for name in NAMES:
+        acc = EventAccumulator(glob.glob(os.path.join(tb, name, "**", "events.out.tfevents.*"), recursive=True)[0],
+                               size_guidance={"scalars": 0})
+        acc.Reload()
+        seen[name] = {tag: [e.value for e in acc.Scalars(tag)] for tag in ("learning-rate", "batch-size")}
+    assert seen["phase-0-pile"]["batch-size"] == [8] * 4 and seen["phase-1-code"]["batch-size"] == [4] * 8
+    assert seen["phase-2-python"]["batch-size"] == [4, 4, 8]
+    assert seen["phase-2-python"]["learning-rate"] == pytest.approx([5e-4] * 3)
+    # linear from 1e-3 to the tiny preset's min_lr 2e-4 over 8 steps: step 1
+    assert seen["phase-1-code"]["learning-rate"][0] == pytest.approx(2e-4 + (1 - 1 / 8) * 8e-4)
 
     save = str(tmp_path / "run")
     cmd = [sys.executable, os.path.join(ROOT, "pretrain_code.py")] + args + ["--save", save]
