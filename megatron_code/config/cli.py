@@ -229,6 +229,7 @@ MEGATRON_FLAGS: dict[str, tuple[Any, Setter]] = {
     "deepspeed-config": (1, _set("parallel.deepspeed_config")),
     # --checkpoint-activations / --recompute-* are handled in parse_args (they combine with a layer count).
     "distributed-backend": (1, _set("parallel.backend")),
+    "distributed-timeout-minutes": (1, _set("parallel.distributed_timeout_minutes")),
 }
 
 MEGATRON_FLAGS.update({flag: (arity, _set(path)) for flag, (arity, path) in FIELD_FLAGS.items()})

@@ -24,6 +24,9 @@ class ParallelConfig(ConfigBase):
     deepspeed_config: Optional[str] = None
     # "auto": nccl when CUDA is available, gloo otherwise.
     backend: str = "auto"
+    # Megatron's --distributed-timeout-minutes (its default, 10): the process groups' collective timeout; the
+    # heartbeat (parallel/lifecycle.py) names a silent rank and stops every other one after half of it.
+    distributed_timeout_minutes: float = 10.0
 
     def validate(self) -> None:
         for name in ("tensor_parallel", "pipeline_parallel"):
@@ -43,5 +46,7 @@ class ParallelConfig(ConfigBase):
         if method not in ("parameters", "uniform") and not method.startswith("type:"):
             raise ConfigError(f"parallel.pipeline_partition must be 'parameters', 'uniform' or 'type:<regex>', "
                               f"got '{method}'")
+        if self.distributed_timeout_minutes <= 0:
+            raise ConfigError(f"--distributed-timeout-minutes must be positive, got {self.distributed_timeout_minutes}")
         if self.activation_checkpoint_interval < 0:
             raise ConfigError("parallel.activation_checkpoint_interval must be >= 0")

@@ -98,8 +98,17 @@ def keep_deepspeed_from_compiling() -> list[str]:
     return off
 
 
-def init_distributed(backend: str = "auto") -> tuple[int, int]:
-    """Initialize torch.distributed through DeepSpeed (idempotent). Returns (rank, world_size)."""
+def init_distributed(backend: str = "auto", timeout_minutes: float | None = None) -> tuple[int, int]:
+    """Initialize torch.distributed through DeepSpeed (idempotent). Returns (rank, world_size).
+
+    `timeout_minutes` (--distributed-timeout-minutes): the collectives' timeout of the world group and of every
+    group created after it (ours in parallel/groups.py, DeepSpeed's own for pipelines and ZeRO). Workers started by
+    a launcher agent die with it (parallel/lifecycle.py)."""
+    import datetime
+
+    from .lifecycle import die_with_launcher
+
+    die_with_launcher()
     keep_deepspeed_from_compiling()
     import deepspeed
     import torch.distributed as dist
@@ -112,7 +121,13 @@ def init_distributed(backend: str = "auto") -> tuple[int, int]:
     if not dist.is_initialized() or not deepspeed.comm.is_initialized():
         # Also when torch.distributed is already up (a test harness, another framework): deepspeed.comm then wraps
         # the existing group; zero.Init needs it before any engine exists.
-        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False)
+        kwargs = {"timeout": datetime.timedelta(minutes=timeout_minutes)} if timeout_minutes else {}
+        deepspeed.init_distributed(dist_backend=backend, auto_mpi_discovery=False, verbose=False, **kwargs)
+    if timeout_minutes:
+        # Groups created later (torch's new_group, which DeepSpeed's pipeline grid and ZeRO call without a timeout)
+        # take torch's module default, 30 min for gloo: make it ours. A group that exists already keeps its own.
+        from torch.distributed import distributed_c10d
+        distributed_c10d.default_pg_timeout = datetime.timedelta(minutes=timeout_minutes)
     if torch.cuda.is_available():
         # Sites that bind one GPU per task show each task a single device: wrap the local rank.
         torch.cuda.set_device(int(os.environ["LOCAL_RANK"]) % torch.cuda.device_count())

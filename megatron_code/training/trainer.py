@@ -28,6 +28,7 @@ from ..parallel.engine import (build_partitioned_gpt, check_precision_supported,
                                initialize_engine, trainer_clips_gradients)
 from ..parallel.activation_checkpoint import apply_activation_checkpointing
 from ..parallel.groups import ParallelGroups
+from ..parallel.lifecycle import start_heartbeat
 from ..parallel.universal import load_universal, universal_info
 from ..parallel.pipeline import (PipelineBatches, StepClipper, build_pipeline, loss_may_produce_gradients,
                                  pipeline_ds_config)
@@ -146,7 +147,7 @@ class Trainer:
         check_precision_supported(t.precision)  # before any model is built
         if t.cpu_threads:
             torch.set_num_threads(t.cpu_threads)
-        self.rank, self.world = init_distributed(job.parallel.backend)
+        self.rank, self.world = init_distributed(job.parallel.backend, job.parallel.distributed_timeout_minutes)
         self.groups = ParallelGroups.build(job.parallel.tensor_parallel, job.parallel.pipeline_parallel)
         if precision_note:
             log(precision_note, self.rank)
@@ -523,6 +524,19 @@ class Trainer:
             self._validate(history)
 
     def train(self) -> dict:
+        """The loop, watched by a heartbeat when there are several ranks (parallel/lifecycle.py)."""
+        beat = start_heartbeat(self.rank, self.world, self.job.parallel.distributed_timeout_minutes)
+        try:
+            history = self._train()
+        except BaseException:
+            if beat is not None:
+                beat.stop(done=False)  # the others notice and leave rather than wait for this rank
+            raise
+        if beat is not None:
+            beat.stop(done=True)
+        return history
+
+    def _train(self) -> dict:
         job, t = self.job, self.job.training
         batches = self._train_loader()
         bar = tqdm(total=t.train_iters, initial=self.iteration, desc="train", unit="it", dynamic_ncols=True,
