@@ -83,6 +83,16 @@ def main(argv: list[str]) -> int:
         if os.environ.get("RANK", "0") == "0" or getattr(exc, "every_rank", False):
             print(f"error: {exc}", file=sys.stderr)
         return 1
+    except RuntimeError as exc:
+        # A collective or the rendezvous store failed because a peer died or went away (torch's DistError family):
+        # this rank cannot tell more than that, the dead rank's own log says why.
+        dist = sys.modules.get("torch.distributed")
+        if dist is None or not isinstance(exc, getattr(dist, "DistError", ())):
+            raise
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"error: communication with another rank failed ({type(exc).__name__}: {first[:300]}): a rank stopped "
+              f"or died, see its log; the last complete checkpoint in --save is intact", file=sys.stderr)
+        return 1
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         # User-fixable problems: one clear line (ValueError subclasses across the package carry the fix).
         if isinstance(exc, ValueError) and not _is_ours(exc):

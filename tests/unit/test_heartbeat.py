@@ -67,3 +67,19 @@ def test_die_with_launcher_only_under_an_agent(monkeypatch):
     monkeypatch.delenv("TORCHELASTIC_RESTART_COUNT", raising=False)
     assert not lifecycle.launched_by_agent()  # pytest's parent is a shell, not a launcher
     assert lifecycle.launched_by_agent({"TORCHELASTIC_RUN_ID": "x"})
+
+
+def test_a_failed_collective_ends_in_one_line(monkeypatch, capsys):
+    import torch.distributed
+
+    from megatron_code import cli_main
+    from megatron_code.training import trainer
+
+    def lost_peer(_job):
+        raise torch.distributed.DistBackendError("[gloo] Connection closed by peer [127.0.0.1]:1234\nmore detail")
+
+    monkeypatch.setattr(trainer, "pretrain", lost_peer)
+    assert cli_main.main(["--preset", "tiny", "--model.vocab_size", "64", "--mock-data"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error")]
+    assert len(err) == 1 and "communication with another rank failed (DistBackendError: [gloo] Connection closed" \
+        in err[0]
