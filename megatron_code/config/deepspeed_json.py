@@ -3,8 +3,10 @@ resolved, before anything is built: the model build, the choice of who clips gra
 all depend on keys the JSON may set. parallel/engine.py later hands the JSON to DeepSpeed with our keys checked.
 
 A value set in the JSON replaces a preset's or a default; against a value given on the command line or in a
---config file it must agree (a disagreement is an error naming both). Keys for DeepSpeed features this trainer does
-not use are refused in one line rather than silently ignored."""
+--config file it must agree (a disagreement is an error naming both), except the fp16 loss-scaling keys: there the
+JSON wins with a note, as in Megatron-DeepSpeed, whose engine takes them from the JSON while its launch scripts pass
+other values as Megatron flags (its ds_config_gpt template: loss_scale_window 500 beside --loss-scale-window 1000).
+Keys for DeepSpeed features this trainer does not use are refused in one line rather than silently ignored."""
 
 from __future__ import annotations
 
@@ -81,13 +83,13 @@ def merge_deepspeed_json(job, given: set[str] | None, notes: list[str]) -> None:
         if key in ds:
             raise ConfigError(f"--deepspeed_config {path}: \"{key}\" is not supported ({why}): remove it")
 
-    def take(field: str, value: Any, what: str, flag: str) -> None:
+    def take(field: str, value: Any, what: str, flag: str, json_wins: bool = False) -> None:
         section, name = field.split(".")
         cfg = getattr(job, section)
         current = getattr(cfg, name)
         if value == "auto" or value == current:
             return
-        if given is None or field in given:
+        if (given is None or field in given) and not json_wins:
             raise ConfigError(f"--deepspeed_config {path} sets {what} = {value} but {flag} is {current}: make them "
                               f"agree (or give it in one place)")
         cfg.update({name: value}, prefix=f"{section}.")  # coerced and type-checked like any config value
@@ -105,4 +107,4 @@ def merge_deepspeed_json(job, given: set[str] | None, notes: list[str]) -> None:
         if node is not None:
             if keys[0] == "fp16" and job.training.precision != "fp16":
                 continue  # loss scaling only means something in fp16
-            take(field, node, ".".join(keys), flag)
+            take(field, node, ".".join(keys), flag, json_wins=keys[0] == "fp16")

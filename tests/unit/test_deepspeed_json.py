@@ -66,3 +66,13 @@ def test_bad_json_and_missing_file(tmp_path):
     from megatron_code.config.deepspeed_json import merge_deepspeed_json
     with pytest.raises(ConfigError, match="file not found"):  # the trainer's call, before anything is built
         merge_deepspeed_json(out.job, None, [])
+
+
+def test_fp16_loss_scaling_from_the_json_wins_as_in_megatron_deepspeed(tmp_path):
+    # Megatron-DeepSpeed's ds_config_gpt template beside its launch line: the engine takes the JSON's values
+    path = _ds(tmp_path, fp16={"enabled": True, "loss_scale": 0, "loss_scale_window": 500, "hysteresis": 2,
+                               "min_loss_scale": 1, "initial_scale_power": 11}, gradient_clipping=1.0)
+    out = parse_args(TINY + ["--deepspeed_config", path, "--fp16", "--loss-scale-window", "1000", "--clip-grad", "1"])
+    t = out.job.training
+    assert (t.loss_scale_window, t.initial_loss_scale_power, t.hysteresis) == (500, 11, 2)
+    assert any("loss-scale-window = 500 from --deepspeed_config" in n for n in out.notes)
