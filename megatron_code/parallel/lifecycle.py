@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
@@ -152,3 +153,18 @@ def start_heartbeat(rank: int, world: int, timeout_minutes: float) -> Heartbeat 
     # file://); torch offers no public accessor.
     store = dist.distributed_c10d._get_default_store()
     return Heartbeat(store, rank, world, silent_after=30.0 * timeout_minutes).start()
+
+
+@contextlib.contextmanager
+def watched(rank: int, world: int, timeout_minutes: float):
+    """Run the body under a heartbeat (several ranks only). On an error this rank stops beating without saying it
+    is done, so the others notice and leave instead of waiting in a collective for it."""
+    beat = start_heartbeat(rank, world, timeout_minutes)
+    try:
+        yield beat
+    except BaseException:
+        if beat is not None:
+            beat.stop(done=False)
+        raise
+    if beat is not None:
+        beat.stop(done=True)

@@ -99,3 +99,11 @@ def skip_rejected(trainer, batches) -> None:
         log(f"skipping samples {trainer.consumed}-{trainer.consumed + trainer.step_batch - 1} (rejected before a "
             f"rollback)", trainer.rank)
         trainer.consumed += trainer.step_batch
+
+
+def extra_batches(trainer) -> int:
+    """Batches a rollback may pass over (at most max_consecutive_skips per rollback) plus those a resumed run must
+    still pass over: the training data holds that many more, so skipping never ends the run early."""
+    t = trainer.job.training
+    return (t.max_rollbacks * t.max_consecutive_skips if t.rollback_on_nonfinite else 0) + sum(
+        1 for first in trainer.skip_samples if first >= trainer.consumed)

@@ -28,7 +28,7 @@ from ..parallel.engine import (build_partitioned_gpt, check_precision_supported,
                                initialize_engine, trainer_clips_gradients)
 from ..parallel.activation_checkpoint import apply_activation_checkpointing
 from ..parallel.groups import ParallelGroups
-from ..parallel.lifecycle import start_heartbeat
+from ..parallel.lifecycle import watched
 from ..parallel.universal import load_universal, universal_info
 from ..parallel.pipeline import (PipelineBatches, StepClipper, build_pipeline, loss_may_produce_gradients,
                                  pipeline_ds_config)
@@ -217,13 +217,9 @@ class Trainer:
                     self.rank)
         eod = self.tokenizer.eod if self.tokenizer is not None else None
         self.objective = Objective(job, self.tokenizer)
-        # Batches a rollback may pass over (at most max_consecutive_skips per rollback) plus those a resumed run
-        # must still pass over: the data holds that many more, so skipping never ends the run early.
-        extra = (t.max_rollbacks * t.max_consecutive_skips if t.rollback_on_nonfinite else 0) + sum(
-            1 for first in self.skip_samples if first >= self.consumed)
         self.data = build_job_data(job, eod, is_builder=self.rank == 0,
-                                   barrier=dist.barrier if self.world > 1 else None, extra_batches=extra,
-                                   tokenizer_fingerprint=self.tok_fp)
+                                   barrier=dist.barrier if self.world > 1 else None,
+                                   extra_batches=recovery.extra_batches(self), tokenizer_fingerprint=self.tok_fp)
         self.data.train = self.objective.wrap_train(self.data.train)
         for note in self.data.notes:
             log(f"note: {note}", self.rank)
@@ -524,19 +520,6 @@ class Trainer:
             self._validate(history)
 
     def train(self) -> dict:
-        """The loop, watched by a heartbeat when there are several ranks (parallel/lifecycle.py)."""
-        beat = start_heartbeat(self.rank, self.world, self.job.parallel.distributed_timeout_minutes)
-        try:
-            history = self._train()
-        except BaseException:
-            if beat is not None:
-                beat.stop(done=False)  # the others notice and leave rather than wait for this rank
-            raise
-        if beat is not None:
-            beat.stop(done=True)
-        return history
-
-    def _train(self) -> dict:
         job, t = self.job, self.job.training
         batches = self._train_loader()
         bar = tqdm(total=t.train_iters, initial=self.iteration, desc="train", unit="it", dynamic_ncols=True,
@@ -555,7 +538,8 @@ class Trainer:
             log("no --save: this run writes no checkpoint (its training is lost when it ends)", self.rank)
         self.throughput.reset()
         started = time.time()
-        with StopSignal() as stop:
+        # the loop is watched by a heartbeat when there are several ranks (parallel/lifecycle.py)
+        with StopSignal() as stop, watched(self.rank, self.world, job.parallel.distributed_timeout_minutes):
             while self.iteration < t.train_iters:
                 recovery.skip_rejected(self, batches)
                 self._set_step_batch(self.schedule.batch_at(self.iteration, self.consumed))
