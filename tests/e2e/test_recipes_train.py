@@ -44,3 +44,19 @@ def test_z_loss_is_logged_and_equal_on_the_fused_and_unfused_paths(tmp_path):
     for a, b in zip(runs["true"], runs["false"]):
         assert a["z_loss"] > 0 and a["z_loss"] == pytest.approx(b["z_loss"], rel=1e-5)
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
+
+
+def test_fp16_preset_falls_back_to_bf16_with_a_note_where_fp16_is_missing(tmp_path):
+    """phi-1 and JuPyT5 trained in fp16; their presets set training.fp16_fallback_bf16. Where the accelerator has
+    fp16 the run stays fp16 (nothing to check here); otherwise it trains in bf16 after one note line."""
+    from megatron_code.parallel.engine import check_precision_supported
+    try:
+        check_precision_supported("fp16")
+        pytest.skip("this machine's accelerator has fp16: no fallback happens")
+    except ValueError:
+        pass
+    out = run(TINY + ["--train-iters", "1", "--fp16", "--training.fp16_fallback_bf16", "true"])
+    notes = [ln for ln in out.stdout.splitlines() if "running in bf16" in ln]
+    assert len(notes) == 1 and "preset trained in fp16" in notes[0]
+    refused = run(TINY + ["--train-iters", "1", "--fp16"], check=False)
+    assert refused.returncode == 2 and "no fp16 on this machine" in refused.stderr
