@@ -67,6 +67,8 @@ CASES = {
     "relu_starcoder2": ("Starcoder2ForCausalLM", dict(norm="layernorm", activation="relu", block="sequential",
                                                       num_kv_heads=2)),
     "elu_remote": (REMOTE, dict(norm="layernorm", activation="elu", block="sequential")),
+    # T5 relative position bias (the study's position ablation): our code, also under the KV cache of generate
+    "t5_bias_remote": (REMOTE, dict(position_embedding="t5", t5_buckets=8, t5_max_distance=16, num_kv_heads=2)),
     # PaLM's logit scaling where Cohere does not fit (partial rotary): our code
     "logit_scaling_remote": (REMOTE, dict(norm="layernorm", norm_bias=False, activation="swiglu", block="parallel",
                                           bias=False, rotary_percent=0.5, output_logit_scaling=True)),

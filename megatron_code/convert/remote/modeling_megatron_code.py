@@ -1,7 +1,7 @@
 """megatron_code's GPT decoder for transformers (exported with ``trust_remote_code``): the same function as
 megatron_code.model.GPT for every layout it accepts, with the same module names, so the tensors are ours unchanged.
 
-Layouts: learned / rotary (half-split, partial) / no positions; LayerNorm (with or without bias) or RMSNorm (fp32);
+Layouts: learned / rotary (half-split, partial) / T5 relative bias / no positions; LayerNorm (with or without bias) or RMSNorm (fp32);
 GELU (exact or tanh), ReLU, ELU or SwiGLU; optional 1/sqrt(hidden) logit scaling; sequential or parallel block
 (one shared norm or two); MHA/GQA/MQA with any head size; biases on or off; tied or untied head, optional output
 bias. Attention: softmax(q k^T / sqrt(head_dim)), causal, through torch's scaled_dot_product_attention.
@@ -56,6 +56,16 @@ def _norm(a):
     return nn.LayerNorm(a.hidden_size, eps=a.norm_eps, bias=a.norm_bias)
 
 
+def _t5_bucket(relative, buckets, max_distance):
+    """T5's unidirectional bucket of key - query (Raffel et al., 2020): distance n = max(query - key, 0) has its own
+    bucket below buckets / 2, then log-spaced buckets up to max_distance, then the last one."""
+    n = (-relative).clamp(min=0)
+    exact = buckets // 2
+    large = exact + (torch.log(n.float().clamp(min=1) / exact) / math.log(max_distance / exact)
+                     * (buckets - exact)).long()
+    return torch.where(n < exact, n, large.clamp(max=buckets - 1))
+
+
 def _rotate(x, cos, sin, r):
     """Half-split rotary on the first r dims of x (B, H, T, D); cos/sin (1 or B, 1, T, r)."""
     xr, rest = x[..., :r], x[..., r:]
@@ -73,6 +83,8 @@ class _Attention(nn.Module):
         self.k_proj = nn.Linear(a.hidden_size, kv_out, bias=a.bias)
         self.v_proj = nn.Linear(a.hidden_size, kv_out, bias=a.bias)
         self.o_proj = nn.Linear(q_out, a.hidden_size, bias=a.bias)
+        if a.position_embedding == "t5":  # one learned scalar per head and distance bucket, per layer
+            self.rel_bias = nn.Embedding(a.t5_buckets, a.heads)
 
     def forward(self, x, rope, mask, cache):
         b, t, _ = x.shape
@@ -88,6 +100,11 @@ class _Attention(nn.Module):
         if rep > 1:
             k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
         drop = self.a.attention_dropout if self.training else 0.0
+        if hasattr(self, "rel_bias"):  # T5 bias of (key j - query i), queries being the last t of the keys
+            tk, t = k.shape[2], q.shape[2]
+            rel = torch.arange(tk, device=x.device)[None, :] - torch.arange(tk - t, tk, device=x.device)[:, None]
+            bias = self.rel_bias(_t5_bucket(rel, self.a.t5_buckets, self.a.t5_max_distance)).permute(2, 0, 1)[None]
+            mask = torch.zeros_like(bias, dtype=q.dtype).masked_fill(~mask, float("-inf")) + bias.to(q.dtype)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, -1))
 
