@@ -169,6 +169,8 @@ MEGATRON_FLAGS: dict[str, tuple[Any, Setter]] = {
     "optimizer": (1, _map("optim.optimizer", dict(adam="adamw", adamw="adamw", adafactor="adafactor"), "optimizer")),
     "lr": (1, _set("optim.lr")),
     "min-lr": (1, _set("optim.min_lr")),
+    "decoupled-lr": (1, _set("optim.decoupled_lr")),
+    "decoupled-min-lr": (1, _set("optim.decoupled_min_lr")),
     "lr-decay-style": (1, _set("optim.lr_decay_style")),
     "lr-warmup-iters": (1, _set("optim.lr_warmup_iters")),
     "lr-warmup-fraction": (1, _set("optim.lr_warmup_fraction")),

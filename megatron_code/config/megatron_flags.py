@@ -18,10 +18,6 @@ ERROR_FLAGS: dict[str, tuple[Any, str]] = {
                               "model is the same function, only the weight parametrization and its decay differ)"),
     "calculate-per-token-loss": (0, "per-token loss normalization across the global batch is not implemented: the "
                                     "loss is averaged per micro batch; remove the flag"),
-    "decoupled-lr": (1, "a separate learning rate for the embedding and output layer is not implemented; remove "
-                        "--decoupled-lr/--decoupled-min-lr"),
-    "decoupled-min-lr": (1, "a separate learning rate for the embedding and output layer is not implemented; remove "
-                            "--decoupled-lr/--decoupled-min-lr"),
     "fp8-format": (1, "FP8 training needs Transformer Engine, which is not used here; remove the fp8 flags"),
     "fp8-recipe": (1, "FP8 training needs Transformer Engine, which is not used here; remove the fp8 flags"),
     "train-data-exact-num-epochs": (1, "Megatron-DeepSpeed's exact-epoch data mode is not supported; give the run "

@@ -18,6 +18,10 @@ class OptimConfig(ConfigBase):
     optimizer: str = "adamw"
     lr: float = 3e-4
     min_lr: float = 0.0
+    # Megatron's --decoupled-lr / --decoupled-min-lr: the word embeddings and the output layer follow the same
+    # schedule from these peak / floor values instead (None: --lr / --min-lr).
+    decoupled_lr: Optional[float] = None
+    decoupled_min_lr: Optional[float] = None
     weight_decay: float = 0.1
     adam_beta1: float = 0.9
     adam_beta2: float = 0.95
@@ -96,6 +100,11 @@ class OptimConfig(ConfigBase):
                               "positive --min-lr (e.g. 0.1 x --lr)")
         if self.lr <= 0:
             raise ConfigError(f"--lr must be positive, got {self.lr}")
+        if self.decoupled_lr is not None and not 0 <= (self.decoupled_min_lr or 0.0) <= self.decoupled_lr:
+            raise ConfigError(f"--decoupled-min-lr ({self.decoupled_min_lr}) must be in [0, --decoupled-lr "
+                              f"({self.decoupled_lr})]")
+        if self.decoupled_min_lr is not None and self.decoupled_lr is None:
+            raise ConfigError("--decoupled-min-lr needs --decoupled-lr")
         if not 0 <= self.min_lr <= self.lr:
             raise ConfigError(f"--min-lr ({self.min_lr}) must be in [0, --lr ({self.lr})]")
         if self.lr_decay_style not in DECAY_STYLES:

@@ -9,21 +9,32 @@ from torch import nn
 from ..config.optim import OptimConfig
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    decay, no_decay = [], []
+def is_embedding_or_output(name: str) -> bool:
+    """Word embeddings and the output layer (also under pipeline names: 'tied_modules.embed.embed.word.weight')."""
+    return "embed.word." in name or "lm_head." in name
+
+
+def param_groups(model: nn.Module, weight_decay: float, decoupled: bool = False) -> list[dict]:
+    """decoupled: the word embeddings and output layer in their own group ("decoupled": True) for Megatron's
+    --decoupled-lr (the trainer sets that group's learning rate)."""
+    decay, no_decay, dec = [], [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
         ndim = len(getattr(p, "ds_shape", p.shape))  # ZeRO-3 (zero.Init) leaves an empty 1-D placeholder in p
-        (no_decay if ndim < 2 or name.endswith(".bias") else decay).append(p)
+        if decoupled and is_embedding_or_output(name) and ndim >= 2:
+            dec.append(p)
+        else:
+            (no_decay if ndim < 2 or name.endswith(".bias") else decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay, "name": "decay"},
-              {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"}]
+              {"params": no_decay, "weight_decay": 0.0, "name": "no_decay"},
+              {"params": dec, "weight_decay": weight_decay, "name": "decoupled", "decoupled": True}]
     return [g for g in groups if g["params"]]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig, tp_group=None) -> torch.optim.Optimizer:
     """tp_group: the tensor-parallel group (Adafactor's whole-tensor RMS of sharded parameters); None without TP."""
-    groups = param_groups(model, cfg.weight_decay)
+    groups = param_groups(model, cfg.weight_decay, decoupled=cfg.decoupled_lr is not None)
     for g in groups:
         g.pop("name")
     if cfg.optimizer == "adafactor":

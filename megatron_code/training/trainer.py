@@ -6,6 +6,7 @@ engine -> resume -> data from consumed_samples -> loop {lr, micro-batches, step,
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import random
@@ -232,6 +233,10 @@ class Trainer:
         wandb = WandbWriter(t, job.to_dict()) if t.wandb_project and self.rank == 0 else None
         self.sink = MetricsSink(os.path.join(t.save, "metrics.jsonl") if t.save else None, t.tensorboard_dir,
                                 enabled=self.rank == 0, style=t.tensorboard_style, wandb=wandb)
+        o = job.optim  # --decoupled-lr: the embedding/output group's schedule (same shape, its own peak and floor)
+        self.decoupled = None if o.decoupled_lr is None else dataclasses.replace(
+            o, lr=o.decoupled_lr, min_lr=o.min_lr if o.decoupled_min_lr is None else o.decoupled_min_lr,
+            lr_warmup_init=min(o.lr_warmup_init, o.decoupled_lr))
         self.timers: dict[str, float] = {}  # Megatron's timer names -> seconds in this logging window
         self.skipped_at_window = self._skipped_steps()
         n_params = sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters())  # ZeRO-3: full
@@ -544,10 +549,12 @@ class Trainer:
                 recovery.skip_rejected(self, batches)
                 self._set_step_batch(self.schedule.batch_at(self.iteration, self.consumed))
                 # LR progress in samples, as Megatron's scheduler counts (training/lr_schedule.py)
-                lr = lr_at(self.iteration, job.optim, t.train_iters,
-                           progress=(self.consumed + self.step_batch) / t.global_batch_size)
+                progress = (self.consumed + self.step_batch) / t.global_batch_size
+                lr = lr_at(self.iteration, job.optim, t.train_iters, progress=progress)
+                lr_dec = lr if self.decoupled is None else lr_at(self.iteration, self.decoupled, t.train_iters,
+                                                                 progress=progress)
                 for group in self.engine.optimizer.param_groups:
-                    group["lr"] = lr
+                    group["lr"] = lr_dec if group.get("decoupled") else lr
                 loss = self.train_step(batches)
                 self.iteration += 1
                 self.consumed += self.step_batch
