@@ -118,8 +118,6 @@ def job_from_args(args: argparse.Namespace) -> JobConfig:
     norm = g("normalization", "LayerNorm")
     m.norm = {"LayerNorm": "layernorm", "RMSNorm": "rmsnorm"}[norm]
     m.norm_eps = float(g("norm_epsilon", g("layernorm_epsilon", 1e-5)))
-    if g("apply_layernorm_1p"):
-        raise MegatronCheckpointError("apply_layernorm_1p (zero-centered norm weights) is not supported yet")
     m.bias = bool(g("add_bias_linear", True))
     m.tie_embeddings = not g("untie_embeddings_and_output_weights", False)
     m.vocab_size, m.vocab_pad_multiple = _vocab(args)
@@ -385,10 +383,20 @@ def read_megatron_lm(load_dir: str) -> tuple[JobConfig, FullState]:
     iteration = int(first.get("iteration", 0))
     consumed = int(getattr(args, "consumed_train_samples", 0) or 0)
     job.parallel.tensor_parallel, job.parallel.pipeline_parallel = tp, pp
-    state = FullState(module=to_ours(cfg, full), step=None,
+    module = to_ours(cfg, full)
+    if getattr(args, "apply_layernorm_1p", False):
+        add_one_to_norm_gains(module)
+    state = FullState(module=module, step=None,
                       client_state={"iteration": iteration, "consumed_samples": consumed,
                                     "imported_from": f"megatron-lm {tag_dir} (TP{tp} x PP{pp})"})
     return job, state
+
+
+def add_one_to_norm_gains(module: dict[str, torch.Tensor]) -> None:
+    """LayerNorm1p / zero-centered gamma (Megatron's --apply-layernorm-1p) stores gain - 1: ours stores the gain."""
+    for k in list(module):
+        if re.search(r"(^|\.)(norm1|norm2|final_norm)\.weight$", k):
+            module[k] = module[k] + 1.0
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -137,3 +137,22 @@ def test_export_loads_strictly_into_megatron_lms_own_model(tmp_path):
         if not k.endswith("_extra_state"):
             assert torch.equal(v, exported[k]), k
     assert SHAPE["vocab"] == exported["embedding.word_embeddings.weight"].shape[0]
+
+
+def test_layernorm_1p_checkpoint_gets_its_gains(tmp_path):
+    """Megatron's --apply-layernorm-1p stores gain - 1; the import adds the 1."""
+    job = parse_args(BASE).job
+    model = GPT(job.model)
+    model.init_weights(torch.Generator().manual_seed(3))
+    sd = {k: v.clone() for k, v in model.state_dict().items()}
+    mlm.write_megatron_lm(job, sd, str(tmp_path / "m"), 1, 1, iteration=1)
+    path = tmp_path / "m" / "iter_0000001" / "mp_rank_00" / "model_optim_rng.pt"
+    ck = torch.load(path, weights_only=False)
+    ck["args"].apply_layernorm_1p = True
+    for k in ck["model"]:
+        if k.endswith("layernorm.weight"):
+            ck["model"][k] = ck["model"][k] - 1.0
+    torch.save(ck, path)
+    _, state = mlm.read_megatron_lm(str(tmp_path / "m"))
+    for k, v in sd.items():
+        assert torch.allclose(state.module[k], v.float(), atol=1e-6), k
