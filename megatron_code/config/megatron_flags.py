@@ -14,6 +14,10 @@ ERROR_FLAGS: dict[str, tuple[Any, str]] = {
     "virtual-pipeline-model-parallel-size": (
         1, "the interleaved (virtual pipeline) schedule is not supported: DeepSpeed's pipeline engine runs one "
            "stage per rank; remove the flag"),
+    "apply-layernorm-1p": (0, "zero-centered norm gains are not implemented: with fp32 weights training would be "
+                              "identical (norms take no weight decay, Adam ignores a constant offset), but bf16/fp16 "
+                              "weights round a gain near 1 more coarsely than LayerNorm1p's offset near 0; remove the "
+                              "flag (checkpoints saved with it convert: the converter adds the 1)"),
     "calculate-per-token-loss": (0, "per-token loss normalization across the global batch is not implemented: the "
                                     "loss is averaged per micro batch; remove the flag"),
     "fp8-format": (1, "FP8 training needs Transformer Engine, which is not used here; remove the fp8 flags"),
@@ -58,11 +62,6 @@ OFF_FLAGS: dict[str, tuple[Any, tuple[str, ...], str]] = {
 
 # Accepted for compatibility, no effect here (arity, why).
 NOOP_FLAGS: dict[str, tuple[Any, str]] = {
-    # LayerNorm1p stores gain - 1 (initialised 0). Norm weights are excluded from weight decay (Megatron's
-    # get_param_groups and ours), and Adam's update does not depend on a parameter's value, so training is the same
-    # function step for step; tools/convert_checkpoint.py adds the 1 when it reads such a Megatron checkpoint.
-    "apply-layernorm-1p": (0, "the same training as gain-parametrized norms (norms take no weight decay; Adam is "
-                              "shift-invariant); converted Megatron checkpoints get their +1"),
     "exit-signal-handler": (0, "always on: SIGTERM/SIGUSR1 (and a first Ctrl-C) save a checkpoint at the next "
                                "iteration and exit, as Megatron's handler does"),
     "moe-loss-coeff": (1, "no experts (--num-experts 1)"),
