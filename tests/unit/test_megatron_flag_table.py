@@ -46,9 +46,8 @@ ds-sequence-parallel-fpdt vocab-size exit-signal
 """.split()
 
 
-# Being implemented by other work in flight (distributed timeout):
-# checkpoints): until they land these are unknown flags, an error naming the closest flag.
-PENDING = {"distributed-timeout-minutes"}
+# Flags being implemented by other work in flight (none now): until they land they are unknown flags.
+PENDING: set[str] = set()
 
 
 def _what(setter) -> str:
