@@ -96,6 +96,12 @@ def _megatron_deepspeed(d):
     (d / "latest").write_text("global_step100")
 
 
+def _ds_universal(d):
+    (d / "zero" / "embed.weight").mkdir(parents=True)
+    (d / "zero" / "embed.weight" / "fp32.pt").write_bytes(b"x")
+    (d / "mp_rank_00_model_states.pt").write_bytes(b"x")
+
+
 def _hf(d):
     d.mkdir(parents=True, exist_ok=True)
     (d / "config.json").write_text("{}")
@@ -111,6 +117,7 @@ def _unknown(d):
     (_megatron_lm, ["Megatron-LM", "--from megatron-lm"]),
     (_torch_dist, ["torch_dist", "--ckpt-convert-format torch", "--from megatron-lm"]),
     (_megatron_deepspeed, ["Megatron-DeepSpeed", "--from megatron-deepspeed"]),
+    (_ds_universal, ["DeepSpeed universal", "--universal-checkpoint", "--from ds-universal"]),
     (_hf, ["Hugging Face", "--from hf"]),
     (_unknown, ["unknown format", "convert_checkpoint.py"]),
 ])
