@@ -81,3 +81,32 @@ def test_second_job_on_the_same_save_directory_is_refused(tmp_path):
         lock.release()
     assert out.returncode == 2 and "being written by another job" in out.stderr, out.stderr[-2000:]
     assert f"pid {os.getpid()}" in out.stderr
+
+
+def _torchrun() -> list[str]:
+    import socket
+    import sysconfig
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tr = os.path.join(sysconfig.get_path("scripts"), "torchrun")
+    return ([sys.executable, tr] if os.path.exists(tr) else [sys.executable, "-m", "torch.distributed.run"]) + [
+        "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port)]
+
+
+def test_dp2_resume_skips_a_damaged_latest_on_every_rank(tmp_path):
+    """Rank 0 verifies the checksums and tells the others which tag to load: with flipped bytes in the newest
+    checkpoint both ranks resume from the previous one (a rank loading another tag would diverge or hang)."""
+    save = str(tmp_path / "run")
+    run(TINY + ["--train-iters", "3", "--save", save, "--save-interval", "1", "--exit-interval", "2"],
+        launcher=_torchrun())
+    shard = sorted(f for f in os.listdir(os.path.join(save, "iter_0000002")) if f.endswith(".pt"))[0]
+    path = os.path.join(save, "iter_0000002", shard)
+    data = bytearray(open(path, "rb").read())
+    data[len(data) // 2] ^= 0x40
+    open(path, "wb").write(bytes(data))
+    out = run(TINY + ["--train-iters", "3", "--save", save, "--load", save], launcher=_torchrun())
+    assert "iter_0000002 is damaged" in out.stderr and "SHA-256" in out.stderr, out.stderr[-2000:]
+    assert "at iteration 1" in out.stdout, out.stdout[-2000:]
+    assert open(os.path.join(save, "latest")).read().strip() == "iter_0000003"
