@@ -45,6 +45,9 @@ class UniversalCheckpointError(ConfigError):
 def universal_info() -> dict:
     """The ``universal_checkpoint_info`` DeepSpeed's ds_to_universal needs in the client state."""
     return {"universal_checkpoint_version": UNIVERSAL_VERSION,
+            # the first and last pipeline stages each hold the tied embedding module; the first stage's copy is
+            # the model's (the last one's position table gets no gradient, only weight decay)
+            "pipeline_replicated_parameter_patterns": [r"^tied_modules\."],
             "tp_replicated_parameter_patterns": REPLICATED,
             "parameter_with_row_parallelism_patterns": ROW_PARALLEL}
 

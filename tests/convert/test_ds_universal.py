@@ -85,3 +85,24 @@ def test_to_ds_universal_round_trip(universal, tmp_path):
             assert a.get("cat_dim") == b.get("cat_dim") or tp_dim(name) is None
     job, state = ds_universal.read_ds_universal(str(tmp_path / "mine"))
     assert job is not None and state.client_state["iteration"] == 2 and state.exp_avg is not None
+
+
+@pytest.mark.slow
+def test_tp2_pp2_through_ds_to_universal_resumes_exactly_at_tp1(tmp_path):
+    """A TP2 x PP2 ZeRO-1 run -> DeepSpeed's ds_to_universal -> resumed at TP1 x PP1: the same next two losses
+    (the first stage's tied embedding is the model's: pipeline_replicated_parameter_patterns)."""
+    line = [a for a in LINE if a != "--swiglu"] + ["--num-layers", "4", "--zero-stage", "1"]
+    tr = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "4", "--master_addr", "127.0.0.1",
+          "--master_port", "29657", os.path.join(ROOT, "pretrain_code.py")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    r = subprocess.run(tr + line + ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
+                                    "--save-interval", "2", "--save", str(tmp_path / "ref")],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    _run("deepspeed.checkpoint.ds_to_universal", "--input_folder", tmp_path / "ref" / "iter_0000002",
+         "--output_folder", tmp_path / "u" / "iter_0000002_universal", module=True)
+    _run("pretrain_code.py", *line, "--load", tmp_path / "u", "--universal-checkpoint", "--save", tmp_path / "run")
+    ref, got = _losses(tmp_path / "ref"), _losses(tmp_path / "run")
+    assert sorted(got) == [3, 4]
+    for it in (3, 4):
+        assert got[it] == pytest.approx(ref[it], rel=1e-6), it
