@@ -56,5 +56,5 @@ def test_generate_docstrings_load(tiny_checkpoint, tmp_path):
     lines = r.stdout.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("add (line 1): The previous function")
     records = [json.loads(x) for x in open(out)]
-    assert records[0]["prompt"].endswith('\n    """Code explanation: the previous function')
+    assert records[0]["prompt"].endswith('\n"""Code explanation: the previous function')  # column 0, Fig. 5.3
     assert '"""' not in records[0]["completion"]
