@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Tensor-parallel LM head + loss: the fused kernel on each rank's vocabulary slice (kernels/linear_cross_entropy
 with a VocabShard) vs the unfused path Megatron-LM and our trainer's fallback run (column-parallel head logits ->
-vocab-parallel cross-entropy -> masked mean, parallel/cross_entropy.py). TP = 2 on 2 gloo processes, one thread
+vocab-parallel cross-entropy -> masked mean, training/losses.causal_lm_loss). TP = 2 on 2 gloo processes, one thread
 each. Forward + backward time of both ranks (barrier, run, barrier; the slower rank counts), interleaved A B A B,
 median of the runs; and the peak memory each adds on top of its inputs (growth of rank 0's peak RSS, VmHWM reset
 first, over one forward + backward in fresh processes). The hidden gradient's all-reduce (the TP region entry) is
@@ -46,13 +46,13 @@ def _setup(rank, n, hid, v, dtype_name):
 
 def _variants(group, start):
     from megatron_code.kernels.linear_cross_entropy import linear_cross_entropy
-    from megatron_code.parallel.cross_entropy import parallel_lm_loss
     from megatron_code.parallel.layers import vocab_shard
+    from megatron_code.training.losses import causal_lm_loss
     import torch.nn.functional as F
 
     def unfused(h, w, b, labels, mask):
         logits = F.linear(h, w, b)  # (N, V/tp) in the compute dtype
-        return parallel_lm_loss(logits[None], labels[None], mask[None], group)
+        return causal_lm_loss(logits[None], labels[None], mask[None], group)
 
     def fused(h, w, b, labels, mask):
         return linear_cross_entropy(h, w, b, labels, mask / mask.sum(), vocab_shard=vocab_shard(group, start))

@@ -20,11 +20,12 @@ q_proj.weight"): the union of DeepSpeed's `layer_XX-model_YY-model_states.pt` fi
 rank YY (see `gpt_keys_of_layer`).
 
 Batches: DeepSpeed feeds `(inputs, labels)` tuples, inputs to the first stage and labels to the last;
-`to_pipeline_batch` / `batch_from_labels` translate our batch dicts (causal: labels + loss_mask; MIM training:
-`mim_labels_tuple`). The loss on the last stage is the objective's (vocab-parallel under TP), computed by a
-`loss_fn(logits, batch, train) -> (loss, parts)` the trainer passes in; or, given `head_loss_fn(head, hidden,
-batch, train) -> (loss, parts)`, the head layer hands on the final hidden states and that function applies the
-head itself (the trainer's: the fused head + loss kernel, so the last stage never holds (B, T, V/tp) logits).
+`to_pipeline_batch` / `batch_from_labels` translate our batch dicts, the labels being the batch entries the
+objective names (`label_keys(train)`, e.g. labels + loss_mask; this module knows no objective). The loss on the
+last stage is the objective's (vocab-parallel under TP), computed by a `loss_fn(logits, batch, train) -> (loss,
+parts)` the trainer passes in; or, while `set_head_in_loss(True)` (the trainer's loss path says so), the head layer
+hands on the final hidden states and `head_loss_fn(head, hidden, batch, train) -> (loss, parts)` applies the head
+itself (the trainer's: the fused head + loss kernel, so the last stage never holds (B, T, V/tp) logits).
 
 Gradient norm: DeepSpeed's fp32 (ZeRO-0) clipping counts parameters that are not tensor-parallel on model-parallel
 rank 0 only, i.e. on the FIRST pipeline stage only; `clip_grad_norm_pipeline` counts them on TP rank 0 of every
@@ -41,7 +42,6 @@ import torch.distributed as dist
 from torch import nn
 
 from ..data.batch import document_attention_mask
-from ..data.objectives.mim import mim_batch_from_labels, mim_labels_tuple
 from ..model.rope import rotary_cos_sin
 from .groups import ParallelGroups
 from . import random as tp_random
@@ -51,8 +51,12 @@ TIED_KEY = "embed"
 PENDING_INIT_ATTR = "pending_init_seeds"  # on a meta GPT: {module name: seed}, see build_pipeline
 PARTITION_METHODS = ("parameters", "uniform")
 
+# The batch entries the loss reads (labels + loss_mask of data/batch.make_batch) unless the objective names others.
+NEXT_TOKEN_LABELS = ("labels", "loss_mask")
+
 LossFn = Callable[[torch.Tensor, dict, bool], "tuple[torch.Tensor, dict]"]
 HeadLossFn = Callable[[nn.Module, torch.Tensor, dict, bool], "tuple[torch.Tensor, dict]"]
+LabelKeys = Callable[[bool], "tuple[str, ...]"]  # train? -> the batch entries the pipeline carries as labels
 
 
 class PipelineConfigError(ValueError):
@@ -126,34 +130,34 @@ CHECKPOINTABLE = [EmbeddingPipe.__name__, BlockPipe.__name__, FinalNormPipe.__na
 
 
 # ----------------------------------------------------------------------------- batches
-def to_pipeline_batch(batch: dict) -> tuple[tuple[torch.Tensor, ...], tuple]:
+def to_pipeline_batch(batch: dict, label_keys: tuple[str, ...] = NEXT_TOKEN_LABELS
+                      ) -> tuple[tuple[torch.Tensor, ...], tuple]:
     """Our batch dict -> DeepSpeed's `((input_ids, position_ids[, document_ids]), labels)` (document ids with
-    --reset-attention-mask). Labels: MIM training batches (they carry `agree_mask`) -> `mim_labels_tuple`; every
-    other batch -> (labels, loss_mask)."""
-    labels = mim_labels_tuple(batch) if "agree_mask" in batch else (batch["labels"], batch["loss_mask"])
+    --reset-attention-mask); labels are the tensors `batch[k]` for k in `label_keys`, in that order."""
+    labels = tuple(batch[k] for k in label_keys)
     documents = (batch["document_ids"],) if "document_ids" in batch else ()
     return (batch["input_ids"], batch["position_ids"], *documents), labels
 
 
-def batch_from_labels(labels: tuple) -> dict:
+def batch_from_labels(labels: tuple, label_keys: tuple[str, ...] = NEXT_TOKEN_LABELS) -> dict:
     """Inverse of the label half of `to_pipeline_batch`: the dict the objective's loss reads."""
     labels = tuple(labels)
-    if len(labels) == 2:
-        return {"labels": labels[0], "loss_mask": labels[1]}
-    return mim_batch_from_labels(labels)
+    if len(labels) != len(label_keys):
+        raise ValueError(f"the pipeline carried {len(labels)} label tensors for the keys {label_keys}")
+    return dict(zip(label_keys, labels))
 
 
 class PipelineBatches:
     """Iterator adapter: our batch dicts -> pipeline tuples (what `engine.train_batch(data_iter)` pulls)."""
 
-    def __init__(self, batches: Iterator[dict]):
-        self.batches = batches
+    def __init__(self, batches: Iterator[dict], label_keys: tuple[str, ...] = NEXT_TOKEN_LABELS):
+        self.batches, self.label_keys = batches, tuple(label_keys)
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        return to_pipeline_batch(next(self.batches))
+        return to_pipeline_batch(next(self.batches), self.label_keys)
 
 
 # ----------------------------------------------------------------------------- activation checkpointing
@@ -192,9 +196,10 @@ def _pipeline_module_class():
             object.__setattr__(self, "_materialize", None)  # done: do not keep the seeds alive
 
         def attach_loss(self, loss_fn: LossFn, part_names: tuple[str, ...],
-                        head_loss_fn: Optional[HeadLossFn] = None) -> None:
+                        head_loss_fn: Optional[HeadLossFn] = None, label_keys: Optional[LabelKeys] = None) -> None:
             self._objective_loss = loss_fn
             self._head_loss = head_loss_fn
+            self._label_keys = label_keys or (lambda train: NEXT_TOKEN_LABELS)
             self.head_in_loss = False
             self.part_names = tuple(part_names)
             self._last_parts: dict = {}
@@ -202,7 +207,8 @@ def _pipeline_module_class():
 
         def set_head_in_loss(self, on: bool) -> None:
             """Whether the head layer hands on hidden states and the loss applies the head (`head_loss_fn`), or the
-            head layer computes logits. Switchable after the engine exists (see `loss_may_produce_gradients`)."""
+            head layer computes logits. Set once the engine exists: the trainer's loss path depends on its optimizer
+            (see `loss_may_produce_gradients`)."""
             on = bool(on and self._head_loss is not None)
             self.head_in_loss = on
             for layer in self.forward_funcs:
@@ -218,7 +224,7 @@ def _pipeline_module_class():
             return next(f for f in self.forward_funcs if isinstance(f, HeadPipe)).lm_head
 
         def _loss(self, outputs: torch.Tensor, labels) -> torch.Tensor:
-            batch = batch_from_labels(labels)
+            batch = batch_from_labels(labels, self._label_keys(self.training))
             if self.head_in_loss:  # outputs: final hidden states (B, T, H); the head runs in the loss
                 loss, parts = self._head_loss(self.lm_head(), outputs, batch, self.training)
             else:  # outputs: logits (B, T, V/tp)
@@ -312,7 +318,8 @@ def pipeline_model_states(tag_dir: str) -> list[dict[str, torch.Tensor]]:
 def build_pipeline(model: nn.Module, groups: ParallelGroups, loss_fn: LossFn, *,
                    partition_method: str = "parameters", checkpoint_interval: int = 0,
                    part_names: Iterable[str] = (), release_other_stages: bool = True,
-                   seed: Optional[int] = None, head_loss_fn: Optional[HeadLossFn] = None):
+                   seed: Optional[int] = None, head_loss_fn: Optional[HeadLossFn] = None,
+                   label_keys: Optional[LabelKeys] = None):
     """Carve `model` (a GPT, initialized, already sharded by the TP plan) into this rank's pipeline stage.
 
     Or `model` is a meta-device GPT (TP-sharded on meta if TP > 1) carrying `PENDING_INIT_ATTR` = its
@@ -327,7 +334,9 @@ def build_pipeline(model: nn.Module, groups: ParallelGroups, loss_fn: LossFn, *,
     to the meta device (the GPT passed in is consumed). With `seed` (the job seed) the stage's dropout streams are
     re-seeded Megatron-style (random.seed_parallel_rng: default stream seed + 100 x stage, TP stream + 2718 + TP
     rank), so different stages do not draw identical dropout masks. With `head_loss_fn` the head layer passes the
-    hidden states through and the last stage's loss is `head_loss_fn(head module, hidden, batch, train)`. Returns the
+    hidden states through and the last stage's loss is `head_loss_fn(head module, hidden, batch, train)` (switch
+    with `set_head_in_loss`). `label_keys(train)` names the batch entries the loss reads (default labels +
+    loss_mask). Returns the
     `PipelineModule` to hand to `deepspeed.initialize(model=..., mpu=None)` (the pipeline grid serves as mpu)."""
     method = partition_method.lower()
     if method not in PARTITION_METHODS and not method.startswith("type:"):
@@ -349,7 +358,7 @@ def build_pipeline(model: nn.Module, groups: ParallelGroups, loss_fn: LossFn, *,
     if empty:
         raise PipelineConfigError(f"pipeline partition '{partition_method}' leaves stage(s) {empty} without layers "
                                   f"(boundaries {parts}): use --parallel.pipeline_partition uniform or fewer stages")
-    pipe.attach_loss(loss_fn, tuple(part_names), head_loss_fn)
+    pipe.attach_loss(loss_fn, tuple(part_names), head_loss_fn, label_keys)
     pipe.set_head_in_loss(head_loss_fn is not None)
     if tracker is not None:
         pipe.tensor_parallel_info = model.tensor_parallel_info  # the trainer checkpoints the TP RNG stream

@@ -92,7 +92,7 @@ def apply_tensor_parallel(model: nn.Module, plan: Plan, groups: ParallelGroups, 
     """Shard `model` in place for this rank's TP position and return it.
 
     Contract: every TP rank calls this on a model holding the same full weights (or on meta models); afterwards
-    the forward returns VOCAB-SHARDED logits (B, T, V/tp) -> use `cross_entropy.parallel_lm_loss` with
+    the forward returns VOCAB-SHARDED logits (B, T, V/tp) -> use `training.losses.causal_lm_loss` with
     `groups.tp_group`. With `sequence_parallel`, T must be divisible by TP; inputs are full (B, T) on every TP
     rank. `rng_tracker` (from random.seed_parallel_rng) drives dropout inside TP regions; when None a tracker
     is seeded from torch.initial_seed() + offset + tp_rank. The tracker used is `model.tensor_parallel_info

@@ -22,8 +22,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-__all__ = ["causal_lm_loss", "masked_mean_weights", "mim_loss", "vocab_parallel_log_softmax", "token_divergence", "DIVERGENCES", "LossError",
-           "vocab_logsumexp", "z_loss_term"]
+__all__ = ["causal_lm_loss", "masked_mean_weights", "mim_loss", "split_directions", "vocab_parallel_log_softmax",
+           "token_divergence", "DIVERGENCES", "LossError", "vocab_logsumexp", "z_loss_term"]
 
 DIVERGENCES = ("tv", "js", "kl", "rkl", "l2")
 _LOG2 = 0.6931471805599453
@@ -177,6 +177,15 @@ def token_divergence(logp: torch.Tensor, logq: torch.Tensor, kind: str = "tv", t
         return _vocab_sum(q * (logq - logp), tp_group)
     logm = torch.logaddexp(logp, logq) - _LOG2  # log((p + q) / 2) without underflow
     return 0.5 * _vocab_sum(p * (logp - logm) + q * (logq - logm), tp_group)
+
+
+def split_directions(logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split the model output for a MIM batch's ``input_ids`` (2B, S, V[/tp]) into (forward (B, S, V[/tp]),
+    backward (B, S, V[/tp])); B is ``batch["batch_size"]`` (``data.objectives.mim.mim_batch``)."""
+    B = batch["batch_size"]
+    if logits.shape[0] != 2 * B:
+        raise LossError(f"logits batch {logits.shape[0]} is not twice the MIM batch size {B}")
+    return logits[:B], logits[B:]
 
 
 def mim_loss(logits_fwd: torch.Tensor, logits_bwd: torch.Tensor, batch: dict, beta: float,

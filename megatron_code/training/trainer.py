@@ -38,13 +38,11 @@ from .data import build_job_data, make_loader
 from . import recovery
 from .guards import StepGuard, StopSignal
 from .losses import masked_mean_weights
-from .objective import Collate, Objective
+from .objective import FUSED, Collate, build_objective, choose_loss_path
 from .formulas import apply_study_formulas
 from .lr_schedule import lr_at
 from .metrics import MetricsSink, Throughput, WandbWriter, megatron_log_line, peak_flops
 from .optimizer import build_optimizer
-
-MIM_PARTS = ("fwd_ce", "bwd_ce", "agreement")  # training/losses.py mim_loss parts, logged per step
 
 
 def log(msg: str, rank: int) -> None:
@@ -163,6 +161,7 @@ class Trainer:
         self.tokenizer = resolve_tokenizer(job)
         self.tok_fp = self.tokenizer.fingerprint() if self.tokenizer is not None else None
         job.validate()
+        self.objective = build_objective(job, self.tokenizer)
         model = build_model(job, self.groups, self.grad_accum)
         self.mpu = self.groups.mpu if self.world > 1 else None
         self.pipelined = self.groups.pp_size > 1
@@ -186,10 +185,7 @@ class Trainer:
         self.skipped_steps = self.bad_streak = self.rollbacks = 0
         self.bad_batches: list[tuple[int, int]] = []  # [first sample, end) of the batches of skipped steps
         self.skip_samples: set[int] = set()  # first sample of each global batch never to train on again
-        if self.pipelined and self.engine.module.head_in_loss and not loss_may_produce_gradients(self.engine.optimizer):
-            self.engine.module.set_head_in_loss(False)  # the head's gradient would be lost: logits in the pipeline
-            log("note: the fused LM head + loss is off on this pipeline (DeepSpeed's bf16 optimizer at ZeRO-0 clears "
-                "gradients of parameters used only in the loss); --zero-stage 1 keeps it", self.rank)
+        self.loss_path = self._choose_loss_path()
         self.grad_norm = float("nan")
         self.phase = None  # {"index", "name", "of"} in a multi-phase run (training/phases.py), saved with checkpoints
         self.iteration, self.consumed = 0, 0
@@ -217,7 +213,6 @@ class Trainer:
                 log(f"resumed from {t.load} at iteration {self.iteration} ({self.consumed} samples consumed)",
                     self.rank)
         eod = self.tokenizer.eod if self.tokenizer is not None else None
-        self.objective = Objective(job, self.tokenizer)
         self.data = build_job_data(job, eod, is_builder=self.rank == 0,
                                    barrier=dist.barrier if self.world > 1 else None,
                                    extra_batches=recovery.extra_batches(self), tokenizer_fingerprint=self.tok_fp)
@@ -225,8 +220,7 @@ class Trainer:
         for note in self.data.notes:
             log(f"note: {note}", self.rank)
         self.tp_group = self.groups.tp_group if self.groups.tp_size > 1 else None
-        # with PP: decided when the pipeline was built (and possibly switched off above)
-        self.fused_loss = self._fused_loss_applies() and (not self.pipelined or self.engine.module.head_in_loss)
+        self.fused_loss = self.loss_path.fused  # reported by the tests
         fpt = flops_per_token(job.model, job.data.seq_length)
         peak, source = peak_flops(t.precision, t.peak_tflops)
         self.throughput = Throughput(fpt, peak, self.world)
@@ -250,7 +244,7 @@ class Trainer:
         # Batches are built on the CPU (DataLoader workers); the engine's device is the accelerator (GPU) or CPU.
         batch = {k: v.to(self.engine.device, non_blocking=True) if torch.is_tensor(v) else v
                  for k, v in batch.items()}
-        if self.fused_loss and self.objective.next_token_loss(train):
+        if self.loss_path.kind(train) == FUSED:
             z = self.job.training.z_loss if train else 0.0  # validation: the plain next-token loss
             out = self.engine(batch["input_ids"], batch["position_ids"], mask=batch.get("attention_mask"),
                               labels=batch["labels"], loss_weights=masked_mean_weights(batch["loss_mask"]),
@@ -325,18 +319,23 @@ class Trainer:
         p = self.job.parallel
         return build_pipeline(model, self.groups, self._pipeline_loss, partition_method=p.pipeline_partition,
                               checkpoint_interval=p.activation_checkpoint_interval,
-                              part_names=MIM_PARTS if self.job.objective.objective == "mim" else (
-                                  ("z_loss",) if self.job.training.z_loss else ()),
-                              seed=self.job.training.seed,
-                              head_loss_fn=self._pipeline_head_loss if self._fused_loss_applies() else None)
+                              part_names=self.objective.part_names, seed=self.job.training.seed,
+                              head_loss_fn=self._pipeline_head_loss, label_keys=self.objective.label_keys)
 
-    def _fused_loss_applies(self) -> bool:
-        """The fused head + loss kernel (kernels/linear_cross_entropy) is used where it applies; see
-        TrainingConfig.fused_lm_loss. With TP the head holds a vocabulary slice and the kernel reduces over the TP
-        group; fp16 would take its whole-vocabulary reference, so TP + fp16 keeps the vocab-parallel loss on logits.
-        Under ZeRO-3, reading the head's weight gathers it (DeepSpeed registers it as an external parameter)."""
-        t = self.job.training
-        return t.fused_lm_loss and (self.groups.tp_size == 1 or t.precision != "fp16")
+    def _choose_loss_path(self):
+        """The run's loss path (training/objective.choose_loss_path), once the engine (and so the optimizer)
+        exists; the pipeline's head layer is switched to match. Under ZeRO-3, reading the head's weight for the
+        fused kernel gathers it (DeepSpeed registers it as an external parameter)."""
+        t, g = self.job.training, self.groups
+        survive = not self.pipelined or loss_may_produce_gradients(self.engine.optimizer)
+        path = choose_loss_path(self.objective, g.tp_size, g.pp_size, t.precision, t.fused_lm_loss, survive)
+        if self.pipelined:
+            self.engine.module.set_head_in_loss(path.head_in_loss)
+            if not survive and choose_loss_path(self.objective, g.tp_size, g.pp_size, t.precision,
+                                                t.fused_lm_loss).fused:
+                log("note: the fused LM head + loss is off on this pipeline (DeepSpeed's bf16 optimizer at ZeRO-0 "
+                    "clears gradients of parameters used only in the loss); --zero-stage 1 keeps it", self.rank)
+        return path
 
     def _pipeline_loss(self, logits: torch.Tensor, batch: dict, train: bool):
         """Last stage: the objective's loss on this micro batch's (vocab-parallel) logits."""
@@ -346,13 +345,14 @@ class Trainer:
         return out
 
     def _pipeline_head_loss(self, head: torch.nn.Module, hidden: torch.Tensor, batch: dict, train: bool):
-        """Last stage with the fused loss: the head runs here, fused with the next-token loss (logits, then the
-        objective's loss, for MIM training)."""
+        """Last stage with the head in the loss: the head runs here, fused with the next-token loss (logits, then
+        the objective's loss, for MIM training)."""
         z = self.job.training.z_loss if train else 0.0
-        if self.objective.next_token_loss(train) and z:
+        fused = self.loss_path.kind(train) == FUSED
+        if fused and z:
             loss, z_part = head_loss(head, hidden, batch["labels"], masked_mean_weights(batch["loss_mask"]), z)
             out = loss, {"z_loss": float(z_part)}
-        elif self.objective.next_token_loss(train):
+        elif fused:
             out = head_loss(head, hidden, batch["labels"], masked_mean_weights(batch["loss_mask"])), {}
         else:
             out = self.objective.loss(head_logits(head, hidden), batch, self.tp_group, train)
@@ -365,7 +365,7 @@ class Trainer:
         rank has its own loader over its DP rank's samples); the loss comes back DP-averaged on every stage."""
         self.guard.begin_step()
         t0 = time.perf_counter()
-        loss = self.engine.train_batch(PipelineBatches(batches))
+        loss = self.engine.train_batch(PipelineBatches(batches, self.objective.label_keys(True)))
         self._time("forward-backward", time.perf_counter() - t0)  # DeepSpeed's schedule runs the step inside
         parts = self.engine.get_additional_losses() or {}
         self.loss_parts = {k: float(v) for k, v in parts.items()}
@@ -378,7 +378,7 @@ class Trainer:
 
     def _evaluate_pipeline(self, loader) -> float:
         """Mean over eval_iters global batches; eval_batch returns the DP-averaged loss on every stage."""
-        batches = PipelineBatches(iter(loader))
+        batches = PipelineBatches(iter(loader), self.objective.label_keys(False))
         n = min(self.job.training.eval_iters, len(loader) // self.grad_accum)
         # Stages size their receive buffers from the first activation they see; validation batches may have
         # another shape (MIM trains on doubled batches), so renegotiate shapes on the way in and out.
@@ -398,8 +398,7 @@ class Trainer:
                  "tp_rng": tracker.get_states() if tracker is not None else None,
                  "tokenizer_fingerprint": self.tok_fp, "skip_samples": sorted(self.skip_samples),
                  "phase": self.phase,
-                 "layout": {"tp": self.groups.tp_size, "pp": self.groups.pp_size, "dp": self.groups.dp_size,
-                            "zero": self.job.parallel.zero_stage},
+                 "layout": self._layout(),
                  # for DeepSpeed's ds_to_universal (convert/ds_universal.py), and the config it carries along
                  "universal_checkpoint_info": universal_info(), "job_config": self.job.to_dict()}
         path = ckpt.save_checkpoint(self.engine, self.job, t.save, self.iteration, state, self.tokenizer,
@@ -433,6 +432,16 @@ class Trainer:
                     f"({self.consumed} samples consumed)", self.rank)
             self.step_batch = batch
         self.step_accum = batch // per_step
+
+    def _layout(self) -> dict:
+        """The parallel layout a reshard needs, saved with every checkpoint: sizes, ZeRO stage and, with PP, the
+        stage boundaries over the pipeline layers (stage s held layers [parts[s], parts[s+1]); DeepSpeed's
+        partition, parallel/pipeline.py's layer list)."""
+        layout = {"tp": self.groups.tp_size, "pp": self.groups.pp_size, "dp": self.groups.dp_size,
+                  "zero": self.job.parallel.zero_stage}
+        if self.pipelined:
+            layout["pipeline_parts"] = [int(p) for p in self.engine.module.parts]
+        return layout
 
     def _log_interval(self, loss_sum: float, steps: int, bar) -> None:
         t = self.job.training

@@ -5,9 +5,9 @@ stop-gradient). The vocabulary is never gathered: each rank only ever holds its 
 import pytest
 import torch
 
-from megatron_code.data.objectives import mim_batch, split_directions
+from megatron_code.data.objectives import mim_batch
 from megatron_code.testing.spawn import run_distributed
-from megatron_code.training.losses import DIVERGENCES, causal_lm_loss, mim_loss
+from megatron_code.training.losses import DIVERGENCES, causal_lm_loss, mim_loss, split_directions
 
 pytestmark = pytest.mark.distributed
 

@@ -170,7 +170,10 @@ def test_tp2_pp2_dp2_zero1_and_resume(reference, tmp_path):
     assert out["resumed"]["loss"] == out["first"]["loss"][5:]
     assert out["resumed"]["grad_norm"] == out["first"]["grad_norm"][5:]
     with open(os.path.join(first, "iter_0000005", "meta.json")) as f:
-        assert json.load(f)["layout"] == {"tp": 2, "pp": 2, "dp": 2, "zero": 1}
+        layout = json.load(f)["layout"]
+    parts = layout.pop("pipeline_parts")  # the stage boundaries over the 7 pipeline layers, for resharding
+    assert layout == {"tp": 2, "pp": 2, "dp": 2, "zero": 1}
+    assert len(parts) == 3 and parts[0] == 0 < parts[1] < parts[2] == 7, parts
     files = os.listdir(os.path.join(first, "iter_0000005"))
     # DeepSpeed's per-layer files: embedding, 4 blocks, final norm, head, each for TP ranks 0 and 1.
     assert sum(f.startswith("layer_") and f.endswith("-model_states.pt") for f in files) == 7 * 2
@@ -218,6 +221,7 @@ def test_pipeline_batch_translation_roundtrip():
     from megatron_code.data.batch import make_batch
     from megatron_code.data.objectives.mim import mim_batch
     from megatron_code.parallel.pipeline import batch_from_labels, to_pipeline_batch
+    from megatron_code.training.objective import MIMObjective
 
     tokens = torch.randint(0, 50, (3, 9), generator=torch.Generator().manual_seed(0))
     causal = make_batch(tokens, eod=0, reset_position_ids=True)
@@ -226,12 +230,14 @@ def test_pipeline_batch_translation_roundtrip():
     back = batch_from_labels(list(labels))  # DataLoader-style list: accepted
     assert set(back) == {"labels", "loss_mask"} and back["labels"] is causal["labels"]
     mim = mim_batch(tokens, None, l2r_id=60, r2l_id=61, pad_id=62, eod_id=0)
-    (ids, _), labels = to_pipeline_batch(mim)
+    keys = MIMObjective.TRAIN_LABELS  # the entries the MIM objective's training loss reads
+    (ids, _), labels = to_pipeline_batch(mim, keys)
     assert ids.shape == (6, 8) and all(torch.is_tensor(t) for t in labels)
-    back = batch_from_labels(labels)
-    assert back["batch_size"] == 3
+    back = batch_from_labels(labels, keys)
     for k in ("labels", "loss_mask", "agree_mask", "align_index"):
         assert torch.equal(back[k], mim[k]), k
+    with pytest.raises(ValueError, match="label tensors"):
+        batch_from_labels(labels)  # four tensors for the two next-token keys
 
 
 def test_bad_partition_method_is_a_clear_error():

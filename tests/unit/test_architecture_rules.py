@@ -96,3 +96,25 @@ def test_no_file_over_size_limit():
         if n > MAX_LINES:
             offenders.append(f"{path.relative_to(PACKAGE.parent)}: {n} lines")
     assert not offenders, f"files over {MAX_LINES} lines (split them by concept):\n" + "\n".join(offenders)
+
+
+OBJECTIVE_CODE = ("megatron_code.data.objectives", "megatron_code.training")
+
+
+def test_parallel_imports_no_objective_code():
+    # parallel/ applies distribution to a model; which tensors a loss reads and how it scores them is the
+    # objective's (training/objective.py): the pipeline carries the label entries the objective names.
+    assert py_files("parallel")
+    bad = violations("parallel", OBJECTIVE_CODE)
+    assert not bad, "parallel/ must not import objective code:\n" + "\n".join(bad)
+
+
+def test_data_holds_no_logit_code():
+    # data/ works on tokens and batches; functions of logits (losses, their splits) belong to training/losses.py.
+    offenders = []
+    for path in py_files("data"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef) and any(a.arg == "logits" for a in node.args.args):
+                offenders.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}(logits, ...)")
+    assert not offenders, "data/ must work on data only:\n" + "\n".join(offenders)

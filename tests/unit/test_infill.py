@@ -10,11 +10,11 @@ import torch
 
 from megatron_code.config.model import ModelConfig
 from megatron_code.data.objectives.fim import FIMConfig, apply_fim
-from megatron_code.data.objectives.mim import mim_batch, split_directions
+from megatron_code.data.objectives.mim import mim_batch
 from megatron_code.data.objectives.rng import sample_rng
 from megatron_code.inference.infill import (InfillError, fim_infill, find_meeting, infill, infill_ids, mim_generate,
                                             mim_infill)
-from megatron_code.training.losses import causal_lm_loss, mim_loss
+from megatron_code.training.losses import causal_lm_loss, mim_loss, split_directions
 
 SPECIALS = ["<|endoftext|>", "<pad>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>", "<l2r>", "<r2l>"]
 PREFIX = "def area(w, h):\n    "

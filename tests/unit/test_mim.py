@@ -2,14 +2,18 @@
 distributions, a position-only fake model, every divergence against its formula, gradients and stop-gradient."""
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from megatron_code.data.objectives import (mim_batch, mim_batch_from_labels, mim_forward_batch, mim_labels_tuple,
-                                           split_directions)
-from megatron_code.training.losses import DIVERGENCES, LossError, causal_lm_loss, mim_loss, token_divergence
+from megatron_code.config.job import JobConfig
+from megatron_code.data.objectives import mim_batch, mim_forward_batch
+from megatron_code.parallel.pipeline import batch_from_labels, to_pipeline_batch
+from megatron_code.training.losses import (DIVERGENCES, LossError, causal_lm_loss, mim_loss, split_directions,
+                                           token_divergence)
+from megatron_code.training.objective import MIMObjective
 
 L2R, R2L, PAD, EOD, V = 6, 7, 1, 0, 40
 
@@ -228,8 +232,12 @@ def test_user_errors():
 def test_labels_tuple_round_trip_for_pipeline():
     b, logits = batch_and_logits(seed=7)
     lf, lb = split_directions(logits, b)
-    carried = mim_labels_tuple(b)
+    keys = MIMObjective.TRAIN_LABELS
+    _, carried = to_pipeline_batch(b, keys)
     assert all(isinstance(t, torch.Tensor) for t in carried)
-    again = mim_batch_from_labels(carried)
-    assert again["batch_size"] == b["batch_size"]
-    assert torch.equal(mim_loss(lf, lb, again, beta=1.0)[0], mim_loss(lf, lb, b, beta=1.0)[0])
+    again = batch_from_labels(carried, keys)
+    assert "batch_size" not in again and torch.equal(again["agree_mask"], b["agree_mask"])
+    # the MIM objective recovers B from agree_mask, so its loss on the carried labels is the loss on the batch
+    tokenizer = SimpleNamespace(eod=EOD, pad=PAD, special_tokens={"<l2r>": L2R, "<r2l>": R2L})
+    objective = MIMObjective(JobConfig(), tokenizer)  # default mim_beta 1.0, divergence tv
+    assert torch.equal(objective.loss(logits, again, None, True)[0], mim_loss(lf, lb, b, beta=1.0)[0])

@@ -5,10 +5,8 @@ order-independent and resumes exactly.
 """
 
 from .fim import FIMConfig, FIMError, FIMIds, apply_fim, apply_fim_to_document, fim_ids, fim_loss_mask
-from .mim import (MIMError, mim_batch, mim_batch_from_labels, mim_forward_batch, mim_labels_tuple,
-                  split_directions)
+from .mim import MIMError, mim_batch, mim_forward_batch
 from .rng import sample_rng
 
 __all__ = ["FIMConfig", "FIMError", "FIMIds", "apply_fim", "apply_fim_to_document", "fim_ids", "fim_loss_mask",
-           "MIMError", "mim_batch", "mim_forward_batch", "mim_labels_tuple", "mim_batch_from_labels",
-           "split_directions", "sample_rng"]
+           "MIMError", "mim_batch", "mim_forward_batch", "sample_rng"]

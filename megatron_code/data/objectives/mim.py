@@ -31,11 +31,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["mim_batch", "mim_forward_batch", "split_directions", "mim_labels_tuple", "mim_batch_from_labels",
-           "MIMError"]
-
-# What the loss needs, as a tuple of tensors: the form DeepSpeed's pipeline engine carries to the last stage.
-_LABEL_KEYS = ("labels", "loss_mask", "agree_mask", "align_index")
+__all__ = ["mim_batch", "mim_forward_batch", "MIMError"]
 
 
 class MIMError(ValueError):
@@ -88,7 +84,7 @@ def mim_batch(tokens: torch.Tensor, loss_mask: Optional[torch.Tensor], l2r_id: i
       ``labels`` (2B, S) long; ``loss_mask`` (2B, S) float32;
       ``agree_mask`` (B, S) float32 over forward positions;
       ``align_index`` (S,) long: forward position i <-> backward position ``align_index[i]`` (same target);
-      ``batch_size``: B (a Python int), used by ``split_directions``.
+      ``batch_size``: B (a Python int), used by ``training.losses.split_directions``.
     ``loss_mask`` (B, S+1) or None is the per-token mask ("token j may be a target").
     """
     _check(tokens, loss_mask)
@@ -110,23 +106,3 @@ def mim_batch(tokens: torch.Tensor, loss_mask: Optional[torch.Tensor], l2r_id: i
         "align_index": align_index,
         "batch_size": B,
     }
-
-
-def split_directions(logits: torch.Tensor, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Split the model output for ``batch["input_ids"]`` (2B, S, V) into (forward (B, S, V), backward (B, S, V))."""
-    B = batch["batch_size"]
-    if logits.shape[0] != 2 * B:
-        raise MIMError(f"logits batch {logits.shape[0]} is not twice the MIM batch size {B}")
-    return logits[:B], logits[B:]
-
-
-def mim_labels_tuple(batch: dict) -> tuple:
-    """``(labels, loss_mask, agree_mask, align_index)``: the loss inputs as tensors only (pipeline label slot)."""
-    return tuple(batch[k] for k in _LABEL_KEYS)
-
-
-def mim_batch_from_labels(labels: tuple) -> dict:
-    """Inverse of ``mim_labels_tuple``: a dict ``mim_loss`` accepts (``batch_size`` from ``agree_mask``)."""
-    batch = dict(zip(_LABEL_KEYS, labels))
-    batch["batch_size"] = int(batch["agree_mask"].shape[0])
-    return batch

@@ -219,7 +219,8 @@ def linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, bias: torch
     if impl == "reference" or (impl == "auto" and hidden.dtype == torch.float16):
         if vocab_shard is not None:
             raise ValueError("the reference (used for fp16) needs the whole vocabulary: with a vocabulary-sharded "
-                             "head score the vocab-parallel logits instead (parallel.cross_entropy)")
+                             "head score the vocab-parallel logits instead (training.losses.causal_lm_loss with "
+                             "its tp_group)")
         total, z_part = linear_cross_entropy_reference(hidden, weight, bias, labels, weights, z_loss, return_z=True)
         return (total, z_part.detach()) if return_z else total
     chunk = chunk_rows or default_chunk_rows(weight.shape[0])
