@@ -20,7 +20,8 @@ Source files (DeepSpeed 0.19.8 on-disk layout, read directly, no process group; 
 
 TP shards are merged with `tensor_parallel.partition_spec` (which dim each parameter is split along). Pipeline
 checkpoints: weights from DeepSpeed's per-layer files; Adam state from ZeRO-1 shards of every stage (`_read_pipeline`),
-from each stage's torch AdamW state at ZeRO-0, or, for bf16 at ZeRO-0, from DeepSpeed's BF16_Optimizer files
+from each stage's torch AdamW state at ZeRO-0 (positions named by the stage boundaries the checkpoint's layout
+records, 'pipeline_parts'), or, for bf16 at ZeRO-0, from DeepSpeed's BF16_Optimizer files
 (`bf16_zero_pp_rank_{dp}_mp_rank_XX_optim_states.pt`, located by their 'param_slice_mappings').
 
 The full format (`full_state.pt` in a checkpoint tag directory): {"format", "module": {name: fp32},
@@ -261,17 +262,17 @@ def _layer_files(tag_dir: str, tp_rank: int) -> dict[int, dict[str, torch.Tensor
     return out
 
 
-def _stage_opt_order(layers: dict[int, dict], first: int, stop: int, tied: bool, last: bool) -> list[str]:
+def _stage_opt_order(layers: dict[int, list[str]], shapes: dict[str, torch.Size], first: int, stop: int,
+                     tied: bool, last: bool) -> list[str]:
     """GPT names of a stage holding pipeline layers [first, stop) in its torch optimizer's order: DeepSpeed's
     PipelineModule registers the tied modules (the embedding, on the first and last stage) before its numbered
     layers, and training.optimizer.param_groups puts matrices (decay) before vectors and biases (no decay)."""
     names = []
     if tied and (first == 0 or last):
         names += list(layers[0])
-    names += [n for i in range(first, stop) if not (tied and i == 0) for n in layers.get(i, {})]
-    shapes = {n: v.shape for layer in layers.values() for n, v in layer.items()}
-    no_decay = [n for n in names if len(shapes[n]) < 2 or n.endswith(".bias")]
-    return [n for n in names if n not in no_decay] + no_decay
+    names += [n for i in range(first, stop) if not (tied and i == 0) for n in layers.get(i, [])]
+    no_decay = {n for n in names if len(shapes[n]) < 2 or n.endswith(".bias")}
+    return [n for n in names if n not in no_decay] + [n for n in names if n in no_decay]
 
 
 def _read_pipeline_bf16(tag_dir: str, job, merge) -> FullState:
@@ -311,10 +312,8 @@ def _read_pipeline_bf16(tag_dir: str, job, merge) -> FullState:
 
 
 def _read_pipeline_zero0(tag_dir: str, job, merge) -> FullState:
-    """PP > 1, ZeRO-0: each stage's `mp_rank_XX` file holds its torch AdamW state keyed by position. The stage
-    boundaries are not saved: they are the only split of the layers whose parameter shapes, in optimizer order,
-    match every stage's saved state (block counts differ between candidate splits)."""
-    import itertools
+    """PP > 1, ZeRO-0: each stage's `mp_rank_XX` file holds its torch AdamW state keyed by position; the stage
+    boundaries (which pipeline layers each stage held) say which parameter each position is."""
     tp, pp, _, _ = _layout(job)
     tied = job.model.tie_embeddings
     n_layers = job.model.num_layers + 3
@@ -329,28 +328,60 @@ def _read_pipeline_zero0(tag_dir: str, job, merge) -> FullState:
             if not opt.get("state"):
                 raise ReshardError(f"{tag_dir}: stage {stage} holds no optimizer state (saved with --no-save-optim?)")
             idx = [i for g in opt["param_groups"] for i in g["params"]]
-            opts.append([(i, opt["state"][i]) for i in idx])
-        found = []
-        for cut in itertools.combinations(range(1, n_layers), pp - 1):
-            bounds = (0,) + cut + (n_layers,)
-            orders = [_stage_opt_order(layers, bounds[s], bounds[s + 1], tied, s == pp - 1) for s in range(pp)]
-            shapes = {n: v.shape for layer in layers.values() for n, v in layer.items()}
-            if all(len(o) == len(st) and all(shapes[n] == x["exp_avg"].shape for n, (_, x) in zip(o, st))
-                   for o, st in zip(orders, opts)):
-                found.append(orders)
-        if len(found) != 1:
-            raise ReshardError(f"{tag_dir}: cannot tell the pipeline stage boundaries from the saved ZeRO-0 optimizer "
-                               f"state ({len(found)} candidate splits): save pipelines with --zero-stage 1 to reshard")
+            opts.append([opt["state"][i] for i in idx])
+        shapes = {n: v.shape for layer in layers.values() for n, v in layer.items()}
+        bounds = (sd0.get("layout") or {}).get("pipeline_parts")
+        if bounds is None:
+            bounds = stage_bounds_from_counts({i: len(v) for i, v in layers.items()}, [len(o) for o in opts],
+                                              n_layers, tag_dir)
+        orders = zero0_stage_orders(shapes, {i: list(v) for i, v in layers.items()}, opts, bounds, tied, tag_dir)
         module, moments = {}, {k: {} for k in ADAM_KEYS}
         for layer in layers.values():
             module.update(layer)
-        for order, st in zip(found[0], opts):
-            for name, (_, x) in zip(order, st):
+        for order, st in zip(orders, opts):
+            for name, x in zip(order, st):
                 for k in ADAM_KEYS:
                     moments[k].setdefault(name, x[k])
                 step = int(x["step"])
         per_tp.append((module, moments))
     return _assemble(per_tp, merge, sd0, step)
+
+
+def stage_bounds_from_counts(counts: dict[int, int], stage_sizes: list[int], n_layers: int,
+                             where: str) -> list[int]:
+    """Stage boundaries of a ZeRO-0 pipeline checkpoint saved before they were recorded in its layout
+    ('pipeline_parts'): derived in one pass from how many parameters each stage's optimizer holds. Every pipeline
+    layer but the tied head (the last, whose weight is the embedding's) holds parameters, so the running sum meets
+    each stage's size at exactly one layer. `counts` {pipeline layer: number of tensors}; the shapes are checked
+    afterwards (`zero0_stage_orders`)."""
+    bounds, i = [0], 0
+    for s, size in enumerate(stage_sizes[:-1]):  # the last stage takes the rest (and, tied, the embedding again)
+        total = 0
+        while i < n_layers and total < size:
+            total += counts.get(i, 0)
+            i += 1
+        if total != size:
+            raise ReshardError(f"{where}: stage {s}'s saved optimizer state ({size} tensors) matches no run of "
+                               f"pipeline layers: the checkpoint does not come from this model config")
+        bounds.append(i)
+    bounds.append(n_layers)
+    return bounds
+
+
+def zero0_stage_orders(shapes: dict[str, torch.Size], layers: dict[int, list[str]], opts: list[list[dict]],
+                       bounds: list[int], tied: bool, where: str) -> list[list[str]]:
+    """The GPT names of each stage's optimizer positions, for stages holding pipeline layers [bounds[s],
+    bounds[s+1]); raises unless every position's saved Adam state has its parameter's shape."""
+    pp = len(opts)
+    if len(bounds) != pp + 1:
+        raise ReshardError(f"{where}: the recorded pipeline boundaries {list(bounds)} are not for {pp} stages")
+    orders = [_stage_opt_order(layers, shapes, bounds[s], bounds[s + 1], tied, s == pp - 1) for s in range(pp)]
+    for s, (order, st) in enumerate(zip(orders, opts)):
+        if len(order) != len(st) or any(shapes[n] != x["exp_avg"].shape for n, x in zip(order, st)):
+            raise ReshardError(f"{where}: stage {s}'s saved optimizer state does not match pipeline layers "
+                               f"[{bounds[s]}, {bounds[s + 1]}) of this model config: the checkpoint does not "
+                               f"come from it")
+    return orders
 
 
 def _tp_merger(model_cfg, tp: int):
