@@ -1,29 +1,24 @@
 #!/usr/bin/env python
-"""Sample-index and blending-index build time: C++ helpers against the numpy twin (same inputs, same outputs).
+"""Sample-index and blending-index build time: the C++ helpers (plain loops) against the numpy twin (same inputs,
+same outputs).
 
 Synthetic dataset: 5M documents, 2B tokens (sizes drawn log-normally, rescaled), one shuffled epoch, S=2048.
-The document order is int32, as GPTDataset builds it (Megatron's dtype too); the same order as int64 (what the
-datasets used before) is timed as well. Runs are interleaved C++ (automatic threads), C++ (one thread), numpy,
-C++ int64, numpy int64, ... and the median of each is reported, with the ratio of numpy to C++ for the same input.
-The C++ helper uses up to min(cores, 4) threads on inputs this large.
-
-Two protocols: repeated builds in this process (the default), and `--fresh-processes`, where every build is the first
-and only one of a new Python process (how indexes are built in practice: once, by tools/build_index.py or rank 0),
-so neither side reuses memory an earlier build freed. Builds alternate C++, C++ one thread, numpy in both.
+The document order is int32, as GPTDataset builds it (Megatron's dtype too); the same order as int64 is timed as
+well. Runs are interleaved C++, numpy, C++ int64, numpy int64, ... and the median of each is reported, with the
+ratio of numpy to C++ for the same input. `--peer-so PATH` also times another build of the extension (e.g. an
+earlier csrc/helpers.cpp from git, built with `python setup.py build_ext --inplace` and copied aside), interleaved
+with the others, for an A/B of two C++ versions.
 
     python benchmarks/bench_sample_index.py --repeats 5
     python benchmarks/bench_sample_index.py --docs 500000 --tokens 200000000 --repeats 5   # smaller
-    python benchmarks/bench_sample_index.py --fresh-processes --repeats 9
+    python benchmarks/bench_sample_index.py --peer-so /tmp/old/_helpers_cpp.cpython-311-x86_64-linux-gnu.so
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -88,31 +83,16 @@ def report(label, times, pairs=None):
     return med
 
 
-ONE_SHOT = {"cpp": dict(impl="cpp"), "cpp_1thread": dict(impl="cpp", threads=1), "numpy": dict(impl="numpy")}
+def load_peer(path: str):
+    """Another build of the extension (its module init is named _helpers_cpp whatever file holds it)."""
+    import importlib.machinery
+    import importlib.util
 
-
-def one_shot(args):
-    """In a new process: make the dataset, time one build, print its seconds and a digest of the rows."""
-    sizes, doc_idx64 = synthetic(args.docs, args.tokens)
-    doc_idx = doc_idx64.astype(np.int32)
-    n = (int(sizes.sum(dtype=np.int64)) - 1) // args.seq_length
-    dt, rows = timed(lambda: helpers.build_sample_idx(sizes, doc_idx, args.seq_length, n, **ONE_SHOT[args.one_shot]))
-    print(json.dumps({"seconds": dt, "rows": hashlib.sha1(rows.tobytes()).hexdigest()}))
-
-
-def fresh_processes(args):
-    times, digests = {k: [] for k in ONE_SHOT}, set()
-    for r in range(args.repeats):
-        for name in ONE_SHOT:
-            out = subprocess.run([sys.executable, os.path.abspath(__file__), "--one-shot", name, "--docs",
-                                  str(args.docs), "--tokens", str(args.tokens), "--seq-length", str(args.seq_length)],
-                                 check=True, capture_output=True, text=True)
-            result = json.loads(out.stdout.strip().splitlines()[-1])
-            times[name].append(result["seconds"])
-            digests.add(result["rows"])
-    assert len(digests) == 1, "twins disagree"
-    report("sample index, each build the first of a new process", times,
-           pairs=[("numpy", "cpp"), ("numpy", "cpp_1thread")])
+    loader = importlib.machinery.ExtensionFileLoader("_helpers_cpp", path)
+    spec = importlib.util.spec_from_file_location("_helpers_cpp", path, loader=loader)
+    module = importlib.util.module_from_spec(spec)
+    loader.exec_module(module)
+    return module
 
 
 def main():
@@ -124,30 +104,28 @@ def main():
     ap.add_argument("--blend-samples", type=int, default=1_000_000)
     ap.add_argument("--blend-datasets", type=int, default=4)
     ap.add_argument("--python-loop", action="store_true", help="also time a plain Python loop once (reference)")
-    ap.add_argument("--fresh-processes", action="store_true",
-                    help="time each sample-index build as the first and only one of a new process")
-    ap.add_argument("--one-shot", choices=sorted(ONE_SHOT), help=argparse.SUPPRESS)  # the child of --fresh-processes
+    ap.add_argument("--peer-so", help="also time this build of the _helpers_cpp extension (A/B of C++ versions)")
     args = ap.parse_args()
     if not helpers.cpp_available():
         raise SystemExit("C++ helpers not built: pip install -e . --no-build-isolation")
-    if args.one_shot:
-        return one_shot(args)
-    if args.fresh_processes:
-        print(f"dataset: {args.docs} docs, {args.tokens} tokens (target), S={args.seq_length}; {os.cpu_count()} cores")
-        return fresh_processes(args)
     sizes, doc_idx64 = synthetic(args.docs, args.tokens)
     doc_idx = doc_idx64.astype(np.int32)
     total = int(sizes.sum(dtype=np.int64))
     n = (total - 1) // args.seq_length
     print(f"dataset: {args.docs} docs, {total} tokens, S={args.seq_length}, {n} samples; {os.cpu_count()} cores")
-    _, outs = interleave("sample index", {
+    fns = {
         "cpp": lambda: helpers.build_sample_idx(sizes, doc_idx, args.seq_length, n, impl="cpp"),
-        "cpp_1thread": lambda: helpers.build_sample_idx(sizes, doc_idx, args.seq_length, n, impl="cpp", threads=1),
         "numpy": lambda: helpers.build_sample_idx(sizes, doc_idx, args.seq_length, n, impl="numpy"),
         "cpp_int64": lambda: helpers.build_sample_idx(sizes, doc_idx64, args.seq_length, n, impl="cpp"),
         "numpy_int64": lambda: helpers.build_sample_idx(sizes, doc_idx64, args.seq_length, n, impl="numpy"),
-    }, args.repeats, pairs=[("numpy", "cpp"), ("numpy", "cpp_1thread"), ("numpy_int64", "cpp_int64")])
-    for name in ("cpp", "cpp_1thread", "cpp_int64", "numpy_int64"):
+    }
+    pairs = [("numpy", "cpp"), ("numpy_int64", "cpp_int64")]
+    if args.peer_so:
+        peer = load_peer(args.peer_so)
+        fns["peer_cpp"] = lambda: peer.build_sample_idx(sizes, doc_idx, args.seq_length, n)
+        pairs += [("numpy", "peer_cpp"), ("cpp", "peer_cpp")]
+    _, outs = interleave("sample index", fns, args.repeats, pairs=pairs)
+    for name in [k for k in fns if k != "numpy"]:
         assert np.array_equal(outs[name], outs["numpy"]), f"{name} and numpy disagree"
     if args.python_loop:
         dt, ref = timed(lambda: python_loop_sample_idx(sizes, doc_idx, args.seq_length, n))

@@ -41,8 +41,7 @@ def _pick(impl: str):
     return impl
 
 
-def build_sample_idx(sizes, doc_idx, seq_length: int, num_samples: int, impl: str = "auto",
-                     threads: int | None = None) -> np.ndarray:
+def build_sample_idx(sizes, doc_idx, seq_length: int, num_samples: int, impl: str = "auto") -> np.ndarray:
     """Rows of (position in ``doc_idx``, token offset) for packed samples; shape (num_samples + 1, 2).
 
     Row ``k`` is token position ``k * seq_length`` of the stream formed by concatenating documents
@@ -56,8 +55,6 @@ def build_sample_idx(sizes, doc_idx, seq_length: int, num_samples: int, impl: st
     write and cache), else int64; the values are the same.
     Raises SampleIndexError when any ``doc_idx`` entry (also past the last needed one) is outside ``sizes``, or
     when the order holds too few tokens (C++ also rejects negative lengths, which the .idx reader never yields).
-    ``threads`` (C++ only; the numpy twin ignores it): None or 0 = automatic (one thread for small inputs, else up
-    to min(cores, 4)), 1 = single-threaded; it never changes the result.
     """
     sizes = np.ascontiguousarray(sizes, dtype=np.int32)
     doc_idx = np.asarray(doc_idx)  # int32 (the datasets' order below 2^31 documents) is read as is, else int64
@@ -74,7 +71,7 @@ def build_sample_idx(sizes, doc_idx, seq_length: int, num_samples: int, impl: st
         # The C++ pass bounds-checks every doc_idx entry while it reads it (same contract and text as below), so
         # the two extra numpy passes (min, max) are not needed here.
         try:
-            return _cpp.build_sample_idx(sizes, doc_idx, int(seq_length), int(num_samples), threads=int(threads or 0))
+            return _cpp.build_sample_idx(sizes, doc_idx, int(seq_length), int(num_samples))
         except ValueError as exc:
             raise SampleIndexError(str(exc)) from None
     if doc_idx.size and (doc_idx.min() < 0 or doc_idx.max() >= sizes.size):
