@@ -1,4 +1,4 @@
-"""Principles 1 and 2 of shared/ARCHITECTURE.md, enforced on the source with `ast` (nothing is imported):
+"""The layering rules of docs/architecture.md, enforced on the source with `ast` (nothing is imported):
 dependencies point one way and no module grows past ~600 lines. Lazy imports inside functions count too."""
 
 import ast
