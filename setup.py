@@ -62,7 +62,7 @@ setup(
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.1",
-        "deepspeed>=0.14",
+        "deepspeed>=0.19,<0.20",  # the version parallel/deepspeed_compat.py is tested with (its canary test)
         "numpy",
         "sentencepiece",
         "tokenizers",

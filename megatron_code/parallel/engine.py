@@ -21,6 +21,7 @@ from torch import nn
 
 from ..config.base import ConfigError
 from ..config.job import JobConfig
+from . import deepspeed_compat as dsc
 
 
 def _free_port() -> int:
@@ -87,15 +88,7 @@ def keep_deepspeed_from_compiling() -> list[str]:
     """Mark UNUSED_JIT_OPS incompatible in DeepSpeed's probe table (`deepspeed.ops.__compatible_ops__`, which
     `deepspeed.comm.torch.build_shm_op` consults before it JIT-builds the op), so no job start compiles anything or
     takes torch's extension file lock. Returns the ops switched off. Nothing else reads the table."""
-    import deepspeed.ops
-
-    table = getattr(deepspeed.ops, "__compatible_ops__", None)
-    if not isinstance(table, dict):
-        return []
-    off = [name for name in UNUSED_JIT_OPS if table.get(name)]
-    for name in off:
-        table[name] = False
-    return off
+    return dsc.mark_ops_incompatible(UNUSED_JIT_OPS)
 
 
 def init_distributed(backend: str = "auto", timeout_minutes: float | None = None) -> tuple[int, int]:
@@ -230,27 +223,6 @@ def initialize_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, 
     return engine
 
 
-def zero0_masters(optimizer) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-    """(model parameter, the inner optimizer's state key, the parameter's fp32 master view) for each parameter of
-    DeepSpeed's ZeRO-0 fp16/bf16 wrappers: FP16_UnfusedOptimizer keeps one master per parameter (`fp32_groups`),
-    FP16_Optimizer one flat master per group (`fp32_groups_flat`) holding the group's parameters back to back.
-    Empty for every other optimizer (plain torch ones step the model parameters; ZeRO/BF16 ones link their own)."""
-    from deepspeed.runtime.fp16.fused_optimizer import FP16_Optimizer
-    from deepspeed.runtime.fp16.unfused_optimizer import FP16_UnfusedOptimizer
-
-    out = []
-    if isinstance(optimizer, FP16_UnfusedOptimizer):
-        for lps, hps in zip(optimizer.fp16_groups, optimizer.fp32_groups):
-            out += [(lp, hp, hp) for lp, hp in zip(lps, hps)]
-    elif isinstance(optimizer, FP16_Optimizer):
-        for lps, flat in zip(optimizer.fp16_groups, optimizer.fp32_groups_flat):
-            offset = 0
-            for lp in lps:
-                out.append((lp, flat, flat.narrow(0, offset, lp.numel()).view_as(lp)))
-                offset += lp.numel()
-    return out
-
-
 def undo_state_initialization_step(optimizer) -> bool:
     """DeepSpeed's ZeRO-0 fp16/bf16 wrappers (FP16_Optimizer, FP16_UnfusedOptimizer: fp16, and bf16 without ZeRO
     or pipeline) create the inner optimizer's state with one step() on zero gradients. For Adam that is step 1, so
@@ -260,7 +232,7 @@ def undo_state_initialization_step(optimizer) -> bool:
     ZeRO-1 (whose optimizer takes no such step) matched fp32 to 4e-5. Undone here: the inner optimizer's state is
     dropped (torch optimizers recreate it at the first real step) and the masters are copied back from the model's
     weights, which they were made from (exact). Returns True when there was something to undo."""
-    masters = zero0_masters(optimizer)
+    masters = dsc.zero0_masters(optimizer)
     if not masters:
         return False
     with torch.no_grad():
@@ -287,31 +259,6 @@ def _without_default_init():
             cls.reset_parameters = fn
 
 
-@contextlib.contextmanager
-def _without_init_broadcast():
-    """zero.Init broadcasts every new parameter whole from DP rank 0 before partitioning it, so that all ranks
-    partition the same values; the receivers then hold the whole parameter (at PaLM-540B the 18.9 GB embedding).
-    build_partitioned_gpt writes every rank's range itself afterwards, so the broadcast only costs memory: skip it
-    (DeepSpeed's private `Init._zero_init_param`: convert, broadcast, partition; where a DeepSpeed version lacks
-    it, nothing is changed and the build is merely bigger - tests/distributed/test_sharded_init.py would say so)."""
-    from deepspeed.runtime.zero.partition_parameters import Init
-
-    original = Init.__dict__.get("_zero_init_param")
-    if original is None or not hasattr(Init, "_convert_to_deepspeed_param"):
-        yield
-        return
-
-    def convert_and_partition(self, param):
-        self._convert_to_deepspeed_param(param)
-        param.partition()
-
-    Init._zero_init_param = convert_and_partition
-    try:
-        yield
-    finally:
-        Init._zero_init_param = original
-
-
 def build_partitioned_gpt(job: JobConfig, grad_accum: int, dp_group=None) -> torch.nn.Module:
     """ZeRO-3: build the GPT under `deepspeed.zero.Init`, so each module's parameters are split over the DP ranks
     as soon as that module is constructed (without torch's default init and without zero.Init's broadcast, whose
@@ -325,20 +272,18 @@ def build_partitioned_gpt(job: JobConfig, grad_accum: int, dp_group=None) -> tor
     rank therefore ends with its slice of exactly the weights `GPT(cfg).init_weights(Generator().manual_seed(seed))`
     gives."""
     import deepspeed
-    import torch.distributed as dist
 
     from ..model import GPT
     from ..model.init import init_flat_part, module_seeds
 
     with deepspeed.zero.Init(config_dict_or_path=deepspeed_config(job, grad_accum), data_parallel_group=dp_group), \
-            _without_default_init(), _without_init_broadcast():
+            _without_default_init(), dsc.without_zero_init_broadcast():
         model = GPT(job.model)
     seeds = module_seeds(model, torch.Generator().manual_seed(job.training.seed))
     for name, module in model.named_modules():
         for pname, p in module.named_parameters(recurse=False):
-            part = p.ds_tensor  # (partition,) this rank's range of the flattened parameter, zero-padded at the end
-            start = dist.get_rank(group=p.ds_process_group) * part.numel()
-            n = max(0, min(part.numel(), p.ds_numel - start))
-            if not init_flat_part(name, module, job.model, seeds.get(name), pname, p.ds_shape, start, part[:n]):
+            # (partition,) this rank's range of the flattened parameter, zero-padded at the end
+            part, start, n, shape = dsc.zero3_local_range(p)
+            if not init_flat_part(name, module, job.model, seeds.get(name), pname, shape, start, part[:n]):
                 raise ValueError(f"'{name}.{pname}' has no init rule: cannot initialise it under ZeRO-3")
     return model

@@ -190,9 +190,9 @@ class ParallelGroups:
 
     def topology(self):
         """The equivalent DeepSpeed `PipeModelDataParallelTopology` (for `PipelineModule(topology=...)`)."""
-        from deepspeed.runtime.pipe.topology import PipeModelDataParallelTopology
+        from .deepspeed_compat import pipe_topology
 
-        return PipeModelDataParallelTopology(num_pp=self.pp_size, num_mp=self.tp_size, num_dp=self.dp_size)
+        return pipe_topology(self.pp_size, self.tp_size, self.dp_size)
 
     @property
     def mpu(self) -> "DeepSpeedMPU":

@@ -43,6 +43,7 @@ from torch import nn
 
 from ..data.batch import document_attention_mask
 from ..model.rope import rotary_cos_sin
+from . import deepspeed_compat as dsc
 from .groups import ParallelGroups
 from . import random as tp_random
 from .random import RNGTracker
@@ -172,9 +173,8 @@ def make_checkpoint_fn(tracker: Optional[RNGTracker]):
 @functools.lru_cache(maxsize=None)
 def _pipeline_module_class():
     """GPTPipe, defined lazily so importing this module does not import DeepSpeed."""
-    from deepspeed.pipe import PipelineModule
 
-    class GPTPipe(PipelineModule):
+    class GPTPipe(dsc.pipeline_module_base()):
         """DeepSpeed PipelineModule over our GPT's modules; the loss is the objective's (see module docstring).
 
         `materialize(layer)`, if given, is called on each of this stage's pipeline layers (tied ones included)
@@ -184,8 +184,7 @@ def _pipeline_module_class():
             object.__setattr__(self, "_materialize", materialize)  # before nn.Module.__init__: a plain attribute
             super().__init__(*args, **kwargs)
 
-        def _build(self):
-            super()._build()
+        def after_build(self):
             if self._materialize is None:
                 return
             for name, child in self.named_children():
@@ -232,12 +231,6 @@ def _pipeline_module_class():
             self._last_parts = {k: torch.as_tensor(float(v)) for k, v in parts.items()}
             return loss
 
-        def _synchronize_tied_weights(self):
-            # DeepSpeed broadcasts the tied weight in place (at build and after loading a checkpoint); outside
-            # no_grad autograd records the c10d op on a leaf parameter and warns at every backward.
-            with torch.no_grad():
-                super()._synchronize_tied_weights()
-
         def get_additional_losses(self):
             """The objective's logged loss parts (MIM: fwd_ce, bwd_ce, agreement) for the engine to average over
             micro batches and DP and broadcast to every stage; non-last stages only report the names."""
@@ -254,9 +247,7 @@ def loss_may_produce_gradients(optimizer) -> bool:
     model's gradients in a backward hook that fires when backward reaches the pipeline module's output, i.e.
     after the loss function's own backward ran: the head's gradient was wiped (measured: lm_head not updated at
     all, a tied head's share of the embedding gradient lost). Every other optimizer keeps them."""
-    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
-
-    return not isinstance(optimizer, BF16_Optimizer)
+    return not dsc.is_bf16_zero0_optimizer(optimizer)
 
 
 def _layer_specs(model: nn.Module) -> list:
@@ -297,20 +288,15 @@ def pipeline_model_states(tag_dir: str) -> list[dict[str, torch.Tensor]]:
     """Read a pipeline checkpoint's weights without a process group: one GPT state dict per TP rank (keys as in
     `GPT.state_dict()`, tensors this TP rank's shards), merged from DeepSpeed's `layer_XX-model_YY-model_states.pt`
     files (layer XX of `_layer_specs`, TP rank YY; the tied head has no file: it is the embedding)."""
-    import glob
     import os
-    import re
 
-    files = glob.glob(os.path.join(tag_dir, "layer_*-model_states.pt"))
+    files = sorted(f for f in os.listdir(tag_dir) if dsc.LAYER_FILE.fullmatch(f)) if os.path.isdir(tag_dir) else []
     if not files:
         raise FileNotFoundError(f"{tag_dir} has no layer_*-model_states.pt files: not a pipeline checkpoint")
     per_rank: dict[int, dict[str, torch.Tensor]] = {}
-    for f in sorted(files):
-        m = re.search(r"layer_(\d+)(?:-model_(\d+))?-model_states\.pt$", f)
-        if m is None:
-            continue
-        rank = int(m.group(2) or 0)
-        state = torch.load(f, map_location="cpu", weights_only=True)
+    for f in files:
+        rank = int(dsc.LAYER_FILE.fullmatch(f).group(2) or 0)
+        state = torch.load(os.path.join(tag_dir, f), map_location="cpu", weights_only=True)
         per_rank.setdefault(rank, {}).update(state)
     return [per_rank[r] for r in sorted(per_rank)]
 
@@ -427,7 +413,7 @@ def pipeline_grad_norm(parameters: Iterable[torch.nn.Parameter], groups: Paralle
     the same on every rank (DP replicas hold all-reduced gradients)."""
     sq = torch.zeros((), dtype=torch.float32)
     for p in parameters:
-        if p.grad is None or getattr(p, "ds_pipe_replicated", False):
+        if p.grad is None or dsc.is_tied_copy(p):
             continue
         if getattr(p, "tensor_model_parallel", False) or groups.tp_rank == 0:
             sq = sq + p.grad.detach().float().pow(2).sum().to(sq.device)

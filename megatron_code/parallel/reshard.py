@@ -39,6 +39,7 @@ from typing import Any, Optional
 import torch
 
 from ..config.base import ConfigError
+from . import deepspeed_compat as dsc
 from ..utils import atomic
 from ..utils.checksums import file_records
 
@@ -70,18 +71,19 @@ def _load(path: str) -> dict:
     return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
 
 
-def _count(d: str, prefix: str, suffix: str) -> int:
-    return sum(1 for f in os.listdir(d) if f.startswith(prefix) and f.endswith(suffix))
+def _count(d: str, kind: str) -> int:
+    """DP ranks that wrote ZeRO files of `kind` ("optim", "model", "bf16_optim") in checkpoint directory `d`."""
+    return dsc.count_zero_ranks(os.listdir(d), kind)
 
 
 def _names_shapes(model_states: dict) -> list[list[tuple[str, torch.Size]]]:
-    return [list(g.items()) for g in model_states["param_shapes"]]
+    return [list(g.items()) for g in model_states[dsc.PARAM_SHAPES]]
 
 
 def _read_zero0(d: str, tp_rank: int, opt_order: Optional[list[str]]):
-    sd = _load(os.path.join(d, f"mp_rank_{tp_rank:02d}_model_states.pt"))
-    module = dict(sd["module"])
-    opt = sd.get("optimizer")
+    sd = _load(os.path.join(d, dsc.model_states_file(tp_rank)))
+    module = dict(sd[dsc.MODULE])
+    opt = sd.get(dsc.OPTIMIZER)
     if not opt or not opt.get("state") or opt_order is None:
         return sd, module, None, None
     indices = [i for g in opt["param_groups"] for i in g["params"]]
@@ -109,22 +111,22 @@ def _split_flat(flat: torch.Tensor, names_shapes, paddings=None) -> dict[str, to
 
 
 def _read_zero12(d: str, tp_rank: int, dp: int):
-    sd = _load(os.path.join(d, f"mp_rank_{tp_rank:02d}_model_states.pt"))
+    sd = _load(os.path.join(d, dsc.model_states_file(tp_rank)))
     groups = _names_shapes(sd)
-    shards = [_load(os.path.join(d, f"zero_pp_rank_{r}_mp_rank_{tp_rank:02d}_optim_states.pt"))["optimizer_state_dict"]
+    shards = [_load(os.path.join(d, dsc.zero_optim_file(r, tp_rank)))[dsc.OPTIMIZER_STATE_DICT]
               for r in range(dp)]
     module, moments, step = {}, {k: {} for k in ADAM_KEYS}, None
-    pads = shards[0].get("param_alignment_paddings")
+    pads = shards[0].get(dsc.PARAM_ALIGNMENT_PADDINGS)
     for g, names_shapes in enumerate(groups):
         p = pads[g] if pads else None
-        flat = torch.cat([s["single_partition_of_fp32_groups"][g] for s in shards])
+        flat = torch.cat([s[dsc.SINGLE_PARTITION_OF_FP32_GROUPS][g] for s in shards])
         module.update(_split_flat(flat, names_shapes, p))
         for k in ADAM_KEYS:
-            flat = torch.cat([s["base_optimizer_state"]["state"][g][k] for s in shards])
+            flat = torch.cat([s[dsc.BASE_OPTIMIZER_STATE]["state"][g][k] for s in shards])
             moments[k].update(_split_flat(flat, names_shapes, p))
-        step = int(shards[0]["base_optimizer_state"]["state"][g]["step"])
+        step = int(shards[0][dsc.BASE_OPTIMIZER_STATE]["state"][g]["step"])
     # Buffers and anything not in the optimizer come from the module copy (pipeline checkpoints have none here).
-    for k, v in (sd.get("module") or {}).items():
+    for k, v in (sd.get(dsc.MODULE) or {}).items():
         module.setdefault(k, v)
     return sd, module, moments, step
 
@@ -141,17 +143,17 @@ def _merge_zero3(flats: list[torch.Tensor], names_shapes) -> dict[str, torch.Ten
 
 
 def _read_zero3(d: str, tp_rank: int, dp: int):
-    sd = _load(os.path.join(d, f"zero_pp_rank_0_mp_rank_{tp_rank:02d}_model_states.pt"))
+    sd = _load(os.path.join(d, dsc.zero3_model_states_file(0, tp_rank)))
     names_shapes = [ns for g in _names_shapes(sd) for ns in g]
-    shards = [_load(os.path.join(d, f"zero_pp_rank_{r}_mp_rank_{tp_rank:02d}_optim_states.pt"))["optimizer_state_dict"]
+    shards = [_load(os.path.join(d, dsc.zero_optim_file(r, tp_rank)))[dsc.OPTIMIZER_STATE_DICT]
               for r in range(dp)]
-    module = _merge_zero3([torch.cat(list(s["fp32_flat_groups"])) for s in shards], names_shapes)
+    module = _merge_zero3([torch.cat(list(s[dsc.FP32_FLAT_GROUPS])) for s in shards], names_shapes)
     moments = {}
     for k in ADAM_KEYS:
-        flats = [torch.cat([s["optimizer_state_dict"]["state"][i][k]
-                            for i in sorted(s["optimizer_state_dict"]["state"])]) for s in shards]
+        flats = [torch.cat([s[dsc.OPTIMIZER_STATE_DICT]["state"][i][k]
+                            for i in sorted(s[dsc.OPTIMIZER_STATE_DICT]["state"])]) for s in shards]
         moments[k] = _merge_zero3(flats, names_shapes)
-    states = shards[0]["optimizer_state_dict"]["state"]
+    states = shards[0][dsc.OPTIMIZER_STATE_DICT]["state"]
     step = int(states[min(states)]["step"])
     return sd, module, moments, step
 
@@ -172,9 +174,9 @@ def read_full_state(tag_dir: str, job, opt_order: Optional[list[str]] = None,
     if pp > 1:
         return _read_pipeline(tag_dir, job, weights_only)
     if zero == 3:
-        dp = _count(tag_dir, "zero_pp_rank_", "_mp_rank_00_model_states.pt")
+        dp = _count(tag_dir, "model")
     else:
-        dp = _count(tag_dir, "zero_pp_rank_", "_mp_rank_00_optim_states.pt") or 1
+        dp = _count(tag_dir, "optim") or 1
     per_tp = []
     for r in range(tp):
         if zero == 0:
@@ -189,7 +191,7 @@ def read_full_state(tag_dir: str, job, opt_order: Optional[list[str]] = None,
     moments = {k: merge([mo[k] for _, _, mo, _ in per_tp]) for k in ADAM_KEYS} if moments0 else None
     client = {k: v for k, v in sd0.items() if k in ("iteration", "consumed_samples", "rng",
                                                       "tokenizer_fingerprint", "layout")}
-    engine = {k: sd0.get(k) for k in ("global_steps", "global_samples", "skipped_steps")}
+    engine = {k: sd0.get(k) for k in dsc.ENGINE_COUNTERS}
     module = {k.removeprefix("module."): v for k, v in module.items()}
     return FullState(module=module, exp_avg=moments and moments["exp_avg"],
                      exp_avg_sq=moments and moments["exp_avg_sq"], step=step, client_state=client, engine=engine)
@@ -212,7 +214,7 @@ def _assemble(per_tp: list, merge, sd0: dict, step) -> "FullState":
     moments = {k: merge([mo[k] for _, mo in per_tp]) for k in ADAM_KEYS}
     client = {k: v for k, v in sd0.items() if k in ("iteration", "consumed_samples", "rng", "tokenizer_fingerprint",
                                                       "layout")}
-    engine = {k: sd0.get(k) for k in ("global_steps", "global_samples", "skipped_steps")}
+    engine = {k: sd0.get(k) for k in dsc.ENGINE_COUNTERS}
     return FullState(module=merge([m for m, _ in per_tp]), exp_avg=moments["exp_avg"],
                      exp_avg_sq=moments["exp_avg_sq"], step=step, client_state=client, engine=engine)
 
@@ -227,14 +229,14 @@ def _read_pipeline(tag_dir: str, job, weights_only: bool) -> FullState:
         from .pipeline import pipeline_model_states
         weights = merge(pipeline_model_states(tag_dir))
         return FullState(module={k.removeprefix("module."): v for k, v in weights.items()})
-    if zero == 0 and _count(tag_dir, "bf16_zero_pp_rank_", "_mp_rank_00_optim_states.pt"):
+    if zero == 0 and _count(tag_dir, "bf16_optim"):
         return _read_pipeline_bf16(tag_dir, job, merge)
     if zero == 0:
         return _read_pipeline_zero0(tag_dir, job, merge)
     if zero != 1:
         raise ReshardError(f"{tag_dir} is a pipeline checkpoint with ZeRO-{zero}; its optimizer state is read for "
                            f"ZeRO-0 and ZeRO-1 only")
-    dp = _count(tag_dir, "zero_pp_rank_", "_mp_rank_00_optim_states.pt")
+    dp = _count(tag_dir, "optim")
     per_tp = []
     sd0 = step = None
     for t in range(tp):
@@ -253,10 +255,9 @@ def _read_pipeline(tag_dir: str, job, weights_only: bool) -> FullState:
 
 def _layer_files(tag_dir: str, tp_rank: int) -> dict[int, dict[str, torch.Tensor]]:
     """{pipeline layer index: its GPT-named tensors} of one TP rank (DeepSpeed's `layer_XX-model_YY` files)."""
-    import re
     out = {}
     for f in os.listdir(tag_dir):
-        m = re.fullmatch(r"layer_(\d+)(?:-model_(\d+))?-model_states\.pt", f)
+        m = dsc.LAYER_FILE.fullmatch(f)
         if m and int(m.group(2) or 0) == tp_rank:
             out[int(m.group(1))] = torch.load(os.path.join(tag_dir, f), map_location="cpu", weights_only=True)
     return out
@@ -281,21 +282,20 @@ def _read_pipeline_bf16(tag_dir: str, job, merge) -> FullState:
     'param_slice_mappings' saying where each parameter's piece lies in it (a parameter split between DP ranks is
     its pieces in rank order). The tied embedding (first and last stage, identical) is taken from the first."""
     tp, pp, _, _ = _layout(job)
-    dp = _count(tag_dir, "bf16_zero_pp_rank_", "_mp_rank_00_optim_states.pt")
+    dp = _count(tag_dir, "bf16_optim")
     per_tp, sd0, step = [], None, None
     for t in range(tp):
         shapes = {n: v.shape for layer in _layer_files(tag_dir, t).values() for n, v in layer.items()}
         module, moments = {}, {k: {} for k in ADAM_KEYS}
         for stage in range(pp):
             mp = stage * tp + t
-            sd0 = sd0 or _load(os.path.join(tag_dir, f"mp_rank_{mp:02d}_model_states.pt"))
+            sd0 = sd0 or _load(os.path.join(tag_dir, dsc.model_states_file(mp)))
             pieces: dict[str, dict[str, list]] = {}  # GPT name -> {"fp32" | Adam key: [pieces in rank order]}
             for r in range(dp):
-                o = _load(os.path.join(tag_dir, f"bf16_zero_pp_rank_{r}_mp_rank_{mp:02d}_optim_states.pt"))
-                o = o["optimizer_state_dict"]
-                for g, mapping in enumerate(o["param_slice_mappings"]):
-                    state = o["base_optimizer_state"]["state"][g]
-                    flats = {"fp32": o["single_partition_of_fp32_groups"][g], **{k: state[k] for k in ADAM_KEYS}}
+                o = _load(os.path.join(tag_dir, dsc.zero_optim_file(r, mp, bf16=True)))[dsc.OPTIMIZER_STATE_DICT]
+                for g, mapping in enumerate(o[dsc.PARAM_SLICE_MAPPINGS]):
+                    state = o[dsc.BASE_OPTIMIZER_STATE]["state"][g]
+                    flats = {"fp32": o[dsc.SINGLE_PARTITION_OF_FP32_GROUPS][g], **{k: state[k] for k in ADAM_KEYS}}
                     step = int(state["step"])
                     for name, frag in mapping.items():
                         for key, flat in flats.items():
@@ -322,9 +322,9 @@ def _read_pipeline_zero0(tag_dir: str, job, merge) -> FullState:
         layers = _layer_files(tag_dir, t)
         opts = []
         for stage in range(pp):
-            sd = _load(os.path.join(tag_dir, f"mp_rank_{stage * tp + t:02d}_model_states.pt"))
+            sd = _load(os.path.join(tag_dir, dsc.model_states_file(stage * tp + t)))
             sd0 = sd0 or sd
-            opt = sd.get("optimizer") or {}
+            opt = sd.get(dsc.OPTIMIZER) or {}
             if not opt.get("state"):
                 raise ReshardError(f"{tag_dir}: stage {stage} holds no optimizer state (saved with --no-save-optim?)")
             idx = [i for g in opt["param_groups"] for i in g["params"]]
@@ -435,8 +435,6 @@ def load_full_into_engine(engine, state: FullState, model_cfg, tp: int = 1, tp_r
     state. A pipeline stage's parameters ('3.layers.2.attn.q_proj.weight', 'tied_modules.embed.embed.word.weight')
     are looked up under their GPT names; the tied embedding's copies on the first and last stage both get the
     checkpoint's weight and Adam state (their gradients are all-reduced, so they stay identical)."""
-    from .engine import zero0_masters
-
     shard = _shard_fn(model_cfg, tp, tp_rank)
     named = list(engine.module.named_parameters())
     if type(engine).__name__ == "PipelineEngine":
@@ -448,7 +446,7 @@ def load_full_into_engine(engine, state: FullState, model_cfg, tp: int = 1, tp_r
     base = getattr(engine.optimizer, "optimizer", engine.optimizer)
     if with_opt:
         _ensure_adam_state(engine.optimizer, base, state.step or 0)
-    masters = {id(lp): (key, view) for lp, key, view in zero0_masters(engine.optimizer)}
+    masters = {id(lp): (key, view) for lp, key, view in dsc.zero0_masters(engine.optimizer)}
     for name, p in named:
         value = shard(name, state.module[name]).to(torch.float32)
         _set_param(p, value)
@@ -462,7 +460,7 @@ def load_full_into_engine(engine, state: FullState, model_cfg, tp: int = 1, tp_r
             offset = view.storage_offset() - key.storage_offset()
             for k, v in moments.items():
                 base.state[key][k].view(-1).narrow(0, offset, view.numel()).copy_(v.reshape(-1))
-        elif hasattr(p, "ds_id") or hasattr(p, "_hp_mapping"):
+        elif dsc.has_fp32_mapping(p):
             from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
             safe_set_full_fp32_param(p, value)
             for k, v in moments.items():
@@ -475,16 +473,11 @@ def load_full_into_engine(engine, state: FullState, model_cfg, tp: int = 1, tp_r
             setattr(engine, k, v)
 
 
-# Where each DeepSpeed optimizer wrapper keeps the fp32 tensors its inner torch optimizer steps (the state keys):
-# ZeRO-3, ZeRO-1/2, and the bf16 ZeRO-0 wrapper. A plain torch optimizer steps the model parameters themselves.
-_FLAT_FP32 = ("fp32_partitioned_groups_flat", "single_partition_of_fp32_groups", "fp32_groups_flat_partition")
-
-
 def _ensure_adam_state(wrapper, base, step: int) -> None:
     """torch Adam(W) builds its state lazily at the first step, and DeepSpeed links its per-parameter views of it
     only then: create the state in torch's own format (zeroed, with the checkpoint's step count) and link it, so
     the full values can be written into it before any step."""
-    keys = next((list(getattr(wrapper, a)) for a in _FLAT_FP32 if hasattr(wrapper, a)), None)
+    keys = dsc.fp32_state_keys(wrapper)
     if keys is None:
         keys = [p for group in base.param_groups for p in group["params"]]
     for p in keys:
@@ -498,13 +491,11 @@ def _ensure_adam_state(wrapper, base, step: int) -> None:
         else:  # torch keeps the step on the parameter's device for fused/capturable Adam, on the CPU otherwise
             on_device = base.defaults.get("fused") or base.defaults.get("capturable")
             st["step"] = torch.tensor(float(step), device=p.device if on_device else "cpu")
-    link = getattr(wrapper, "_lazy_init_hp_params_optimizer_state", None)
-    if link is not None:
-        link()
+    dsc.link_optimizer_state(wrapper)
 
 
 def _set_param(p: torch.nn.Parameter, value: torch.Tensor) -> None:
-    if hasattr(p, "ds_id"):  # ZeRO-3: gather, let rank 0 write, re-partition (one parameter in memory at a time)
+    if dsc.is_zero3_param(p):  # ZeRO-3: gather, let rank 0 write, re-partition (one parameter in memory at a time)
         import deepspeed
         with deepspeed.zero.GatheredParameters([p], modifier_rank=0):
             p.data.copy_(value.view(p.shape).to(p.dtype))

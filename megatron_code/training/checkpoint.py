@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from ..config.job import JobConfig
+from ..parallel import deepspeed_compat as dsc
 from ..parallel.reshard import FULL_FILE, check_same_layout, consolidate_layout, load_full_checkpoint
 from ..utils import atomic
 from . import ckpt_store as store
@@ -263,14 +264,14 @@ def load_checkpoint(engine, job: JobConfig, load_dir: str, tokenizer_fingerprint
                                                 load_lr_scheduler_states=False, load_module_only=t.finetune)
     if path is None:
         raise CheckpointError(f"DeepSpeed could not load {root}/{tag} (files missing for this layout?)")
-    if zero_style and not engine._load_zero_checkpoint(root, tag, load_optimizer_states=True):
+    if zero_style and not dsc.load_bf16_zero0_optimizer(engine, root, tag):
         raise CheckpointError(f"{root}/{tag} has no bf16_zero_pp_rank_* optimizer files for this layout: pass "
                               f"--no-load-optim to start the optimizer fresh")
-    if not with_optim and hasattr(engine.optimizer, "refresh_fp32_params"):
+    if not with_optim:
         # Without optimizer state DeepSpeed's fp16/bf16 wrappers at ZeRO-0 keep their fp32 master weights from
         # before the load, and the first step would write those back over the loaded weights (measured: a bf16
         # --no-load-optim resume jumped back to near the initial loss). Re-derive them from the loaded weights.
-        engine.optimizer.refresh_fp32_params()
+        dsc.refresh_fp32_masters(engine.optimizer)
     return client_state or {}
 
 
@@ -293,9 +294,7 @@ def _choose_on_rank0(load_dir: str, require_latest: bool) -> tuple[str, str]:
 
 
 def _bf16_optimizer_without_zero(engine) -> bool:
-    from deepspeed.runtime.bf16_optimizer import BF16_Optimizer
-
-    return isinstance(engine.optimizer, BF16_Optimizer) and not engine.zero_optimization()
+    return dsc.is_bf16_zero0_optimizer(engine.optimizer) and not engine.zero_optimization()
 
 
 def current_layout(engine, job: JobConfig) -> dict[str, int]:
@@ -319,12 +318,12 @@ def strip_optimizer_state(tag_dir: str) -> None:
     optimizer entry of the model-states files is dropped."""
     for name in os.listdir(tag_dir):
         path = os.path.join(tag_dir, name)
-        if name.endswith("optim_states.pt"):
+        if dsc.is_optim_states_file(name):
             os.remove(path)
-        elif name.startswith("mp_rank_") and name.endswith("_model_states.pt"):
+        elif dsc.is_model_states_file(name):
             state = torch.load(path, map_location="cpu", weights_only=False)
-            if state.get("optimizer") is not None:
-                state["optimizer"] = None
+            if state.get(dsc.OPTIMIZER) is not None:
+                state[dsc.OPTIMIZER] = None
                 torch.save(state, path)
 
 
@@ -341,10 +340,10 @@ def load_consolidated(ckpt_dir: str, tag: str | None = None) -> tuple[JobConfig,
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
         state = get_fp32_state_dict_from_zero_checkpoint(root, tag=tag)
     else:
-        files = [f for f in os.listdir(d) if f.startswith("mp_rank_") and f.endswith("_model_states.pt")]
+        files = [f for f in os.listdir(d) if dsc.is_model_states_file(f)]
         if not files:
             raise CheckpointError(f"{d} has no mp_rank_*_model_states.pt: incomplete checkpoint")
-        state = torch.load(os.path.join(d, sorted(files)[0]), map_location="cpu", weights_only=False)["module"]
+        state = torch.load(os.path.join(d, sorted(files)[0]), map_location="cpu", weights_only=False)[dsc.MODULE]
     state = {k.removeprefix("module."): v.float() if v.is_floating_point() else v for k, v in state.items()}
     tok = os.path.join(d, "tokenizer")
     return job, state, (tok if os.path.isdir(tok) else None)

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint as ckpt
+from ..parallel.deepspeed_compat import local_tensor
 from .guards import NonFiniteSteps, NonFiniteWeights, StepVerdict
 
 
@@ -26,7 +27,7 @@ def check_weights_finite(trainer) -> None:
     bad = torch.zeros((), dtype=torch.float64, device=trainer.engine.device)
     with torch.no_grad():
         for p in trainer.engine.module.parameters():
-            local = getattr(p, "ds_tensor", p)
+            local = local_tensor(p)
             if local.numel() and not bool(torch.isfinite(local.detach().float().sum())):
                 bad += 1
     if trainer.world > 1:

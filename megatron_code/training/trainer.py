@@ -17,7 +17,6 @@ import time
 import numpy as np
 import torch
 import torch.distributed as dist
-from deepspeed.runtime.utils import clip_grad_norm_
 from tqdm import tqdm
 
 from ..config.base import ConfigError
@@ -28,6 +27,7 @@ from ..model.gpt import head_logits, head_loss
 from ..parallel.engine import (build_partitioned_gpt, check_precision_supported, deepspeed_config, init_distributed,
                                initialize_engine, trainer_clips_gradients)
 from ..parallel.activation_checkpoint import apply_activation_checkpointing
+from ..parallel.deepspeed_compat import clip_grad_norm_, fp16_loss_scale
 from ..parallel.groups import ParallelGroups
 from ..parallel.lifecycle import watched
 from ..parallel.universal import load_universal, universal_info
@@ -418,9 +418,8 @@ class Trainer:
         logs it without fp16)."""
         if self.job.training.precision != "fp16":
             return 1.0
-        opt = self.engine.optimizer
-        scale = getattr(opt, "loss_scale", None) or getattr(opt, "cur_scale", None)
-        return float(scale) if scale is not None else 1.0
+        scale = fp16_loss_scale(self.engine.optimizer)
+        return scale if scale is not None else 1.0
 
     def _set_step_batch(self, batch: int) -> None:
         """Global batch of the next step (config/batch_schedule.py): more or fewer accumulated micro batches."""
