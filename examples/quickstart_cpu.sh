@@ -57,4 +57,6 @@ $PY tools/generate.py --load "$SAVE" --prompt "$PROMPT" --max-new-tokens 80 --te
     --seed 1 --stop '\ndef ' '\nclass '
 
 echo
-echo "== done. Checkpoint: $SAVE  (resume with --load $SAVE, TensorBoard: $SAVE/tensorboard)"
+echo "== done. Checkpoint: $SAVE  (TensorBoard: $SAVE/tensorboard)"
+# --load alone takes the run's saved config; flags given beside it override it (here: train further)
+echo "== resume: $PY pretrain_code.py --load $SAVE --train-iters $((ITERS + 20))"

@@ -10,6 +10,7 @@ from .training.guards import RunStopped
 
 
 def print_config(job) -> None:
+    """The resolved config as YAML that `--config` reads back; derived numbers follow as YAML comments."""
     from .model import count_parameters
     from .training.trainer import resolve_tokenizer
     from .training.formulas import apply_study_formulas
@@ -22,13 +23,13 @@ def print_config(job) -> None:
     print(job.to_yaml(), end="")
     if job.preset:
         from .config.presets import PRESETS
-        print(f"recipe source: {PRESETS[job.preset]['source']}")
+        print(f"# recipe source: {PRESETS[job.preset]['source']}")
     if scheduled:
-        print(f"batch schedule: {job.batch_schedule().describe()}")
+        print(f"# batch schedule: {job.batch_schedule().describe()}")
     for note in notes:
-        print(note)
-    print(f"padded_vocab_size: {job.model.padded_vocab_size}")
-    print(f"parameters: {count_parameters(job.model)}")
+        print("\n".join(f"# {line}" for line in str(note).splitlines()))
+    print(f"# padded_vocab_size: {job.model.padded_vocab_size}")
+    print(f"# parameters: {count_parameters(job.model)}")
 
 
 USAGE = """\
@@ -59,6 +60,8 @@ def print_help() -> None:
 
 
 def main(argv: list[str]) -> int:
+    from .parallel.deepspeed_compat import name_cpu_accelerator
+    name_cpu_accelerator()
     if "--help" in argv or "-h" in argv:
         print_help()
         return 0

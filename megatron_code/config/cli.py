@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -424,6 +425,21 @@ def _apply_layer(job: JobConfig, values: dict[str, Any], source: str, one_unit: 
     job.update(values)
 
 
+def checkpoint_config_path(load_dir: str) -> str | None:
+    """The config.yaml a checkpoint directory was saved with: SAVE/<tag named by SAVE/latest>/config.yaml, or
+    DIR/config.yaml when DIR is one tag (SAVE/iter_XXXXXXX). None when it holds no checkpoint yet (the Megatron
+    convention of --load equal to --save from the first launch on). Layout: docs/formats.md, Checkpoints."""
+    if os.path.isfile(os.path.join(load_dir, "config.yaml")):
+        return os.path.join(load_dir, "config.yaml")
+    try:
+        with open(os.path.join(load_dir, "latest")) as f:
+            tag = f.read().strip()
+    except OSError:
+        return None
+    path = os.path.join(load_dir, tag, "config.yaml")
+    return path if tag and os.path.isfile(path) else None
+
+
 def _load_yaml(path: str) -> dict[str, Any]:
     try:
         with open(path) as f:
@@ -462,6 +478,7 @@ def parse_args(argv: list[str]) -> CliArgs:
     samples/tokens become iterations in JobConfig.resolve_units)."""
     preset: str | None = None
     config_files: list[str] = []
+    load_dir: str | None = None
     overrides: list[tuple[Setter, Any]] = []
     out = CliArgs(job=JobConfig())
     state = _LineState()
@@ -494,6 +511,7 @@ def parse_args(argv: list[str]) -> CliArgs:
         elif name == _QUERY_GROUPS:
             state.query_groups = value
         elif "." in name:
+            load_dir = value if name == "training.load" else load_dir
             overrides.append((_set(name), value))
         elif name in ERROR_FLAGS:
             raise ConfigError(f"--{name}: {ERROR_FLAGS[name][1]}")
@@ -505,6 +523,7 @@ def parse_args(argv: list[str]) -> CliArgs:
         elif name in _STATEFUL_FLAGS:
             _stateful_flag(name, value, state, overrides, out.notes)
         elif name in MEGATRON_FLAGS:
+            load_dir = value if name == "load" else load_dir
             state.precisions.update({name} & {"fp16", "bf16"})
             state.rope = state.rope or name == "use-rotary-position-embeddings" or (
                 name == "position-embedding-type" and value == "rope")
@@ -518,8 +537,14 @@ def parse_args(argv: list[str]) -> CliArgs:
     _finish_line(state, overrides, out.notes)
 
     job = out.job
+    saved = checkpoint_config_path(load_dir) if load_dir and preset is None and not config_files else None
     if preset is not None:
         _apply_preset(job, preset)
+    elif saved is not None:
+        # Megatron's --use-checkpoint-args, always on: `--load DIR` alone resumes the run as it was configured.
+        config_files.append(saved)
+        out.notes.append(f"--load without --preset/--config: settings not on the command line come from the "
+                         f"checkpoint's {saved}")
     elif not config_files:
         # A bare command line is a Megatron launch script: settings it leaves out mean what they mean there.
         _apply_layer(job, MEGATRON_DEFAULTS, "Megatron's defaults")

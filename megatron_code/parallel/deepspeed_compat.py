@@ -281,6 +281,19 @@ def pipeline_module_base():
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Logs
+def name_cpu_accelerator() -> None:
+    """Without CUDA, DeepSpeed auto-detects its CPU accelerator and warns about it on stdout, once per process
+    (every rank of every run, and before `--print-config`'s YAML). Naming the accelerator ourselves through
+    DeepSpeed's documented override (DS_ACCELERATOR, inherited by the ranks a launcher starts) makes it an info
+    line, below DeepSpeed's default log level. Call before DeepSpeed is imported; a user's own setting wins."""
+    import os
+
+    if "DS_ACCELERATOR" not in os.environ and not torch.cuda.is_available():
+        os.environ["DS_ACCELERATOR"] = "cpu"
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Ops
 def mark_ops_incompatible(names) -> list[str]:
     """Mark DeepSpeed ops incompatible in its probe table (`deepspeed.ops.__compatible_ops__`), which DeepSpeed

@@ -25,3 +25,12 @@ def test_quickstart_learns(tmp_path):
     assert "== done." in out
     sample = out.split("greedy decoding of a model this small loops):")[1].split("== done.")[0]
     assert len(sample.strip()) > len("def read_lines(path):")  # the model wrote something after the prompt
+    # The closing hint, run as printed: --load alone resumes with the run's saved config and trains further.
+    resume = next(line for line in out.splitlines() if line.startswith("== resume: ")).removeprefix("== resume: ")
+    proc = subprocess.run(["bash", "-c", resume], cwd=ROOT, env=e, capture_output=True, text=True, timeout=3000)
+    assert proc.returncode == 0, f"{resume}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    save = resume.split("--load ")[1].split()[0]
+    iters = int(e["ITERS"])
+    assert f"resumed from {save} at iteration {iters}" in proc.stdout, proc.stdout[-3000:]
+    with open(os.path.join(ROOT, save, "latest")) as f:  # (an absolute save stays itself)
+        assert f.read().strip() == f"iter_{iters + 20:07d}"

@@ -621,3 +621,42 @@ def test_per_split_data_args_path_errors(tmp_path, content, argv_extra, match):
     f.write_text(content)
     with pytest.raises(ConfigError, match=match):
         parse_args(["--preset", "tiny", "--per-split-data-args-path", str(f)] + argv_extra)
+
+
+def test_load_alone_takes_the_checkpoints_config_and_flags_override_it(tmp_path):
+    # Megatron's --use-checkpoint-args, always on: `--load DIR` without --preset/--config resumes the saved run.
+    saved = parse_args(["--preset", "tiny", "--model.vocab_size", "96", "--train-iters", "5", "--lr", "3e-4",
+                        "--save", str(tmp_path)]).job
+    (tmp_path / "iter_0000005").mkdir()
+    saved.save(str(tmp_path / "iter_0000005" / "config.yaml"))
+    (tmp_path / "latest").write_text("iter_0000005")
+    for load in (tmp_path, tmp_path / "iter_0000005"):  # SAVE, or one tag directory
+        out = parse_args(["--load", str(load), "--train-iters", "9"])
+        job = out.job
+        assert job.training.train_iters == 9 and job.training.load == str(load)  # the command line wins
+        assert job.optim.lr == 3e-4 and job.model.to_dict() == saved.model.to_dict()  # the rest is the saved run's
+        assert job.training.save == str(tmp_path)
+        assert any("checkpoint's" in n for n in out.notes)
+    # An explicit preset or config is the user's base: the checkpoint's config is not consulted.
+    assert parse_args(["--preset", "tiny", "--load", str(tmp_path)]).job.optim.lr != 3e-4
+    # --load naming the --save directory of a run that has not saved yet (Megatron's first launch): defaults.
+    fresh = parse_args(["--load", str(tmp_path / "new"), "--save", str(tmp_path / "new"), "--num-layers", "2",
+                        "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "16",
+                        "--max-position-embeddings", "16", "--micro-batch-size", "1", "--train-iters", "1"])
+    assert any("Megatron-LM's defaults" in n for n in fresh.notes)
+
+
+def test_print_config_output_reads_back_as_config(tmp_path):
+    import contextlib
+    import io
+
+    from megatron_code.cli_main import main
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["--preset", "tiny", "--model.vocab_size", "96", "--print-config"]) == 0
+    printed = buf.getvalue()
+    assert printed.startswith("preset: tiny") and "# padded_vocab_size: 128" in printed
+    (tmp_path / "c.yaml").write_text(printed)
+    again = parse_args(["--config", str(tmp_path / "c.yaml")]).job
+    assert again.to_dict() == parse_args(["--preset", "tiny", "--model.vocab_size", "96"]).job.to_dict()
