@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import sys
 
-from .config.base import ConfigError
 from .config.cli import parse_args
+from .errors import UserError
 from .training.guards import RunStopped
 
 
@@ -96,13 +96,7 @@ def main(argv: list[str]) -> int:
         print(f"error: communication with another rank failed ({type(exc).__name__}: {first[:300]}): a rank stopped "
               f"or died, see its log; the last complete checkpoint in --save is intact", file=sys.stderr)
         return 1
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        # User-fixable problems: one clear line (ValueError subclasses across the package carry the fix).
-        if isinstance(exc, ValueError) and not _is_ours(exc):
-            raise
+    except (UserError, FileNotFoundError) as exc:
+        # User-fixable problems (megatron_code.errors.UserError, a missing file): one clear line naming the fix.
         print(f"error: {exc}", file=sys.stderr)
         return 2
-
-
-def _is_ours(exc: BaseException) -> bool:
-    return type(exc).__module__.startswith("megatron_code") or isinstance(exc, (ConfigError, FileNotFoundError))

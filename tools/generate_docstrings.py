@@ -40,13 +40,15 @@ from typing import Callable, Sequence
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from megatron_code.errors import UserError  # noqa: E402
+
 PROMPT_OPENING = '"""Code explanation: the previous function'
 CLOSING = '"""'
 
 GenerateFn = Callable[[list[str], int], list[list[str]]]
 
 
-class DocstringError(ValueError):
+class DocstringError(UserError, ValueError):
     """A problem with the input file or arguments; the message names the fix."""
 
 

@@ -41,12 +41,13 @@ from megatron_code.data.indexed import (IndexedDatasetError, IndexedDatasetWrite
 from megatron_code.data.objectives.fim import FIMConfig, FIMError, apply_fim_to_document  # noqa: E402
 from megatron_code.data.objectives.rng import sample_rng  # noqa: E402
 from megatron_code.data.tokenizer import TOKENIZER_TYPES, TokenizerError, build_tokenizer  # noqa: E402
+from megatron_code.errors import UserError  # noqa: E402
 
 BATCH_BYTES = 1 << 20  # ~1 MB of input per worker task: big enough to amortize IPC, small enough to balance
 BATCH_DOCS = 512
 
 
-class PreprocessError(ValueError):
+class PreprocessError(UserError, ValueError):
     pass
 
 

@@ -8,8 +8,10 @@ import math
 import typing
 from typing import Any
 
+from ..errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A configuration the user wrote cannot work. The message names the field and the fix."""
 
 

@@ -19,12 +19,13 @@ from __future__ import annotations
 import json
 import os
 
+from ..errors import UserError
 from ..data.tokenizer import SPECIAL_TOKENS, HFTokenizer, Tokenizer, TokenizerError
 
 PROBE = "def add(a, b):\n    return a + b  # sum\n\n\tx = [1, 22, 333]\nprint('héllo wörld', x)\n"
 
 
-class TokenizerExportError(ValueError):
+class TokenizerExportError(UserError, ValueError):
     """The tokenizer cannot be written as an exact `transformers` tokenizer."""
 
 

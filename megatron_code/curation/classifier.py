@@ -19,8 +19,10 @@ import numpy as np
 from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter
 
+from ..errors import UserError
 
-class ClassifierError(ValueError):
+
+class ClassifierError(UserError, ValueError):
     pass
 
 

@@ -31,13 +31,15 @@ from datatrove.pipeline.readers.jsonl import JsonlReader
 
 from megatron_code.curation.readers import InputError
 
+from ..errors import UserError
+
 PIPELINES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                              "examples", "curation")
 NAMED = ("study", "palm", "phi1", "jupyt5")
 FILTER_KINDS = ("language", "license", "quality", "notebook", "decontaminate", "classifier")
 
 
-class CurationError(ValueError):
+class CurationError(UserError, ValueError):
     """A user error in a pipeline file, the command line or the output directory (message names the fix)."""
 
 

@@ -29,11 +29,13 @@ from megatron_code.curation.languages import language_of
 from megatron_code.curation.licenses import LICENSE_FILE_NAMES, detect_license, normalize_spdx
 from megatron_code.data.corpus import iter_jsonl_lines, notebook_cells, render_cells
 
+from ..errors import UserError
+
 JSONL_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".jsonl.zstd", ".json.gz")
 PROVENANCE_KEYS = ("path", "repo", "license", "language")
 
 
-class InputError(ValueError):
+class InputError(UserError, ValueError):
     """An --input path that cannot be read at all (the message names it and the fix)."""
 
 

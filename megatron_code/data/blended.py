@@ -10,12 +10,13 @@ import math
 
 import numpy as np
 
+from ..errors import UserError
 from .helpers import IndexCache, build_blending_indices
 
 BLEND_SURPLUS = 1.005  # each dataset is asked for 0.5% more samples than its share (Megatron's margin)
 
 
-class BlendError(ValueError):
+class BlendError(UserError, ValueError):
     pass
 
 

@@ -14,6 +14,7 @@ import os
 import sysconfig
 from typing import Iterator
 
+from ..errors import UserError
 from ..utils import atomic
 
 LANGUAGES = {
@@ -27,7 +28,7 @@ LANGUAGES = {
 }
 
 
-class CorpusError(ValueError):
+class CorpusError(UserError, ValueError):
     """Bad input data; the message names the file (and line) and the fix."""
 
 

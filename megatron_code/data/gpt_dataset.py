@@ -23,6 +23,7 @@ import warnings
 
 import numpy as np
 
+from ..errors import UserError
 from .blended import BlendedDataset, normalize_weights, parse_data_path, samples_per_dataset
 from .helpers import IndexCache, build_sample_idx
 from .indexed import IndexedDataset
@@ -30,7 +31,7 @@ from .indexed import IndexedDataset
 INDEX_VERSION = 1  # bump when the index construction changes, so old caches are not reused
 
 
-class DatasetConfigError(ValueError):
+class DatasetConfigError(UserError, ValueError):
     pass
 
 

@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 
+from ..errors import UserError
 from ..utils import atomic
 
 try:  # built by setup.py from csrc/helpers.cpp
@@ -22,7 +23,7 @@ except ImportError:  # no compiler at install time: numpy twin
     _cpp = None
 
 
-class SampleIndexError(ValueError):
+class SampleIndexError(UserError, ValueError):
     pass
 
 
@@ -135,7 +136,7 @@ def _build_blending_indices_numpy(weights, size):
 # One rank (or tools/build_index.py) builds; the others load with mmap_mode="r". Files are written under a
 # temporary name and renamed, and the description file goes last, so a reader never sees a half-written cache.
 
-class IndexCacheMissing(FileNotFoundError):
+class IndexCacheMissing(UserError, FileNotFoundError):
     pass
 
 

@@ -16,6 +16,8 @@ import struct
 
 import numpy as np
 
+from ..errors import UserError
+
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
 HEADER_SIZE = 34  # 9 magic + 8 version + 1 dtype + 8 N + 8 M
@@ -26,11 +28,11 @@ _CODE_OF = {np.dtype(v): k for k, v in DTYPE_CODES.items()}
 _WRITABLE = {np.dtype(np.int32), np.dtype(np.uint16)}
 
 
-class IndexedDatasetError(ValueError):
+class IndexedDatasetError(UserError, ValueError):
     """A ``.bin``/``.idx`` pair is corrupt, truncated, empty or inconsistent."""
 
 
-class IndexedDatasetNotFound(FileNotFoundError):
+class IndexedDatasetNotFound(UserError, FileNotFoundError):
     pass
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import torch
 
+from ..errors import UserError
 
-class SamplerError(ValueError):
+
+class SamplerError(UserError, ValueError):
     pass
 
 

@@ -20,6 +20,7 @@ import os
 import re
 from typing import Iterable, Sequence
 
+from ..errors import UserError
 from ..utils import atomic
 from . import fast_bpe
 
@@ -79,11 +80,11 @@ def _line_pieces(text: str) -> list[str]:
     return pieces
 
 
-class TokenizerError(ValueError):
+class TokenizerError(UserError, ValueError):
     """A tokenizer file is missing, unreadable or inconsistent; the message names the fix."""
 
 
-class TokenizerFileNotFound(FileNotFoundError):
+class TokenizerFileNotFound(UserError, FileNotFoundError):
     pass
 
 

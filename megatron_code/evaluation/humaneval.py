@@ -22,6 +22,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Sequence
 
+from ..errors import UserError
 from ..utils import atomic
 from .pass_at_k import DEFAULT_KS, pass_at_k_table
 from .sandbox import STATUSES, CheckedProgram, SandboxLimits, SandboxResult, run_many
@@ -32,7 +33,7 @@ HUMANEVAL_STOP = ("\nclass", "\ndef", "\n#", "\nif", "\nprint")
 GenerateFn = Callable[[list[str], int], list[list[str]]]
 
 
-class HumanEvalError(ValueError):
+class HumanEvalError(UserError, ValueError):
     """A problem with the user's files or arguments; the message names the fix."""
 
 

@@ -29,6 +29,8 @@ from typing import Callable, Iterable, Sequence
 
 import numpy as np
 
+from ..errors import UserError
+
 __all__ = ["InfillTask", "InfillReport", "InfillingError", "KINDS", "humaneval_tasks", "stdlib_tasks",
            "postprocess", "exact_match", "edit_similarity", "score_infills", "evaluate_infilling", "oracle_infiller",
            "empty_infiller", "model_infiller", "write_tasks", "read_tasks", "INFILL_MODES", "read_infilling_file",
@@ -39,7 +41,7 @@ INFILL_MODES = ("fim-psm", "fim-spm", "mim", "l2r", "mim-l2r")
 Infiller = Callable[[Sequence["InfillTask"]], list]
 
 
-class InfillingError(ValueError):
+class InfillingError(UserError, ValueError):
     """A user-fixable benchmark problem (missing corpus file, bad option)."""
 
 

@@ -64,6 +64,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Sequence, Union
 
+from ..errors import UserError
 from . import _supervisor
 from ._jail import _SETUP_FAILED, _SYSCALLS
 
@@ -81,7 +82,7 @@ _TAIL_CHARS = 4000
 _BWRAP_OWN_PROCESSES = 4
 
 
-class SandboxError(ValueError):
+class SandboxError(UserError, ValueError):
     """A sandbox run cannot even be set up because of something the user can change (directory, ids, backend)."""
 
 

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 
 import torch
 
+from ..errors import UserError
 
-class GenerationError(ValueError):
+
+class GenerationError(UserError, ValueError):
     """Generation settings or inputs a user can fix (the message says how)."""
 
 

@@ -18,8 +18,10 @@ from typing import Any, Optional
 
 import torch.distributed as dist
 
+from ..errors import UserError
 
-class ParallelLayoutError(ValueError):
+
+class ParallelLayoutError(UserError, ValueError):
     """TP x PP x DP does not match the number of processes (or a size is not positive)."""
 
 

@@ -25,6 +25,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import UserError
 from ..kernels.linear_cross_entropy import VocabShard
 from . import mappings as M
 
@@ -59,7 +60,7 @@ class _GroupAttr:
         self.__dict__["_group_ref"] = GroupRef(value)
 
 
-class ShardingError(ValueError):
+class ShardingError(UserError, ValueError):
     """A dimension does not divide by the tensor-parallel size; the message names the config knob to change."""
 
 

@@ -42,6 +42,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..data.batch import document_attention_mask
+from ..errors import UserError
 from ..model.rope import rotary_cos_sin
 from . import deepspeed_compat as dsc
 from .groups import ParallelGroups
@@ -60,7 +61,7 @@ HeadLossFn = Callable[[nn.Module, torch.Tensor, dict, bool], "tuple[torch.Tensor
 LabelKeys = Callable[[bool], "tuple[str, ...]"]  # train? -> the batch entries the pipeline carries as labels
 
 
-class PipelineConfigError(ValueError):
+class PipelineConfigError(UserError, ValueError):
     """The pipeline layout cannot be built as asked (unknown partition method, a stage left without layers)."""
 
 

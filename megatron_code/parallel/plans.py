@@ -31,6 +31,7 @@ from typing import Any, Union
 
 from torch import nn
 
+from ..errors import UserError
 from ..config.model import ModelConfig
 
 StyleSpec = Union[str, dict[str, Any]]
@@ -40,7 +41,7 @@ STYLES = ("vocab_embedding", "column", "replicated_kv", "row", "row_partial", "r
           "sequence_scatter", "tp_rng", "sequence_rng", "replicated")
 
 
-class PlanError(ValueError):
+class PlanError(UserError, ValueError):
     """A plan does not fit the model (unknown style, pattern matching nothing, module left uncovered...)."""
 
 

@@ -9,6 +9,8 @@ import signal
 import sys
 from dataclasses import dataclass
 
+from ..errors import UserError
+
 
 class StopSignal:
     """Remembers that a stop was requested; the trainer saves and exits at the next iteration boundary. A second
@@ -42,7 +44,7 @@ class StopSignal:
             signal.signal(sig, handler)
 
 
-class RunStopped(RuntimeError):
+class RunStopped(UserError, RuntimeError):
     """A started run ends on purpose: cli_main prints the message as one line (exit status 1). `every_rank`: each
     rank knows something the others may not (e.g. which peer went silent), so each prints it."""
     every_rank = False

@@ -22,6 +22,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from ..errors import UserError
+
 __all__ = ["causal_lm_loss", "masked_mean_weights", "mim_loss", "split_directions", "vocab_parallel_log_softmax",
            "token_divergence", "DIVERGENCES", "LossError", "vocab_logsumexp", "z_loss_term"]
 
@@ -29,7 +31,7 @@ DIVERGENCES = ("tv", "js", "kl", "rkl", "l2")
 _LOG2 = 0.6931471805599453
 
 
-class LossError(ValueError):
+class LossError(UserError, ValueError):
     """A user-fixable loss configuration problem (unknown divergence, bad stop_grad, shape mismatch)."""
 
 

@@ -118,3 +118,29 @@ def test_data_holds_no_logit_code():
             if isinstance(node, ast.FunctionDef) and any(a.arg == "logits" for a in node.args.args):
                 offenders.append(f"{path.relative_to(PACKAGE.parent)}:{node.lineno} {node.name}(logits, ...)")
     assert not offenders, "data/ must work on data only:\n" + "\n".join(offenders)
+
+
+def test_every_error_class_is_a_user_error():
+    # One base (megatron_code.errors.UserError) lets every entry point print user errors as one line; an error
+    # class outside it would surface as a traceback.
+    import importlib
+    import inspect
+
+    from megatron_code.errors import UserError
+
+    outside = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        # testing/: the test helper's own errors; remote/: code written into HF exports (imports transformers);
+        # evaluation/_wire.py: how a sandboxed solution failed, reported as a result, never raised to the user
+        if "testing" in path.parts or "remote" in path.parts or path.name == "_wire.py":
+            continue
+        tree = ast.parse(path.read_text())
+        names = [n.name for n in tree.body if isinstance(n, ast.ClassDef)]
+        if not names:
+            continue
+        module = importlib.import_module(module_name(path))
+        for name in names:
+            cls = getattr(module, name)
+            if inspect.isclass(cls) and issubclass(cls, BaseException) and not issubclass(cls, UserError):
+                outside.append(f"{module_name(path)}.{name}")
+    assert not outside, "error classes not derived from UserError:\n" + "\n".join(outside)

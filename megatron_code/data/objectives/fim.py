@@ -35,13 +35,15 @@ from typing import Optional
 
 import numpy as np
 
+from ...errors import UserError
+
 __all__ = ["FIMConfig", "FIMError", "FIMIds", "fim_ids", "apply_fim", "apply_fim_to_document", "fim_loss_mask",
            "FIM_PREFIX", "FIM_MIDDLE", "FIM_SUFFIX", "FIM_PAD"]
 
 FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, FIM_PAD = "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"
 
 
-class FIMError(ValueError):
+class FIMError(UserError, ValueError):
     """A user-fixable FIM setup problem (bad rate, tokenizer without sentinels, unknown split token)."""
 
 

@@ -31,10 +31,12 @@ from typing import Optional
 
 import torch
 
+from ...errors import UserError
+
 __all__ = ["mim_batch", "mim_forward_batch", "MIMError"]
 
 
-class MIMError(ValueError):
+class MIMError(UserError, ValueError):
     """A user-fixable MIM input problem (wrong shapes, sequence too short, missing sentinels)."""
 
 
