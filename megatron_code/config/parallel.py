@@ -36,8 +36,9 @@ class ParallelConfig(ConfigBase):
             raise ConfigError(f"--zero-stage must be 0, 1, 2 or 3, got {self.zero_stage}")
         if self.pipeline_parallel > 1 and self.zero_stage > 1:
             raise ConfigError(
-                f"ZeRO stage {self.zero_stage} cannot be combined with pipeline parallelism (PP={self.pipeline_parallel}):"
-                " DeepSpeed's pipeline engine supports ZeRO-1 only. Use --zero-stage 1 with PP, or PP=1 with ZeRO-2/3")
+                f"ZeRO stage {self.zero_stage} cannot be combined with pipeline parallelism "
+                f"(PP={self.pipeline_parallel}): DeepSpeed's pipeline engine supports ZeRO-1 only. Use --zero-stage 1 "
+                "with PP, or PP=1 with ZeRO-2/3")
         if self.sequence_parallel and self.tensor_parallel == 1:
             raise ConfigError("--sequence-parallel needs --tensor-model-parallel-size > 1")
         if self.backend not in ("auto", "gloo", "nccl"):

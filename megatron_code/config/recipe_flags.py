@@ -19,4 +19,5 @@ FIELD_FLAGS = {
 UNIT_GROUPS = (("WSD annealing length", ("optim.lr_wsd_decay_iters",), ("optim.lr_wsd_decay_samples",)),)
 
 # Flags that also take `auto` (the democratization study's rules, training/formulas.py): flag -> the switch field.
-AUTO_FLAGS = {"lr": "optim.lr_auto", "lr-warmup-iters": "optim.lr_warmup_auto", "weight-decay": "optim.weight_decay_auto"}
+AUTO_FLAGS = {"lr": "optim.lr_auto", "lr-warmup-iters": "optim.lr_warmup_auto",
+              "weight-decay": "optim.weight_decay_auto"}

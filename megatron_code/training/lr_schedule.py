@@ -11,8 +11,9 @@ iteration + 1).
 Styles (step = progress, W = warmup, D = decay iterations, r = (step - W) / (D - W)):
 - constant: lr.
 - linear: min_lr + (1 - r) (lr - min_lr). cosine: min_lr + (cos(pi r) + 1) / 2 (lr - min_lr).
-- inverse-square-root: max(min_lr, lr sqrt(max(W, 1)) / sqrt(step)) up to D, min_lr after (as Megatron). With lr_warmup_init = lr the warmup is flat,
-  which is PaLM's schedule (Chowdhery et al., 2022, sec. 5: 1e-2 for 10k steps, then decayed as 1/sqrt(k)).
+- inverse-square-root: max(min_lr, lr sqrt(max(W, 1)) / sqrt(step)) up to D, min_lr after (as Megatron). With
+  lr_warmup_init = lr the warmup is flat, which is PaLM's schedule (Chowdhery et al., 2022, sec. 5: 1e-2 for 10k
+  steps, then decayed as 1/sqrt(k)).
 - WSD (warmup-stable-decay, Megatron's `--lr-decay-style WSD`): lr until D - A, then an annealing of A =
   lr_wsd_decay_iters steps with ratio a = (step - (D - A)) / A and `lr_wsd_decay_style`: linear 1 - a,
   cosine (cos(pi a) + 1) / 2, exponential 2 * 0.5^a - 1, minus_sqrt 1 - sqrt(a).

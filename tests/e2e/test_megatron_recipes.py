@@ -27,7 +27,7 @@ def _precision(line: list[str]) -> list[str]:
     return [f"--{PRECISION}" if a == "--fp16" else a for a in line]
 
 
-def gpt3_line(corpus, ckpt: str, tb: str) -> list[str]:
+def gpt3_line(corpus, ckpt: str, tb: str) -> list[str]:  # noqa: F811 (the corpus fixture's value, passed on)
     # GPT_MODEL_ARGS, TRAINING_ARGS, MODEL_PARALLEL_ARGS, DATA_ARGS, EVAL_AND_LOGGING_ARGS in the script's order;
     # sizes: 96 -> 2 layers, 12288 -> 64 hidden, 96 -> 4 heads, 2048 -> 64 tokens, batch 1536 -> 4, TP8 x PP16 ->
     # TP1 x PP2, iterations and intervals shrunk; the batch-size schedule's sample counts shrunk alike.
@@ -66,7 +66,7 @@ def test_megatron_lm_gpt3_example_line(corpus, tmp_path):  # noqa: F811
     assert [train[i]["consumed_samples"] for i in range(1, 7)] == [2, 4, 6, 8, 12, 16]
 
 
-def mds_350m_line(corpus, ckpt: str, tb: str, ds_json: str) -> list[str]:
+def mds_350m_line(corpus, ckpt: str, tb: str, ds_json: str) -> list[str]:  # noqa: F811 (as gpt3_line)
     # megatron_options, data_options, deepspeed_options as the script assembles them (EP_SIZE=1, MLC=0.01,
     # capacity factors 1.0, MOE_MIN_CAP=4, ACTIVATION_CHECKPOINT=true); sizes, token budgets and paths shrunk.
     seq, tokens = 64, 64 * 16

@@ -5,7 +5,6 @@ against a log-softmax written here, and the GPT model's fused loss against the t
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from megatron_code.config import ModelConfig
 from megatron_code.kernels.linear_cross_entropy import (default_block_rows, default_chunk_rows,

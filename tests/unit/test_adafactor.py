@@ -6,7 +6,6 @@ import math
 import pytest
 import torch
 
-from megatron_code.config import JobConfig
 from megatron_code.config.base import ConfigError
 from megatron_code.config.cli import parse_args
 from megatron_code.config.optim import OptimConfig

@@ -10,7 +10,6 @@ import math
 
 import pytest
 
-from megatron_code.config import JobConfig
 from megatron_code.config.base import ConfigError
 from megatron_code.config.batch_schedule import build_schedule
 from megatron_code.config.cli import parse_args

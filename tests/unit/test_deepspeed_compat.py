@@ -35,7 +35,8 @@ def test_internal_name_still_exists(module, name):
                     f"megatron_code/parallel/deepspeed_compat.py (tested with {dsc.TESTED_VERSION})")
 
 
-@pytest.mark.parametrize("module,cls,attr", dsc.WRAPPER_ATTRIBUTES, ids=[f"{c}.{a}" for _, c, a in dsc.WRAPPER_ATTRIBUTES])
+@pytest.mark.parametrize("module,cls,attr", dsc.WRAPPER_ATTRIBUTES,
+                         ids=[f"{c}.{a}" for _, c, a in dsc.WRAPPER_ATTRIBUTES])
 def test_optimizer_wrapper_still_sets_attribute(module, cls, attr):
     source = inspect.getsource(_resolve(module, cls))
     assert f"self.{attr}" in source or f"def {attr}(" in source, (
@@ -66,7 +67,8 @@ INTERNAL_MODULES = ("deepspeed.runtime", "deepspeed.ops", "deepspeed.checkpoint"
 FILE_NAME = re.compile(r"^(bf16_)?(mp_rank_|zero_pp_rank_|layer_\d)|_states\.pt$")
 
 
-# Megatron-LM's own checkpoint layout (mp_rank_XX/model_optim_rng.pt), read by the Megatron-LM importer: not DeepSpeed's.
+# Megatron-LM's own checkpoint layout (mp_rank_XX/model_optim_rng.pt), read by the Megatron-LM importer: not
+# DeepSpeed's.
 NOT_DEEPSPEED = {ROOT / "megatron_code" / "convert" / "megatron_lm.py"}
 
 

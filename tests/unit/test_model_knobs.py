@@ -70,7 +70,6 @@ def test_logit_scaling_divides_logits_by_sqrt_d_on_every_path():
 def test_logit_scaling_gradcheck():
     model = build(tiny(output_logit_scaling=True, num_layers=1, hidden_size=8, num_attention_heads=2,
                        ffn_hidden_size=8, vocab_size=16))
-    ids = torch.randint(0, 16, (1, 3))
     h = torch.randn(1, 3, 8, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x: model.logits(model.final_norm(x)), (h,))
 

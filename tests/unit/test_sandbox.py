@@ -7,7 +7,6 @@ No assertion races the wall clock: durations are only compared with the timeout 
 
 import json
 import os
-import platform
 import re
 import secrets
 import shutil

@@ -3,7 +3,6 @@ field, integers that would be truncated, conflicting precision flags, --adam-eps
 validation on, zero blend weights; an empty validation split is reported instead of skipped without a word."""
 
 import dataclasses
-import os
 import typing
 
 import pytest
