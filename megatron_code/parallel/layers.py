@@ -102,6 +102,20 @@ class _ShardedParams:
         return full.narrow(dim, start, getattr(self, name).shape[dim])
 
 
+class _FromDenseLinear(_ShardedParams):
+    """Mixin for the parallel Linear layers: built from a dense nn.Linear, holding this rank's part of it."""
+
+    @classmethod
+    def from_dense(cls, linear: nn.Linear, group, **kw):
+        w = linear.weight
+        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, group,
+                    device=w.device, dtype=w.dtype, **kw)
+        _copy_param(layer.weight, layer.shard_param("weight", w))
+        if linear.bias is not None:
+            _copy_param(layer.bias, layer.shard_param("bias", linear.bias))
+        return layer
+
+
 def _copy_param(dst: nn.Parameter, src: torch.Tensor) -> None:
     if dst.device.type == "meta" or src.device.type == "meta":
         return
@@ -138,7 +152,7 @@ class _AddBiasFirstRank(torch.autograd.Function):
         return g, g.reshape(-1, g.shape[-1]).sum(0), None
 
 
-class ColumnParallelLinear(_ShardedParams, _GroupAttr, nn.Linear):
+class ColumnParallelLinear(_FromDenseLinear, _GroupAttr, nn.Linear):
     """y_local = x W_r^T + b_r, W split along its output rows: (out/tp, in). Output stays sharded on its last dim
     (e.g. this rank's heads, FFN columns or vocabulary slice) unless `gather_output`."""
 
@@ -160,16 +174,6 @@ class ColumnParallelLinear(_ShardedParams, _GroupAttr, nn.Linear):
         else:
             self.register_parameter("bias", None)
 
-    @classmethod
-    def from_dense(cls, linear: nn.Linear, group, **kw) -> "ColumnParallelLinear":
-        w = linear.weight
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, group,
-                    device=w.device, dtype=w.dtype, **kw)
-        _copy_param(layer.weight, layer.shard_param("weight", w))
-        if linear.bias is not None:
-            _copy_param(layer.bias, layer.shard_param("bias", linear.bias))
-        return layer
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.copy_input:
             x = region_entry(x, self.group, self.sequence_parallel)
@@ -184,7 +188,7 @@ class ColumnParallelLinear(_ShardedParams, _GroupAttr, nn.Linear):
         return f"{super().extra_repr()}, full_out={self.full_out_features}, tp_shard_start={self.shard_start}"
 
 
-class RowParallelLinear(_ShardedParams, _GroupAttr, nn.Linear):
+class RowParallelLinear(_FromDenseLinear, _GroupAttr, nn.Linear):
     """y = sum_r x_r W_r^T + b, W split along its input columns: (out, in/tp).
 
     reduce: "all_reduce" (plain TP), "reduce_scatter" (sequence parallel: output sharded along T) or "none"
@@ -207,16 +211,6 @@ class RowParallelLinear(_ShardedParams, _GroupAttr, nn.Linear):
             self.bias = nn.Parameter(torch.empty(out_features, device=device, dtype=dtype))
         else:
             self.register_parameter("bias", None)
-
-    @classmethod
-    def from_dense(cls, linear: nn.Linear, group, **kw) -> "RowParallelLinear":
-        w = linear.weight
-        layer = cls(linear.in_features, linear.out_features, linear.bias is not None, group,
-                    device=w.device, dtype=w.dtype, **kw)
-        _copy_param(layer.weight, layer.shard_param("weight", w))
-        if linear.bias is not None:
-            _copy_param(layer.bias, layer.shard_param("bias", linear.bias))
-        return layer
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.input_is_parallel:
