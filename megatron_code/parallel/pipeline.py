@@ -3,7 +3,7 @@ PipeDream-1F1B schedule, as DeepSpeed's pipeline engine runs it).
 
 The GPT is carved into pipeline layers that REUSE its modules. It is either initialized whole (and sharded by the
 TP plan), or, what the trainer does, built on the `meta` device with only its init seeds attached
-(`PENDING_INIT_ATTR`, model.init.module_seeds): then each rank materialises only the layers of its own stage, right
+(the job seed, model.init.module_seeds): then each rank materialises only the layers of its own stage, right
 after DeepSpeed picks them and before anything touches their storage. Both give every layout identical weights:
 
     layer 0        EmbeddingPipe   (input_ids, position_ids) -> (hidden, position_ids)   [tied key "embed"]
@@ -50,7 +50,6 @@ from . import random as tp_random
 from .random import RNGTracker
 
 TIED_KEY = "embed"
-PENDING_INIT_ATTR = "pending_init_seeds"  # on a meta GPT: {module name: seed}, see build_pipeline
 PARTITION_METHODS = ("parameters", "uniform")
 
 # The batch entries the loss reads (labels + loss_mask of data/batch.make_batch) unless the objective names others.
@@ -309,9 +308,9 @@ def build_pipeline(model: nn.Module, groups: ParallelGroups, loss_fn: LossFn, *,
                    label_keys: Optional[LabelKeys] = None):
     """Carve `model` (a GPT, initialized, already sharded by the TP plan) into this rank's pipeline stage.
 
-    Or `model` is a meta-device GPT (TP-sharded on meta if TP > 1) carrying `PENDING_INIT_ATTR` = its
-    `module_seeds`: then only this stage's parameters are created and initialized (this rank's slice of the
-    single-process weights, one full tensor at a time), and the rest of the GPT stays on meta.
+    Or `model` is a meta-device GPT (TP-sharded on meta if TP > 1) and `seed` the job seed: then only this stage's
+    parameters are created and initialized (this rank's slice of the single-process weights, one full tensor at a
+    time), and the rest of the GPT stays on meta.
 
     Collective over the whole world (DeepSpeed builds its grid and tied-weight groups). Every rank must pass a
     model with identical weights (same seed). `partition_method`: "parameters" (balance trainable parameters;
@@ -339,7 +338,7 @@ def build_pipeline(model: nn.Module, groups: ParallelGroups, loss_fn: LossFn, *,
     pipe = _pipeline_module_class()(
         layers=specs, topology=groups.topology(), partition_method=method,
         activation_checkpoint_interval=checkpoint_interval, activation_checkpoint_func=make_checkpoint_fn(tracker),
-        checkpointable_layers=list(CHECKPOINTABLE), materialize=_stage_materializer(model))
+        checkpointable_layers=list(CHECKPOINTABLE), materialize=_stage_materializer(model, seed))
     parts = [int(p) for p in pipe.parts]
     empty = [s for s in range(groups.pp_size) if parts[s + 1] <= parts[s]]
     if empty:
@@ -358,14 +357,18 @@ def build_pipeline(model: nn.Module, groups: ParallelGroups, loss_fn: LossFn, *,
     return pipe
 
 
-def _stage_materializer(model: nn.Module) -> Optional[Callable[[nn.Module], None]]:
-    """For a meta GPT with pending init seeds: a function creating one pipeline layer's parameters. All the layers
-    of the stage draw through one scratch buffer, freed with the function once the stage is built."""
-    from ..model.init import Scratch, materialize_gpt_params
+def _stage_materializer(model: nn.Module, seed: Optional[int]) -> Optional[Callable[[nn.Module], None]]:
+    """For a meta-device GPT: a function creating one pipeline layer's parameters from the job `seed` (the
+    per-module seeds are `module_seeds` of the whole meta GPT, as a single-process build draws them). All the
+    layers of the stage draw through one scratch buffer, freed with the function once the stage is built. None for
+    a model that already holds its weights."""
+    from ..model.init import Scratch, materialize_gpt_params, module_seeds
 
-    seeds = getattr(model, PENDING_INIT_ATTR, None)
-    if seeds is None:
+    if not any(p.device.type == "meta" for p in model.parameters()):
         return None
+    if seed is None:
+        raise ValueError("build_pipeline got a meta-device GPT but no seed: pass the job seed to initialise it")
+    seeds = module_seeds(model, torch.Generator().manual_seed(seed))
     cfg, scratch = model.cfg, Scratch("cpu")
     return lambda layer: materialize_gpt_params(layer, cfg, seeds, "cpu", scratch)
 

@@ -83,7 +83,7 @@ def build_model(job: JobConfig, groups: ParallelGroups, grad_accum: int = 1) -> 
 
     TP = PP = 1: the whole model (ZeRO-3: partitioned over DP as it is built). TP > 1 or PP > 1: the whole model
     exists only on the meta device; with PP = 1 this rank's TP shards are created and initialized here, with
-    PP > 1 the meta GPT is returned carrying its init seeds and `build_pipeline` creates only this rank's stage.
+    PP > 1 the meta GPT is returned and `build_pipeline` creates only this rank's stage (from the job seed).
     Building never advances torch's global RNG (so what follows draws the same in every layout)."""
     # only this rank's device (forking every visible GPU's RNG would open a CUDA context on each)
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
@@ -102,10 +102,9 @@ def build_model(job: JobConfig, groups: ParallelGroups, grad_accum: int = 1) -> 
 
 def _build_sharded_gpt(job: JobConfig, groups: ParallelGroups) -> torch.nn.Module:
     """Meta GPT -> TP plan on meta -> init seeds of the whole GPT (one per module, layout-free); then this rank's
-    TP shards are materialised (PP = 1) or the seeds are left for build_pipeline (PP > 1). Peak extra memory:
+    TP shards are materialised (PP = 1) or build_pipeline does it for this rank's stage (PP > 1). Peak extra memory:
     one full weight."""
     from ..model.init import materialize_gpt_params, module_seeds
-    from ..parallel.pipeline import PENDING_INIT_ATTR
 
     with torch.device("meta"):
         model = GPT(job.model)
@@ -114,11 +113,8 @@ def _build_sharded_gpt(job: JobConfig, groups: ParallelGroups) -> torch.nn.Modul
         from ..parallel.tensor_parallel import apply_tensor_parallel
         apply_tensor_parallel(model, plan_for(job.model, groups.tp_size), groups,
                               sequence_parallel=job.parallel.sequence_parallel)
-    seeds = module_seeds(model, torch.Generator().manual_seed(job.training.seed))
-    if groups.pp_size > 1:
-        setattr(model, PENDING_INIT_ATTR, seeds)
-    else:
-        materialize_gpt_params(model, job.model, seeds)
+    if groups.pp_size == 1:  # with PP, build_pipeline materialises this rank's stage from the job seed
+        materialize_gpt_params(model, job.model, module_seeds(model, torch.Generator().manual_seed(job.training.seed)))
     return model
 
 

@@ -115,7 +115,7 @@ def test_a_pipeline_stage_materialises_its_layers_through_one_scratch_buffer(mon
     import megatron_code.model.init as init
     from megatron_code.config.model import ModelConfig
     from megatron_code.model import GPT
-    from megatron_code.parallel.pipeline import PENDING_INIT_ATTR, BlockPipe, _stage_materializer
+    from megatron_code.parallel.pipeline import BlockPipe, _stage_materializer
 
     made = []
 
@@ -129,9 +129,7 @@ def test_a_pipeline_stage_materialises_its_layers_through_one_scratch_buffer(mon
                       max_position_embeddings=16)
     with torch.device("meta"):
         meta = GPT(cfg)
-    seeds = init.module_seeds(meta, torch.Generator().manual_seed(7))
-    setattr(meta, PENDING_INIT_ATTR, seeds)
-    materialize = _stage_materializer(meta)
+    materialize = _stage_materializer(meta, 7)  # the job seed: module seeds as the single-process build draws
     layers = [BlockPipe(i, meta.layers[i], None, 10000.0) for i in range(cfg.num_layers)]
     for layer in layers:
         materialize(layer)
