@@ -215,6 +215,17 @@ class CodeReader(BaseReader):
             self._skip("unreadable", path, str(exc))
             return None
 
+    def _read_text(self, path: str) -> str | None:
+        """The file as UTF-8 text; None (counted as skipped) when unreadable, too large or not UTF-8."""
+        raw = self._read_bytes(path)
+        if raw is None:
+            return None
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            self._skip("not_utf8", path, f"invalid UTF-8 at byte {exc.start}")
+            return None
+
     def _provenance(self, path: str, root: str, repo: str | None) -> dict:
         rel = os.path.relpath(path, root)
         in_repo = rel
@@ -229,13 +240,8 @@ class CodeReader(BaseReader):
             # Not a source file (README without extension, images, ...): counted, never read.
             self.stat_update("files_unknown_extension")
             return
-        raw = self._read_bytes(path)
-        if raw is None:
-            return
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            self._skip("not_utf8", path, f"invalid UTF-8 at byte {exc.start}")
+        text = self._read_text(path)
+        if text is None:
             return
         if not text:
             self._skip("empty_text", path)
@@ -246,13 +252,8 @@ class CodeReader(BaseReader):
                         else f"{repo}/{meta['path']}", meta)
 
     def _read_notebook(self, path: str, root: str, repo: str | None):
-        raw = self._read_bytes(path)
-        if raw is None:
-            return
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            self._skip("not_utf8", path, f"invalid UTF-8 at byte {exc.start}")
+        text = self._read_text(path)
+        if text is None:
             return
         cells = parse_notebook(text, outputs=self.notebook_outputs)
         if isinstance(cells, str):
