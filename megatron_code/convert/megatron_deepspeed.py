@@ -171,7 +171,8 @@ def write_megatron_deepspeed(job: JobConfig, sd: dict[str, torch.Tensor], save_d
                   "tokens": consumed * job.data.seq_length, "global_steps": iteration, "mp_world_size": tp,
                   "dp_world_size": 1}
         if pp == 1:
-            module = {_legacy(k): v for k, v in shard.items() if not (k == "output_layer.weight" and cfg.tie_embeddings)}
+            module = {_legacy(k): v for k, v in shard.items()
+                      if not (k == "output_layer.weight" and cfg.tie_embeddings)}
             torch.save({"module": module, **client}, os.path.join(staged, f"mp_rank_{r:02d}_model_states.pt"))
             continue
         layers: dict[int, dict[str, torch.Tensor]] = {}

@@ -151,7 +151,8 @@ class Trainer:
         for note in apply_study_formulas(job):  # --lr auto etc.: needs the batch plan above
             log(note, self.rank)
         self.step_batch = t.global_batch_size  # the batch DeepSpeed is configured for; see _set_step_batch
-        ckpt.check_fresh_save_dir(t.save, None if t.universal_checkpoint else t.load)  # other trainers' checkpoints, another run's --save: refused
+        # other trainers' checkpoints, another run's --save: refused
+        ckpt.check_fresh_save_dir(t.save, None if t.universal_checkpoint else t.load)
         self.save_lock = ckpt.lock_save_dir(t.save, self.rank) if t.save else None  # one job per --save
         seed_everything(t.seed)
         self.tokenizer = resolve_tokenizer(job)

@@ -4,7 +4,6 @@ pass gradcheck, and the paths agree with each other; TP2 equals TP1."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from megatron_code.kernels.linear_cross_entropy import linear_cross_entropy, linear_cross_entropy_reference
 from megatron_code.testing import run_distributed
