@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import os
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -37,6 +36,7 @@ from .data_args import check_data_args_exclusive, read_data_args_file, read_per_
 from .job import SECTIONS, JobConfig
 from .megatron_flags import ERROR_FLAGS, NOOP_FLAGS, OFF_FLAGS
 from .presets import get_preset
+from .saved import checkpoint_config_path
 from .recipe_flags import AUTO_FLAGS, FIELD_FLAGS, UNIT_GROUPS as RECIPE_UNIT_GROUPS
 from .training import loss_scale_power
 
@@ -423,21 +423,6 @@ def _apply_layer(job: JobConfig, values: dict[str, Any], source: str, one_unit: 
                     default = {f.name: f.default for f in dataclasses.fields(SECTIONS[section])}[key]
                     setattr(getattr(job, section), key, default)
     job.update(values)
-
-
-def checkpoint_config_path(load_dir: str) -> str | None:
-    """The config.yaml a checkpoint directory was saved with: SAVE/<tag named by SAVE/latest>/config.yaml, or
-    DIR/config.yaml when DIR is one tag (SAVE/iter_XXXXXXX). None when it holds no checkpoint yet (the Megatron
-    convention of --load equal to --save from the first launch on). Layout: docs/formats.md, Checkpoints."""
-    if os.path.isfile(os.path.join(load_dir, "config.yaml")):
-        return os.path.join(load_dir, "config.yaml")
-    try:
-        with open(os.path.join(load_dir, "latest")) as f:
-            tag = f.read().strip()
-    except OSError:
-        return None
-    path = os.path.join(load_dir, tag, "config.yaml")
-    return path if tag and os.path.isfile(path) else None
 
 
 def _load_yaml(path: str) -> dict[str, Any]:

@@ -70,11 +70,17 @@ FILE_NAME = re.compile(r"^(bf16_)?(mp_rank_|zero_pp_rank_|layer_\d)|_states\.pt$
 # Megatron-LM's own checkpoint layout (mp_rank_XX/model_optim_rng.pt), read by the Megatron-LM importer: not
 # DeepSpeed's.
 NOT_DEEPSPEED = {ROOT / "megatron_code" / "convert" / "megatron_lm.py"}
+# Not yet behind the seam: readers of DeepSpeed checkpoints that landed while the seam was built (HF export of bf16
+# ZeRO-0 state, Megatron-DeepSpeed and DeepSpeed-universal converters). Listed so that no NEW file adds touches;
+# moving them into deepspeed_compat.py is open work (NOTES.md, "Simplification").
+NOT_YET_MOVED = {ROOT / "megatron_code" / p for p in ("convert/hf.py", "convert/megatron_deepspeed.py",
+                                                      "parallel/universal.py")}
 
 
 def _sources() -> list[Path]:
     files = sorted((ROOT / "megatron_code").rglob("*.py")) + sorted((ROOT / "tools").rglob("*.py"))
-    return [p for p in files + [ROOT / "pretrain_code.py"] if p != COMPAT and p not in NOT_DEEPSPEED and p.exists()]
+    skip = NOT_DEEPSPEED | NOT_YET_MOVED | {COMPAT}
+    return [p for p in files + [ROOT / "pretrain_code.py"] if p not in skip and p.exists()]
 
 
 def _docstrings(tree: ast.AST) -> set[int]:
