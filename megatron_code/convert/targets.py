@@ -38,7 +38,8 @@ def _describe(cfg: ModelConfig) -> str:
 REMOTE_FIELDS: dict[str, tuple | None] = {
     "num_layers": None, "hidden_size": None, "num_attention_heads": None, "num_kv_heads": None, "head_dim": None,
     "ffn_hidden_size": None, "vocab_size": None, "vocab_pad_multiple": None, "max_position_embeddings": None,
-    "position_embedding": ("learned", "rope", "none", "t5"), "t5_buckets": None, "t5_max_distance": None, "rotary_percent": None, "rotary_dims": None,
+    "position_embedding": ("learned", "rope", "none", "t5"), "t5_buckets": None, "t5_max_distance": None,
+    "rotary_percent": None, "rotary_dims": None,
     "rotary_base": None, "norm": ("layernorm", "rmsnorm"), "norm_eps": None, "norm_bias": None,
     "activation": ("gelu", "gelu_tanh", "swiglu", "relu", "elu"), "block": ("sequential", "parallel"),
     "parallel_shared_norm": None, "bias": None, "tie_embeddings": None, "output_bias": None,
