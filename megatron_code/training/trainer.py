@@ -217,7 +217,6 @@ class Trainer:
         for note in self.data.notes:
             log(f"note: {note}", self.rank)
         self.tp_group = self.groups.tp_group if self.groups.tp_size > 1 else None
-        self.fused_loss = self.loss_path.fused  # reported by the tests
         fpt = flops_per_token(job.model, job.data.seq_length)
         peak, source = peak_flops(t.precision, t.peak_tflops)
         self.throughput = Throughput(fpt, peak, self.world)
@@ -328,8 +327,8 @@ class Trainer:
         path = choose_loss_path(self.objective, g.tp_size, g.pp_size, t.precision, t.fused_lm_loss, survive)
         if self.pipelined:
             self.engine.module.set_head_in_loss(path.head_in_loss)
-            if not survive and choose_loss_path(self.objective, g.tp_size, g.pp_size, t.precision,
-                                                t.fused_lm_loss).fused:
+            wanted = choose_loss_path(self.objective, g.tp_size, g.pp_size, t.precision, t.fused_lm_loss)
+            if wanted.fused and not path.fused:
                 log("note: the fused LM head + loss is off on this pipeline (DeepSpeed's bf16 optimizer at ZeRO-0 "
                     "clears gradients of parameters used only in the loss); --zero-stage 1 keeps it", self.rank)
         return path

@@ -39,7 +39,7 @@ def run_jobs(rank, world, jobs):
             history = trainer.train()
             out[key] = {"losses": [loss for _, loss in history["train_loss"]],
                         "first_iter": history["train_loss"][0][0] if history["train_loss"] else None,
-                        "fused_loss": trainer.fused_loss}
+                        "fused_loss": trainer.loss_path.fused}
         except Exception as exc:  # noqa: BLE001 - reported per job so one failure names its layout
             if not key.endswith(":error"):
                 raise
