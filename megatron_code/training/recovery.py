@@ -42,6 +42,8 @@ def on_skipped(trainer, verdict: StepVerdict) -> bool:
     t = trainer.job.training
     first = trainer.consumed - trainer.step_batch
     trainer.skipped_steps += 1
+    if not verdict.why.startswith(("fp16 overflow", "loss spike")):
+        trainer.nan_steps += 1  # Megatron's 'number of nan iterations': refused for a NaN/inf loss or gradient
     scaler_can_recover = (t.precision == "fp16" and verdict.why.startswith("fp16 overflow")
                           and trainer._loss_scale() > t.min_loss_scale)
     if not scaler_can_recover:  # the fp16 scaler's own skips count only once it can lower the scale no more

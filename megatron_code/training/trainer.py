@@ -179,7 +179,7 @@ class Trainer:
         self.guard = StepGuard(optimizer, spike_factor=t.spiky_loss_factor if t.check_for_spiky_loss else 0.0,
                                device=self.engine.device, world=self.world)
         self.guard.outer = self.engine.optimizer if self.engine.optimizer is not optimizer else None
-        self.skipped_steps = self.bad_streak = self.rollbacks = 0
+        self.skipped_steps = self.nan_steps = self.nan_at_window = self.bad_streak = self.rollbacks = 0
         self.bad_batches: list[tuple[int, int]] = []  # [first sample, end) of the batches of skipped steps
         self.skip_samples: set[int] = set()  # first sample of each global batch never to train on again
         self.loss_path = self._choose_loss_path()
@@ -451,10 +451,11 @@ class Trainer:
         skipped = self._skipped_steps()
         losses = {"lm loss": loss, **{k: v / max(steps, 1) for k, v in self.window_parts.items()}}
         line = megatron_log_line(self.iteration, t.train_iters, self.consumed, 1000 * per_iter, tflops, lr,
-                                 self.step_batch, losses, scale, gn, skipped - self.skipped_at_window, 0,
+                                 self.step_batch, losses, scale, gn, skipped - self.skipped_at_window,
+                                 self.nan_steps - self.nan_at_window,
                                  time.strftime("%Y-%m-%d %H:%M:%S"))
         log(f"{line} tokens/s: {tps:,.0f} | MFU: {100 * mfu:.2f}% | mem: {memory_gb():.2f} GB |", self.rank)
-        self.skipped_at_window = skipped
+        self.skipped_at_window, self.nan_at_window = skipped, self.nan_steps
         self.sink.write(self.iteration, {"tokens_per_s": tps, "mfu": mfu, "grad_norm": gn, "lr": lr,
                                          "loss_scale": scale if t.precision == "fp16" else None,
                                          "memory_gb": memory_gb()}, kind="interval")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import socket
 import sys
 
@@ -101,6 +102,9 @@ def test_a_transient_nan_batch_is_skipped_and_training_goes_on(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "iter 4: step skipped, weights unchanged (loss not finite" in proc.stdout
     assert "1 of 3 in a row, 1 skipped in all" in proc.stdout
+    # Megatron's log line counts it as skipped and as a nan iteration (in the next logged line, iteration 5)
+    assert re.search(r"iteration +5/ +8 .*number of skipped iterations: +1 \| number of nan iterations: +1 \|",
+                     proc.stdout), proc.stdout[-3000:]
     assert open(os.path.join(save, "latest")).read().strip() == "iter_0000008"
     assert_checkpoints_finite(save)
 
@@ -136,5 +140,7 @@ def test_a_loss_spike_is_refused_with_check_for_spiky_loss(tmp_path):
     proc = _inject("spike:1000", "48", BASE + ["--save", save, "--check-for-spiky-loss"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "iter 7: step skipped, weights unchanged (loss spike:" in proc.stdout, proc.stdout[-3000:]
+    assert re.search(r"iteration +8/ +8 .*number of skipped iterations: +1 \| number of nan iterations: +0 \|",
+                     proc.stdout), proc.stdout[-3000:]  # a spike is skipped but is not a nan iteration
     proc = _inject("spike:1000", "48", BASE + ["--save", str(tmp_path / "off")])
     assert proc.returncode == 0 and "step skipped" not in proc.stdout  # off unless asked for
