@@ -189,3 +189,12 @@ class MetricsSink:
             self.tb.close()
         if self.wandb:
             self.wandb.close()
+
+
+def memory_gb() -> float:
+    """Peak memory of this process in GiB: the accelerator's allocator on CUDA, else the peak resident set."""
+    import resource
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2 ** 30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux

@@ -10,7 +10,6 @@ import dataclasses
 import math
 import os
 import random
-import resource
 import sys
 import time
 
@@ -41,7 +40,7 @@ from .losses import masked_mean_weights
 from .objective import FUSED, Collate, build_objective, choose_loss_path
 from .formulas import apply_study_formulas
 from .lr_schedule import lr_at
-from .metrics import MetricsSink, Throughput, WandbWriter, megatron_log_line, peak_flops
+from .metrics import MetricsSink, Throughput, WandbWriter, megatron_log_line, memory_gb, peak_flops
 from .optimizer import build_optimizer
 
 
@@ -116,12 +115,6 @@ def _build_sharded_gpt(job: JobConfig, groups: ParallelGroups) -> torch.nn.Modul
     if groups.pp_size == 1:  # with PP, build_pipeline materialises this rank's stage from the job seed
         materialize_gpt_params(model, job.model, module_seeds(model, torch.Generator().manual_seed(job.training.seed)))
     return model
-
-
-def memory_gb() -> float:
-    if torch.cuda.is_available():
-        return torch.cuda.max_memory_allocated() / 2 ** 30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20  # KiB on Linux
 
 
 class Trainer:
@@ -228,7 +221,7 @@ class Trainer:
             o, lr=o.decoupled_lr, min_lr=o.min_lr if o.decoupled_min_lr is None else o.decoupled_min_lr,
             lr_warmup_init=min(o.lr_warmup_init, o.decoupled_lr))
         self.timers: dict[str, float] = {}  # Megatron's timer names -> seconds in this logging window
-        self.skipped_at_window = self._skipped_steps()
+        self.skipped_at_window = self.skipped_steps
         n_params = sum(getattr(p, "ds_numel", p.numel()) for p in self.engine.module.parameters())  # ZeRO-3: full
         log(f"model: {n_params:,} parameters on this rank | world {self.world} = TP {self.groups.tp_size} x "
             f"PP {self.groups.pp_size} x DP {self.groups.dp_size} | global batch {self.schedule.describe()} "
@@ -404,11 +397,6 @@ class Trainer:
     def _time(self, name: str, seconds: float) -> None:
         self.timers[name] = self.timers.get(name, 0.0) + seconds
 
-    def _skipped_steps(self) -> int:
-        """Optimizer steps not taken, as Megatron's 'number of skipped iterations': the StepGuard's count, which
-        includes those DeepSpeed skipped itself (fp16 overflow, non-finite norm)."""
-        return self.skipped_steps
-
     def _loss_scale(self) -> float:
         """The fp16 dynamic scale DeepSpeed's optimizers expose as loss_scale / cur_scale; 1.0 otherwise (as Megatron
         logs it without fp16)."""
@@ -448,7 +436,7 @@ class Trainer:
         lr = self.engine.optimizer.param_groups[0]["lr"]
         per_iter = seconds / max(steps, 1)
         tflops = tps * self.throughput.flops_per_token / 1e12 / self.world  # Megatron: TFLOP/s per GPU
-        skipped = self._skipped_steps()
+        skipped = self.skipped_steps
         losses = {"lm loss": loss, **{k: v / max(steps, 1) for k, v in self.window_parts.items()}}
         line = megatron_log_line(self.iteration, t.train_iters, self.consumed, 1000 * per_iter, tflops, lr,
                                  self.step_batch, losses, scale, gn, skipped - self.skipped_at_window,
@@ -530,6 +518,14 @@ class Trainer:
             self._validate(history)
 
     def train(self) -> dict:
+        """Train to --train-iters or a stop; the --save lock goes with the job (another Trainer may then take it)."""
+        try:
+            return self._train()
+        finally:
+            if self.save_lock is not None:
+                self.save_lock.release()
+
+    def _train(self) -> dict:
         job, t = self.job, self.job.training
         batches = self._train_loader()
         bar = tqdm(total=t.train_iters, initial=self.iteration, desc="train", unit="it", dynamic_ncols=True,
