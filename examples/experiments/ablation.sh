@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# One-knob ablation on the standard-library corpus at tiny scale, equal compute (the setup of activations.sh:
-# preset tiny, ITERS steps of 8 x 128 tokens, same data order and LR schedule per seed). Arms are "name=flags";
-# SEEDS seeds per arm; prints the final left-to-right validation loss per seed, the mean and the spread, and the
-# commit (also in $WORK/commit.txt).
+# One-knob ablation on the standard-library corpus at tiny scale, equal compute (preset tiny, ITERS steps of
+# 8 x 128 tokens, same data order and LR schedule per seed; activations.sh and positions.sh run through it).
+# Arms are "name=flags"; SEEDS seeds per arm; prints the final left-to-right validation loss per seed, the mean
+# and the spread, and the commit (also in $WORK/commit.txt).
 #
 #   bash examples/experiments/ablation.sh block "sequential=--model.block sequential" "parallel=--model.block parallel"
 set -euo pipefail
@@ -15,7 +15,7 @@ PY=${PYTHON:-python}
 export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
 mkdir -p "$WORK"
 git rev-parse HEAD > "$WORK/commit.txt"
-if [[ ! -f "$WORK/corpus/test.jsonl" ]]; then  # the corpus, tokenizer and data of activations.sh
+if [[ ! -f "$WORK/corpus/test.jsonl" ]]; then  # corpus, tokenizer and data, shared by every experiment in WORK
   $PY tools/prepare_stdlib_corpus.py --output-dir "$WORK/corpus"
 fi
 if [[ ! -f "$WORK/tokenizer/tokenizer.json" ]]; then
