@@ -425,6 +425,11 @@ def _apply_layer(job: JobConfig, values: dict[str, Any], source: str, one_unit: 
     job.update(values)
 
 
+# Not taken from a checkpoint's config by `--load` alone (Megatron copies them only with
+# --use-mp-args-from-checkpoint-args): a resume at another layout goes through resharding or a layout-free import.
+_LAUNCH_LAYOUT = ("tensor_parallel", "pipeline_parallel", "sequence_parallel")
+
+
 def _load_yaml(path: str) -> dict[str, Any]:
     try:
         with open(path) as f:
@@ -537,6 +542,8 @@ def parse_args(argv: list[str]) -> CliArgs:
                          "(learned positions, dropout 0.1, Adam beta2 0.999, weight decay 0.01, linear decay)")
     for path in config_files:
         loaded = _load_yaml(path)
+        if path is saved:  # as Megatron's --use-checkpoint-args: the model-parallel layout is the launch's
+            loaded["parallel"] = {k: v for k, v in (loaded.get("parallel") or {}).items() if k not in _LAUNCH_LAYOUT}
         if loaded.get("preset") is not None:
             _apply_preset(job, str(loaded["preset"]))
         _apply_layer(job, loaded, f"--config {path}")

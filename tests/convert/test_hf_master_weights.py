@@ -19,8 +19,8 @@ from safetensors.torch import load_file  # noqa: E402
 
 def bf16_checkpoint(save_dir: str, zero: int):
     from megatron_code.convert.hf import build_job
-    from megatron_code.parallel.engine import (deepspeed_config, init_distributed, initialize_engine,
-                                               zero0_masters)
+    from megatron_code.parallel.deepspeed_compat import zero0_masters
+    from megatron_code.parallel.engine import deepspeed_config, init_distributed, initialize_engine
     from megatron_code.training import checkpoint as ckpt
     from megatron_code.training.optimizer import build_optimizer
 

@@ -639,6 +639,14 @@ def test_load_alone_takes_the_checkpoints_config_and_flags_override_it(tmp_path)
         assert any("checkpoint's" in n for n in out.notes)
     # An explicit preset or config is the user's base: the checkpoint's config is not consulted.
     assert parse_args(["--preset", "tiny", "--load", str(tmp_path)]).job.optim.lr != 3e-4
+    # The model-parallel layout is the launch's, not the checkpoint's (Megatron copies it only with
+    # --use-mp-args-from-checkpoint-args): a TP2 x PP2 run's config read back at the default layout.
+    saved.parallel.tensor_parallel = saved.parallel.pipeline_parallel = 2
+    saved.save(str(tmp_path / "iter_0000005" / "config.yaml"))
+    job = parse_args(["--load", str(tmp_path)]).job
+    assert (job.parallel.tensor_parallel, job.parallel.pipeline_parallel) == (1, 1)
+    assert job.model.to_dict() == saved.model.to_dict() and job.optim.lr == 3e-4
+    assert parse_args(["--load", str(tmp_path), "--tensor-model-parallel-size", "2"]).job.parallel.tensor_parallel == 2
     # --load naming the --save directory of a run that has not saved yet (Megatron's first launch): defaults.
     fresh = parse_args(["--load", str(tmp_path / "new"), "--save", str(tmp_path / "new"), "--num-layers", "2",
                         "--hidden-size", "32", "--num-attention-heads", "4", "--seq-length", "16",
