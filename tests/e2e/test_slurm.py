@@ -52,7 +52,8 @@ def test_sbatch_cpu_tiny_trains_world_4_and_checkpoints(slurm, tmp_path):
     # reaches the job: env() removes them).
     layouts = re.findall(r"world (\d+) = TP (\d+) x PP (\d+) x DP (\d+)", text)
     assert layouts and set(layouts) == {("4", "2", "1", "2")}, text[-4000:]
-    iters = [int(m) for m in re.findall(rf"^iter (\d+)/{ITERS} \| loss [0-9.]+ ", text, re.M)]
+    # Megatron-LM's log line, one per iteration on rank 0 (training/metrics.py)
+    iters = [int(m) for m in re.findall(rf"\] iteration +(\d+)/ +{ITERS} \|.* \| lm loss: [0-9.E+-]+ \|", text)]
     assert iters == list(range(1, ITERS + 1)), text[-4000:]
 
     assert (save / "latest").read_text().strip() == f"iter_{ITERS:07d}"
