@@ -42,3 +42,26 @@ def train_losses(save_dir: str) -> dict[int, float]:
             if r["kind"] == "train":
                 out[r["iteration"]] = r["loss"]
     return out
+
+
+def kill_at_iteration(cmd: list[str], metrics: str, iteration: int, timeout: float = 900) -> None:
+    """Start `cmd` and SIGKILL it as soon as `metrics` (a metrics.jsonl) records `iteration`. The timeout is a
+    generous deadline for a loaded machine, not a race; the run exiting on its own first is a failure."""
+    import signal
+    import time
+
+    import pytest
+
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + timeout
+    try:
+        while time.time() < deadline:
+            if os.path.exists(metrics) and f'"iteration": {iteration},' in open(metrics).read():
+                return
+            if proc.poll() is not None:
+                pytest.fail(f"training exited early with {proc.returncode}")
+            time.sleep(0.01)
+        pytest.fail(f"training did not reach iteration {iteration} in time")
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()

@@ -3,14 +3,11 @@ gradients, and a run interrupted across a batch change (planned exit or SIGKILL)
 
 import json
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 
-from ._cmd import ROOT, TINY, env, run, train_losses
+from ._cmd import ROOT, TINY, kill_at_iteration, run, train_losses
 
 pytestmark = pytest.mark.e2e
 
@@ -63,21 +60,8 @@ def test_sigkill_across_a_batch_change_resumes_bitwise(tmp_path):
     save = str(tmp_path / "run")
     cmd = [sys.executable, os.path.join(ROOT, "pretrain_code.py")] + BASE + SCHEDULE + budget + [
         "--save", save, "--save-interval", "3"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = os.path.join(save, "metrics.jsonl")
-    deadline = time.time() + 900
-    try:
-        while time.time() < deadline:  # kill after step 5 (the first at batch 8): checkpoint 3 is before the change
-            if os.path.exists(metrics) and '"iteration": 5,' in open(metrics).read():
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"training exited early with {proc.returncode}")
-            time.sleep(0.01)
-        else:
-            pytest.fail("training did not reach iteration 5 in time")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    # kill after step 5 (the first at batch 8): checkpoint 3 is before the change
+    kill_at_iteration(cmd, os.path.join(save, "metrics.jsonl"), 5)
     latest = int(open(os.path.join(save, "latest")).read().strip().split("_")[1])
     assert latest in (3, 6), latest  # 6 only if the kill landed late; 3 means the resume crosses the change
     run(BASE + SCHEDULE + budget + ["--save", save, "--load", save, "--exit-interval", str(8 - latest)])

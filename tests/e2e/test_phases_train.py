@@ -4,15 +4,12 @@ matches the uninterrupted run bitwise, skips what is done, and every checkpoint 
 
 import glob
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from ._cmd import ROOT, TINY, env, run, train_losses
+from ._cmd import ROOT, TINY, kill_at_iteration, run, train_losses
 
 pytestmark = pytest.mark.e2e
 
@@ -63,21 +60,8 @@ def test_three_phases_killed_in_phase_two_resume_bitwise(tmp_path):
 
     save = str(tmp_path / "run")
     cmd = [sys.executable, os.path.join(ROOT, "pretrain_code.py")] + args + ["--save", save]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = os.path.join(save, NAMES[1], "metrics.jsonl")
-    deadline = time.time() + 900
-    try:
-        while time.time() < deadline:  # kill in phase 2 after its step 3: its checkpoint 2 exists, 3 is past it
-            if os.path.exists(metrics) and '"iteration": 3,' in open(metrics).read():
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"training exited early with {proc.returncode}")
-            time.sleep(0.01)
-        else:
-            pytest.fail("phase 2 did not reach iteration 3 in time")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    # kill in phase 2 after its step 3: its checkpoint 2 exists, 3 is past it
+    kill_at_iteration(cmd, os.path.join(save, NAMES[1], "metrics.jsonl"), 3)
     latest = open(os.path.join(save, NAMES[1], "latest")).read().strip()
     assert latest in ("iter_0000002", "iter_0000004"), latest
     assert not os.path.exists(os.path.join(save, NAMES[2]))

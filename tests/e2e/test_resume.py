@@ -1,14 +1,11 @@
 """Exact resume: a run interrupted (planned exit or SIGKILL) and resumed gives bitwise the same losses."""
 
 import os
-import signal
-import subprocess
 import sys
-import time
 
 import pytest
 
-from ._cmd import ROOT, TINY, env, run, train_losses
+from ._cmd import ROOT, TINY, kill_at_iteration, run, train_losses
 
 pytestmark = pytest.mark.e2e
 ITERS = ["--train-iters", "8"]  # noqa: E501
@@ -57,21 +54,8 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
     save = str(tmp_path / "run")
     cmd = [sys.executable, os.path.join(ROOT, "pretrain_code.py")] + TINY + budget + ["--save", save,
                                                                                      "--save-interval", "2"]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    metrics = os.path.join(save, "metrics.jsonl")
-    deadline = time.time() + 900  # generous: loaded shared machines are slow
-    try:
-        while time.time() < deadline:  # kill right after iteration 5: checkpoint 4 exists, 5 is past it
-            if os.path.exists(metrics) and '"iteration": 5,' in open(metrics).read():
-                break
-            if proc.poll() is not None:
-                pytest.fail(f"training exited early with {proc.returncode}")
-            time.sleep(0.02)
-        else:
-            pytest.fail("training did not reach iteration 5 in time")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    # kill right after iteration 5: checkpoint 4 exists, 5 is past it
+    kill_at_iteration(cmd, os.path.join(save, "metrics.jsonl"), 5)
     latest = int(open(os.path.join(save, "latest")).read().strip().split("_")[1])
     assert 4 <= latest < 8, latest
     before = train_losses(save)
