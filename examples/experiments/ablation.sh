@@ -13,22 +13,9 @@ ITERS=${ITERS:-100}
 SEEDS=${SEEDS:-"1 2"}
 PY=${PYTHON:-python}
 export OMP_NUM_THREADS=1 TOKENIZERS_PARALLELISM=false
-mkdir -p "$WORK"
+VOCAB_SIZE=4096 MAX_CHARS=5000000
+source examples/experiments/prepare_stdlib.sh
 git rev-parse HEAD > "$WORK/commit.txt"
-if [[ ! -f "$WORK/corpus/test.jsonl" ]]; then  # corpus, tokenizer and data, shared by every experiment in WORK
-  $PY tools/prepare_stdlib_corpus.py --output-dir "$WORK/corpus"
-fi
-if [[ ! -f "$WORK/tokenizer/tokenizer.json" ]]; then
-  $PY tools/train_tokenizer.py --input "$WORK/corpus/train.jsonl" --vocab-size 4096 --output-dir "$WORK/tokenizer" \
-      --max-chars 5000000
-fi
-TOK=(--tokenizer-type HuggingFaceTokenizer --tokenizer-model "$WORK/tokenizer/tokenizer.json")
-for split in train valid; do
-  if [[ ! -f "$WORK/data/stdlib_${split}_text_document.idx" ]]; then
-    $PY tools/preprocess_data.py --input "$WORK/corpus/$split.jsonl" --output-prefix "$WORK/data/stdlib_$split" \
-        --json-keys text "${TOK[@]}" --append-eod --workers 2 --no-progress
-  fi
-done
 COMMON=(--preset tiny "${TOK[@]}" --train-data-path "$WORK/data/stdlib_train_text_document"
         --valid-data-path "$WORK/data/stdlib_valid_text_document" --seq-length 128 --train-iters "$ITERS"
         --micro-batch-size 8 --global-batch-size 8 --lr-warmup-iters 20 --eval-interval "$ITERS" --eval-iters 8

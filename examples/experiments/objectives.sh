@@ -25,21 +25,8 @@ PARALLEL=${PARALLEL:-1}
 if [[ "$PARALLEL" == 1 ]]; then export OMP_NUM_THREADS=1; else export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}; fi
 export TOKENIZERS_PARALLELISM=false
 
-mkdir -p "$WORK"
-if [[ ! -f "$WORK/corpus/test.jsonl" ]]; then
-  $PY tools/prepare_stdlib_corpus.py --output-dir "$WORK/corpus"
-fi
-if [[ ! -f "$WORK/tokenizer/tokenizer.json" ]]; then
-  $PY tools/train_tokenizer.py --input "$WORK/corpus/train.jsonl" --vocab-size 8192 --output-dir "$WORK/tokenizer" \
-      --max-chars 20000000
-fi
-TOK=(--tokenizer-type HuggingFaceTokenizer --tokenizer-model "$WORK/tokenizer/tokenizer.json")
-for split in train valid; do
-  if [[ ! -f "$WORK/data/stdlib_${split}_text_document.idx" ]]; then
-    $PY tools/preprocess_data.py --input "$WORK/corpus/$split.jsonl" --output-prefix "$WORK/data/stdlib_$split" \
-        --json-keys text "${TOK[@]}" --append-eod --workers 2 --no-progress
-  fi
-done
+VOCAB_SIZE=8192 MAX_CHARS=20000000
+source examples/experiments/prepare_stdlib.sh
 
 COMMON=(--preset tiny "${TOK[@]}" --train-data-path "$WORK/data/stdlib_train_text_document"
         --valid-data-path "$WORK/data/stdlib_valid_text_document" --seq-length 128 --train-iters "$ITERS"
