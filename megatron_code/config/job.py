@@ -68,6 +68,9 @@ class JobConfig:
         if t.z_loss and self.objective.objective == "mim":
             raise ConfigError("--z-loss is not implemented for the MIM objective (its loss scores two directions); "
                               "drop --z-loss or train AR/FIM")
+        if t.calculate_per_token_loss and self.objective.objective == "mim":
+            raise ConfigError("--calculate-per-token-loss is not implemented for the MIM objective (its loss adds "
+                              "two directions' means and an agreement term); drop the flag or train AR/FIM")
         m, d = self.model, self.data
         if m.position_embedding == "learned" and d.seq_length > m.max_position_embeddings:
             raise ConfigError(f"--seq-length ({d.seq_length}) exceeds --max-position-embeddings "

@@ -18,8 +18,6 @@ ERROR_FLAGS: dict[str, tuple[Any, str]] = {
                               "identical (norms take no weight decay, Adam ignores a constant offset), but bf16/fp16 "
                               "weights round a gain near 1 more coarsely than LayerNorm1p's offset near 0; remove the "
                               "flag (checkpoints saved with it convert: the converter adds the 1)"),
-    "calculate-per-token-loss": (0, "per-token loss normalization across the global batch is not implemented: the "
-                                    "loss is averaged per micro batch; remove the flag"),
     "fp8-format": (1, "FP8 training needs Transformer Engine, which is not used here; remove the fp8 flags"),
     "fp8-recipe": (1, "FP8 training needs Transformer Engine, which is not used here; remove the fp8 flags"),
     "train-data-exact-num-epochs": (1, "Megatron-DeepSpeed's exact-epoch data mode is not supported; give the run "

@@ -98,6 +98,10 @@ class TrainingConfig(ConfigBase):
     # PaLM's auxiliary loss (Chowdhery et al. 2022, sec. 5: 1e-4): adds z_loss * log^2 Z per scored token (Z the
     # softmax normaliser) to the training loss, on every loss path; logged as its own scalar `z_loss`. 0: off.
     z_loss: float = 0.0
+    # Megatron-LM's --calculate-per-token-loss: the training loss is the sum of token losses over the whole global
+    # batch (all micro batches and DP ranks) divided by its number of non-masked tokens, instead of the mean of
+    # per-micro-batch means (training/losses.per_token_scale). Validation stays the mean of batch means.
+    calculate_per_token_loss: bool = False
     # Finite steps only (training/guards.py StepGuard): a step whose loss or gradients are not finite (or, with
     # check_for_spiky_loss, whose loss exceeds spiky_loss_factor x the running mean) is not taken. After
     # max_consecutive_skips refused steps in a row the run stops with an error, or, with rollback_on_nonfinite,

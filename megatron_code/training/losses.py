@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from ..errors import UserError
 
 __all__ = ["causal_lm_loss", "masked_mean_weights", "mim_loss", "split_directions", "vocab_parallel_log_softmax",
-           "token_divergence", "DIVERGENCES", "LossError", "vocab_logsumexp", "z_loss_term"]
+           "token_divergence", "DIVERGENCES", "LossError", "vocab_logsumexp", "z_loss_term", "per_token_scale",
+           "read_step_for_per_token_loss"]
 
 DIVERGENCES = ("tv", "js", "kl", "rkl", "l2")
 _LOG2 = 0.6931471805599453
@@ -101,17 +102,46 @@ def _target_logprob(logp: torch.Tensor, labels: torch.Tensor, tp_group) -> torch
     return _reduce_replicated(torch.where(inside, picked, torch.zeros_like(picked)), tp_group)
 
 
-def masked_mean_weights(mask: torch.Tensor) -> torch.Tensor:
+def masked_mean_weights(mask: torch.Tensor, token_scale: Optional[float] = None) -> torch.Tensor:
     """Weights w with sum(w * values) = the masked mean of values over ``mask`` (0 for an empty mask): the
-    ``loss_weights`` of the fused head + loss (GPT.forward(labels=, loss_weights=))."""
+    ``loss_weights`` of the fused head + loss (GPT.forward(labels=, loss_weights=)). With ``token_scale`` (per-token
+    loss, ``per_token_scale``): the masked sum times ``token_scale`` instead of the mean."""
     mask = mask.float()
-    return mask / mask.sum().clamp(min=1.0)
+    return mask * token_scale if token_scale is not None else mask / mask.sum().clamp(min=1.0)
 
 
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Mean of ``values`` over ``mask`` positions; 0 (with zero gradient) when the mask is empty."""
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor, token_scale: Optional[float] = None) -> torch.Tensor:
+    """Mean of ``values`` over ``mask`` positions; 0 (with zero gradient) when the mask is empty. With
+    ``token_scale``: the masked sum times it (Megatron's --calculate-per-token-loss, see ``per_token_scale``)."""
     mask = mask.to(values.dtype)
+    if token_scale is not None:
+        return (values * mask).sum() * token_scale
     return (values * mask).sum() / mask.sum().clamp(min=1.0)
+
+
+def per_token_scale(global_tokens: float, accum: int, dp_size: int) -> float:
+    """The factor that turns one micro batch's masked loss *sum* into Megatron-LM's per-token loss.
+
+    Megatron-LM's --calculate-per-token-loss (megatron/core/pipeline_parallel/schedules.py, finalize_model_grads):
+    each micro batch contributes the sum of its token losses, gradients are summed (not averaged) over micro
+    batches and data-parallel ranks, then divided by the number of non-masked tokens of the whole global batch.
+    Our engine divides the accumulated gradient by ``accum`` and averages it over DP, so each micro batch's loss is
+    ``sum * accum * dp / global_tokens``: the gradient is then ``sum over all tokens of grad(loss_t) / N``, and the
+    mean of the micro-batch losses over the step and DP ranks -- the logged loss -- is ``sum / N``, the token mean
+    of the global batch. An all-masked global batch contributes nothing (Megatron skips the scaling: its gradient
+    is zero)."""
+    return accum * dp_size / global_tokens if global_tokens > 0 else 0.0
+
+
+def read_step_for_per_token_loss(batches, accum: int, dp_group, dp_size: int, device) -> tuple[list, float]:
+    """(this step's ``accum`` micro batches, read ahead from ``batches``; their ``per_token_scale``): the count of
+    non-masked tokens is summed over the micro batches and all-reduced over the data-parallel group."""
+    micro = [next(batches) for _ in range(accum)]
+    n = torch.tensor(float(sum(float(b["loss_mask"].sum()) for b in micro)), dtype=torch.float64)
+    if dp_size > 1:
+        n = n.to(device)
+        dist.all_reduce(n, group=dp_group)
+    return micro, per_token_scale(float(n), accum, dp_size)
 
 
 def _check_labels(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor) -> None:
@@ -121,20 +151,21 @@ def _check_labels(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.T
 
 
 def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor, loss_mask: torch.Tensor,
-                   tp_group=None) -> torch.Tensor:
+                   tp_group=None, token_scale: Optional[float] = None) -> torch.Tensor:
     """Mean next-token cross-entropy over ``loss_mask`` positions (float32 scalar).
 
     ``logits`` (B, S, V) -- or the local vocabulary shard (B, S, V/tp) with ``tp_group`` --, ``labels`` (B, S)
-    long, ``loss_mask`` (B, S) in {0, 1}. Returns 0 when the mask is empty.
+    long, ``loss_mask`` (B, S) in {0, 1}. Returns 0 when the mask is empty. With ``token_scale`` the masked sum
+    times it (per-token loss, ``per_token_scale``).
     """
     _check_labels(logits, labels, loss_mask)
     if tp_group is None:
         # Fast path, same math (log_softmax + pick the target): torch's fused cross_entropy skips the (B, S, V)
         # gather-backward scatter into a zero tensor that the generic path pays.
         nll = F.cross_entropy(_upcast(logits).flatten(0, 1), labels.flatten(), reduction="none")  # (B*S,)
-        return _masked_mean(nll.view_as(labels), loss_mask)
+        return _masked_mean(nll.view_as(labels), loss_mask, token_scale)
     logp = vocab_parallel_log_softmax(logits, tp_group)
-    return _masked_mean(-_target_logprob(logp, labels, tp_group), loss_mask)
+    return _masked_mean(-_target_logprob(logp, labels, tp_group), loss_mask, token_scale)
 
 
 def vocab_logsumexp(logits: torch.Tensor, tp_group=None) -> torch.Tensor:
@@ -146,10 +177,11 @@ def vocab_logsumexp(logits: torch.Tensor, tp_group=None) -> torch.Tensor:
     return x_max.squeeze(-1) + _vocab_sum((x - x_max).exp(), tp_group).log()
 
 
-def z_loss_term(logits: torch.Tensor, loss_mask: torch.Tensor, coeff: float, tp_group=None) -> torch.Tensor:
+def z_loss_term(logits: torch.Tensor, loss_mask: torch.Tensor, coeff: float, tp_group=None,
+                token_scale: Optional[float] = None) -> torch.Tensor:
     """PaLM's auxiliary z-loss (Chowdhery et al. 2022, sec. 5): coeff * log^2 Z averaged like the loss (over
     ``loss_mask``), which keeps the softmax normaliser near 1 (log Z near 0) for stability."""
-    return coeff * _masked_mean(vocab_logsumexp(logits, tp_group) ** 2, loss_mask)
+    return coeff * _masked_mean(vocab_logsumexp(logits, tp_group) ** 2, loss_mask, token_scale)
 
 
 def _vocab_sum(x: torch.Tensor, tp_group) -> torch.Tensor:

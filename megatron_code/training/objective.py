@@ -60,13 +60,14 @@ class CausalObjective:
         """The batch entries the loss reads (tensors only): what the pipeline carries to its last stage."""
         return NEXT_TOKEN_LABELS
 
-    def loss(self, logits: torch.Tensor, batch: dict, tp_group, train: bool):
+    def loss(self, logits: torch.Tensor, batch: dict, tp_group, train: bool, token_scale=None):
         """(scalar loss, {name: float} parts for logging) from logits (B, S, V), or this rank's vocabulary shard
-        (B, S, V/tp) with `tp_group`."""
-        loss = causal_lm_loss(logits, batch["labels"], batch["loss_mask"], tp_group)
+        (B, S, V/tp) with `tp_group`. `token_scale` (training with --calculate-per-token-loss): the masked sums
+        times it instead of the masked means (training/losses.per_token_scale)."""
+        loss = causal_lm_loss(logits, batch["labels"], batch["loss_mask"], tp_group, token_scale)
         z = self.job.training.z_loss
         if train and z:  # training only: validation stays the plain next-token loss, comparable across runs
-            term = z_loss_term(logits, batch["loss_mask"], z, tp_group)
+            term = z_loss_term(logits, batch["loss_mask"], z, tp_group, token_scale)
             return loss + term, {"z_loss": float(term)}
         return loss, {}
 
@@ -125,7 +126,8 @@ class MIMObjective(CausalObjective):
     def label_keys(self, train: bool) -> tuple[str, ...]:
         return self.TRAIN_LABELS if train else NEXT_TOKEN_LABELS
 
-    def loss(self, logits: torch.Tensor, batch: dict, tp_group, train: bool):
+    def loss(self, logits: torch.Tensor, batch: dict, tp_group, train: bool, token_scale=None):
+        # token_scale: never set for MIM training (config refuses --calculate-per-token-loss with MIM)
         if not train:
             return super().loss(logits, batch, tp_group, train)
         if "batch_size" not in batch:  # rebuilt from the pipeline's label tuple: B is the forward rows' count

@@ -36,7 +36,7 @@ from . import checkpoint as ckpt
 from .data import build_job_data, make_loader
 from . import recovery
 from .guards import StepGuard, StopSignal
-from .losses import masked_mean_weights
+from .losses import masked_mean_weights, read_step_for_per_token_loss
 from .objective import FUSED, Collate, build_objective, choose_loss_path
 from .formulas import apply_study_formulas
 from .lr_schedule import lr_at
@@ -174,6 +174,7 @@ class Trainer:
         self.guard.outer = self.engine.optimizer if self.engine.optimizer is not optimizer else None
         self.skipped_steps = self.nan_steps = self.nan_at_window = self.bad_streak = self.rollbacks = 0
         self.bad_batches: list[tuple[int, int]] = []  # [first sample, end) of the batches of skipped steps
+        self.token_scale: float | None = None  # per-token loss factor of the current step (_per_token_batches)
         self.skip_samples: set[int] = set()  # first sample of each global batch never to train on again
         self.loss_path = self._choose_loss_path()
         self.grad_norm = float("nan")
@@ -233,14 +234,22 @@ class Trainer:
         # Batches are built on the CPU (DataLoader workers); the engine's device is the accelerator (GPU) or CPU.
         batch = {k: v.to(self.engine.device, non_blocking=True) if torch.is_tensor(v) else v
                  for k, v in batch.items()}
+        z, scale = (self.job.training.z_loss, self.token_scale) if train else (0.0, None)  # validation: plain loss
         if self.loss_path.kind(train) == FUSED:
-            z = self.job.training.z_loss if train else 0.0  # validation: the plain next-token loss
             out = self.engine(batch["input_ids"], batch["position_ids"], mask=batch.get("attention_mask"),
-                              labels=batch["labels"], loss_weights=masked_mean_weights(batch["loss_mask"]),
+                              labels=batch["labels"], loss_weights=masked_mean_weights(batch["loss_mask"], scale),
                               **({"z_loss": z} if z else {}))
             return (out[0], {"z_loss": float(out[1])}) if z else (out, {})
         logits = self.engine(batch["input_ids"], batch["position_ids"], mask=batch.get("attention_mask"))
-        return self.objective.loss(logits, batch, self.tp_group, train)
+        return self.objective.loss(logits, batch, self.tp_group, train, token_scale=scale)
+
+    def _per_token_batches(self, batches, accum: int):
+        """--calculate-per-token-loss: this step's micro batches read ahead and `token_scale` set (losses.py)."""
+        if not self.job.training.calculate_per_token_loss:
+            return batches
+        micro, self.token_scale = read_step_for_per_token_loss(batches, accum, self.groups.dp_group,
+                                                               self.groups.dp_size, self.engine.device)
+        return iter(micro)
 
     def train_step(self, batches) -> float:
         """One optimizer step over `grad_accum` micro batches. Returns the mean loss (averaged over DP)."""
@@ -250,6 +259,7 @@ class Trainer:
         self.loss_parts = {}
         self.guard.begin_step()
         accum = self.step_accum
+        batches = self._per_token_batches(batches, accum)
         for micro in range(accum):
             t0 = time.perf_counter()
             batch = next(batches)
@@ -328,7 +338,7 @@ class Trainer:
 
     def _pipeline_loss(self, logits: torch.Tensor, batch: dict, train: bool):
         """Last stage: the objective's loss on this micro batch's (vocab-parallel) logits."""
-        out = self.objective.loss(logits, batch, self.tp_group, train)
+        out = self.objective.loss(logits, batch, self.tp_group, train, token_scale=self.token_scale if train else None)
         if train:
             self.guard.record_loss(out[0])
         return out
@@ -336,15 +346,15 @@ class Trainer:
     def _pipeline_head_loss(self, head: torch.nn.Module, hidden: torch.Tensor, batch: dict, train: bool):
         """Last stage with the head in the loss: the head runs here, fused with the next-token loss (logits, then
         the objective's loss, for MIM training)."""
-        z = self.job.training.z_loss if train else 0.0
+        z, scale = (self.job.training.z_loss, self.token_scale) if train else (0.0, None)
         fused = self.loss_path.kind(train) == FUSED
         if fused and z:
-            loss, z_part = head_loss(head, hidden, batch["labels"], masked_mean_weights(batch["loss_mask"]), z)
+            loss, z_part = head_loss(head, hidden, batch["labels"], masked_mean_weights(batch["loss_mask"], scale), z)
             out = loss, {"z_loss": float(z_part)}
         elif fused:
-            out = head_loss(head, hidden, batch["labels"], masked_mean_weights(batch["loss_mask"])), {}
+            out = head_loss(head, hidden, batch["labels"], masked_mean_weights(batch["loss_mask"], scale)), {}
         else:
-            out = self.objective.loss(head_logits(head, hidden), batch, self.tp_group, train)
+            out = self.objective.loss(head_logits(head, hidden), batch, self.tp_group, train, token_scale=scale)
         if train:
             self.guard.record_loss(out[0])
         return out
@@ -354,6 +364,7 @@ class Trainer:
         rank has its own loader over its DP rank's samples); the loss comes back DP-averaged on every stage."""
         self.guard.begin_step()
         t0 = time.perf_counter()
+        batches = self._per_token_batches(batches, self.step_accum)  # every stage reads its loader's batches
         loss = self.engine.train_batch(PipelineBatches(batches, self.objective.label_keys(True)))
         self._time("forward-backward", time.perf_counter() - t0)  # DeepSpeed's schedule runs the step inside
         parts = self.engine.get_additional_losses() or {}
@@ -398,12 +409,9 @@ class Trainer:
         self.timers[name] = self.timers.get(name, 0.0) + seconds
 
     def _loss_scale(self) -> float:
-        """The fp16 dynamic scale DeepSpeed's optimizers expose as loss_scale / cur_scale; 1.0 otherwise (as Megatron
-        logs it without fp16)."""
-        if self.job.training.precision != "fp16":
-            return 1.0
-        scale = fp16_loss_scale(self.engine.optimizer)
-        return scale if scale is not None else 1.0
+        """The fp16 dynamic scale (DeepSpeed's loss_scale / cur_scale); 1.0 otherwise, as Megatron logs it."""
+        scale = fp16_loss_scale(self.engine.optimizer) if self.job.training.precision == "fp16" else None
+        return 1.0 if scale is None else scale
 
     def _set_step_batch(self, batch: int) -> None:
         """Global batch of the next step (config/batch_schedule.py): more or fewer accumulated micro batches."""
@@ -430,18 +438,13 @@ class Trainer:
         t = self.job.training
         seconds = time.perf_counter() - self.throughput.t0
         tps, mfu = self.throughput.rates()
-        loss = loss_sum / max(steps, 1)
-        gn = self.grad_norm
-        scale = self._loss_scale()
-        lr = self.engine.optimizer.param_groups[0]["lr"]
-        per_iter = seconds / max(steps, 1)
+        loss, gn, scale, skipped = loss_sum / max(steps, 1), self.grad_norm, self._loss_scale(), self.skipped_steps
+        lr, per_iter = self.engine.optimizer.param_groups[0]["lr"], seconds / max(steps, 1)
         tflops = tps * self.throughput.flops_per_token / 1e12 / self.world  # Megatron: TFLOP/s per GPU
-        skipped = self.skipped_steps
         losses = {"lm loss": loss, **{k: v / max(steps, 1) for k, v in self.window_parts.items()}}
         line = megatron_log_line(self.iteration, t.train_iters, self.consumed, 1000 * per_iter, tflops, lr,
                                  self.step_batch, losses, scale, gn, skipped - self.skipped_at_window,
-                                 self.nan_steps - self.nan_at_window,
-                                 time.strftime("%Y-%m-%d %H:%M:%S"))
+                                 self.nan_steps - self.nan_at_window, time.strftime("%Y-%m-%d %H:%M:%S"))
         log(f"{line} tokens/s: {tps:,.0f} | MFU: {100 * mfu:.2f}% | mem: {memory_gb():.2f} GB |", self.rank)
         self.skipped_at_window, self.nan_at_window = skipped, self.nan_steps
         self.sink.write(self.iteration, {"tokens_per_s": tps, "mfu": mfu, "grad_norm": gn, "lr": lr,
