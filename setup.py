@@ -65,6 +65,7 @@ setup(
         "deepspeed>=0.19,<0.20",  # the version parallel/deepspeed_compat.py is tested with (its canary test)
         "numpy",
         "sentencepiece",
+        "protobuf",  # sentencepiece_model_pb2: rounding unigram scores at training (data/tokenizer.py)
         "tokenizers",
         "tensorboard",
         "pybind11",

@@ -6,7 +6,8 @@
 
 Inputs: .jsonl(.gz/.zst) files (``--json-key``), source files, or directories of source files. The result loads
 with ``--tokenizer-type HuggingFaceTokenizer --tokenizer-model DIR`` (BPE) or ``SentencePieceTokenizer
---tokenizer-model DIR/tokenizer.model`` (SentencePiece).
+--tokenizer-model DIR/tokenizer.model`` (SentencePiece). SentencePiece unigram piece scores are rounded to
+multiples of 1/8 so the Hugging Face export encodes exactly like SentencePiece (docs/export.md).
 """
 
 from __future__ import annotations

@@ -17,10 +17,13 @@ Import reads the directory's ``tokenizer.json`` into our HFTokenizer; it needs `
 from __future__ import annotations
 
 import json
+import logging
 import os
 
 from ..errors import UserError
 from ..data.tokenizer import SPECIAL_TOKENS, HFTokenizer, Tokenizer, TokenizerError
+
+log = logging.getLogger(__name__)
 
 PROBE = "def add(a, b):\n    return a + b  # sum\n\n\tx = [1, 22, 333]\nprint('héllo wörld', x)\n"
 
@@ -58,15 +61,16 @@ def _sentencepiece_json(tok: Tokenizer) -> str:
     """A SentencePiece model (BPE or unigram, byte fallback) as a `tokenizers` tokenizer.json, built by transformers'
     own converter from the model's settings (SpmConverter.build_tokenizer_from_spm_proto: its normalizer spec,
     BPE merges ranked by piece score or the unigram scores, byte fallback). Control pieces (our specials) become
-    special added tokens. The unknown piece stays the model's unk only: as an added token it would be matched in
-    text, which SentencePiece never does.
+    special added tokens. The unknown, control and byte pieces stay out of the unigram search (see below).
 
     Exactness (tests/convert/test_tokenizer_export.py, stdlib corpus and random unicode): BPE encodes identically.
-    Unigram encodes identically except where two segmentations score the same up to float32 rounding: SentencePiece
-    sums piece scores along the path in float32, `tokenizers` in float64, so on such near-ties (equal pieces in
-    another order, e.g. '\n' + '\n\n' vs '\n\n' + '\n', or long documents whose float32 running sum loses the
-    last digits) `tokenizers` returns the float64 optimum and SentencePiece its float32 one. Measured on the stdlib:
-    13 of 596 files, never a different score beyond the float32 error bound (asserted in the test)."""
+    Unigram: both libraries run the same Viterbi (same candidate order, first of equal scores kept), SentencePiece
+    in float32 and `tokenizers` in float64. A model whose piece scores lie on a grid 2**-k (every unigram model
+    our tools train: data.tokenizer.quantize_unigram_scores, k = 3) encodes identically for every input whose path
+    scores stay below 2**(24-k) in magnitude (2**21 at k = 3: the whole Python standard library, largest file
+    757 KB, is identical). A model with raw float32 scores (a third-party one) can differ on near-ties, where the
+    two roundings pick different paths: 62 of 1,786 stdlib files with a 1,200-piece model; :func:`unigram_grid`
+    tells which case a model is, and the export logs it."""
     try:
         from tokenizers import AddedToken
         from transformers.convert_slow_tokenizer import SpmConverter, import_protobuf
@@ -79,10 +83,24 @@ def _sentencepiece_json(tok: Tokenizer) -> str:
     if kind == 2:
         vocab = {p.piece: i for i, p in enumerate(proto.pieces)}
     elif kind == 1:
-        # SentencePiece's Viterbi only considers normal, user-defined and byte pieces; `tokenizers`' Unigram would
-        # also match the text "<unk>" or "<pad>" to those pieces. A score no real path reaches keeps them out.
+        # SentencePiece's trie holds only normal and user-defined pieces (model_interface.cc: unknown, control and
+        # byte pieces are reserved ids, never matched in text); `tokenizers`' Unigram matches every vocabulary
+        # string, so the text "<unk>" or "<0x41>" would become that one piece (byte pieces score 0, the best
+        # score). A score no real path reaches keeps them out; byte fallback still finds "<0x41>" by name. It also
+        # lowers `tokenizers`' unknown-character score (min score - 10) below SentencePiece's (min normal score -
+        # 10); that changes nothing where the unknown piece is the only way to cover a character (every character
+        # of our tokenizers' training text is a piece of its own, character_coverage=1.0), and can differ only
+        # where a third-party model has a character inside longer pieces but not as a piece of its own.
         unmatchable = -1e9
-        vocab = [(p.piece, p.score if p.type in (1, 4, 6) else unmatchable) for p in proto.pieces]
+        vocab = [(p.piece, p.score if p.type in (1, 4) else unmatchable) for p in proto.pieces]
+        k = unigram_grid(proto)
+        if k is None:
+            log.warning("SentencePiece unigram model with unquantized scores: the exported tokenizer.json can encode "
+                        "near-ties differently from SentencePiece (float32 vs float64 path sums; 62 of 1,786 stdlib "
+                        "files for a 1,200-piece model). Models trained by tools/train_tokenizer.py are exact.")
+        else:
+            log.info("SentencePiece unigram scores on the grid 2**-%d: the export encodes identically for inputs "
+                     "whose path scores stay below 2**%d in magnitude", k, 24 - k)
     else:
         raise TokenizerExportError(f"SentencePiece model type {kind} (char/word) cannot be exported: BPE and "
                                    f"unigram models only")
@@ -90,6 +108,16 @@ def _sentencepiece_json(tok: Tokenizer) -> str:
     control = [p.piece for p in proto.pieces if p.type == 3]  # CONTROL
     backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in control])
     return backend.to_str()
+
+
+def unigram_grid(proto, finest: int = 8) -> int | None:
+    """The smallest k <= `finest` such that every normal piece's score is a multiple of 2**-k (then SentencePiece's
+    float32 path sums are exact below 2**(24-k) and agree with `tokenizers`' float64 ones), or None."""
+    scores = [p.score for p in proto.pieces if p.type == 1]
+    for k in range(finest + 1):
+        if all((s * 2 ** k).is_integer() for s in scores):
+            return k
+    return None
 
 
 def _with_lead(text: str, lead: str, lead_id: int) -> str:
