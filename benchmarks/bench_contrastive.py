@@ -1,5 +1,7 @@
 #!/usr/bin/env python
-"""Decoding throughput (new tokens per second), same run, peers interleaved A B C A B C ...:
+"""Decoding throughput (new tokens per second), same run, every peer warmed up, then rounds in alternating order
+A B C, C B A, A B C, ... (so no peer always runs first or last: an ABBA design against order effects on a shared
+machine), median over rounds with the min-max spread:
 
 A: ours, deterministic contrastive search (temperature 0): one batched forward of the B x k candidates per step on
    the shared KV cache (KVCache.reorder), then the cache reordered to the winners;
@@ -11,7 +13,7 @@ sampling in the peer library, the floor any contrastive decoder pays on top of. 
 contrastive search itself (moved to a Hub repository this machine cannot download), so there is no same-algorithm
 peer. Every peer generates exactly --new-tokens tokens per row (no EOD stop).
 
-    python benchmarks/bench_contrastive.py --rounds 5
+    python benchmarks/bench_contrastive.py --rounds 8
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ import torch  # noqa: E402
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=8, help="even, so each peer runs equally often in each position")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=64)
@@ -39,7 +41,7 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=0.6)
     p.add_argument("--layers", type=int, default=6)
     p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -80,21 +82,26 @@ def main() -> None:
     peers = {"A: ours, contrastive T=0 (deterministic)": ours(0.0),
              f"B: ours, contrastive T={args.temperature} (stochastic)": ours(args.temperature),
              f"C: transformers sampling T={args.temperature} ({target})": theirs}
-    for fn in peers.values():  # warm-up
+    load_before = os.getloadavg()[0]
+    for fn in peers.values():  # warm-up: allocator, thread pool and kernel caches for every peer
         fn()
     times = {name: [] for name in peers}
-    for _ in range(args.rounds):
-        for name, fn in peers.items():
+    order = list(peers)
+    for r in range(args.rounds):
+        for name in (order if r % 2 == 0 else order[::-1]):  # A B C, C B A, ...
             t0 = time.perf_counter()
-            fn()
+            peers[name]()
             times[name].append(time.perf_counter() - t0)
     print(f"{args.layers} layers x {args.hidden}, batch {args.batch}, prompt {args.prompt_len}, "
-          f"{args.new_tokens} new tokens, k={args.k}, load {os.getloadavg()[0]:.1f}, {args.rounds} rounds")
-    base = statistics.median(times[next(iter(peers))])
-    print("| peer | median s | tokens/s | vs A |\n|---|---|---|---|")
+          f"{args.new_tokens} new tokens, k={args.k}, {args.threads} thread(s), {args.rounds} rounds (ABC/CBA), "
+          f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
+    base = statistics.median(times[order[0]])
+    print("| peer | median s (min-max) | tokens/s | vs A (range over rounds) |\n|---|---|---|---|")
     for name, ts in times.items():
         m = statistics.median(ts)
-        print(f"| {name} | {m:.2f} | {total / m:.0f} | {base / m:.2f}x |")
+        ratios = [a / t for a, t in zip(times[order[0]], ts)]  # same-round ratio: both ran under the same load
+        print(f"| {name} | {m:.2f} ({min(ts):.2f}-{max(ts):.2f}) | {total / m:.0f} | {base / m:.2f}x "
+              f"({min(ratios):.2f}-{max(ratios):.2f}) |")
 
 
 if __name__ == "__main__":
