@@ -196,6 +196,7 @@ MEGATRON_FLAGS: dict[str, tuple[Any, Setter]] = {
     "data-impl": (1, _check_choice("data-impl", ("mmap", "infer"))),
     "eod-mask-loss": (0, _const("data.eod_mask_loss", True)),
     "calculate-per-token-loss": (0, _const("training.calculate_per_token_loss", True)),
+    "apply-layernorm-1p": (0, _const("model.norm_zero_centered", True)),
     "reset-position-ids": (0, _const("data.reset_position_ids", True)),
     "reset-attention-mask": (0, _const("data.reset_attention_mask", True)),
     "num-workers": (1, _set("data.num_workers")),

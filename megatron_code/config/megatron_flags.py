@@ -14,10 +14,6 @@ ERROR_FLAGS: dict[str, tuple[Any, str]] = {
     "virtual-pipeline-model-parallel-size": (
         1, "the interleaved (virtual pipeline) schedule is not supported: DeepSpeed's pipeline engine runs one "
            "stage per rank; remove the flag"),
-    "apply-layernorm-1p": (0, "zero-centered norm gains are not implemented: with fp32 weights training would be "
-                              "identical (norms take no weight decay, Adam ignores a constant offset), but bf16/fp16 "
-                              "weights round a gain near 1 more coarsely than LayerNorm1p's offset near 0; remove the "
-                              "flag (checkpoints saved with it convert: the converter adds the 1)"),
     "fp8-format": (1, "FP8 training needs Transformer Engine, which is not used here; remove the fp8 flags"),
     "fp8-recipe": (1, "FP8 training needs Transformer Engine, which is not used here; remove the fp8 flags"),
     "train-data-exact-num-epochs": (1, "Megatron-DeepSpeed's exact-epoch data mode is not supported; give the run "

@@ -43,6 +43,10 @@ class ModelConfig(ConfigBase):
     norm: str = "layernorm"
     norm_eps: float = 1e-5
     norm_bias: bool = True
+    # Megatron's --apply-layernorm-1p (LayerNorm1P; Transformer Engine's zero_centered_gamma): the norm gain is
+    # stored as w, initialised to 0, and applied as (1 + w), so bf16/fp16 weights keep the precision of a value
+    # near 0 rather than near 1. Same function as an ordinary norm with gain w + 1 (model/norm.py).
+    norm_zero_centered: bool = False
     activation: str = "gelu"
     block: str = "sequential"
     # Parallel block only: one norm shared by attention and MLP (phi-1, PaLM) or two (GPT-NeoX).

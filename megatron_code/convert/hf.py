@@ -16,10 +16,12 @@ its files are exactly what the trainer's ``--load`` expects.
 
 from __future__ import annotations
 
+import dataclasses
 import glob
 import json
 import logging
 import os
+import re
 import shutil
 
 import torch
@@ -65,6 +67,16 @@ def _transformers():
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def ordinary_norm_gains(cfg: ModelConfig, sd: dict[str, torch.Tensor]) -> tuple[ModelConfig, dict]:
+    """(cfg, sd) with zero-centred norm gains (--apply-layernorm-1p: stored w, applied 1 + w) written as ordinary
+    gains w + 1 (in fp32): the same model for code that knows no zero-centred norm."""
+    if not cfg.norm_zero_centered:
+        return cfg, sd
+    gain = re.compile(r"(^|\.)(norm1|norm2|final_norm)\.weight$")
+    sd = {k: v.float() + 1.0 if gain.search(k) else v for k, v in sd.items()}
+    return dataclasses.replace(cfg, norm_zero_centered=False), sd
+
+
 def export_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], out_dir: str, tokenizer=None,
                  target: str | None = None, dtype: str = "float32", objective: str = "causal") -> str:
     """Write a transformers model directory for our (full, single-device) `state_dict`. Returns the target name.
@@ -83,6 +95,7 @@ def export_model(cfg: ModelConfig, state_dict: dict[str, torch.Tensor], out_dir:
         raise ConversionError("model.vocab_size is unknown: the checkpoint's config must record it")
     if dtype not in DTYPES:
         raise ConversionError(f"--dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
+    cfg, state_dict = ordinary_norm_gains(cfg, state_dict)
     target = choose_target(cfg, target)
     hf_sd = {k: v.to(DTYPES[dtype]) for k, v in to_hf_state_dict(cfg, state_dict, target).items()}
     kwargs = hf_config_kwargs(cfg, target)

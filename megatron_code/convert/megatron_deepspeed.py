@@ -118,8 +118,6 @@ def read_megatron_deepspeed(load_dir: str, qkv_layout: str = "blocks") -> tuple[
     pp = int(getattr(args, "pipeline_model_parallel_size", 1) or 1) if layer_files else 1
     job.parallel.tensor_parallel, job.parallel.pipeline_parallel = tp, pp
     module = mlm.to_ours(cfg, full)
-    if getattr(args, "apply_layernorm_1p", False):
-        mlm.add_one_to_norm_gains(module)
     return job, FullState(module=module, client_state={
         "iteration": iteration, "consumed_samples": consumed,
         "imported_from": f"megatron-deepspeed {d} (TP{tp} x PP{pp})"})

@@ -118,6 +118,7 @@ def job_from_args(args: argparse.Namespace) -> JobConfig:
     norm = g("normalization", "LayerNorm")
     m.norm = {"LayerNorm": "layernorm", "RMSNorm": "rmsnorm"}[norm]
     m.norm_eps = float(g("norm_epsilon", g("layernorm_epsilon", 1e-5)))
+    m.norm_zero_centered = bool(g("apply_layernorm_1p", False))  # gains stored as w, applied as 1 + w: kept as is
     m.bias = bool(g("add_bias_linear", True))
     m.tie_embeddings = not g("untie_embeddings_and_output_weights", False)
     m.vocab_size, m.vocab_pad_multiple = _vocab(args)
@@ -161,7 +162,7 @@ def args_from_job(job: JobConfig, tp: int, pp: int, iteration: int, consumed: in
         add_position_embedding=m.position_embedding == "learned", rotary_percent=m.rotary_percent,
         rotary_base=int(m.rotary_base), rotary_interleaved=False, swiglu=m.activation == "swiglu",
         openai_gelu=m.activation == "gelu_tanh", normalization={"layernorm": "LayerNorm", "rmsnorm": "RMSNorm"}[m.norm],
-        norm_epsilon=m.norm_eps, apply_layernorm_1p=False, add_bias_linear=m.bias, add_qkv_bias=m.bias,
+        norm_epsilon=m.norm_eps, apply_layernorm_1p=m.norm_zero_centered, add_bias_linear=m.bias, add_qkv_bias=m.bias,
         untie_embeddings_and_output_weights=not m.tie_embeddings, padded_vocab_size=m.padded_vocab_size,
         make_vocab_size_divisible_by=m.vocab_pad_multiple, vocab_size=m.vocab_size,
         tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp, virtual_pipeline_model_parallel_size=None,
@@ -384,19 +385,10 @@ def read_megatron_lm(load_dir: str) -> tuple[JobConfig, FullState]:
     consumed = int(getattr(args, "consumed_train_samples", 0) or 0)
     job.parallel.tensor_parallel, job.parallel.pipeline_parallel = tp, pp
     module = to_ours(cfg, full)
-    if getattr(args, "apply_layernorm_1p", False):
-        add_one_to_norm_gains(module)
     state = FullState(module=module, step=None,
                       client_state={"iteration": iteration, "consumed_samples": consumed,
                                     "imported_from": f"megatron-lm {tag_dir} (TP{tp} x PP{pp})"})
     return job, state
-
-
-def add_one_to_norm_gains(module: dict[str, torch.Tensor]) -> None:
-    """LayerNorm1p / zero-centered gamma (Megatron's --apply-layernorm-1p) stores gain - 1: ours stores the gain."""
-    for k in list(module):
-        if re.search(r"(^|\.)(norm1|norm2|final_norm)\.weight$", k):
-            module[k] = module[k] + 1.0
 
 
 def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:

@@ -180,8 +180,9 @@ def _init_values(name: str, module: nn.Module, cfg: ModelConfig, seed: Optional[
         return _local_part(module, pname, full.normal_(0.0, std, generator=g))
     if pname == "bias" and (_draws(module) or _is_norm(leaf, module)):
         return torch.zeros(like.shape, dtype=like.dtype, device=device)
-    if pname == "weight" and _is_norm(leaf, module):
-        return torch.ones(like.shape, dtype=like.dtype, device=device)
+    if pname == "weight" and _is_norm(leaf, module):  # a zero-centred gain (1 + w, model/norm.py) starts at 0
+        fill = torch.zeros if getattr(module, "zero_centered", False) else torch.ones
+        return fill(like.shape, dtype=like.dtype, device=device)
     return None
 
 
@@ -209,7 +210,7 @@ def init_flat_part(name: str, module: nn.Module, cfg: ModelConfig, seed: Optiona
         out.zero_()
         return True
     if pname == "weight" and _is_norm(leaf, module):
-        out.fill_(1.0)
+        out.fill_(0.0 if getattr(module, "zero_centered", False) else 1.0)
         return True
     return False
 

@@ -139,8 +139,10 @@ def test_export_loads_strictly_into_megatron_lms_own_model(tmp_path):
     assert SHAPE["vocab"] == exported["embedding.word_embeddings.weight"].shape[0]
 
 
-def test_layernorm_1p_checkpoint_gets_its_gains(tmp_path):
-    """Megatron's --apply-layernorm-1p stores gain - 1; the import adds the 1."""
+def test_layernorm_1p_checkpoint_imports_zero_centred(tmp_path):
+    """Megatron's --apply-layernorm-1p stores gain - 1: the import keeps it (a zero-centred model, exact), and its
+    ordinary gains (what an HF export writes) are the original ones."""
+    from megatron_code.convert.hf import ordinary_norm_gains
     job = parse_args(BASE).job
     model = GPT(job.model)
     model.init_weights(torch.Generator().manual_seed(3))
@@ -153,6 +155,9 @@ def test_layernorm_1p_checkpoint_gets_its_gains(tmp_path):
         if k.endswith("layernorm.weight"):
             ck["model"][k] = ck["model"][k] - 1.0
     torch.save(ck, path)
-    _, state = mlm.read_megatron_lm(str(tmp_path / "m"))
+    job2, state = mlm.read_megatron_lm(str(tmp_path / "m"))
+    assert job2.model.norm_zero_centered and torch.equal(state.module["final_norm.weight"],
+                                                         sd["final_norm.weight"] - 1.0)
+    _, plain = ordinary_norm_gains(job2.model, state.module)
     for k, v in sd.items():
-        assert torch.allclose(state.module[k], v.float(), atol=1e-6), k
+        assert torch.allclose(plain[k], v.float(), atol=1e-6), k
