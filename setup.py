@@ -54,6 +54,30 @@ def extensions():
             for name, src in sources.items() if os.path.exists(os.path.join("csrc", src))]
 
 
+# One console script per program (megatron_code/commands/NAME.py, `main(argv=None) -> int`); tools/NAME.py and
+# pretrain_code.py are shims over the same functions for Megatron-style command lines.
+# tests/unit/test_console_scripts.py checks every entry resolves and answers --help, and that every tool has one.
+CONSOLE_SCRIPTS = [
+    "megatron-code-train = megatron_code.cli_main:main",
+    "megatron-code-preprocess = megatron_code.commands.preprocess_data:main",
+    "megatron-code-merge-datasets = megatron_code.commands.merge_datasets:main",
+    "megatron-code-build-index = megatron_code.commands.build_index:main",
+    "megatron-code-inspect-samples = megatron_code.commands.inspect_samples:main",
+    "megatron-code-train-tokenizer = megatron_code.commands.train_tokenizer:main",
+    "megatron-code-prepare-stdlib-corpus = megatron_code.commands.prepare_stdlib_corpus:main",
+    "megatron-code-curate = megatron_code.commands.curate_corpus:main",
+    "megatron-code-train-quality-classifier = megatron_code.commands.train_quality_classifier:main",
+    "megatron-code-convert = megatron_code.commands.convert_checkpoint:main",
+    "megatron-code-reshard = megatron_code.commands.reshard_checkpoint:main",
+    "megatron-code-summarize-run = megatron_code.commands.summarize_run:main",
+    "megatron-code-generate = megatron_code.commands.generate:main",
+    "megatron-code-infill = megatron_code.commands.infill:main",
+    "megatron-code-evaluate-humaneval = megatron_code.commands.evaluate_humaneval:main",
+    "megatron-code-evaluate-infilling = megatron_code.commands.evaluate_infilling:main",
+    "megatron-code-generate-docstrings = megatron_code.commands.generate_docstrings:main",
+]
+
+
 setup(
     name="megatron_code",
     version="0.1.0",
@@ -88,6 +112,7 @@ setup(
                  "datatrove==0.10.1", "xxhash<4", "orjson", "nbformat", "scikit-learn", "datasketch",
                  "tiktoken>=0.7", "tensorboard"],
     },
+    entry_points={"console_scripts": CONSOLE_SCRIPTS},
     ext_modules=extensions(),
     cmdclass={"build_ext": OptionalBuildExt},
 )

@@ -59,7 +59,10 @@ def print_help() -> None:
                             break_on_hyphens=False, break_long_words=False) + "\n")
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """`pretrain_code.py` and the `megatron-code-train` console script; argv defaults to sys.argv[1:]."""
+    if argv is None:
+        argv = sys.argv[1:]
     from .parallel.deepspeed_compat import name_cpu_accelerator
     name_cpu_accelerator()
     if "--help" in argv or "-h" in argv:

@@ -72,16 +72,12 @@ def test_sidecar_check_and_merge(tmp_path):
 
 
 def test_merge_tool_refuses_mixed_tokenizers_in_one_line(tmp_path, capsys):
-    import importlib.util
     import os
 
     a, b = write(tmp_path / "a", [5, 6]), write(tmp_path / "b", [7])
     identity.write_sidecar(a, Tok("f" * 64))
     identity.write_sidecar(b, Tok("e" * 64))
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    spec = importlib.util.spec_from_file_location("merge_tool", os.path.join(root, "tools", "merge_datasets.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from megatron_code.commands import merge_datasets as tool
     assert tool.main(["--input", a, b, "--output-prefix", str(tmp_path / "ab")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: cannot merge") and "different tokenizers" in err
