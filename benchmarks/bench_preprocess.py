@@ -17,7 +17,6 @@ Runs are interleaved (baseline, ours, baseline, ours, ...); medians and their ra
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import multiprocessing as mp
 import os
@@ -39,12 +38,8 @@ from megatron_code.data.tokenizer import build_tokenizer, train_code_tokenizer  
 
 
 def load_tool():
-    spec = importlib.util.spec_from_file_location("preprocess_data", os.path.join(ROOT, "tools",
-                                                                                  "preprocess_data.py"))
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules["preprocess_data"] = mod  # so pool workers can unpickle its functions
-    spec.loader.exec_module(mod)
-    return mod
+    from megatron_code.commands import preprocess_data
+    return preprocess_data
 
 
 # --- baseline: Megatron-style one document per task -----------------------------------------------------------

@@ -225,13 +225,10 @@ def test_bfloat16_export_rounds_once(tmp_path):
 
 
 def test_convert_without_transformers_names_the_extra(monkeypatch, capsys, tmp_path):
-    import importlib.util
     import sys
 
-    spec = importlib.util.spec_from_file_location("convert_checkpoint", os.path.join(
-        os.path.dirname(__file__), "..", "..", "tools", "convert_checkpoint.py"))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from megatron_code.commands import convert_checkpoint as tool
+
     monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers -> ModuleNotFoundError
     assert tool.main(["--to", "hf", "--load", str(tmp_path / "ckpt"), "--save", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err

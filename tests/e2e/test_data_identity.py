@@ -83,7 +83,7 @@ def test_killed_partitions_run_leaves_nothing_a_glob_would_ingest(corpus, tmp_pa
     (inp / "train.jsonl").write_bytes((corpus / "in" / "train.jsonl").read_bytes())
     out_dir = tmp_path / "out"
     kill_at_merge = (
-        "import os, signal, sys; sys.path.insert(0, 'tools'); import preprocess_data as p; "
+        "import os, signal; from megatron_code.commands import preprocess_data as p; "
         "p.merge_datasets = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL); "
         f"p.main({['--input', str(inp / 'train.jsonl'), '--output-prefix', str(out_dir / 'code'), '--tokenizer-type', 'HuggingFaceTokenizer', '--tokenizer-model', str(corpus / 'tok_a'), '--partitions', '2', '--no-progress']!r})")  # noqa: E501
     killed = subprocess.run([sys.executable, "-c", kill_at_merge], cwd=ROOT, env=env(), capture_output=True,

@@ -1,10 +1,8 @@
 """tools/generate_docstrings.py: prompt construction (the democratization study's code-commenting prompt),
 extraction of the explanation, and the CLI wiring, with a fake generate function instead of a model."""
 
-import importlib.util
 import json
 import os
-import sys
 import textwrap
 
 import pytest
@@ -12,16 +10,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def load_tool():
-    spec = importlib.util.spec_from_file_location("generate_docstrings",
-                                                  os.path.join(ROOT, "tools", "generate_docstrings.py"))
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-tool = load_tool()
+from megatron_code.commands import generate_docstrings as tool  # noqa: E402
 
 SOURCE = textwrap.dedent('''\
     import functools

@@ -80,9 +80,7 @@ def test_load_path_uses_inference_generate(tmp_path, monkeypatch, capsys):
 
     monkeypatch.setattr(inference, "load_for_inference", fake_load)
     monkeypatch.setattr(inference, "generate", fake_generate)
-    spec = importlib.util.spec_from_file_location("evaluate_humaneval", TOOL)
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from megatron_code.commands import evaluate_humaneval as tool
     problem_file = tmp_path / "problems.jsonl"
     write_jsonl(str(problem_file), PROBLEMS)
     out = tmp_path / "out"

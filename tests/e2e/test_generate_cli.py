@@ -4,7 +4,6 @@ contrastive), and a bad --load is one line on stderr."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import subprocess
 import sys
@@ -27,9 +26,7 @@ def test_cli_prints_only_the_completion(tiny_checkpoint, capsys, monkeypatch):
     from megatron_code.inference import contrastive_search, generate, load_for_inference
     from megatron_code.inference.stopping import HUMANEVAL_STOPS
 
-    spec = importlib.util.spec_from_file_location("generate_cli", os.path.join(REPO, "tools", "generate.py"))
-    cli = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(cli)
+    from megatron_code.commands import generate as cli
 
     torch.set_num_threads(1)
     model, tok = load_for_inference(tiny_checkpoint)

@@ -21,10 +21,7 @@ PROBLEMS = [{"task_id": "t/0", "prompt": "def add(a, b):\n", "entry_point": "add
 
 
 def _tool(name: str):
-    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "tools", f"{name}.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module(f"megatron_code.commands.{name}")
 
 
 @pytest.fixture(scope="module")
