@@ -109,6 +109,14 @@ def test_parallel_imports_no_objective_code():
     assert not bad, "parallel/ must not import objective code:\n" + "\n".join(bad)
 
 
+def test_nothing_imports_the_programs():
+    # commands/ is the top: each program's main wires the layers together; a library module importing one would
+    # pull a command line into the engine.
+    bad = [v for sub in [p.name for p in PACKAGE.iterdir() if p.is_dir() and p.name != "commands"]
+           for v in violations(sub, ("megatron_code.commands",))]
+    assert not bad, "only entry points may import megatron_code.commands:\n" + "\n".join(bad)
+
+
 def test_data_holds_no_logit_code():
     # data/ works on tokens and batches; functions of logits (losses, their splits) belong to training/losses.py.
     offenders = []
