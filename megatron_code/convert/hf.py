@@ -179,10 +179,12 @@ def fp32_master_weights(ckpt_dir: str, job) -> dict[str, torch.Tensor] | None:
 
     - ZeRO-1/2: the flat fp32 partitions of every DP rank; ZeRO-3: its fp32 flat groups; pipelines at ZeRO-0 with
       bf16: the bf16_zero_pp_rank files (all read by parallel/reshard.read_full_state);
+    - bf16 with DeepSpeed's BF16_Optimizer (bf16 ZeRO-1): per TP rank, the bf16_zero_pp_rank files;
     - ZeRO-0 without a pipeline: DeepSpeed's FP16_Optimizer / FP16_UnfusedOptimizer (fp16, and bf16 without ZeRO)
-      save the fp32 masters in the model-states file, one flat tensor per parameter group (`fp32_groups_flat`) or
-      one per parameter (`fp32_groups`), in the optimizer's order (training/optimizer.param_groups), which is
-      rebuilt here on the meta device.
+      save the fp32 masters in each TP rank's model-states file, one flat tensor per parameter group
+      (`fp32_groups_flat`) or one per parameter (`fp32_groups`), in the optimizer's order
+      (training/optimizer.param_groups of that rank's tensor-parallel shard), rebuilt here on the meta device.
+    Tensor-parallel masters are per-rank shards, merged like the weights (parallel.tensor_parallel.merge_tp_shards).
     A checkpoint saved without optimizer state has no masters: its 16-bit weights are exported, with a warning."""
     if job.training.precision == "fp32":
         return None
@@ -194,13 +196,14 @@ def fp32_master_weights(ckpt_dir: str, job) -> dict[str, torch.Tensor] | None:
     p = job.parallel
     if os.path.exists(os.path.join(d, FULL_FILE)) or p.zero_stage == 3:
         return None  # stored (full file) or read (zero_to_fp32) in fp32 already
-    bf16_files = sorted(glob.glob(os.path.join(d, "bf16_zero_pp_rank_*_mp_rank_00_optim_states.pt")))
-    if bf16_files and p.pipeline_parallel == 1:
-        if p.tensor_parallel > 1:
-            log.warning("%s: fp32 masters of a tensor-parallel bf16 ZeRO-%d run are not read: exporting its bf16 "
-                        "weights (reshard it to TP 1 first to export the masters)", d, p.zero_stage)
-            return None
-        return _bf16_optimizer_masters(bf16_files)
+    tp = p.tensor_parallel
+    bf16_files = [sorted(glob.glob(os.path.join(d, f"bf16_zero_pp_rank_*_mp_rank_{t:02d}_optim_states.pt")))
+                  for t in range(tp)]
+    if bf16_files[0] and p.pipeline_parallel == 1:
+        if not all(bf16_files):
+            raise ConversionError(f"{d}: bf16 optimizer files are missing for some of its {tp} tensor-parallel "
+                                  f"ranks: the checkpoint is incomplete")
+        return _merge_tp_masters(job, [_bf16_optimizer_masters(files) for files in bf16_files])
     if p.zero_stage in (1, 2) or p.pipeline_parallel > 1:
         try:
             return {k.removeprefix("module."): v.float() for k, v in read_full_state(d, job).module.items()}
@@ -208,29 +211,50 @@ def fp32_master_weights(ckpt_dir: str, job) -> dict[str, torch.Tensor] | None:
             log.warning("%s: no fp32 master weights readable (%s): exporting the %s weights", d, exc,
                         job.training.precision)
             return None
-    if p.tensor_parallel > 1:
-        log.warning("%s: fp32 masters of a ZeRO-0 tensor-parallel %s run are not read: exporting its %s weights "
-                    "(reshard it to TP 1 first to export the masters)", d, job.training.precision,
-                    job.training.precision)
-        return None
-    sd = torch.load(os.path.join(d, "mp_rank_00_model_states.pt"), map_location="cpu", weights_only=False)
-    opt = sd.get("optimizer") or {}
-    flats = opt.get("fp32_groups_flat")
-    if not flats and opt.get("fp32_groups"):  # FP16_UnfusedOptimizer: one master per parameter
-        flats = [torch.cat([t.reshape(-1) for t in group]) for group in opt["fp32_groups"]]
-    if not flats:
-        log.warning("%s holds no optimizer state (saved without it): exporting its %s weights, not fp32 masters",
-                    d, job.training.precision)
-        return None
+    shards = []
+    for t in range(tp):
+        sd = torch.load(os.path.join(d, f"mp_rank_{t:02d}_model_states.pt"), map_location="cpu",
+                        weights_only=False)
+        opt = sd.get("optimizer") or {}
+        flats = opt.get("fp32_groups_flat")
+        if not flats and opt.get("fp32_groups"):  # FP16_UnfusedOptimizer: one master per parameter
+            flats = [torch.cat([t.reshape(-1) for t in group]) for group in opt["fp32_groups"]]
+        if not flats:
+            log.warning("%s holds no optimizer state (saved without it): exporting its %s weights, not fp32 "
+                        "masters", d, job.training.precision)
+            return None
+        shards.append(_split_zero0_groups(job, t, flats, d))
+    return _merge_tp_masters(job, shards)
+
+
+def _tp_meta_model(job, tp_rank: int):
+    """A meta-device GPT sharded as tensor-parallel rank `tp_rank` of the run (no memory, no processes)."""
     from ..model import GPT
-    from ..training.optimizer import param_groups
 
     with torch.device("meta"):
         meta = GPT(job.model)
+    tp = job.parallel.tensor_parallel
+    if tp > 1:
+        from ..parallel.groups import ParallelGroups
+        from ..parallel.plans import plan_for
+        from ..parallel.tensor_parallel import apply_tensor_parallel
+
+        apply_tensor_parallel(meta, plan_for(job.model, tp), ParallelGroups.virtual(tp=tp, rank=tp_rank))
+    return meta
+
+
+def _split_zero0_groups(job, tp_rank: int, flats: list[torch.Tensor], d: str) -> dict[str, torch.Tensor]:
+    """{name: fp32 tensor of TP rank `tp_rank`'s shard} from its flat ZeRO-0 master groups."""
+    from ..training.optimizer import param_groups
+
+    meta = _tp_meta_model(job, tp_rank)
     names = {id(q): n for n, q in meta.named_parameters()}
-    groups = [[(names[id(q)], q.shape) for q in g["params"]] for g in param_groups(meta, job.optim.weight_decay)]
+    decoupled = job.optim.decoupled_lr is not None
+    groups = [[(names[id(q)], q.shape) for q in g["params"]]
+              for g in param_groups(meta, job.optim.weight_decay, decoupled=decoupled)]
     if len(groups) != len(flats) or any(sum(s.numel() for _, s in g) != f.numel() for g, f in zip(groups, flats)):
-        raise ConversionError(f"{d}: the saved fp32 master groups do not match the model's parameter groups")
+        raise ConversionError(f"{d}: the saved fp32 master groups of tensor-parallel rank {tp_rank} do not match "
+                              f"the model's parameter groups")
     out = {}
     for group, flat in zip(groups, flats):
         offset = 0
@@ -238,6 +262,20 @@ def fp32_master_weights(ckpt_dir: str, job) -> dict[str, torch.Tensor] | None:
             out[name] = flat[offset:offset + shape.numel()].view(shape).float().clone()
             offset += shape.numel()
     return out
+
+
+def _merge_tp_masters(job, shards: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Per-TP-rank master shards (flat pieces or shaped) -> full tensors, merged like the weights."""
+    tp = job.parallel.tensor_parallel
+    if tp == 1:
+        return shards[0]
+    from ..parallel.tensor_parallel import merge_tp_shards, partition_spec
+
+    shaped = []
+    for t, shard in enumerate(shards):
+        local = dict(_tp_meta_model(job, t).named_parameters())
+        shaped.append({k: v.view(local[k].shape) for k, v in shard.items()})
+    return merge_tp_shards(shaped, partition_spec(job.model, tp))
 
 
 def _bf16_optimizer_masters(files: list[str]) -> dict[str, torch.Tensor]:

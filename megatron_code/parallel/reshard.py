@@ -177,9 +177,15 @@ def read_full_state(tag_dir: str, job, opt_order: Optional[list[str]] = None,
         dp = _count(tag_dir, "model")
     else:
         dp = _count(tag_dir, "optim") or 1
+    # DeepSpeed's BF16_Optimizer (bf16 at ZeRO-1, e.g. with tensor parallelism) writes no zero_pp_rank files: its
+    # model-states files hold the (bf16) weights, read like ZeRO-0's; its fp32 state is in bf16_zero_pp_rank files.
+    bf16_optimizer = zero in (1, 2) and not _count(tag_dir, "optim") and _count(tag_dir, "bf16_optim")
+    if bf16_optimizer and not weights_only:
+        raise ReshardError(f"{tag_dir}: resharding the optimizer state of DeepSpeed's BF16_Optimizer at pipeline "
+                           f"size 1 is not supported; resume it at its own layout")
     per_tp = []
     for r in range(tp):
-        if zero == 0:
+        if zero == 0 or bf16_optimizer:
             per_tp.append(_read_zero0(tag_dir, r, opt_order))
         elif zero in (1, 2):
             per_tp.append(_read_zero12(tag_dir, r, dp))
