@@ -117,26 +117,27 @@ class JobConfig:
         return sched
 
     def _check_adafactor(self) -> None:
-        """Adafactor's clipping and parameter scaling use each parameter's whole-tensor RMS, so DeepSpeed must hand
-        it the parameters one by one: its plain path (fp32), and at ZeRO-0 the fp16/bf16 wrapper that keeps one
-        fp32 master per parameter. ZeRO >= 1 (and bf16 pipelines, BF16_Optimizer) flatten many parameters into one
-        partition, where those RMS values would mix tensors: refused."""
-        o, p, t = self.optim, self.parallel, self.training
+        """Adafactor's clipping and parameter scaling use each parameter's whole-tensor RMS. DeepSpeed hands it whole
+        parameters at ZeRO-0 (fp32, and the fp16/bf16 wrappers with one fp32 master per parameter), and one flat
+        partition of many parameters at ZeRO-1/2 and in BF16_Optimizer (bf16 ZeRO-1, bf16 pipelines): there the
+        trainer gives Adafactor the tensor boundaries (Adafactor.use_flat_partitions) and the per-tensor sums are
+        all-reduced across DP. ZeRO-3 (parameters partitioned, not flat per group) and CPU offload (DeepSpeed's
+        own CPU Adam path) are refused."""
+        o, p = self.optim, self.parallel
         if o.optimizer != "adafactor":
             if o.weight_decay_lr_power is not None:
                 raise ConfigError("optim.weight_decay_lr_power (weight decay = lr^p, PaLM's) is implemented for "
                                   "--optimizer adafactor only: unset it or use Adafactor")
             return
-        why = ("needs each parameter as its own tensor (update clipping and parameter scaling use the tensor's "
-               "RMS), but DeepSpeed {} flattens parameters into shared partitions")
-        if p.zero_stage > 0 or p.cpu_offload:
-            raise ConfigError(f"--optimizer adafactor with --zero-stage {p.zero_stage}: Adafactor "
-                              + why.format("ZeRO >= 1") + "; use --zero-stage 0 (optimizer state is then "
-                              "replicated on each data-parallel rank)")
-        if p.pipeline_parallel > 1 and t.precision == "bf16":
-            raise ConfigError("--optimizer adafactor with --bf16 and pipeline parallelism: Adafactor "
-                              + why.format("BF16_Optimizer (bf16 pipelines)") + "; train the pipeline in fp32, "
-                              "or bf16 without pipeline parallelism")
+        if p.zero_stage > 2:
+            raise ConfigError(f"--optimizer adafactor with --zero-stage {p.zero_stage}: Adafactor needs each "
+                              "parameter's whole-tensor RMS, which it gets at ZeRO-0/1/2 (at 1/2 from the flat "
+                              "partitions' tensor boundaries) but not from ZeRO-3's partitioned parameters; use "
+                              "--zero-stage 1 or 2")
+        if p.cpu_offload:
+            raise ConfigError("--optimizer adafactor with CPU offload: DeepSpeed's offload path steps the flat "
+                              "partitions on the CPU with its own Adam; drop the offload (--zero-stage 1 or 2 "
+                              "shards Adafactor's state without it)")
 
     def resolve_batch(self, data_parallel_size: int) -> int:
         """Check global = micro x dp x accumulation for every batch of the schedule; return the number of

@@ -49,6 +49,14 @@ WRAPPER_ATTRIBUTES = (
     ("deepspeed.runtime.zero.stage3", "DeepSpeedZeroOptimizer_Stage3", "fp32_partitioned_groups_flat"),
     ("deepspeed.runtime.zero.stage_1_and_2", "DeepSpeedZeroOptimizer", "single_partition_of_fp32_groups"),
     ("deepspeed.runtime.bf16_optimizer", "BF16_Optimizer", "fp32_groups_flat_partition"),
+    ("deepspeed.runtime.zero.stage_1_and_2", "DeepSpeedZeroOptimizer", "round_robin_bit16_groups"),
+    ("deepspeed.runtime.zero.stage_1_and_2", "DeepSpeedZeroOptimizer", "round_robin_bit16_offsets"),
+    ("deepspeed.runtime.zero.stage_1_and_2", "DeepSpeedZeroOptimizer", "round_robin_bit16_meta"),
+    ("deepspeed.runtime.zero.stage_1_and_2", "DeepSpeedZeroOptimizer", "partition_size"),
+    ("deepspeed.runtime.zero.stage_1_and_2", "DeepSpeedZeroOptimizer", "real_dp_process_group"),
+    ("deepspeed.runtime.bf16_optimizer", "BF16_Optimizer", "bf16_groups"),
+    ("deepspeed.runtime.bf16_optimizer", "BF16_Optimizer", "bf16_groups_flat"),
+    ("deepspeed.runtime.bf16_optimizer", "BF16_Optimizer", "real_dp_process_group"),
 )
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -161,6 +169,41 @@ _FLAT_FP32 = ("fp32_partitioned_groups_flat", "single_partition_of_fp32_groups",
 def fp32_state_keys(wrapper) -> list[torch.Tensor] | None:
     """The tensors the wrapper's inner optimizer keys its state by, or None for a plain torch optimizer."""
     return next((list(getattr(wrapper, a)) for a in _FLAT_FP32 if hasattr(wrapper, a)), None)
+
+
+def flat_partition_layouts(wrapper) -> list[dict] | None:
+    """Where each model parameter lies in this rank's flat fp32 partition, per param group, for the wrappers whose
+    inner optimizer steps one flat piece of many parameters: ZeRO-1/2 (DeepSpeedZeroOptimizer: the group's
+    parameters back to back in `round_robin_bit16_groups` order at `round_robin_bit16_offsets`, alignment padding
+    between them) and BF16_Optimizer (bf16 ZeRO-1 and bf16 pipelines: back to back, no padding). The flat buffer
+    is cut into equal DP partitions; rank r holds [r * size, (r + 1) * size). None for the other wrappers (their
+    inner optimizer sees whole tensors). Per group: {"partition": the flat fp32 tensor, "dp_group",
+    "params": the model parameters in flat order, "numel": their sizes, "slices": [(i, lo, hi)] = the part of
+    parameter i in this partition, in partition coordinates}."""
+    import torch.distributed as dist
+
+    if hasattr(wrapper, "round_robin_bit16_groups") and hasattr(wrapper, "single_partition_of_fp32_groups"):
+        groups, pgs = wrapper.round_robin_bit16_groups, wrapper.real_dp_process_group
+        offsets, sizes = wrapper.round_robin_bit16_offsets, wrapper.partition_size
+        numels = [[m.numel() for m in meta] for meta in wrapper.round_robin_bit16_meta]
+        partitions = wrapper.single_partition_of_fp32_groups
+    elif hasattr(wrapper, "bf16_groups") and hasattr(wrapper, "fp32_groups_flat_partition"):
+        groups, pgs = wrapper.bf16_groups, wrapper.real_dp_process_group
+        numels = [[p.numel() for p in g] for g in groups]
+        offsets = [[sum(n[:i]) for i in range(len(n))] for n in numels]
+        sizes = [flat.numel() // dist.get_world_size(group=pg) for flat, pg in zip(wrapper.bf16_groups_flat, pgs)]
+        partitions = wrapper.fp32_groups_flat_partition
+    else:
+        return None
+    layouts = []
+    for i, params in enumerate(groups):
+        start = dist.get_rank(group=pgs[i]) * int(sizes[i])
+        end = start + int(sizes[i])
+        slices = [(j, max(off, start) - start, min(off + n, end) - start)
+                  for j, (off, n) in enumerate(zip(offsets[i], numels[i])) if max(off, start) < min(off + n, end)]
+        layouts.append({"partition": partitions[i], "dp_group": pgs[i], "params": list(params),
+                        "numel": list(numels[i]), "slices": slices})
+    return layouts
 
 
 def link_optimizer_state(wrapper) -> None:

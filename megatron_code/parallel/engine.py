@@ -218,8 +218,13 @@ def check_precision_supported(precision: str) -> None:
 def initialize_engine(model: torch.nn.Module, optimizer: torch.optim.Optimizer, ds_config: dict[str, Any],
                       mpu=None):
     import deepspeed
+    client = optimizer
     engine, optimizer, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=ds_config, mpu=mpu)
     undo_state_initialization_step(engine.optimizer)
+    if hasattr(client, "use_flat_partitions"):  # Adafactor: per-tensor RMS on ZeRO-1/2 / BF16_Optimizer partitions
+        layouts = dsc.flat_partition_layouts(engine.optimizer)
+        if layouts is not None:
+            client.use_flat_partitions(layouts)
     return engine
 
 

@@ -78,6 +78,13 @@ class Adafactor(torch.optim.Optimizer):
     `tp_sharded` (one flag per parameter, taken from `tensor_model_parallel` when the optimizer is built, so it
     survives DeepSpeed replacing the parameters by fp32 masters in the same order) and the sums of squares of
     those tensors are all-reduced over `tp_group`, making TP2 step exactly like TP1.
+
+    DeepSpeed's ZeRO-1/2 and BF16_Optimizer hand the optimizer one flat fp32 partition per group, holding pieces of
+    many tensors (a tensor may also be split between DP ranks). After `use_flat_partitions(layouts)` (the layout
+    from parallel/deepspeed_compat.flat_partition_layouts) each tensor's sums of squares are taken over its slice
+    of the partition, all-reduced over the DP group (ranks without a piece add 0) and, for TP-sharded tensors, over
+    `tp_group`: the same whole-tensor RMS as above, so every element steps as in the per-tensor optimizer (up to
+    the order of the float sums). Everything else in the step is elementwise.
     """
 
     def __init__(self, params, lr: float, beta1: float = 0.9, beta2_decay: float = -0.8, eps1: float = 1e-30,
@@ -90,6 +97,41 @@ class Adafactor(torch.optim.Optimizer):
         for group in self.param_groups:
             group.setdefault("tp_sharded", [bool(getattr(p, "tensor_model_parallel", False)) for p in group["params"]])
         self.tp_group = tp_group
+        self.flat_layouts: dict[torch.Tensor, dict] | None = None
+
+    def use_flat_partitions(self, layouts: list[dict]) -> None:
+        """Step flat partitions of many tensors (ZeRO-1/2, BF16_Optimizer): `layouts` has one entry per param
+        group whose "partition" is the group's only parameter; "params" are the model's tensors in flat order (for
+        their TP-sharded flags), "numel" their sizes, "slices" (i, lo, hi) the part of tensor i in the partition."""
+        if len(layouts) != len(self.param_groups):
+            raise ValueError(f"{len(layouts)} flat layouts for {len(self.param_groups)} parameter groups")
+        for group, lay in zip(self.param_groups, layouts):
+            if len(group["params"]) != 1 or group["params"][0] is not lay["partition"]:
+                raise ValueError("a flat layout must describe its group's one flat partition")
+            sharded = [bool(getattr(p, "tensor_model_parallel", False)) for p in lay["params"]]
+            lay["sharded"] = torch.tensor(sharded)
+            tp = 1
+            if self.tp_group is not None and any(sharded):
+                import torch.distributed as dist
+                tp = dist.get_world_size(group=self.tp_group)
+            lay["count"] = torch.tensor([float(n * (tp if s else 1)) for n, s in zip(lay["numel"], sharded)],
+                                        dtype=torch.float64)
+        self.flat_layouts = {lay["partition"]: lay for lay in layouts}
+
+    def _flat_rms(self, t: torch.Tensor, lay: dict) -> torch.Tensor:
+        """Whole-tensor RMS of every tensor of a flat layout, from this rank's slices of them."""
+        import torch.distributed as dist
+
+        sq = torch.zeros(len(lay["numel"]), dtype=_math_dtype(t))
+        for i, lo, hi in lay["slices"]:
+            sq[i] = t[lo:hi].to(sq.dtype).pow(2).sum()
+        if dist.is_initialized() and dist.get_world_size(group=lay["dp_group"]) > 1:
+            dist.all_reduce(sq, group=lay["dp_group"])
+        if self.tp_group is not None and bool(lay["sharded"].any()):
+            both = torch.where(lay["sharded"], sq, torch.zeros_like(sq))
+            dist.all_reduce(both, group=self.tp_group)
+            sq = torch.where(lay["sharded"], both, sq)
+        return (sq / lay["count"].to(sq.dtype)).sqrt()
 
     def _rms(self, t: torch.Tensor, sharded: bool) -> torch.Tensor:
         sq = t.to(_math_dtype(t)).pow(2).sum()
@@ -114,7 +156,15 @@ class Adafactor(torch.optim.Optimizer):
                 decay = 0.0  # the no-decay group (biases, norms) stays undecayed, dynamic or not
             else:
                 decay = lr ** power if power is not None else lr * group["weight_decay"]
-            for p, sharded in zip(group["params"], group["tp_sharded"]):
+            # by the partition itself: ZeRO-1/2 steps one group at a time with param_groups narrowed to it
+            lay = self.flat_layouts.get(group["params"][0]) if self.flat_layouts else None
+            if lay is None and len(group["tp_sharded"]) != len(group["params"]):
+                # DeepSpeed replaced the group's tensors by one flat partition: without the tensor boundaries every
+                # RMS would mix tensors
+                raise RuntimeError("Adafactor is stepping a flat partition of several tensors without their layout: "
+                                   "build the engine with parallel.engine.initialize_engine, which hands it the "
+                                   "layout")
+            for p, sharded in zip(group["params"], group["tp_sharded"] if lay is None else [False]):
                 if p.grad is None:
                     continue
                 g = p.grad.to(_math_dtype(p))
@@ -130,11 +180,23 @@ class Adafactor(torch.optim.Optimizer):
                 v = state["exp_avg_sq"]
                 v.mul_(beta2).add_(g * g + group["eps1"], alpha=1.0 - beta2)
                 u = g / v.sqrt()
-                u.div_(torch.clamp(self._rms(u, sharded) / d, min=1.0))
+                if lay is not None:  # a flat partition: per-tensor factors on each tensor's slice
+                    clip = torch.clamp(self._flat_rms(u, lay) / d, min=1.0)
+                    for i, lo, hi in lay["slices"]:
+                        u[lo:hi].div_(clip[i])
+                else:
+                    u.div_(torch.clamp(self._rms(u, sharded) / d, min=1.0))
                 if beta1 > 0:
                     m = state["exp_avg"]
                     m.mul_(beta1).add_(u, alpha=1.0 - beta1)
                     u = m
+                if lay is not None:
+                    scales = lr * torch.clamp(self._flat_rms(p, lay), min=group["eps2"])
+                    if decay:
+                        p.mul_(1.0 - decay)
+                    for i, lo, hi in lay["slices"]:  # padding between tensors is in no slice: it stays 0
+                        p[lo:hi].add_((-scales[i] * u[lo:hi]).to(p.dtype))
+                    continue
                 scale = lr * torch.clamp(self._rms(p, sharded), min=group["eps2"])
                 if decay:
                     p.mul_(1.0 - decay)

@@ -59,7 +59,7 @@ def _write_checkpoint(tag_dir: str, job, record_bounds: bool):
 
 
 def _job():
-    # fp32: the preset's Adafactor is refused with bf16 pipelines (DeepSpeed's BF16_Optimizer flattens parameters)
+    # fp32 at ZeRO-0: the pipeline checkpoint layout this test reads (one file per layer, no ZeRO partitions)
     return parse_args(["--preset", "palm-540b", "--training.precision", "fp32", "--pipeline-model-parallel-size",
                        str(PP), "--zero-stage", "0", "--model.vocab_size", "256000"]).job
 
