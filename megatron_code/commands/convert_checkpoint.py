@@ -42,6 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--qkv-layout", choices=["blocks", "per-head"], default="blocks",
                    help="megatron-deepspeed only: fused QKV rows as current Megatron-DeepSpeed splits them ([q; k; v] "
                         "blocks per TP shard) or Megatron-LM's per-head order (older Megatron-DeepSpeed)")
+    p.add_argument("--ckpt-format", choices=["torch", "torch_dist"], default="torch",
+                   help="--to megatron-lm: the legacy per-rank files (torch) or the distributed checkpoint "
+                        "(torch_dist: global tensors, loads at any TP x PP); --from reads either")
     p.add_argument("--tensor-model-parallel-size", type=int, default=1)
     p.add_argument("--pipeline-model-parallel-size", type=int, default=1)
     return p.parse_args(argv)
@@ -147,7 +150,13 @@ def _megatron(args) -> int:
 
     meta = json.load(open(os.path.join(root, tag, "meta.json")))
     it, consumed = int(meta.get("iteration") or 0), int(meta.get("consumed_samples") or 0)
-    if fmt == "megatron-lm":
+    if fmt == "megatron-lm" and args.ckpt_format == "torch_dist":
+        from megatron_code.convert import megatron_torch_dist as mtd
+
+        path = mtd.write_torch_dist(job, sd, args.save, iteration=it, consumed=consumed)
+        print(f"exported {args.load} -> {path} (Megatron-LM torch_dist; load at any TP x PP with --ckpt-format "
+              f"torch_dist --no-load-optim --no-load-rng)")
+    elif fmt == "megatron-lm":
         path = mlm.write_megatron_lm(job, sd, args.save, tp=tp, pp=pp, iteration=it, consumed=consumed)
         print(f"exported {args.load} -> {path} (Megatron-LM legacy layout, TP{tp} x PP{pp}; load with "
               f"--ckpt-format torch --use-mcore-models --transformer-impl local)")

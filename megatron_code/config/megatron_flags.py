@@ -47,8 +47,8 @@ OFF_FLAGS: dict[str, tuple[Any, tuple[str, ...], str]] = {
     "context-parallel-size": (1, ("1",), "context parallelism is not supported (Megatron --sequence-parallel with TP "
                                          "is)"),
     "ckpt-format": (1, ("torch",), "checkpoints are written in DeepSpeed's layout; tools/convert_checkpoint.py "
-                                   "--to megatron-lm writes Megatron-LM's legacy 'torch' format (torch_dist is not "
-                                   "written); drop the flag or use --ckpt-format torch"),
+                                   "--to megatron-lm [--ckpt-format torch_dist] writes Megatron-LM's formats; drop "
+                                   "the flag or use --ckpt-format torch"),
     "exit-signal": (1, ("SIGTERM", "SIGUSR1", "SIGINT", "15", "10", "2"), "the trainer stops cleanly on SIGTERM, "
                                                                             "SIGUSR1 or SIGINT only"),
 }

@@ -325,11 +325,9 @@ def _rank_files(tag_dir: str) -> dict[tuple[int, int], str]:
         if m and os.path.isfile(os.path.join(tag_dir, name, "model_optim_rng.pt")):
             files[(int(m[1]), int(m[2] or 0))] = os.path.join(tag_dir, name, "model_optim_rng.pt")
     if not files:
-        if any(f.endswith(".distcp") for f in os.listdir(tag_dir)) or os.path.exists(
-                os.path.join(tag_dir, "metadata.json")):
-            raise MegatronCheckpointError(f"{tag_dir} is a torch_dist (distributed) checkpoint: convert it to the "
-                                          f"legacy layout with Megatron-LM's tools/checkpoint/convert.py "
-                                          f"(--saver legacy) or save with --ckpt-format torch")
+        if any(f.endswith(".distcp") for f in os.listdir(tag_dir)):
+            raise MegatronCheckpointError(f"{tag_dir} is a distributed checkpoint without torch_dist's metadata.json "
+                                          f"(another backend, e.g. zarr): re-save it with --ckpt-format torch_dist")
         raise MegatronCheckpointError(f"{tag_dir} holds no mp_rank_XX[_YYY]/model_optim_rng.pt files")
     return files
 
@@ -340,6 +338,10 @@ def read_megatron_lm(load_dir: str) -> tuple[JobConfig, FullState]:
     tag_dir = os.path.join(load_dir, tag)
     if not os.path.isdir(tag_dir):
         raise MegatronCheckpointError(f"{TRACKER} names {tag} but {tag_dir} is missing")
+    from . import megatron_torch_dist as mtd
+
+    if mtd.is_torch_dist(tag_dir):
+        return _from_full(*mtd.read_torch_dist(tag_dir), tag_dir, "torch_dist")
     files = _rank_files(tag_dir)
     tp = 1 + max(r for r, _ in files)
     pp = 1 + max(s for _, s in files)
@@ -381,13 +383,26 @@ def read_megatron_lm(load_dir: str) -> tuple[JobConfig, FullState]:
         layer_offset += n_local
     if layer_offset != cfg.num_layers:
         raise MegatronCheckpointError(f"found {layer_offset} layers over {pp} stages, the args say {cfg.num_layers}")
-    iteration = int(first.get("iteration", 0))
-    consumed = int(getattr(args, "consumed_train_samples", 0) or 0)
     job.parallel.tensor_parallel, job.parallel.pipeline_parallel = tp, pp
-    module = to_ours(cfg, full)
-    state = FullState(module=module, step=None,
-                      client_state={"iteration": iteration, "consumed_samples": consumed,
-                                    "imported_from": f"megatron-lm {tag_dir} (TP{tp} x PP{pp})"})
+    return _from_full(first, full, tag_dir, f"TP{tp} x PP{pp}", job)
+
+
+def _from_full(common: dict, full: dict[str, torch.Tensor], tag_dir: str, layout: str,
+               job: JobConfig | None = None) -> tuple[JobConfig, FullState]:
+    """(job, state) from a checkpoint's common part (args, iteration) and its canonical full tensors."""
+    args = common.get("args")
+    if args is None:
+        raise MegatronCheckpointError(f"{tag_dir} has no 'args': cannot tell the model's shape")
+    if job is None:
+        job = job_from_args(args)
+        job.parallel.tensor_parallel = int(getattr(args, "tensor_model_parallel_size", 1) or 1)
+        job.parallel.pipeline_parallel = int(getattr(args, "pipeline_model_parallel_size", 1) or 1)
+    if job.model.tie_embeddings:
+        full.pop("output_layer.weight", None)  # the last stage's copy of the tied embedding
+    consumed = int(getattr(args, "consumed_train_samples", 0) or 0)
+    state = FullState(module=to_ours(job.model, full), step=None,
+                      client_state={"iteration": int(common.get("iteration", 0)), "consumed_samples": consumed,
+                                    "imported_from": f"megatron-lm {tag_dir} ({layout})"})
     return job, state
 
 
@@ -434,15 +449,19 @@ def write_ours(job: JobConfig, state: FullState, save_dir: str) -> str:
 
 
 # --------------------------------------------------------------------------------------------- writing
+def check_exportable(cfg) -> None:
+    if cfg.block != "sequential" or cfg.output_bias or (cfg.norm == "layernorm" and not cfg.norm_bias):
+        raise MegatronCheckpointError("Megatron-LM's GPT has sequential blocks, no output bias and LayerNorm with "
+                                      "bias: this model has no exact Megatron-LM equivalent")
+
+
 def write_megatron_lm(job: JobConfig, sd: dict[str, torch.Tensor], save_dir: str, tp: int = 1, pp: int = 1,
                       iteration: int = 0, consumed: int = 0, dtype: torch.dtype = torch.float32) -> str:
     """Write Megatron-LM's legacy layout (Megatron-Core local-spec key names) at TP `tp` x PP `pp`."""
     cfg = job.model
     if os.path.isdir(save_dir) and os.listdir(save_dir):
         raise MegatronCheckpointError(f"--save {save_dir} is not empty: choose a new directory")
-    if cfg.block != "sequential" or cfg.output_bias or (cfg.norm == "layernorm" and not cfg.norm_bias):
-        raise MegatronCheckpointError("Megatron-LM's GPT has sequential blocks, no output bias and LayerNorm with "
-                                      "bias: this model has no exact Megatron-LM equivalent")
+    check_exportable(cfg)
     if cfg.num_layers % pp:
         raise MegatronCheckpointError(f"{cfg.num_layers} layers do not divide into {pp} pipeline stages")
     ng = cfg.num_kv_heads or cfg.num_attention_heads
