@@ -98,6 +98,10 @@ def _megatron(args) -> int:
 
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
     fmt = args.from_ or args.to
+    if args.to and args.ckpt_format == "torch_dist" and (fmt != "megatron-lm" or (tp, pp) != (1, 1)):
+        raise mlm.MegatronCheckpointError("--ckpt-format torch_dist: a Megatron-LM distributed checkpoint holds "
+                                          "global tensors (it loads at any TP x PP): use it with --to megatron-lm "
+                                          "and without --tensor/--pipeline-model-parallel-size")
     if args.from_ == "ds-universal":
         from megatron_code.convert import ds_universal
 
