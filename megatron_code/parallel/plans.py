@@ -18,8 +18,8 @@ Styles (activations are (B, T, H); "SP" = sequence parallelism, residual stream 
   norm              a norm whose output enters a TP region: output -> copy_to_tp (SP: all-gather along T);
                     under SP its parameter gradients are all-reduced over TP (each rank saw other tokens)
   sequence_scatter  module whose output enters the residual stream (embedding): SP splits it along T
-  tp_rng            module run under the per-TP-rank RNG stream (attention: dropout on this rank's heads);
-                    plan_for emits it only when attention_dropout > 0
+  tp_rng            module run under the per-TP-rank RNG stream (attention: dropout, DropHead on this rank's heads);
+                    plan_for emits it only when attention_dropout > 0 or drophead > 0
   sequence_rng      like tp_rng but only under SP (residual dropout on sequence shards); only if hidden_dropout > 0
   replicated        explicitly left whole and identical on all TP ranks (e.g. learned position embedding)
 """
@@ -115,8 +115,10 @@ def plan_for(cfg: ModelConfig, tp: int) -> Plan:
         "layers.*.attn.o_proj": out_proj,
         "final_norm": "norm",
     }
-    # RNG forks cost two generator-state swaps per module call: only where a dropout actually draws.
-    if cfg.attention_dropout > 0:
+    # RNG forks cost two generator-state swaps per module call: only where a dropout actually draws. DropHead draws
+    # per local head, so it also needs this rank's own stream (the shared one would drop head h on every rank's
+    # shard at once); LayerDrop draws in the block, from the shared stream, so all TP ranks drop the same layers.
+    if cfg.attention_dropout > 0 or cfg.drophead > 0:
         plan["layers.*.attn"] = "tp_rng"
     if cfg.hidden_dropout > 0:
         plan["layers.*.dropout"] = "sequence_rng"
