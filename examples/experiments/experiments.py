@@ -357,10 +357,16 @@ def render_table(result: dict) -> str:
         gap = "-" if arm == base else f"{sum(gaps) / len(gaps):+.4f} ({min(gaps):+.4f}..{max(gaps):+.4f})"
         lines.append(f"| {label} | " + " | ".join(f"{v:.4f}" for v in vals)
                      + f" | {sum(vals) / len(vals):.4f} | {max(vals) - min(vals):.4f} | {gap} |")
+    for arm, label, _ in arms:  # MIM's loss terms, so the prose need not copy numbers by hand
+        runs = [r for r in result["runs"] if r["arm"] == arm and "last50_fwd_ce" in r]
+        if runs:
+            terms = ", ".join(f"{t} {sum(r[f'last50_{t}'] for r in runs) / len(runs):.3f}"
+                              for t in ("fwd_ce", "bwd_ce", "agreement"))
+            lines += ["", f"{label}: training terms, mean of the last 50 steps and of the seeds: {terms}."]
     return "\n".join(lines)
 
 
-BLOCK = re.compile(r"<!-- table (\S+): generated[^\n]*-->\n(.*?)\n<!-- end table \1 -->", re.S)
+BLOCK = re.compile(r"(<!-- table (\S+): generated[^\n]*-->\n)(.*?)(<!-- end table \2 -->)", re.S)
 
 
 def load_results(directory: str = RESULTS_DIR) -> dict[str, dict]:
@@ -375,17 +381,17 @@ def load_results(directory: str = RESULTS_DIR) -> dict[str, dict]:
 def render_markdown(text: str, results: dict[str, dict]) -> str:
     """RESULTS.md with every generated block replaced by the rendering of its raw results."""
     def sub(match):
-        name = match.group(1)
+        name = match.group(2)
         if name not in results:
             raise SystemExit(f"error: RESULTS.md has a table {name!r} but {RESULTS_DIR} has no {name}.json")
-        return match.group(0).replace(match.group(2), render_table(results[name]))
+        return match.group(1) + render_table(results[name]) + "\n" + match.group(4)
     return BLOCK.sub(sub, text)
 
 
 def cmd_render(args) -> int:
     text = open(RESULTS_MD).read()
     results = load_results()
-    missing = set(results) - {m[0] for m in BLOCK.findall(text)}
+    missing = set(results) - {m[1] for m in BLOCK.findall(text)}
     if missing:
         print(f"error: RESULTS.md has no table for {sorted(missing)}: add `<!-- table NAME: generated ... -->` and "
               f"`<!-- end table NAME -->` markers", file=sys.stderr)

@@ -18,7 +18,7 @@ spec.loader.exec_module(experiments)
 def test_results_md_equals_its_rendering_from_the_raw_results():
     text = open(experiments.RESULTS_MD).read()
     results = experiments.load_results()
-    blocks = [m[0] for m in experiments.BLOCK.findall(text)]
+    blocks = [m[1] for m in experiments.BLOCK.findall(text)]
     assert sorted(blocks) == sorted(results), "every raw result has its table in RESULTS.md and vice versa"
     assert experiments.render_markdown(text, results) == text, \
         "RESULTS.md differs from `python examples/experiments/experiments.py render`"
