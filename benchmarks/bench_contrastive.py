@@ -1,12 +1,14 @@
 #!/usr/bin/env python
 """Decoding throughput (new tokens per second), same run, every peer warmed up, then rounds in alternating order
-A B C, C B A, A B C, ... (so no peer always runs first or last: an ABBA design against order effects on a shared
+A B C D, D C B A, ... (so no peer always runs first or last: an ABBA design against order effects on a shared
 machine), median over rounds with the min-max spread:
 
 A: ours, deterministic contrastive search (temperature 0): one batched forward of the B x k candidates per step on
    the shared KV cache (KVCache.reorder), then the cache reordered to the winners;
 B: ours, stochastic contrastive search (temperature > 0): the same path plus one draw per row;
-C: transformers' own sampling (`generate(do_sample=True)`) on the Hugging Face export of the same model.
+C: transformers' own sampling (`generate(do_sample=True)`) on the Hugging Face export of the same model;
+D: ours, plain sampling (inference.generate.generate_ids, same temperature): C's algorithm in our code, so A/D is
+   the price of the contrastive algorithm (k candidate positions per step) and D/C our sampler against theirs.
 
 C is not the same algorithm (it has no candidate forward and no degeneration penalty): it is the cost of plain
 sampling in the peer library, the floor any contrastive decoder pays on top of. transformers 5 no longer ships
@@ -50,6 +52,7 @@ def main() -> None:
     from megatron_code.config.model import ModelConfig
     from megatron_code.convert import export_model
     from megatron_code.inference.contrastive import contrastive_sample
+    from megatron_code.inference.generate import generate_ids
     from megatron_code.model import GPT
 
     cfg = ModelConfig(num_layers=args.layers, hidden_size=args.hidden, num_attention_heads=8, vocab_size=8000,
@@ -79,21 +82,27 @@ def main() -> None:
                               pad_token_id=0)
         assert out.shape[1] == args.prompt_len + args.new_tokens
 
+    def ours_sampling():
+        out = generate_ids(model, prompts, max_new_tokens=args.new_tokens, temperature=args.temperature,
+                           batch_size=args.batch, seed=0)
+        assert all(len(x) == args.new_tokens for x in out)
+
     peers = {"A: ours, contrastive T=0 (deterministic)": ours(0.0),
              f"B: ours, contrastive T={args.temperature} (stochastic)": ours(args.temperature),
-             f"C: transformers sampling T={args.temperature} ({target})": theirs}
+             f"C: transformers sampling T={args.temperature} ({target})": theirs,
+             f"D: ours, sampling T={args.temperature}": ours_sampling}
     load_before = os.getloadavg()[0]
     for fn in peers.values():  # warm-up: allocator, thread pool and kernel caches for every peer
         fn()
     times = {name: [] for name in peers}
     order = list(peers)
     for r in range(args.rounds):
-        for name in (order if r % 2 == 0 else order[::-1]):  # A B C, C B A, ...
+        for name in (order if r % 2 == 0 else order[::-1]):  # A B C D, D C B A, ...
             t0 = time.perf_counter()
             peers[name]()
             times[name].append(time.perf_counter() - t0)
     print(f"{args.layers} layers x {args.hidden}, batch {args.batch}, prompt {args.prompt_len}, "
-          f"{args.new_tokens} new tokens, k={args.k}, {args.threads} thread(s), {args.rounds} rounds (ABC/CBA), "
+          f"{args.new_tokens} new tokens, k={args.k}, {args.threads} thread(s), {args.rounds} rounds (ABCD/DCBA), "
           f"load average {load_before:.1f} before, {os.getloadavg()[0]:.1f} after")
     base = statistics.median(times[order[0]])
     print("| peer | median s (min-max) | tokens/s | vs A (range over rounds) |\n|---|---|---|---|")

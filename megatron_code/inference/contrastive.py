@@ -69,11 +69,13 @@ def _search_group(model: GPT, tracker: CompletionTracker, rows: list[int], top_k
     b, p = len(rows), batch.prompt_len
     cache = model.new_cache(b, p + n)
     mask = attention_mask(batch.valid[:, :p], p) if batch.padded else None
-    logits, hidden = model(batch.tokens[:, :p], position_ids=batch.positions[:, :p], cache=cache, mask=mask,
-                           return_hidden=True)  # (B, P, V), (B, P, H)
+    # Logits are needed at one position per row: the prompt's last, then each step's chosen candidate. Only those
+    # rows go through the output layer (of the B x k candidates, k - 1 per row are discarded).
+    hidden = model(batch.tokens[:, :p], position_ids=batch.positions[:, :p], cache=cache, mask=mask,
+                   hidden_only=True)  # (B, P, H)
     context = hidden.new_zeros(b, p + n, hidden.shape[-1])  # hidden states of the real tokens so far
     context[:, :p] = hidden
-    next_logits = logits[:, -1]  # (B, V)
+    next_logits = model.logits(hidden[:, -1:])[:, 0]  # (B, V)
     active, cur = list(rows), p
     while active:
         b = len(active)
@@ -84,9 +86,9 @@ def _search_group(model: GPT, tracker: CompletionTracker, rows: list[int], top_k
         cache.reorder(expand)
         valid = batch.valid[:, :cur + 1].index_select(0, expand)
         cand_mask = attention_mask(valid, 1) if batch.padded else None
-        c_logits, c_hidden = model(top_ids.reshape(b * top_k, 1),
-                                   position_ids=batch.positions[:, cur:cur + 1].index_select(0, expand),
-                                   cache=cache, mask=cand_mask, return_hidden=True)  # (B*k, 1, V), (B*k, 1, H)
+        c_hidden = model(top_ids.reshape(b * top_k, 1),
+                         position_ids=batch.positions[:, cur:cur + 1].index_select(0, expand),
+                         cache=cache, mask=cand_mask, hidden_only=True)  # (B*k, 1, H)
         c_hidden = c_hidden.view(b, top_k, -1)
         penalty = _degeneration_penalty(c_hidden, context[:, :cur], batch.valid[:, :cur])
         score = (1.0 - alpha) * top_p - alpha * penalty  # (B, k)
@@ -97,7 +99,7 @@ def _search_group(model: GPT, tracker: CompletionTracker, rows: list[int], top_k
         token = top_ids[rows_b, best]
         batch.tokens[:, cur] = token
         context[:, cur] = c_hidden[rows_b, best]
-        next_logits = c_logits[chosen, -1]
+        next_logits = model.logits(c_hidden[rows_b, best][:, None])[:, 0]  # (B, V): the winners only
         cur += 1
         finished = [tracker.add(r, t) for r, t in zip(active, token.tolist())]
         if any(finished):

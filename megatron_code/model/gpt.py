@@ -121,8 +121,9 @@ class GPT(nn.Module):
     def forward(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None = None,
                 cache: KVCache | None = None, mask: torch.Tensor | None = None,
                 return_hidden: bool = False, labels: torch.Tensor | None = None,
-                loss_weights: torch.Tensor | None = None, z_loss: float = 0.0):
-        """input_ids (B, T) -> logits (B, T, padded_vocab) [, final hidden (B, T, hidden)].
+                loss_weights: torch.Tensor | None = None, z_loss: float = 0.0, hidden_only: bool = False):
+        """input_ids (B, T) -> logits (B, T, padded_vocab) [, final hidden (B, T, hidden)]; with ``hidden_only``
+        the final hidden states alone (a caller that needs logits at a few positions applies ``self.logits``).
 
         With a cache, positions continue from the cached length and keys/values are appended.
 
@@ -139,6 +140,8 @@ class GPT(nn.Module):
         for i, layer in enumerate(self.layers):
             x = layer(x, rope, cache.layers[i] if cache is not None else None, mask)
         hidden = self.final_norm(x)
+        if hidden_only:
+            return hidden
         if labels is not None:
             if loss_weights is None or labels.shape != input_ids.shape or loss_weights.shape != input_ids.shape:
                 raise ValueError("labels and loss_weights must both be given, shaped like input_ids (B, T)")
