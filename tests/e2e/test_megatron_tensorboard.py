@@ -1,10 +1,14 @@
 """TensorBoard files carry Megatron's tag names and series, read back with TensorBoard's own EventAccumulator;
-the log line is Megatron-LM's (its parsers' regexes match), our fields after it."""
+the log line is Megatron-LM's (its parsers' regexes match), our fields after it; the same run logs to W&B with the
+real wandb package, offline by default, under the same names."""
 
 from __future__ import annotations
 
 import glob
+import json
+import os
 import re
+import struct
 import subprocess
 import sys
 
@@ -29,6 +33,30 @@ def _scalars(tb_dir: str) -> dict[str, list]:
     return out
 
 
+def _wandb_records(run_dir: str) -> list:
+    """The records of an offline W&B run (``run-ID.wandb``: wandb's protobuf ``Record``s in LevelDB's log framing
+    -- 32 KiB blocks of [crc32c:4][length:2][type:1][payload] -- after a 7-byte header; wandb 0.31 ships no reader
+    of its own)."""
+    from wandb.proto import wandb_internal_pb2 as pb
+
+    data = open(glob.glob(os.path.join(run_dir, "run-*.wandb"))[0], "rb").read()
+    assert data[:4] == b":W&B"
+    block, pos, buf, out = 32768, 7, b"", []
+    while pos + 7 <= len(data):
+        left = block - pos % block
+        _, n, kind = struct.unpack("<IHB", data[pos:pos + 7]) if left >= 7 else (0, 0, 0)
+        if left < 7 or (n == 0 and kind == 0):  # block trailer / zero padding
+            pos += left
+            continue
+        buf, pos = buf + data[pos + 7:pos + 7 + n], pos + 7 + n
+        if kind in (1, 4):  # a whole record, or the last fragment of one
+            rec = pb.Record()
+            rec.ParseFromString(buf)
+            out.append(rec)
+            buf = b""
+    return out
+
+
 def _train(tmp_path, *extra: str):
     tb = str(tmp_path / "tb")
     line = TINY + ["--train-iters", str(ITERS), "--eval-interval", "2", "--eval-iters", "1", "--split", "90,10,0",
@@ -37,8 +65,10 @@ def _train(tmp_path, *extra: str):
     return proc, _scalars(tb)
 
 
-def test_megatron_lm_tags_series_and_log_line(tmp_path):
-    proc, sc = _train(tmp_path, "--zero-stage", "1")
+def test_megatron_lm_tags_series_and_log_line(tmp_path, monkeypatch):
+    pytest.importorskip("wandb", reason="wandb is not installed: pip install 'megatron_code[test]'")
+    monkeypatch.delenv("WANDB_MODE", raising=False)  # offline must be the default, not the environment's
+    proc, sc = _train(tmp_path, "--zero-stage", "1", "--wandb-project", "proj", "--wandb-exp-name", "run1")
     every_iteration = ["lm loss", "learning-rate", "batch-size", "loss-scale", "grad-norm"]
     for tag in every_iteration:
         assert [e.step for e in sc[tag]] == list(range(1, ITERS + 1)), tag
@@ -53,7 +83,6 @@ def test_megatron_lm_tags_series_and_log_line(tmp_path):
         assert len(sc[tag]) >= 2, tag
     assert "train/loss" in sc  # our own tags stay as aliases
     # The training loss logged under Megatron's name is the one in metrics.jsonl
-    import json
     records = [json.loads(x) for x in open(tmp_path / "ckpt" / "metrics.jsonl")]
     train = [r["loss"] for r in records if r["kind"] == "train"]
     assert [e.value for e in sc["lm loss"]] == pytest.approx(train, rel=1e-6)
@@ -77,6 +106,20 @@ def test_megatron_lm_tags_series_and_log_line(tmp_path):
                        text=True, timeout=300, cwd=str(save))
     assert r.returncode == 0, r.stderr[-2000:]
     assert glob.glob(str(tmp_path / "fp32" / "*"))
+    # (same run) W&B, offline, under SAVE/wandb: the run's name and config, and per iteration Megatron's names
+    runs = glob.glob(str(save / "wandb" / "wandb" / "offline-run-*"))
+    assert len(runs) == 1
+    records = _wandb_records(runs[0])
+    run_rec = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    assert (run_rec.project, run_rec.display_name) == ("proj", "run1")
+    config = {u.key: json.loads(u.value_json) for u in run_rec.config.update}
+    assert config["model"]["num_layers"] > 0
+    history = [{i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item} for r in records
+               if r.WhichOneof("record_type") == "history"]
+    losses = {h["_step"]: h["lm loss"] for h in history if "lm loss" in h}
+    assert sorted(losses) == list(range(1, ITERS + 1))
+    assert [losses[i] for i in sorted(losses)] == pytest.approx([e.value for e in sc["lm loss"]], rel=1e-6)
+    assert any("lm loss validation" in h for h in history)
 
 
 def test_megatron_deepspeed_tags_with_tokens_series(tmp_path):

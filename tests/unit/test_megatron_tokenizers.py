@@ -68,35 +68,3 @@ def test_cli_tokenizer_types():
                       "--tiktoken-num-special-tokens", "500"]).job
     assert (job.data.tiktoken_pattern, job.data.tiktoken_num_special_tokens) == ("v1", 500)
 
-
-def test_wandb_logging_offline_by_default_with_megatron_names(tmp_path, monkeypatch):
-    """W&B through the wandb package's own API (a recording stand-in here: wandb is an optional extra)."""
-    import sys
-    import types
-
-    from megatron_code.config.training import TrainingConfig
-    from megatron_code.training.metrics import MetricsSink, WandbWriter
-
-    calls = {}
-
-    class Run:
-        def log(self, scalars, step):
-            calls.setdefault("log", []).append((step, dict(scalars)))
-
-        def finish(self):
-            calls["finished"] = True
-
-    fake = types.ModuleType("wandb")
-    fake.init = lambda **kw: calls.update(init=kw) or Run()
-    monkeypatch.setitem(sys.modules, "wandb", fake)
-    monkeypatch.delenv("WANDB_MODE", raising=False)
-    t = TrainingConfig(save=str(tmp_path), wandb_project="proj", wandb_exp_name="run1")
-    sink = MetricsSink(None, None, enabled=True, wandb=WandbWriter(t, {"model": {}}))
-    sink.megatron(3, 24, 768, {"lm loss": 2.5, "learning-rate": 1e-4})
-    sink.megatron(4, 32, 1024, {"lm loss": 2.4, "lm loss ppl": 11.0}, validation=True)
-    sink.close()
-    assert calls["init"]["mode"] == "offline" and calls["init"]["project"] == "proj"
-    assert calls["init"]["name"] == "run1" and calls["init"]["dir"] == str(tmp_path / "wandb")
-    assert calls["log"] == [(3, {"lm loss": 2.5, "learning-rate": 1e-4}),
-                            (4, {"lm loss validation": 2.4, "lm loss validation ppl": 11.0})]
-    assert calls["finished"]
