@@ -65,9 +65,6 @@ class JobConfig:
                 job.validate()
             except ConfigError as exc:
                 raise ConfigError(f"phase {name}: {exc}") from None
-        if t.z_loss and self.objective.objective == "mim":
-            raise ConfigError("--z-loss is not implemented for the MIM objective (its loss scores two directions); "
-                              "drop --z-loss or train AR/FIM")
         if t.calculate_per_token_loss and self.objective.objective == "mim":
             raise ConfigError("--calculate-per-token-loss is not implemented for the MIM objective (its loss adds "
                               "two directions' means and an agreement term); drop the flag or train AR/FIM")

@@ -110,7 +110,7 @@ class MIMObjective(CausalObjective):
                               f"tools/train_tokenizer.py (registers them) and re-tokenize the data")
         self.l2r, self.r2l = special["<l2r>"], special["<r2l>"]
         self.pad = tokenizer.pad
-        self.part_names = self.PARTS
+        self.part_names = self.PARTS + (("z_loss",) if job.training.z_loss else ())
 
     def collate(self, items: list[dict], train: bool) -> dict:
         tokens, masks = _stack(items)
@@ -135,6 +135,11 @@ class MIMObjective(CausalObjective):
         o = self.job.objective
         fwd, bwd = split_directions(logits, batch)
         total, parts = mim_loss(fwd, bwd, batch, o.mim_beta, o.mim_divergence, o.mim_stop_grad, tp_group)
+        z = self.job.training.z_loss
+        if z:  # PaLM's z-loss on each direction, averaged like that direction's cross-entropy (fwd_ce + bwd_ce)
+            B, mask = batch["batch_size"], batch["loss_mask"]
+            term = z_loss_term(fwd, mask[:B], z, tp_group) + z_loss_term(bwd, mask[B:], z, tp_group)
+            total, parts = total + term, {**parts, "z_loss": term.detach()}
         return total, {k: float(v) for k, v in parts.items()}
 
 

@@ -116,3 +116,33 @@ def test_tp2_equals_tp1():
         assert torch.allclose(d_hidden, leaves[0].grad, rtol=1e-10, atol=1e-13)
         assert torch.allclose(d_weight, leaves[1].grad[lo:hi], rtol=1e-10, atol=1e-13)
         assert torch.allclose(d_logits, logits.grad[..., lo:hi], rtol=1e-10, atol=1e-13)
+
+
+def test_mim_objective_adds_the_z_loss_of_each_direction():
+    """MIM: z-loss on the forward and the backward rows, each averaged over its own scored tokens (as fwd_ce and
+    bwd_ce are), logged as z_loss; the other terms unchanged."""
+    from types import SimpleNamespace
+
+    from megatron_code.config.cli import parse_args
+    from megatron_code.data.objectives import mim_batch
+    from megatron_code.training.objective import MIMObjective
+
+    V, L2R, R2L, PAD, EOD = 40, 6, 7, 1, 0
+    tok = SimpleNamespace(special_tokens={"<l2r>": L2R, "<r2l>": R2L}, pad=PAD, eod=EOD)
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(8, V, (2, 9), generator=g)
+    tokens[1, -2:] = PAD
+    batch = mim_batch(tokens, None, L2R, R2L, PAD, EOD)
+    logits = torch.randn(4, 8, V, generator=g, dtype=torch.float64) * 3
+    out = {}
+    for z in (0.0, 1e-2):
+        job = parse_args(["--mim", "--z-loss", str(z), "--mock-data", "--model.vocab_size", str(V)]).job
+        obj = MIMObjective(job, tok)
+        assert ("z_loss" in obj.part_names) == bool(z)
+        out[z] = obj.loss(logits, batch, None, train=True)
+    lse2 = vocab_logsumexp(logits) ** 2
+    mask = batch["loss_mask"]
+    want = 1e-2 * sum((lse2[rows] * mask[rows]).sum() / mask[rows].sum() for rows in (slice(0, 2), slice(2, 4)))
+    assert torch.allclose(out[1e-2][0] - out[0.0][0], want)
+    assert out[1e-2][1]["z_loss"] == pytest.approx(float(want))
+    assert {k: v for k, v in out[1e-2][1].items() if k != "z_loss"} == out[0.0][1]
