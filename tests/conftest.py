@@ -6,6 +6,37 @@ import torch
 from megatron_code.config import ModelConfig
 
 
+def _root(groups: dict, x: str) -> str:
+    while groups.setdefault(x, x) != x:
+        x = groups[x]
+    return x
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns xdist_group marks into scheduling groups
+def pytest_collection_modifyitems(config, items):
+    """Under `pytest -n N --dist loadgroup` (tools/run_tests.sh) a test file runs on one worker, so a module-scoped
+    fixture is built once, not once per worker; files using the same session-scoped fixture of a conftest
+    (`tiny_checkpoint`, `curated`) share a worker too, for the same reason. A test's own
+    `pytest.mark.xdist_group(name)` wins (e.g. "slurm": every test using the local SLURM on one worker).
+    See docs/testing.md."""
+    groups: dict[str, str] = {}  # union-find over file paths and "fixture:NAME" nodes
+    for item in items:
+        if item.get_closest_marker("xdist_group"):
+            continue
+        path = item.nodeid.split("::")[0]
+        info = getattr(item, "_fixtureinfo", None)  # doctest items have none
+        for name, defs in (info.name2fixturedefs.items() if info else ()):
+            if any(d.scope == "session" and d.baseid for d in defs):  # baseid "": a plugin's (tmp_path_factory)
+                a, b = _root(groups, path), _root(groups, "fixture:" + name)
+                if a != b:
+                    groups[max(a, b)] = min(a, b)
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            # xdist appends "@GROUP" to the test's id in reports: keep it short ("e2e/test_resume")
+            group = _root(groups, item.nodeid.split("::")[0]).removeprefix("tests/").removesuffix(".py")
+            item.add_marker(pytest.mark.xdist_group(group))
+
+
 @pytest.fixture(autouse=True)
 def _one_thread():
     """Tests use tiny tensors: on a shared 2-core machine extra intra-op threads only add contention (measured

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Set up and run the whole test suite (the README's test command). Installs what it needs itself.
 #   bash tools/run_tests.sh [extra pytest args]
+# Tests run on PYTEST_WORKERS pytest-xdist workers (default 2, the CI machine's cores; PYTEST_WORKERS=0 runs them
+# in this one process). A test file runs on one worker; the rules that keep tests safe side by side and the time
+# budget are in docs/testing.md.
 # The C++ extensions are required here (MEGATRON_CODE_REQUIRE_EXTENSIONS=1, checked by setup.py at build and by
 # tests/unit/test_extensions_built.py): a broken compile fails the run instead of skipping the extension tests.
 # MEGATRON_CODE_REQUIRE_EXTENSIONS=0 runs the suite on a machine without a compiler.
@@ -24,7 +27,8 @@ command -v bwrap >/dev/null || apt-get install -y -q bubblewrap >/dev/null 2>&1 
 echo "== tests"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false
 rc=0
-$PY -m pytest -q -rs --durations=25 --timeout=900 tests "$@" || rc=$?
+workers=${PYTEST_WORKERS:-2}
+$PY -m pytest -q -rs --durations=25 --timeout=900 -n "$workers" --dist loadgroup tests "$@" || rc=$?
 if [[ $rc -eq 5 ]]; then
   # pytest's "no tests were collected" (a wrong path or -k): nothing was checked, which is not a pass.
   echo "error: pytest collected no tests (exit 5): check the arguments ($*)" >&2

@@ -23,13 +23,14 @@ import os
 import pickle
 import queue as queue_mod
 import shutil
-import socket
 import tempfile
 import time
 import traceback
 from typing import Any, Callable
 
 import torch.multiprocessing as mp
+
+from .ports import free_port
 
 
 class DistributedTestError(RuntimeError):
@@ -73,12 +74,6 @@ def _child(rank: int, world_size: int, init_file: str, backend: str, fn: Callabl
                 pass
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _context():
     """A "forkserver" context whose server has imported torch once: each rank then starts in ~0.1 s instead of
     paying torch's import (seconds on a loaded 2-core machine) per rank per test. The server is a fresh process
@@ -103,7 +98,7 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout: float = 
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     ctx = _context()
     tmpdir = tempfile.mkdtemp(prefix="mc_dist_")
-    environ = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+    environ = dict(os.environ, MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
     init_file = os.path.join(tmpdir, "rendezvous")
     results = ctx.Queue()
     procs = []

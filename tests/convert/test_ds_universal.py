@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from megatron_code.convert import ds_universal
+from megatron_code.testing import free_port
 from megatron_code.parallel.universal import tp_dim
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -93,7 +94,7 @@ def test_tp2_pp2_through_ds_to_universal_resumes_exactly_at_tp1(tmp_path):
     (the first stage's tied embedding is the model's: pipeline_replicated_parameter_patterns)."""
     line = [a for a in LINE if a != "--swiglu"] + ["--num-layers", "4", "--zero-stage", "1"]
     tr = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "4", "--master_addr", "127.0.0.1",
-          "--master_port", "29657", os.path.join(ROOT, "pretrain_code.py")]
+          "--master_port", str(free_port()), os.path.join(ROOT, "pretrain_code.py")]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = subprocess.run(tr + line + ["--tensor-model-parallel-size", "2", "--pipeline-model-parallel-size", "2",
                                     "--save-interval", "2", "--save", str(tmp_path / "ref")],

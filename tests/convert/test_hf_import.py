@@ -277,7 +277,6 @@ def test_export_of_a_model_trained_in_parallel(tp, pp, tmp_path):
     """A few steps at TP x PP with torchrun, exported from the sharded checkpoint: HF logits and greedy tokens equal
     ours. Llama layout with GQA (kv heads 2 split over TP 2)."""
     import shutil
-    import socket
     import sys
 
     from tests.e2e._cmd import run
@@ -285,9 +284,9 @@ def test_export_of_a_model_trained_in_parallel(tp, pp, tmp_path):
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or shutil.which("torchrun")
     if torchrun is None:
         pytest.skip("torchrun is not installed")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from megatron_code.testing import free_port
+
+    port = free_port()
     save, h = str(tmp_path / "ck"), str(tmp_path / "hf")
     args = ["--preset", "tiny", "--model.vocab_size", "256", "--model.num_layers", "2", "--model.hidden_size", "64",
             "--model.ffn_hidden_size", "128", "--model.norm", "rmsnorm", "--model.activation", "swiglu",

@@ -15,7 +15,8 @@ import pytest
 
 from .conftest import REPO, run
 
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
+# xdist_group: every test that uses the local SLURM runs on one xdist worker (docs/testing.md)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800), pytest.mark.xdist_group("slurm")]
 STDLIB = os.path.dirname(textwrap.__file__)
 
 

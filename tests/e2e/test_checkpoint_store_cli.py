@@ -84,12 +84,11 @@ def test_second_job_on_the_same_save_directory_is_refused(tmp_path):
 
 
 def _torchrun() -> list[str]:
-    import socket
     import sysconfig
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from megatron_code.testing import free_port
+
+    port = free_port()
     tr = os.path.join(sysconfig.get_path("scripts"), "torchrun")
     return ([sys.executable, tr] if os.path.exists(tr) else [sys.executable, "-m", "torch.distributed.run"]) + [
         "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port)]

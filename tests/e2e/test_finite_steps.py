@@ -10,11 +10,12 @@ import glob
 import json
 import os
 import re
-import socket
 import sys
 
 import pytest
 import torch
+
+from megatron_code.testing import free_port
 
 from ._cmd import ROOT, TINY, env, run
 
@@ -66,17 +67,11 @@ def test_lr30_one_process_stops_in_one_line_and_saves_nothing_non_finite(tmp_pat
     assert skipped and int(latest.split("_")[1]) < skipped[0]["iteration"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_lr30_dp2_zero1_stops_in_one_line_and_saves_nothing_non_finite(tmp_path):
     save = str(tmp_path / "ckpt")
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr",
-                "127.0.0.1", "--master_port", str(_free_port())]
+                "127.0.0.1", "--master_port", str(free_port())]
     proc = run(TINY + NO_DROPOUT + LR30 + ["--save", save, "--zero-stage", "1"], check=False, launcher=launcher)
     assert proc.returncode != 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]

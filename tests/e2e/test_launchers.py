@@ -10,11 +10,12 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 
 import pytest
+
+from megatron_code.testing import free_port
 
 from ._cmd import ROOT, env, run, train_losses
 
@@ -25,12 +26,6 @@ ARGS = ["--preset", "tiny", "--model.vocab_size", "256", "--mock-data", "--seq-l
         "--micro-batch-size", "2", "--global-batch-size", "4", "--train-iters", str(ITERS),
         "--hidden-dropout", "0", "--attention-dropout", "0", "--log-interval", "1", "--eval-interval", "0",
         "--training.progress_bar", "false"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _script(name: str) -> str | None:
@@ -59,7 +54,7 @@ def _assert_same_losses(got: dict[int, float], want: dict[int, float]) -> None:
 def single(tmp_path_factory):
     """`deepspeed --num_gpus 1 pretrain_code.py ...`: the DeepSpeed launcher on the CPU accelerator, world 1."""
     save = str(tmp_path_factory.mktemp("ds1"))
-    launcher = _deepspeed() + ["--num_gpus", "1", "--master_port", str(_free_port())]
+    launcher = _deepspeed() + ["--num_gpus", "1", "--master_port", str(free_port())]
     proc = run(ARGS + ["--save", save], launcher=launcher, timeout=600)
     return proc, save
 
@@ -77,7 +72,7 @@ def test_torchrun_two_processes_is_dp2_and_matches_one_process(single, tmp_path)
     save = str(tmp_path / "tr2")
     tr = _script("torchrun")
     launcher = ([sys.executable, tr] if tr else [sys.executable, "-m", "torch.distributed.run"]) + [
-        "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+        "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
     proc = run(ARGS + ["--save", save], launcher=launcher, timeout=600)
     assert _layout(proc.stdout) == {("2", "1", "1", "2")}, proc.stdout[-3000:]
     _assert_same_losses(train_losses(save), train_losses(single[1]))
@@ -87,7 +82,7 @@ def test_deepspeed_hostfile_two_nodes_without_ssh_matches_one_process(single, tm
     # examples/hostfile.example format; the host names only matter to ssh/pdsh, which --no_ssh skips.
     hostfile = tmp_path / "hostfile"
     hostfile.write_text("node-a slots=1\nnode-b slots=1\n")
-    save, port = str(tmp_path / "ds-2nodes"), _free_port()
+    save, port = str(tmp_path / "ds-2nodes"), free_port()
     procs = []
     try:
         for node_rank in (1, 0):

@@ -12,7 +12,9 @@ import sys
 import pytest
 
 from ._cmd import run
-from .test_launchers import _free_port, _script
+from megatron_code.testing import free_port
+
+from .test_launchers import _script
 from .test_megatron_cmdline import PRECISION, corpus  # noqa: F401 - the shared corpus fixture
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -55,7 +57,7 @@ def test_megatron_lm_gpt3_example_line(corpus, tmp_path):  # noqa: F811
     line = _quoted(gpt3_line(corpus, ckpt, tb))
     tr = _script("torchrun")
     launcher = ([sys.executable, tr] if tr else [sys.executable, "-m", "torch.distributed.run"]) + [
-        "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(_free_port())]
+        "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port())]
     proc = run(line, launcher=launcher, timeout=800)
     train = {r["iteration"]: r for r in _records(ckpt) if r["kind"] == "train"}
     assert sorted(train) == list(range(1, 7)), proc.stdout[-3000:]

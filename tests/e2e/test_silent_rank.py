@@ -13,24 +13,19 @@ from __future__ import annotations
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
+from megatron_code.testing import free_port
+
 from ._cmd import ROOT, TINY, env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 TIMEOUT_MIN = 0.5  # --distributed-timeout-minutes: the heartbeat names a silent rank after 15 s
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _workers(agent_pid: int) -> dict[int, int]:
@@ -62,7 +57,7 @@ def _alive(pid: int) -> bool:
 
 def _launch(nproc: int, tmp_path, extra: list[str]):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_addr",
-           "127.0.0.1", "--master_port", str(_free_port()), os.path.join(ROOT, "pretrain_code.py"),
+           "127.0.0.1", "--master_port", str(free_port()), os.path.join(ROOT, "pretrain_code.py"),
            *TINY, "--train-iters", "100000", "--save", str(tmp_path / "ckpt"), "--save-interval", "1000000",
            "--distributed-timeout-minutes", str(TIMEOUT_MIN), *extra]
     err = open(tmp_path / "stderr.txt", "w")

@@ -17,7 +17,8 @@ import pytest
 
 from ._cmd import ROOT, env
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
+# xdist_group: every test that uses the local SLURM runs on one xdist worker (docs/testing.md)
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.xdist_group("slurm")]
 
 SETUP = os.path.join(ROOT, "tools", "ci", "setup_local_slurm.sh")
 SCRIPT = os.path.join(ROOT, "examples", "slurm", "cpu_tiny.sbatch")
