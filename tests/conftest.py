@@ -1,5 +1,7 @@
 """Shared fixtures: a tiny model config and deterministic torch state. Kept small on purpose."""
 
+import os
+
 import pytest
 import torch
 
@@ -35,6 +37,23 @@ def pytest_collection_modifyitems(config, items):
             # xdist appends "@GROUP" to the test's id in reports: keep it short ("e2e/test_resume")
             group = _root(groups, item.nodeid.split("::")[0]).removeprefix("tests/").removesuffix(".py")
             item.add_marker(pytest.mark.xdist_group(group))
+
+
+LAUNCHER_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def _launcher_environment():
+    """An in-process run (launch_environment(), a world-1 Trainer) writes RANK/WORLD_SIZE/MASTER_* into
+    os.environ; left there they decide the rank and port of whatever test this worker runs next. Put them back as
+    they were before the test."""
+    before = {k: os.environ.get(k) for k in LAUNCHER_KEYS}
+    yield
+    for k, v in before.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
 
 
 @pytest.fixture(autouse=True)

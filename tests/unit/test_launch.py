@@ -92,7 +92,11 @@ def test_plain_python_is_world_one_on_a_free_local_port():
 
 def test_default_is_the_process_environment(monkeypatch, no_scontrol):
     for k in KEYS:
-        monkeypatch.delenv(k, raising=False)
+        # set first: monkeypatch only undoes a delenv of a variable that existed, and launch_environment() writes
+        # RANK=2 WORLD_SIZE=4 into this process's environment, which would leak into later tests (an in-process
+        # init_distributed then waits for 3 peers that never come)
+        monkeypatch.setenv(k, "")
+        monkeypatch.delenv(k)
     for k, v in srun_task(2, ntasks=4).items():
         monkeypatch.setenv(k, v)
     out = launch_environment()
