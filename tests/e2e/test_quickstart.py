@@ -13,10 +13,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 def test_quickstart_learns(tmp_path):
     e = env()
-    # The README command runs alone with every core; so does this test (pytest runs one test at a time), so it
-    # does not inherit the suite's one OpenMP thread (that halves training speed on 2 cores).
+    # The README command runs alone with every core: so does this test when pytest runs one test at a time, and
+    # then it does not inherit the suite's one OpenMP thread (that halves training speed on 2 cores). Under
+    # pytest-xdist the other workers already keep the other cores busy; more threads than cores only contend.
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
     e.update(SKIP_INSTALL="1", WORK=str(tmp_path / "qs"), ITERS=os.environ.get("QUICKSTART_ITERS", "150"),
-             TOKENIZER_CHARS="3000000", OMP_NUM_THREADS=str(min(4, os.cpu_count() or 1)))
+             TOKENIZER_CHARS="3000000", OMP_NUM_THREADS=str(max(1, min(4, os.cpu_count() or 1) // workers)))
     proc = subprocess.run(["bash", os.path.join(ROOT, "examples", "quickstart_cpu.sh")], cwd=ROOT, env=e,
                           capture_output=True, text=True, timeout=3000)
     out = proc.stdout
