@@ -48,8 +48,10 @@ def extensions():
             sys.exit(f"error: pybind11 is not installed and {REQUIRE_ENV}=1 requires the C++ extensions: "
                      f"pip install pybind11 (and use --no-build-isolation)")
         return []
-    # name -> source; the fast BPE encoder (csrc/bpe.cpp) falls back to `tokenizers` when absent.
-    sources = {"megatron_code.data._helpers_cpp": "helpers.cpp", "megatron_code.data._bpe_cpp": "bpe.cpp"}
+    # name -> source; the fast BPE encoder (csrc/bpe.cpp) falls back to `tokenizers` when absent, the MinHash
+    # signatures (csrc/minhash.cpp) to their numpy twin in megatron_code/curation/dedup.py.
+    sources = {"megatron_code.data._helpers_cpp": "helpers.cpp", "megatron_code.data._bpe_cpp": "bpe.cpp",
+               "megatron_code.curation._minhash_cpp": "minhash.cpp"}
     return [Pybind11Extension(name, [os.path.join("csrc", src)], cxx_std=17, extra_compile_args=["-O3"])
             for name, src in sources.items() if os.path.exists(os.path.join("csrc", src))]
 

@@ -2,15 +2,18 @@
 """Curation benchmarks (BENCHMARKS.md, "Corpus curation"), interleaved A/B, medians.
 
 near-dedup: documents/s of the whole near dedup (signatures -> candidate pairs -> clusters -> documents removed)
-  A  ours: tools/curate_corpus.py's near dedup (datatrove's MinHash signature/bucket/filter stages on code-token
-     shingles, candidates verified on the full signature, keep-first clustering), LocalPipelineExecutor, 1 task;
+  A  ours: tools/curate_corpus.py's near dedup, everything a user's run does (read the JSONL, datatrove's MinHash
+     bucket and filter stages, our signature stage (csrc/minhash.cpp) and cluster stage (candidates verified on the
+     full signature, keep-first), write the JSONL; uncompressed output, `output: {compression: none}`),
+     LocalPipelineExecutor, 1 task;
   B  datasketch: MinHash (update_batch, same 256 permutations count, the same shingles) + MinHashLSH with the same
      bands x rows, each candidate verified with MinHash.jaccard >= threshold, the same keep-first union-find;
   C  datatrove's own MinHash stages as shipped (its text normalization and word shingles, words split on
      whitespace: its tokenizers, even the whitespace one, need spaCy; its cluster stage, no verification), same
-     bands x rows.
+     bands x rows, reading and writing the same uncompressed JSONL.
   Recall and precision of each against exact Jaccard of the shingle sets, on planted pairs.
-signatures: the signature computation alone, in memory (ours / datasketch / datatrove's hashing).
+signatures: the signature computation alone, in memory (ours: csrc/minhash.cpp, and its numpy twin / datasketch /
+  datatrove's hashing).
 filters: MB/s of the study's filter steps (reader, language, quality) with 1 and 2 workers (4 tasks).
 
     python benchmarks/bench_curation.py --reps 3
@@ -73,13 +76,11 @@ def score(removed: set[int], pairs) -> tuple[float, float]:
 def run_ours(path, work) -> set[int]:
     from megatron_code.curation.pipeline import curate
 
-    curate([path], work, {"name": "b", "exact_dedup": False,
+    curate([path], work, {"name": "b", "exact_dedup": False, "output": {"compression": "none"},
                           "near_dedup": {"threshold": THRESHOLD, "num_perm": NUM_PERM, "n_grams": N_GRAMS}},
            tasks=1, progress=False)
-    import gzip
-
     kept = set()
-    with gzip.open(os.path.join(work, "data", "00000.jsonl.gz"), "rt") as f:
+    with open(os.path.join(work, "data", "00000.jsonl")) as f:
         for line in f:
             kept.add(int(json.loads(line)["id"]))
     return kept
@@ -115,8 +116,6 @@ def run_datasketch(docs, bands, rows) -> set[int]:
 
 
 def run_datatrove_stock(path, work, bands, rows) -> set[int]:
-    import gzip
-
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
                                                   MinhashDedupFilter, MinhashDedupSignature)
@@ -144,9 +143,10 @@ def run_datatrove_stock(path, work, bands, rows) -> set[int]:
     ex([read(), MinhashDedupSignature(os.path.join(work, "sigs"), config=cfg, language=tok)], 1, "s")
     ex([MinhashDedupBuckets(os.path.join(work, "sigs"), os.path.join(work, "b"), config=cfg)], bands, "b")
     ex([MinhashDedupCluster(os.path.join(work, "b"), os.path.join(work, "r"), config=cfg)], 1, "c")
-    ex([read(), MinhashDedupFilter(os.path.join(work, "r")), JsonlWriter(os.path.join(work, "out"))], 1, "f")
+    ex([read(), MinhashDedupFilter(os.path.join(work, "r")),
+        JsonlWriter(os.path.join(work, "out"), output_filename="${rank}.jsonl", compression=None)], 1, "f")
     kept = set()
-    with gzip.open(os.path.join(work, "out", "00000.jsonl.gz"), "rt") as f:
+    with open(os.path.join(work, "out", "00000.jsonl")) as f:
         for line in f:
             kept.add(int(json.loads(line)["id"]))
     return kept
@@ -187,7 +187,8 @@ def bench_near_dedup(reps: int, n_pairs: int, n_stdlib: int) -> dict:
 
 
 def bench_signatures(reps: int, n_files: int = 300) -> dict:
-    """The dominant cost alone, in memory: MinHash signatures of stdlib files, ours (CodeMinhashSignature) vs
+    """The signatures alone, in memory: MinHash signatures of stdlib files, ours (CodeMinhashSignature.signatures:
+    csrc/minhash.cpp; and the numpy twin, get_shingles + get_signature) vs
     datasketch (MinHash.update_batch over the same shingle strings, 256 permutations) vs datatrove's own shingle
     hashing and (a*x+b) mod (2^61-1) permutations on the same tokens (string_shingles=True)."""
     from datasketch import MinHash
@@ -206,11 +207,16 @@ def bench_signatures(reps: int, n_files: int = 300) -> dict:
             if sh.size:
                 step.get_signature(sh)
 
+    def native():
+        for i in range(0, len(texts), CodeMinhashSignature.batch_docs):
+            ours.signatures(texts[i:i + CodeMinhashSignature.batch_docs])
+
     def ds():
         for x in texts:
             MinHash(num_perm=NUM_PERM).update_batch([t.encode() for t in shingle_strings(x, N_GRAMS)])
 
-    fns = {"ours": lambda: sig(ours), "datasketch": ds, "datatrove_hashing": lambda: sig(dt)}
+    fns = {"ours": native, "ours_numpy_twin": lambda: sig(ours), "datasketch": ds,
+           "datatrove_hashing": lambda: sig(dt)}
     times = {k: [] for k in fns}
     for rep in range(reps):
         for name in (list(fns) if rep % 2 == 0 else list(fns)[::-1]):
@@ -220,6 +226,7 @@ def bench_signatures(reps: int, n_files: int = 300) -> dict:
     med = {k: statistics.median(v) for k, v in times.items()}
     return {"files": len(texts), "mb": sum(len(t.encode()) for t in texts) / 1e6, "median_s": med, "times": times,
             "ours_vs_datasketch": med["datasketch"] / med["ours"],
+            "ours_numpy_twin_vs_datasketch": med["datasketch"] / med["ours_numpy_twin"],
             "ours_vs_datatrove_hashing": med["datatrove_hashing"] / med["ours"]}
 
 
