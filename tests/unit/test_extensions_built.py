@@ -10,7 +10,7 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-EXTENSIONS = ["megatron_code.data._helpers_cpp", "megatron_code.data._bpe_cpp"]
+EXTENSIONS = ["megatron_code.data._helpers_cpp", "megatron_code.data._bpe_cpp", "megatron_code.curation._minhash_cpp"]
 
 
 def _required() -> bool:
