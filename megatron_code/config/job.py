@@ -73,9 +73,6 @@ class JobConfig:
             raise ConfigError(f"--seq-length ({d.seq_length}) exceeds --max-position-embeddings "
                               f"({m.max_position_embeddings}) with learned positions: raise the latter")
         tp = self.parallel.tensor_parallel
-        if m.position_embedding == "t5" and tp > 1:
-            raise ConfigError("model.position_embedding t5 (relative position bias) is not sharded over heads for "
-                              "tensor parallelism yet: use --tensor-model-parallel-size 1")
         if m.num_attention_heads % tp:
             raise ConfigError(f"--tensor-model-parallel-size ({tp}) must divide num_attention_heads "
                               f"({m.num_attention_heads})")

@@ -326,6 +326,35 @@ class VocabParallelEmbedding(_ShardedParams, _GroupAttr, nn.Embedding):
                f"vocab_start={self.vocab_start}"
 
 
+class HeadParallelEmbedding(_ShardedParams, _GroupAttr, nn.Embedding):
+    """A table with one column per attention head (T5's relative position bias: buckets x heads) split over TP by
+    heads: rank r holds the columns of the heads its column-parallel q/k/v produce ([r*H/tp, (r+1)*H/tp), the same
+    contiguous blocks). Lookups are local, no collective; each column gets gradients only from its own head."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, group=None, *, device=None, dtype=None):
+        start, stop = shard_range(embedding_dim, group, "number of attention heads")
+        nn.Module.__init__(self)
+        self.num_embeddings, self.embedding_dim = num_embeddings, stop - start
+        self.padding_idx, self.max_norm, self.norm_type = None, None, 2.0
+        self.scale_grad_by_freq, self.sparse = False, False
+        self.group = group
+        self._shards = {"weight": (1, start, embedding_dim)}
+        self.weight = nn.Parameter(torch.empty(num_embeddings, stop - start, device=device, dtype=dtype))
+        _mark(self.weight, 1)
+
+    @classmethod
+    def from_dense(cls, emb: nn.Embedding, group) -> "HeadParallelEmbedding":
+        if emb.padding_idx is not None or emb.max_norm is not None or emb.sparse:
+            raise ShardingError("head-parallel table supports plain embeddings only (no padding_idx/max_norm)")
+        w = emb.weight
+        layer = cls(emb.num_embeddings, emb.embedding_dim, group, device=w.device, dtype=w.dtype)
+        _copy_param(layer.weight, layer.shard_param("weight", w))
+        return layer
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return F.embedding(ids, self.weight)
+
+
 class TPReduce(_GroupAttr, nn.Module):
     """Replaces the parallel block's `parallel_reduce` identity: the one reduction of attn + MLP partial sums
     (all-reduce; reduce-scatter along T under sequence parallelism)."""

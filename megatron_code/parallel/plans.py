@@ -22,6 +22,8 @@ Styles (activations are (B, T, H); "SP" = sequence parallelism, residual stream 
                     plan_for emits it only when attention_dropout > 0 or drophead > 0
   sequence_rng      like tp_rng but only under SP (residual dropout on sequence shards); only if hidden_dropout > 0
   replicated        explicitly left whole and identical on all TP ranks (e.g. learned position embedding)
+  head_table        nn.Embedding with one column per head (T5 relative bias) -> HeadParallelEmbedding (columns split
+                    like the heads; local lookups)
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ StyleSpec = Union[str, dict[str, Any]]
 Plan = dict[str, StyleSpec]
 
 STYLES = ("vocab_embedding", "column", "replicated_kv", "row", "row_partial", "reduce", "vocab_head", "norm",
-          "sequence_scatter", "tp_rng", "sequence_rng", "replicated")
+          "sequence_scatter", "tp_rng", "sequence_rng", "replicated", "head_table")
 
 
 class PlanError(UserError, ValueError):
@@ -124,6 +126,8 @@ def plan_for(cfg: ModelConfig, tp: int) -> Plan:
         plan["layers.*.dropout"] = "sequence_rng"
     if cfg.position_embedding == "learned":
         plan["embed.position"] = "replicated"
+    if cfg.position_embedding == "t5":  # the relative bias table: one column per head, split like the heads
+        plan["layers.*.attn.rel_bias"] = "head_table"
     if not (parallel and cfg.parallel_shared_norm):
         plan["layers.*.norm2"] = "norm"
     if cfg.activation == "swiglu":

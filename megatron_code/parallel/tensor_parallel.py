@@ -20,8 +20,8 @@ from torch import nn
 
 from . import mappings as M
 from .groups import ParallelGroups
-from .layers import (ColumnParallelLinear, GroupRef, ReplicatedKVLinear, RowParallelLinear, TPReduce,
-                     VocabParallelEmbedding, region_entry)
+from .layers import (ColumnParallelLinear, GroupRef, HeadParallelEmbedding, ReplicatedKVLinear, RowParallelLinear,
+                     TPReduce, VocabParallelEmbedding, region_entry)
 from .plans import Plan, PlanError, match_plan
 from .random import TP_SEED_OFFSET, RNGTracker
 
@@ -145,6 +145,10 @@ def _convert(path: str, module: nn.Module, style: str, opts: dict, group, sp: bo
         if not isinstance(module, nn.Embedding):
             raise PlanError(f"style 'vocab_embedding' needs an nn.Embedding but '{path}' is {type(module).__name__}")
         return VocabParallelEmbedding.from_dense(module, group)
+    if style == "head_table":
+        if not isinstance(module, nn.Embedding):
+            raise PlanError(f"style 'head_table' needs an nn.Embedding but '{path}' is {type(module).__name__}")
+        return HeadParallelEmbedding.from_dense(module, group)
     if style == "reduce":
         if not isinstance(module, nn.Identity):
             raise PlanError(f"style 'reduce' replaces an nn.Identity placeholder; '{path}' is "

@@ -160,7 +160,12 @@ def test_t5_bias_attention_equals_direct_scores_and_cache_decoding():
     assert torch.allclose(torch.cat(steps, 1), full, rtol=1e-9, atol=1e-10)
 
 
-def test_t5_bias_refused_with_tensor_parallelism():
+def test_t5_bias_is_sharded_by_heads_under_tensor_parallelism():
+    """The plan splits each layer's bias table by heads (TP2 = TP1: tests/distributed/test_t5_bias_tp.py); the
+    partition spec that merges checkpoints knows it."""
     from megatron_code.config.cli import parse_args
-    with pytest.raises(ConfigError, match="not sharded over heads for tensor parallelism"):
-        parse_args(["--model.position_embedding", "t5", "--tensor-model-parallel-size", "2"])
+    from megatron_code.parallel.tensor_parallel import partition_spec
+    job = parse_args(["--model.position_embedding", "t5", "--tensor-model-parallel-size", "2", "--mock-data",
+                      "--model.vocab_size", "64", "--preset", "tiny"]).job
+    spec = partition_spec(job.model, 2)
+    assert spec["layers.0.attn.rel_bias.weight"] == 1
