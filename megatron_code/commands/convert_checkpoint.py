@@ -104,8 +104,18 @@ def _megatron(args) -> int:
                                           "and without --tensor/--pipeline-model-parallel-size")
     if args.from_ == "ds-universal":
         from megatron_code.convert import ds_universal
+        from megatron_code.convert import megatron_deepspeed_universal as mdsu
 
-        job, state = ds_universal.read_ds_universal(args.load)
+        folder = ds_universal.find_universal(args.load)
+        client = mdsu.client_state(folder)  # a Megatron-DeepSpeed run's folder: its names and args
+        job, state = (mdsu.read_megatron_deepspeed_universal(folder, client, args.qkv_layout) if client is not None
+                      else ds_universal.read_ds_universal(args.load))
+        if client is not None and args.config:
+            from megatron_code.config.job import JobConfig
+
+            base = JobConfig.load(args.config)
+            base.model = job.model
+            job, args.config = base, None
         if job is None and not args.config:
             raise mlm.MegatronCheckpointError(f"{args.load} carries no job config (not written from one of our "
                                               f"checkpoints): pass --config JOB.yaml describing the model")
