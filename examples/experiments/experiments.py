@@ -248,8 +248,11 @@ def machine() -> dict:
 
 
 def git_commit() -> str:
+    # the code a run executes; not the raw results this script writes (results/), or a second experiment started
+    # after a first one recorded would refuse to run
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "megatron_code", "tools", "examples/experiments",
-                            "pretrain_code.py"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
+                            "pretrain_code.py", ":!examples/experiments/results"], cwd=ROOT, capture_output=True,
+                           text=True, check=True).stdout.strip()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
                             check=True).stdout.strip()
     return commit + ("-dirty" if dirty else "")
@@ -357,6 +360,16 @@ def render_table(result: dict) -> str:
         gap = "-" if arm == base else f"{sum(gaps) / len(gaps):+.4f} ({min(gaps):+.4f}..{max(gaps):+.4f})"
         lines.append(f"| {label} | " + " | ".join(f"{v:.4f}" for v in vals)
                      + f" | {sum(vals) / len(vals):.4f} | {max(vals) - min(vals):.4f} | {gap} |")
+    for arm, label, _ in arms:  # multi-phase runs: the validation loss at the end of each phase
+        runs = [r for r in result["runs"] if r["arm"] == arm and r["valid"] and len(r["valid"][0]) == 3]
+        if runs:
+            ends = {}
+            for r in runs:
+                for phase, _, value in r["valid"]:
+                    ends.setdefault(phase, {})[r["seed"]] = value  # the last record of a phase is its end
+            names = [p[0] for p in PHASES]
+            lines += ["", f"{label}: validation loss at the end of each phase, mean of the seeds: " + ", ".join(
+                f"{names[ph]} {sum(v.values()) / len(v):.4f}" for ph, v in sorted(ends.items())) + "."]
     for arm, label, _ in arms:  # MIM's loss terms, so the prose need not copy numbers by hand
         runs = [r for r in result["runs"] if r["arm"] == arm and "last50_fwd_ce" in r]
         if runs:
