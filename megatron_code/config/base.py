@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import math
 import typing
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import UserError
 
@@ -98,14 +99,46 @@ def check_ranges(section: str, rules: dict[str, tuple[float | None, float | None
             raise ConfigError(f"{section}.{key} must be {bounds}, got {value}")
 
 
+class Derived:
+    """A config field that, left unset (None), is derived from the other fields when read: one name for what the
+    user gives and what the code uses (`cfg.head_dim` is always the head size; `hidden_size // heads` unless one
+    was given). Reading gives the resolved value; `to_dict` (saved configs, --print-config, phases) keeps what was
+    given, so a later override of the fields it derives from still moves it. A dataclass field whose default is a
+    descriptor: its default is `__get__(None, cls)`, None here, and `__init__` goes through `__set__`."""
+
+    def __init__(self, resolve: Callable[[Any, Any], Any]):
+        self.resolve = resolve  # (config, given value or None) -> resolved value
+
+    def __set_name__(self, owner, name: str) -> None:
+        self.name, self.slot = name, f"_given_{name}"
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return None
+        return self.resolve(obj, obj.__dict__.get(self.slot))
+
+    def __set__(self, obj, value) -> None:
+        obj.__dict__[self.slot] = value
+
+
 class ConfigBase:
     """Mixin for config dataclasses: `update` from a dict with type coercion and unknown-key errors."""
+
+    # Other names users may type for a field (YAML keys, dotted flags, configs saved by other versions): alias ->
+    # field. One name per concept in the code; the aliases only read.
+    ALIASES = {}  # type: dict[str, str]
+
+    def given(self, name: str) -> Any:
+        """The value set for a field, before any derivation (None: derived)."""
+        derived = type(self).__dict__.get(name)
+        return self.__dict__.get(derived.slot) if isinstance(derived, Derived) else getattr(self, name)
 
     def update(self, values: dict[str, Any], prefix: str = "") -> None:
         types = _field_types(type(self))
         names = {f.name for f in dataclasses.fields(self)}
         for key, value in values.items():
             key = key.replace("-", "_")
+            key = self.ALIASES.get(key, key)
             if key not in names:
                 # Closest first (a prefix test missed typos in the first letters, e.g. 'nmu_layers').
                 close = difflib.get_close_matches(key, sorted(names), n=3)
@@ -114,4 +147,5 @@ class ConfigBase:
             setattr(self, key, coerce(value, types[key], prefix + key))
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """Every field as given (a Derived field left unset stays None), so the dict reads back the same."""
+        return {f.name: copy.deepcopy(self.given(f.name)) for f in dataclasses.fields(self)}

@@ -324,6 +324,7 @@ def _dotted_arity(name: str) -> Any:
     if section not in SECTIONS:
         raise ConfigError(f"--{name}: unknown section '{section}' (sections: {', '.join(SECTIONS)})")
     fields = SECTIONS[section].__dataclass_fields__
+    key = SECTIONS[section].ALIASES.get(key.replace("-", "_"), key)  # other names for a field (config/base.py)
     if key not in fields:
         close = difflib.get_close_matches(key, list(fields), n=3)
         hint = f" (did you mean {', '.join(f'--{section}.{c}' for c in close)}?)" if close else ""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -76,12 +75,12 @@ class JobConfig:
         if m.num_attention_heads % tp:
             raise ConfigError(f"--tensor-model-parallel-size ({tp}) must divide num_attention_heads "
                               f"({m.num_attention_heads})")
-        if not _kv_heads_fit(m.kv_heads, tp):
+        if not _kv_heads_fit(m.num_kv_heads, tp):
             fits = [d for d in range(1, m.num_attention_heads + 1)
-                    if m.num_attention_heads % d == 0 and _kv_heads_fit(m.kv_heads, d)]
-            raise ConfigError(f"--tensor-model-parallel-size ({tp}) does not fit num_kv_heads ({m.kv_heads}): TP must "
-                              f"divide the KV heads, or (fewer KV heads than TP ranks) be a multiple of them so each "
-                              f"KV head is replicated on TP / num_kv_heads ranks; TP sizes that fit: "
+                    if m.num_attention_heads % d == 0 and _kv_heads_fit(m.num_kv_heads, d)]
+            raise ConfigError(f"--tensor-model-parallel-size ({tp}) does not fit num_kv_heads ({m.num_kv_heads}): "
+                              f"TP must divide the KV heads, or (fewer KV heads than TP ranks) be a multiple of them "
+                              f"so each KV head is replicated on TP / num_kv_heads ranks; TP sizes that fit: "
                               f"{', '.join(map(str, fits))}")
         # We pad the vocabulary to a multiple of vocab_pad_multiple only, NOT of vocab_pad_multiple x TP as Megatron
         # does: the embedding shape then does not depend on TP, so a checkpoint reshards to any TP without
@@ -92,8 +91,8 @@ class JobConfig:
                               f"multiple of --make-vocab-size-divisible-by {m.vocab_pad_multiple}) does not split "
                               f"over --tensor-model-parallel-size {tp}: use --make-vocab-size-divisible-by {need} "
                               f"(a multiple of both)")
-        if m.ffn_size % tp:
-            raise ConfigError(f"--tensor-model-parallel-size ({tp}) must divide ffn_hidden_size ({m.ffn_size})")
+        if m.ffn_hidden_size % tp:
+            raise ConfigError(f"--tensor-model-parallel-size ({tp}) must divide ffn_hidden_size ({m.ffn_hidden_size})")
         if d.reset_attention_mask and self.objective.objective == "mim":
             raise ConfigError("--reset-attention-mask does not apply to MIM (its batches are built per direction): "
                               "drop the flag")
@@ -202,7 +201,7 @@ class JobConfig:
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"preset": self.preset}
         for name in SECTIONS:
-            out[name] = dataclasses.asdict(getattr(self, name))
+            out[name] = getattr(self, name).to_dict()
         if self.phases:
             out["phases"] = [dict(p) for p in self.phases]
         return out

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Optional
 
-from .base import ConfigBase, ConfigError
+from .base import ConfigBase, ConfigError, Derived
 
 POSITION_TYPES = ("learned", "rope", "none", "t5")  # t5: relative position bias (model/attention.py)
 NORM_TYPES = ("layernorm", "rmsnorm")
@@ -19,21 +19,26 @@ class ModelConfig(ConfigBase):
     num_layers: int = 2
     hidden_size: int = 128
     num_attention_heads: int = 4
-    # None -> same as num_attention_heads (MHA); 1 -> MQA; in between -> GQA.
-    num_kv_heads: Optional[int] = None
-    # None -> hidden_size // num_attention_heads. PaLM 540B uses 48 heads x 256 on an 18,432 model.
-    head_dim: Optional[int] = None
-    # None -> 4 x hidden (GELU) or the value given; SwiGLU presets give it explicitly.
-    ffn_hidden_size: Optional[int] = None
+    # The four Derived fields below read as their resolved value (the code uses no other name for it) and save as
+    # given (None: derived). Unset: same as num_attention_heads (MHA); 1 -> MQA; in between -> GQA.
+    num_kv_heads: Optional[int] = Derived(lambda c, n: c.num_attention_heads if n is None else n)
+    # Unset: hidden_size // num_attention_heads. PaLM 540B uses 48 heads x 256 on an 18,432 model. Megatron's
+    # name is kv_channels (--kv-channels), though it sizes the queries too; HF's is head_dim, as ours.
+    head_dim: Optional[int] = Derived(lambda c, d: c.hidden_size // c.num_attention_heads if d is None else d)
+    # Unset: 4 x hidden (GELU) or the value given; SwiGLU presets give it explicitly.
+    ffn_hidden_size: Optional[int] = Derived(lambda c, f: 4 * c.hidden_size if f is None else f)
     # True vocabulary size (None: taken from the tokenizer at training time).
     vocab_size: Optional[int] = None
     # Embedding/output rows are padded to a multiple of this (Megatron's make-vocab-size-divisible-by).
     vocab_pad_multiple: int = 128
     max_position_embeddings: int = 2048
     position_embedding: str = "rope"
-    # Partial rotary: by fraction of head_dim (rotary_percent) or explicitly by dims (rotary_dims wins).
+    # Partial rotary, given as a fraction of head_dim (rotary_percent, Megatron's --rotary-percent) or as a count
+    # (rotary_dims, phi-1's 32; wins when given). rotary_dims reads as the number of dims of each head that rotate:
+    # 0 without RoPE.
     rotary_percent: float = 1.0
-    rotary_dims: Optional[int] = None
+    rotary_dims: Optional[int] = Derived(lambda c, r: 0 if c.position_embedding != "rope" else
+                                         int(c.head_dim * c.rotary_percent) if r is None else r)
     rotary_base: float = 10000.0
     # position_embedding "t5": T5's relative position bias (Raffel et al., 2020), a learned scalar per head and
     # bucket of the distance key - query: exact up to buckets / 2, log-spaced up to max_distance, causal
@@ -73,28 +78,12 @@ class ModelConfig(ConfigBase):
     # Output projections (o_proj, fc_out/down_proj) drawn with std / sqrt(2 * num_layers) (GPT-2, Megatron).
     scaled_init: bool = True
 
+    # The names this code used for the resolved sizes before they became the fields themselves, and Megatron's
+    # config names: accepted in YAML, dotted flags and saved configs (tests/unit/test_config_names.py).
+    ALIASES = {"head_size": "head_dim", "kv_channels": "head_dim", "ffn_size": "ffn_hidden_size",
+               "rotary_size": "rotary_dims", "kv_heads": "num_kv_heads", "num_query_groups": "num_kv_heads"}
+
     # ----------------------------------------------------------------- derived sizes
-    @property
-    def kv_heads(self) -> int:
-        return self.num_kv_heads if self.num_kv_heads is not None else self.num_attention_heads
-
-    @property
-    def head_size(self) -> int:
-        return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_attention_heads
-
-    @property
-    def ffn_size(self) -> int:
-        return self.ffn_hidden_size if self.ffn_hidden_size is not None else 4 * self.hidden_size
-
-    @property
-    def rotary_size(self) -> int:
-        """Number of dims of each head that are rotated (0 without RoPE)."""
-        if self.position_embedding != "rope":
-            return 0
-        if self.rotary_dims is not None:
-            return self.rotary_dims
-        return int(self.head_size * self.rotary_percent)
-
     @property
     def padded_vocab_size(self) -> int:
         if self.vocab_size is None:
@@ -116,20 +105,20 @@ class ModelConfig(ConfigBase):
         need(self.norm in NORM_TYPES, f"model.norm must be one of {NORM_TYPES}, got '{self.norm}'")
         need(self.activation in ACTIVATIONS, f"model.activation must be one of {ACTIVATIONS}, got '{self.activation}'")
         need(self.block in BLOCK_TYPES, f"model.block must be one of {BLOCK_TYPES}, got '{self.block}'")
-        if self.head_dim is None:
+        if self.given("head_dim") is None:
             need(self.hidden_size % self.num_attention_heads == 0,
                  f"num_attention_heads ({self.num_attention_heads}) does not divide hidden_size ({self.hidden_size}):"
                  f" choose a divisor or set model.head_dim explicitly")
-        need(self.head_size > 0, "model.head_dim must be positive")
-        need(self.kv_heads > 0 and self.num_attention_heads % self.kv_heads == 0,
-             f"num_kv_heads ({self.kv_heads}) must divide num_attention_heads ({self.num_attention_heads}): "
+        need(self.head_dim > 0, "model.head_dim must be positive")
+        need(self.num_kv_heads > 0 and self.num_attention_heads % self.num_kv_heads == 0,
+             f"num_kv_heads ({self.num_kv_heads}) must divide num_attention_heads ({self.num_attention_heads}): "
              f"use 1 (MQA), a divisor (GQA) or the head count (MHA)")
         if self.position_embedding == "rope":
             need(0.0 < self.rotary_percent <= 1.0, f"rotary_percent must be in (0, 1], got {self.rotary_percent}")
-            r = self.rotary_size
+            r = self.rotary_dims
             need(r > 0, f"rotary dims resolve to {r}: raise rotary_percent or rotary_dims")
             need(r % 2 == 0, f"rotary dims ({r}) must be even (pairs of dims are rotated): adjust rotary_dims/percent")
-            need(r <= self.head_size, f"rotary dims ({r}) exceed head_dim ({self.head_size})")
+            need(r <= self.head_dim, f"rotary dims ({r}) exceed head_dim ({self.head_dim})")
         for name in ("attention_dropout", "hidden_dropout", "embedding_dropout", "layerdrop", "drophead"):
             v = getattr(self, name)
             need(0.0 <= v < 1.0, f"model.{name} must be in [0, 1), got {v}")
@@ -142,7 +131,7 @@ class ModelConfig(ConfigBase):
         need(self.init_std > 0, "model.init_std must be positive")
         need(self.embedding_init_std is None or self.embedding_init_std > 0,
              "model.embedding_init_std must be positive")
-        need(self.ffn_size > 0, "model.ffn_hidden_size must be positive")
+        need(self.ffn_hidden_size > 0, "model.ffn_hidden_size must be positive")
         need(self.norm_eps > 0, f"model.norm_eps (--norm-epsilon) must be positive, got {self.norm_eps}")
         need(self.rotary_base > 0, f"model.rotary_base (--rotary-base) must be positive, got {self.rotary_base}")
-        need(self.rotary_dims is None or self.rotary_dims >= 0, "model.rotary_dims must be >= 0")
+        need(self.given("rotary_dims") is None or self.given("rotary_dims") >= 0, "model.rotary_dims must be >= 0")

@@ -74,12 +74,12 @@ class Rule:
 
 
 def _qkv_heads_pack(cfg, ts):  # GPT-NeoX: rows [q_h, k_h, v_h] per head
-    heads, d = cfg.num_attention_heads, cfg.head_size
+    heads, d = cfg.num_attention_heads, cfg.head_dim
     return torch.stack([t.reshape(heads, d, *t.shape[1:]) for t in ts], 1).reshape(3 * heads * d, *ts[0].shape[1:])
 
 
 def _qkv_heads_unpack(cfg, t):
-    heads, d = cfg.num_attention_heads, cfg.head_size
+    heads, d = cfg.num_attention_heads, cfg.head_dim
     parts = t.reshape(heads, 3, d, *t.shape[1:])
     return [parts[:, j].reshape(heads * d, *t.shape[1:]) for j in range(3)]
 
@@ -100,7 +100,7 @@ def _permute_heads(w: torch.Tensor, d: int, inverse: bool = False) -> torch.Tens
 
 
 def _split_rows(cfg, t):  # GPT-2 c_attn bias: q | k | v
-    return list(t.split(cfg.num_attention_heads * cfg.head_size, 0))
+    return list(t.split(cfg.num_attention_heads * cfg.head_dim, 0))
 
 
 # kind -> (pack: (cfg, [our tensors]) -> their tensor, unpack: (cfg, their tensor) -> [our tensors])
@@ -110,8 +110,8 @@ KINDS: dict[str, tuple[Callable, Callable]] = {
     "qkv_heads": (_qkv_heads_pack, _qkv_heads_unpack),
     "qkv_cat": (lambda cfg, ts: torch.cat(ts, 0), _split_rows),
     "qkv_cat_transpose": (lambda cfg, ts: torch.cat(ts, 0).t(), lambda cfg, t: _split_rows(cfg, t.t())),
-    "rope_interleave": (lambda cfg, ts: _permute_heads(ts[0], cfg.head_size),
-                        lambda cfg, t: [_permute_heads(t, cfg.head_size, inverse=True)]),
+    "rope_interleave": (lambda cfg, ts: _permute_heads(ts[0], cfg.head_dim),
+                        lambda cfg, t: [_permute_heads(t, cfg.head_dim, inverse=True)]),
 }
 
 
@@ -226,7 +226,7 @@ HF_ACT = {"gelu": "gelu", "gelu_tanh": "gelu_pytorch_tanh", "swiglu": "silu", "r
 def hf_config_kwargs(cfg: ModelConfig, target: str) -> dict:
     """Keyword arguments for the target's config class (vocab_size = the true vocabulary)."""
     kw = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-              num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.ffn_size,
+              num_attention_heads=cfg.num_attention_heads, intermediate_size=cfg.ffn_hidden_size,
               max_position_embeddings=cfg.max_position_embeddings, tie_word_embeddings=cfg.tie_embeddings,
               initializer_range=cfg.init_std, architectures=[target], dtype="float32",
               rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rotary_base)})
@@ -236,27 +236,27 @@ def hf_config_kwargs(cfg: ModelConfig, target: str) -> dict:
                   attention_bias=cfg.bias, attention_dropout=cfg.attention_dropout, hidden_dropout=cfg.hidden_dropout)
         kw["rope_parameters"]["partial_rotary_factor"] = rotary_factor(cfg)
     elif target == "PhiForCausalLM":
-        kw.update(hidden_act=act, layer_norm_eps=cfg.norm_eps, num_key_value_heads=cfg.kv_heads,
+        kw.update(hidden_act=act, layer_norm_eps=cfg.norm_eps, num_key_value_heads=cfg.num_kv_heads,
                   resid_pdrop=cfg.hidden_dropout, embd_pdrop=cfg.embedding_dropout,
                   attention_dropout=cfg.attention_dropout, qk_layernorm=False)
         kw["rope_parameters"]["partial_rotary_factor"] = rotary_factor(cfg)
     elif target == "LlamaForCausalLM":
-        kw.update(hidden_act=act, rms_norm_eps=cfg.norm_eps, num_key_value_heads=cfg.kv_heads,
-                  head_dim=cfg.head_size, attention_bias=cfg.bias, mlp_bias=cfg.bias,
+        kw.update(hidden_act=act, rms_norm_eps=cfg.norm_eps, num_key_value_heads=cfg.num_kv_heads,
+                  head_dim=cfg.head_dim, attention_bias=cfg.bias, mlp_bias=cfg.bias,
                   attention_dropout=cfg.attention_dropout)
     elif target == "CohereForCausalLM":
-        kw.update(hidden_act=act, layer_norm_eps=cfg.norm_eps, num_key_value_heads=cfg.kv_heads,
-                  head_dim=cfg.head_size, attention_bias=False, use_qk_norm=False,
+        kw.update(hidden_act=act, layer_norm_eps=cfg.norm_eps, num_key_value_heads=cfg.num_kv_heads,
+                  head_dim=cfg.head_dim, attention_bias=False, use_qk_norm=False,
                   logit_scale=cfg.hidden_size ** -0.5 if cfg.output_logit_scaling else 1.0,
                   attention_dropout=cfg.attention_dropout)
     elif target == "Starcoder2ForCausalLM":
-        kw.update(hidden_act=act, norm_epsilon=cfg.norm_eps, num_key_value_heads=cfg.kv_heads,
-                  head_dim=cfg.head_size, use_bias=cfg.bias, sliding_window=None,
+        kw.update(hidden_act=act, norm_epsilon=cfg.norm_eps, num_key_value_heads=cfg.num_kv_heads,
+                  head_dim=cfg.head_dim, use_bias=cfg.bias, sliding_window=None,
                   attention_dropout=cfg.attention_dropout, residual_dropout=cfg.hidden_dropout,
                   embedding_dropout=cfg.embedding_dropout)
     elif target == "GPT2LMHeadModel":
         kw = dict(vocab_size=cfg.vocab_size, n_embd=cfg.hidden_size, n_layer=cfg.num_layers,
-                  n_head=cfg.num_attention_heads, n_inner=cfg.ffn_size, n_positions=cfg.max_position_embeddings,
+                  n_head=cfg.num_attention_heads, n_inner=cfg.ffn_hidden_size, n_positions=cfg.max_position_embeddings,
                   activation_function=act, layer_norm_epsilon=cfg.norm_eps, resid_pdrop=cfg.hidden_dropout,
                   embd_pdrop=cfg.embedding_dropout, attn_pdrop=cfg.attention_dropout, scale_attn_weights=True,
                   scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False,
@@ -444,8 +444,8 @@ def _is_norm(key: str) -> bool:
     return "norm" in key or ".ln_" in key
 
 
-ARCH_PROPERTIES = ("num_layers", "hidden_size", "num_attention_heads", "kv_heads", "head_size", "ffn_size",
-                   "vocab_size", "max_position_embeddings", "position_embedding", "rotary_size", "rotary_base",
+ARCH_PROPERTIES = ("num_layers", "hidden_size", "num_attention_heads", "num_kv_heads", "head_dim", "ffn_hidden_size",
+                   "vocab_size", "max_position_embeddings", "position_embedding", "rotary_dims", "rotary_base",
                    "norm", "norm_eps", "activation", "block", "tie_embeddings", "output_logit_scaling")
 
 

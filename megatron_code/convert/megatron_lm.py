@@ -154,9 +154,9 @@ def args_from_job(job: JobConfig, tp: int, pp: int, iteration: int, consumed: in
     m = job.model
     heads = m.num_attention_heads
     return argparse.Namespace(
-        num_layers=m.num_layers, hidden_size=m.hidden_size, ffn_hidden_size=m.ffn_size, num_attention_heads=heads,
-        group_query_attention=m.num_kv_heads is not None and m.num_kv_heads != heads,
-        num_query_groups=m.num_kv_heads or heads, kv_channels=m.head_dim or m.hidden_size // heads,
+        num_layers=m.num_layers, hidden_size=m.hidden_size, ffn_hidden_size=m.ffn_hidden_size,
+        num_attention_heads=heads,
+        group_query_attention=m.num_kv_heads != heads, num_query_groups=m.num_kv_heads, kv_channels=m.head_dim,
         max_position_embeddings=m.max_position_embeddings, seq_length=job.data.seq_length,
         position_embedding_type={"learned": "learned_absolute", "rope": "rope", "none": "none"}[m.position_embedding],
         add_position_embedding=m.position_embedding == "learned", rotary_percent=m.rotary_percent,
@@ -178,8 +178,8 @@ def args_from_job(job: JobConfig, tp: int, pp: int, iteration: int, consumed: in
 # --------------------------------------------------------------------------------------------- our <-> canonical
 def _groups(cfg) -> tuple[int, int, int]:
     heads = cfg.num_attention_heads
-    groups = cfg.num_kv_heads or heads
-    return groups, heads // groups, cfg.head_dim or cfg.hidden_size // heads
+    groups = cfg.num_kv_heads
+    return groups, heads // groups, cfg.head_dim
 
 
 def to_ours(cfg, full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -464,7 +464,7 @@ def write_megatron_lm(job: JobConfig, sd: dict[str, torch.Tensor], save_dir: str
     check_exportable(cfg)
     if cfg.num_layers % pp:
         raise MegatronCheckpointError(f"{cfg.num_layers} layers do not divide into {pp} pipeline stages")
-    ng = cfg.num_kv_heads or cfg.num_attention_heads
+    ng = cfg.num_kv_heads
     if ng % tp or cfg.num_attention_heads % tp:
         raise MegatronCheckpointError(f"{cfg.num_attention_heads} heads / {ng} query groups do not split over TP {tp}")
     full = {k: v.to(dtype) for k, v in from_ours(cfg, sd).items()}

@@ -28,8 +28,8 @@ MODEL_TYPES = {"gpt_neox": "GPTNeoXForCausalLM", "phi": "PhiForCausalLM", "llama
 def _describe(cfg: ModelConfig) -> str:
     return (f"block={cfg.block}{' (shared norm)' if cfg.block == 'parallel' and cfg.parallel_shared_norm else ''}, "
             f"norm={cfg.norm}{'' if cfg.norm_bias else ' (no bias)'}, activation={cfg.activation}, "
-            f"heads={cfg.num_attention_heads}/kv={cfg.kv_heads}, head_dim={cfg.head_size}, "
-            f"rotary dims={cfg.rotary_size}, position={cfg.position_embedding}, bias={cfg.bias}, "
+            f"heads={cfg.num_attention_heads}/kv={cfg.num_kv_heads}, head_dim={cfg.head_dim}, "
+            f"rotary dims={cfg.rotary_dims}, position={cfg.position_embedding}, bias={cfg.bias}, "
             f"output_bias={cfg.output_bias}")
 
 
@@ -71,7 +71,7 @@ def target_problems(cfg: ModelConfig, target: str) -> list[str]:
     """Reasons why `target` cannot express `cfg` exactly (empty list: it can)."""
     p: list[str] = _unknown_fields(cfg)
     natural_head = cfg.hidden_size // cfg.num_attention_heads
-    natural = cfg.head_size * cfg.num_attention_heads == cfg.hidden_size
+    natural = cfg.head_dim * cfg.num_attention_heads == cfg.hidden_size
     # one activation between fc_in and fc_out; transformers' ACT2FN has gelu, tanh-gelu and relu (no ELU)
     gelu = cfg.activation in ("gelu", "gelu_tanh", "relu")
     if target not in TARGETS:
@@ -91,7 +91,7 @@ def target_problems(cfg: ModelConfig, target: str) -> list[str]:
             p.append("GPT-NeoX needs LayerNorm + GELU")
         if cfg.block == "parallel" and cfg.parallel_shared_norm:
             p.append("GPT-NeoX's parallel block has two norms (a shared norm is the phi-1 layout)")
-        if cfg.kv_heads != cfg.num_attention_heads:
+        if cfg.num_kv_heads != cfg.num_attention_heads:
             p.append("GPT-NeoX has no grouped/multi-query attention")
         if not natural:
             p.append("GPT-NeoX needs head_dim x heads == hidden_size")
@@ -102,12 +102,12 @@ def target_problems(cfg: ModelConfig, target: str) -> list[str]:
             p.append("Phi needs LayerNorm + GELU")
         if not (cfg.block == "parallel" and cfg.parallel_shared_norm):
             p.append("Phi needs a parallel block with one shared norm")
-        if cfg.head_size != natural_head or cfg.hidden_size % cfg.num_attention_heads:
+        if cfg.head_dim != natural_head or cfg.hidden_size % cfg.num_attention_heads:
             p.append("Phi needs head_dim == hidden_size / heads")
     elif target == "LlamaForCausalLM":
         if cfg.norm != "rmsnorm" or cfg.activation != "swiglu" or cfg.block != "sequential":
             p.append("Llama needs RMSNorm + SwiGLU + sequential block")
-        if cfg.rotary_size != cfg.head_size:
+        if cfg.rotary_dims != cfg.head_dim:
             p.append("Llama rotates the whole head (no partial rotary)")
         if cfg.output_bias:
             p.append("Llama's output head has no bias")
@@ -118,21 +118,21 @@ def target_problems(cfg: ModelConfig, target: str) -> list[str]:
             p.append("Cohere needs SwiGLU + a parallel block with one shared norm")
         if cfg.bias:
             p.append("Cohere's MLP has no biases (set bias false)")
-        if cfg.rotary_size != cfg.head_size:
+        if cfg.rotary_dims != cfg.head_dim:
             p.append("Cohere rotates the whole head (no partial rotary)")
         if cfg.output_bias:
             p.append("Cohere's output head has no bias")
     elif target == "Starcoder2ForCausalLM":
         if cfg.norm != "layernorm" or not gelu or cfg.block != "sequential":
             p.append("Starcoder2 needs LayerNorm + GELU + sequential block")
-        if cfg.rotary_size != cfg.head_size:
+        if cfg.rotary_dims != cfg.head_dim:
             p.append("Starcoder2 rotates the whole head (no partial rotary)")
         if cfg.output_bias:
             p.append("Starcoder2's output head has no bias")
     elif target == "GPT2LMHeadModel":
         if cfg.norm != "layernorm" or not gelu or cfg.block != "sequential":
             p.append("GPT-2 needs LayerNorm + GELU + sequential block")
-        if cfg.kv_heads != cfg.num_attention_heads:
+        if cfg.num_kv_heads != cfg.num_attention_heads:
             p.append("GPT-2 has no grouped/multi-query attention")
         if not natural:
             p.append("GPT-2 needs head_dim x heads == hidden_size")
@@ -158,7 +158,7 @@ def choose_target(cfg: ModelConfig, target: str | None = None, standard_only: bo
 
 def rotary_factor(cfg: ModelConfig) -> float:
     """partial_rotary_factor f with int(head_dim * f) == rotary dims (transformers truncates; r/D may round down)."""
-    d, r = cfg.head_size, cfg.rotary_size
+    d, r = cfg.head_dim, cfg.rotary_dims
     f = r / d
     while int(d * f) < r:  # e.g. r=10, d=30: 30 * (1/3) = 9.999...
         f = float(torch.nextafter(torch.tensor(f, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64)))

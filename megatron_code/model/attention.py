@@ -55,11 +55,11 @@ def t5_bucket(relative: torch.Tensor, buckets: int, max_distance: int) -> torch.
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.head_dim = cfg.head_size
+        self.head_dim = cfg.head_dim
         self.dropout_p = cfg.attention_dropout
         self.drophead = cfg.drophead
-        q_out = cfg.num_attention_heads * cfg.head_size
-        kv_out = cfg.kv_heads * cfg.head_size
+        q_out = cfg.num_attention_heads * cfg.head_dim
+        kv_out = cfg.num_kv_heads * cfg.head_dim
         self.q_proj = nn.Linear(cfg.hidden_size, q_out, bias=cfg.bias)
         self.k_proj = nn.Linear(cfg.hidden_size, kv_out, bias=cfg.bias)
         self.v_proj = nn.Linear(cfg.hidden_size, kv_out, bias=cfg.bias)

@@ -104,7 +104,7 @@ class GPT(nn.Module):
     def rope(self, position_ids: torch.Tensor, dtype: torch.dtype):
         if self.cfg.position_embedding != "rope":
             return None
-        return rotary_cos_sin(position_ids, self.cfg.rotary_size, self.cfg.rotary_base, dtype)
+        return rotary_cos_sin(position_ids, self.cfg.rotary_dims, self.cfg.rotary_base, dtype)
 
     def output_weight(self) -> torch.Tensor:
         return self.embed.word.weight if self.cfg.tie_embeddings else self.lm_head.weight
@@ -158,7 +158,7 @@ class GPT(nn.Module):
         layers = []
         for layer in self.layers:
             kv_out = layer.attn.k_proj.out_features
-            layers.append(LayerKVCache(batch, kv_out // self.cfg.head_size, max_len, self.cfg.head_size,
+            layers.append(LayerKVCache(batch, kv_out // self.cfg.head_dim, max_len, self.cfg.head_dim,
                                        p.dtype, p.device))
         return KVCache(layers)
 
@@ -182,7 +182,7 @@ def flops_per_token(cfg: ModelConfig, seq_length: int) -> float:
         n -= cfg.max_position_embeddings * cfg.hidden_size
     if cfg.tie_embeddings:
         n += cfg.padded_vocab_size * cfg.hidden_size  # the logits matmul reuses the embedding (untied: lm_head)
-    attn = 12 * cfg.num_layers * cfg.num_attention_heads * cfg.head_size * seq_length
+    attn = 12 * cfg.num_layers * cfg.num_attention_heads * cfg.head_dim * seq_length
     return 6.0 * n + attn
 
 

@@ -21,8 +21,8 @@ class GeluMLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.act = _ACTIVATIONS[cfg.activation]
-        self.fc_in = nn.Linear(cfg.hidden_size, cfg.ffn_size, bias=cfg.bias)
-        self.fc_out = nn.Linear(cfg.ffn_size, cfg.hidden_size, bias=cfg.bias)
+        self.fc_in = nn.Linear(cfg.hidden_size, cfg.ffn_hidden_size, bias=cfg.bias)
+        self.fc_out = nn.Linear(cfg.ffn_hidden_size, cfg.hidden_size, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc_out(self.act(self.fc_in(x)))
@@ -31,9 +31,9 @@ class GeluMLP(nn.Module):
 class SwiGLUMLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.ffn_size, bias=cfg.bias)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.ffn_size, bias=cfg.bias)
-        self.down_proj = nn.Linear(cfg.ffn_size, cfg.hidden_size, bias=cfg.bias)
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.ffn_hidden_size, bias=cfg.bias)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.ffn_hidden_size, bias=cfg.bias)
+        self.down_proj = nn.Linear(cfg.ffn_hidden_size, cfg.hidden_size, bias=cfg.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))

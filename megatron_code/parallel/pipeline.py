@@ -255,7 +255,7 @@ def _layer_specs(model: nn.Module) -> list:
 
     cfg = model.cfg
     tied = cfg.tie_embeddings
-    rotary = cfg.rotary_size if cfg.position_embedding == "rope" else None
+    rotary = cfg.rotary_dims if cfg.position_embedding == "rope" else None
     specs: list = []
     if tied:
         specs.append(TiedLayerSpec(TIED_KEY, EmbeddingPipe, model.embed, tied_weight_attr="embed.word.weight"))

@@ -92,16 +92,16 @@ def plan_for(cfg: ModelConfig, tp: int) -> Plan:
     Covers MHA, GQA with kv heads divisible by TP (KV column-sharded), GQA/MQA with fewer kv heads than TP (KV
     replicated, gradients all-reduced: BigCode's StarCoder layout), GELU and SwiGLU MLPs, tied and untied heads,
     learned or rotary positions, and sequential or parallel blocks (one reduction per parallel block)."""
-    nh, nkv = cfg.num_attention_heads, cfg.kv_heads
+    nh, nkv = cfg.num_attention_heads, cfg.num_kv_heads
     if nh % tp != 0:
         raise PlanError(f"num_attention_heads ({nh}) is not divisible by the tensor parallel size ({tp}): "
                         f"choose a TP size that divides the head count")
-    if cfg.ffn_size % tp != 0:
-        raise PlanError(f"ffn_hidden_size ({cfg.ffn_size}) is not divisible by the tensor parallel size ({tp})")
+    if cfg.ffn_hidden_size % tp != 0:
+        raise PlanError(f"ffn_hidden_size ({cfg.ffn_hidden_size}) is not divisible by the tensor parallel size ({tp})")
     if nkv % tp == 0:
         kv: StyleSpec = "column"
     elif tp % nkv == 0:
-        kv = {"style": "replicated_kv", "kv_heads": nkv, "head_dim": cfg.head_size}
+        kv = {"style": "replicated_kv", "kv_heads": nkv, "head_dim": cfg.head_dim}
     else:
         raise PlanError(f"num_kv_heads ({nkv}) and tensor parallel size ({tp}): one must divide the other "
                         f"(kv heads sharded when divisible by TP, replicated when TP is a multiple of them)")

@@ -51,16 +51,16 @@ def tok(tmp_path_factory):
 def tiny_layout(cfg: ModelConfig, vocab: int = VOCAB) -> ModelConfig:
     """The preset's family at test size: 2 layers, 4 heads of 16; hidden 64 when heads x head == hidden in the
     preset, else 48 (still different); MQA/GQA/MHA kept; the rotary fraction kept; every other choice copied."""
-    natural = cfg.num_attention_heads * cfg.head_size == cfg.hidden_size
+    natural = cfg.num_attention_heads * cfg.head_dim == cfg.hidden_size
     heads, head = 4, 16
-    kv = None if cfg.kv_heads == cfg.num_attention_heads else (1 if cfg.kv_heads == 1 else 2)
+    kv = None if cfg.num_kv_heads == cfg.num_attention_heads else (1 if cfg.num_kv_heads == 1 else 2)
     kw = {k: v for k, v in cfg.to_dict().items() if k in ModelConfig.__dataclass_fields__}
     kw.update(num_layers=2, hidden_size=64 if natural else 48, num_attention_heads=heads, num_kv_heads=kv,
               head_dim=None if natural else head, ffn_hidden_size=96, vocab_size=vocab, vocab_pad_multiple=128,
               max_position_embeddings=128, init_std=0.1, attention_dropout=0.0, hidden_dropout=0.0,
               embedding_dropout=0.0)
     if cfg.position_embedding == "rope":
-        frac = cfg.rotary_size / cfg.head_size
+        frac = cfg.rotary_dims / cfg.head_dim
         kw.update(rotary_dims=int(round(frac * head / 2)) * 2, rotary_percent=1.0)
     tiny = ModelConfig(**kw)
     tiny.validate()

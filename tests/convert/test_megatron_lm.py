@@ -65,7 +65,7 @@ def test_round_trip_equal_weights(flags, tp, pp, tmp_path):
     shard = torch.load(tmp_path / "m" / "iter_0000007" / ("mp_rank_00" if pp == 1 else "mp_rank_00_000") /
                        "model_optim_rng.pt", weights_only=False)
     qkv = shard["model"]["decoder.layers.0.self_attention.linear_qkv.weight"]
-    groups = job.model.num_kv_heads or job.model.num_attention_heads
+    groups = job.model.num_kv_heads
     qpg, d = job.model.num_attention_heads // groups, 16
     first = qkv.reshape(groups // tp, qpg + 2, d, 64)[0]
     assert torch.equal(first[:qpg].reshape(-1, 64), sd["layers.0.attn.q_proj.weight"][:qpg * d])

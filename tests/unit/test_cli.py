@@ -224,7 +224,7 @@ def test_deepspeed_switch_selects_megatron_deepspeed_tensorboard_names():
 
 def test_num_query_groups_needs_group_query_attention():
     out = parse_args(["--num-query-groups", "2"])
-    assert out.job.model.num_kv_heads is None
+    assert out.job.model.given("num_kv_heads") is None
     assert any("--num-query-groups ignored" in n for n in out.notes)
     # The switch may come after the value, as in many scripts.
     assert parse_args(["--num-query-groups", "2", "--group-query-attention"]).job.model.num_kv_heads == 2

@@ -31,7 +31,7 @@ def test_heads_not_dividing_hidden():
     # An explicit head_dim makes it legal (PaLM 540B: 48 heads x 256 on 18,432).
     cfg = model(hidden_size=128, num_attention_heads=3, head_dim=40)
     cfg.validate()
-    assert cfg.head_size == 40
+    assert cfg.head_dim == 40
 
 
 def test_kv_heads_not_dividing_heads():
@@ -56,7 +56,7 @@ def test_rotary_dims(kw, pattern):
 def test_rotary_dims_ignored_without_rope():
     cfg = model(position_embedding="learned", rotary_dims=7)
     cfg.validate()  # an odd rotary_dims would be refused with RoPE; without it nothing rotates
-    assert cfg.rotary_size == 0
+    assert cfg.rotary_dims == 0
 
 
 @pytest.mark.parametrize("kw, pattern", [
@@ -142,7 +142,7 @@ def test_dash_keys_and_type_coercion():
     cfg.update({"num-layers": "6", "init_std": "2e-2", "bias": "false", "num_kv_heads": "none",
                 "rotary_percent": 1})
     assert cfg.num_layers == 6 and isinstance(cfg.num_layers, int)
-    assert cfg.init_std == 0.02 and cfg.bias is False and cfg.num_kv_heads is None
+    assert cfg.init_std == 0.02 and cfg.bias is False and cfg.given("num_kv_heads") is None
     assert isinstance(cfg.rotary_percent, float)
     t = TrainingConfig()
     t.update({"train_iters": "1e3"})

@@ -136,7 +136,7 @@ def test_pipeline_stages_apply_the_document_mask_like_the_model():
     assert len(inputs) == 3 and torch.equal(inputs[2], b["document_ids"])
     x = EmbeddingPipe(model.embed)(inputs)
     for i, block in enumerate(model.layers):
-        x = BlockPipe(i, block, cfg.rotary_size, cfg.rotary_base)(x)
+        x = BlockPipe(i, block, cfg.rotary_dims, cfg.rotary_base)(x)
     piped = model.logits(FinalNormPipe(model.final_norm)(x))
     assert torch.allclose(piped, model(b["input_ids"], b["position_ids"], mask=b["attention_mask"]), atol=1e-6)
     assert not torch.allclose(piped, model(b["input_ids"], b["position_ids"]), atol=1e-3)  # the mask mattered

@@ -16,7 +16,7 @@ def test_non_embedding_count_excludes_embeddings_and_head():
     job = parse_args(["--preset", "democratize-6b"]).job
     m = job.model
     per_layer = (4 * m.hidden_size * 32 * 256 + 3 * 32 * 256 + m.hidden_size  # q, k, v, o (+ biases)
-                 + 2 * m.hidden_size * m.ffn_size + m.ffn_size + m.hidden_size  # MLP
+                 + 2 * m.hidden_size * m.ffn_hidden_size + m.ffn_hidden_size + m.hidden_size  # MLP
                  + 4 * m.hidden_size)  # two LayerNorms
     assert non_embedding_parameters(m) == m.num_layers * per_layer + 2 * m.hidden_size  # + final norm
 

@@ -102,7 +102,7 @@ def test_gqa_equals_mha_with_repeated_kv_heads(tiny_model_cfg, kv):
     gqa_cfg = tiny_model_cfg(num_kv_heads=kv)
     mha_cfg = tiny_model_cfg(num_kv_heads=4)
     gqa, mha = build(gqa_cfg, seed=1), build(mha_cfg, seed=2)
-    g, d = 4 // kv, gqa_cfg.head_size
+    g, d = 4 // kv, gqa_cfg.head_dim
     state = {}
     for name, p in gqa.state_dict().items():
         if any(f"attn.{n}_proj" in name for n in "kv"):
@@ -205,7 +205,7 @@ def test_mlp_activations(tiny_model_cfg, activation):
         up = x @ mlp.up_proj.weight.T + mlp.up_proj.bias
         h = gate * torch.sigmoid(gate) * up
         expected = h @ mlp.down_proj.weight.T + mlp.down_proj.bias
-        assert mlp.gate_proj.weight.shape == (cfg.ffn_size, cfg.hidden_size)
+        assert mlp.gate_proj.weight.shape == (cfg.ffn_hidden_size, cfg.hidden_size)
     else:
         a = x @ mlp.fc_in.weight.T + mlp.fc_in.bias
         if activation == "gelu":

@@ -108,9 +108,9 @@ def test_palm_shapes():
     for name, layers, hidden, heads in (("palm-8b", 32, 4096, 16), ("palm-62b", 64, 8192, 32),
                                         ("palm-540b", 118, 18432, 48)):
         m = preset_model(name)
-        assert (m.num_layers, m.hidden_size, m.num_attention_heads, m.head_size, m.kv_heads) == \
+        assert (m.num_layers, m.hidden_size, m.num_attention_heads, m.head_dim, m.num_kv_heads) == \
             (layers, hidden, heads, 256, 1)
-        assert m.activation == "swiglu" and m.ffn_size == 4 * hidden and not m.bias and not m.norm_bias
+        assert m.activation == "swiglu" and m.ffn_hidden_size == 4 * hidden and not m.bias and not m.norm_bias
         assert m.block == "parallel" and m.parallel_shared_norm and m.vocab_size == 256000
 
 
@@ -247,7 +247,7 @@ def test_palm_lr_is_1e_2_then_inverse_sqrt():
 def test_mim_1_3b_is_a_1_3b_model():
     """GPT-3 XL with heads x head_dim = d_model: 1.32B with GPT-3's vocabulary, 1.42B with cl100k (MIM's)."""
     m = preset_model("mim-1.3b")
-    assert m.num_attention_heads * m.head_size == m.hidden_size == 2048
+    assert m.num_attention_heads * m.head_dim == m.hidden_size == 2048
     assert built_count("mim-1.3b") == 1_418_317_824
     gpt3_vocab = closed_form_count(dict(get_preset("mim-1.3b")["model"], vocab_size=50257))
     assert 1.30e9 < gpt3_vocab < 1.33e9
