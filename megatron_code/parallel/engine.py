@@ -268,7 +268,7 @@ def build_partitioned_gpt(job: JobConfig, grad_accum: int, dp_group=None) -> tor
     """ZeRO-3: build the GPT under `deepspeed.zero.Init`, so each module's parameters are split over the DP ranks
     as soon as that module is constructed (without torch's default init and without zero.Init's broadcast, whose
     values would be overwritten), then write each rank's range of every parameter directly: no rank ever holds a
-    whole parameter (peak: its share plus one piece of a chunked draw, model.init.PIECE_ELEMENTS).
+    whole parameter (peak: its share plus one piece of a chunked draw, sharded_init.PIECE_ELEMENTS).
 
     Seed-identical to the single-process build (DP parity holds): construction runs the same Python in the same
     order (so torch's global RNG is consumed identically), the per-module seeds are `module_seeds` of the whole GPT
@@ -279,7 +279,8 @@ def build_partitioned_gpt(job: JobConfig, grad_accum: int, dp_group=None) -> tor
     import deepspeed
 
     from ..model import GPT
-    from ..model.init import init_flat_part, module_seeds
+    from ..model.init import module_seeds
+    from .sharded_init import init_flat_part
 
     with deepspeed.zero.Init(config_dict_or_path=deepspeed_config(job, grad_accum), data_parallel_group=dp_group), \
             _without_default_init(), dsc.without_zero_init_broadcast():

@@ -6,7 +6,7 @@ names `weight`/`bias`, and `in_features`/`out_features`/`num_embeddings` are the
 the model's `init_weights()` and `nn.Linear` checks keep working. `from_dense(module, group, ...)` builds one from
 an unsharded module by copying this rank's slice (also on the meta device: shapes only). Every layer states how it
 shards (`full_param_shape(name)`, `shard_param(name, full)`): the one place a full tensor is cut into this rank's
-part, used by `from_dense` and by the model's init (which draws full tensors and keeps this rank's part).
+part, used by `from_dense` and by the model's init (`draw_normal`: the full weight's draw, this rank's part).
 
 Sharded parameters carry `tensor_model_parallel = True` and `partition_dim` (what DeepSpeed reads to count their
 gradient norms on every TP rank instead of TP rank 0 only); replicated ones keep identical values on all TP
@@ -100,6 +100,12 @@ class _ShardedParams:
             return full
         dim, start, _ = self._shards[name]
         return full.narrow(dim, start, getattr(self, name).shape[dim])
+
+    def draw_normal(self, name: str, std: float, seed: int, dtype: torch.dtype, device, empty=None) -> torch.Tensor:
+        """This rank's part of the single-process normal(0, std) weight drawn from `seed` (what model/init asks
+        of a module holding part of a larger weight): parallel/sharded_init.draw_part."""
+        from .sharded_init import draw_part
+        return draw_part(self, name, std, seed, dtype, device, empty)
 
 
 class _FromDenseLinear(_ShardedParams):

@@ -362,7 +362,8 @@ def _stage_materializer(model: nn.Module, seed: Optional[int]) -> Optional[Calla
     per-module seeds are `module_seeds` of the whole meta GPT, as a single-process build draws them). All the
     layers of the stage draw through one scratch buffer, freed with the function once the stage is built. None for
     a model that already holds its weights."""
-    from ..model.init import Scratch, materialize_gpt_params, module_seeds
+    from ..model.init import module_seeds
+    from .sharded_init import Scratch, materialize_gpt_params
 
     if not any(p.device.type == "meta" for p in model.parameters()):
         return None

@@ -2,10 +2,11 @@
 
 Each rank takes ITS slice of the full weights it was given (so a model initialized identically on every rank and
 then sharded equals the single-process model exactly: parity tests compare against the unsharded model), or, for
-a model built on the `meta` device, creates sharded meta parameters (shapes only; then `model.init.
-materialize_gpt_params` or, after `to_empty`, the model's `init_weights()` give each rank its slice of the
-single-process weights: init draws every weight at its full shape and keeps the part the layer's `shard_param`
-names, see layers.py). The trainer builds TP/PP models this way, so no rank ever holds the whole model.
+a model built on the `meta` device, creates sharded meta parameters (shapes only; then
+`sharded_init.materialize_gpt_params` or, after `to_empty`, the model's `init_weights()` give each rank its slice
+of the single-process weights: init draws every weight at its full shape and keeps the part the layer's
+`shard_param` names, see layers.py and sharded_init.py). The trainer builds TP/PP models this way, so no rank
+ever holds the whole model.
 
 Module names and parameter names are unchanged (`layers.0.attn.q_proj.weight` is now this rank's shard), so
 DeepSpeed checkpoints name the same keys in every layout; `param.partition_dim` says how to reassemble them.

@@ -103,7 +103,7 @@ def _build_sharded_gpt(job: JobConfig, groups: ParallelGroups) -> torch.nn.Modul
     """Meta GPT -> TP plan on meta -> init seeds of the whole GPT (one per module, layout-free); then this rank's
     TP shards are materialised (PP = 1) or build_pipeline does it for this rank's stage (PP > 1). Peak extra memory:
     one full weight."""
-    from ..model.init import materialize_gpt_params, module_seeds
+    from ..parallel.sharded_init import materialize_from_seed
 
     with torch.device("meta"):
         model = GPT(job.model)
@@ -113,7 +113,7 @@ def _build_sharded_gpt(job: JobConfig, groups: ParallelGroups) -> torch.nn.Modul
         apply_tensor_parallel(model, plan_for(job.model, groups.tp_size), groups,
                               sequence_parallel=job.parallel.sequence_parallel)
     if groups.pp_size == 1:  # with PP, build_pipeline materialises this rank's stage from the job seed
-        materialize_gpt_params(model, job.model, module_seeds(model, torch.Generator().manual_seed(job.training.seed)))
+        materialize_from_seed(model, job.model, job.training.seed)
     return model
 
 

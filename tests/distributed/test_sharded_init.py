@@ -124,7 +124,8 @@ def test_init_of_a_meta_tp_model_is_the_slice_without_processes(tp):
     """Virtual TP ranks (no processes; at TP 4 the MQA K/V are replicated): both ways of initializing a meta,
     TP-sharded GPT (materialize_gpt_params; to_empty + init_weights) give each rank its slice of the plain init."""
     from megatron_code.model import GPT
-    from megatron_code.model.init import materialize_gpt_params, module_seeds
+    from megatron_code.model.init import module_seeds
+    from megatron_code.parallel.sharded_init import materialize_gpt_params
     from megatron_code.parallel.groups import ParallelGroups
     from megatron_code.parallel.plans import plan_for
     from megatron_code.parallel.tensor_parallel import apply_tensor_parallel
@@ -229,7 +230,7 @@ def test_palm_540b_print_config_and_meta_build():
 def _zero3_peak_growth(rank, world):
     """Peak RSS growth of build_partitioned_gpt for a model whose word embedding dominates (64K x 512, 128 MiB),
     with 4 MiB pieces; and this rank's bytes."""
-    import megatron_code.model.init as init
+    import megatron_code.parallel.sharded_init as init
     from megatron_code.config.cli import parse_args
     from megatron_code.parallel.engine import build_partitioned_gpt, init_distributed
     from megatron_code.testing import peak_rss_growth

@@ -1,4 +1,4 @@
-"""A rank's part of a TP-sharded weight is drawn piece by piece (model/init.draw_narrow) and is bitwise the slice
+"""A rank's part of a TP-sharded weight is drawn piece by piece (parallel/sharded_init.draw_narrow) and is bitwise the slice
 of the whole draw, so no rank ever holds a full weight (the PaLM-540B word embedding is 18.9 GB in fp32).
 Bitwise equality of whole sharded models with the single-process init is in
 tests/distributed/test_sharded_init.py; here: the piece arithmetic on awkward shapes, the detection of narrow
@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from megatron_code.model.init import chunked_draws_exact, draw_narrow, narrow_spec
+from megatron_code.parallel.sharded_init import chunked_draws_exact, draw_narrow, narrow_spec
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -59,7 +59,7 @@ def _tp_model(tp, rank, vocab=256, hidden=64):
 
 
 def test_every_sharded_tp_weight_is_found_as_one_narrow():
-    from megatron_code.model.init import _draws, _full_shape
+    from megatron_code.model.init import _draws
 
     _, model = _tp_model(4, 2)
     found = 0
@@ -67,7 +67,7 @@ def test_every_sharded_tp_weight_is_found_as_one_narrow():
         if not _draws(module):
             continue
         p = module.weight
-        spec = narrow_spec(module, "weight", _full_shape(module, "weight"))
+        spec = narrow_spec(module, "weight", getattr(module, "full_param_shape", lambda n: p.shape)("weight"))
         if getattr(p, "tensor_model_parallel", False):
             dim = p.partition_dim
             assert spec == (dim, 2 * p.shape[dim], p.shape[dim]), name
@@ -81,8 +81,9 @@ _PEAK_SCRIPT = r"""
 import json, resource, sys, torch
 sys.path.insert(0, {root!r}); sys.path.insert(0, {tests!r})
 from test_init_chunked_draw import _tp_model
-import megatron_code.model.init as init
-from megatron_code.model.init import materialize_gpt_params, module_seeds
+import megatron_code.parallel.sharded_init as init
+from megatron_code.model.init import module_seeds
+from megatron_code.parallel.sharded_init import materialize_gpt_params
 init.PIECE_ELEMENTS = 1 << 16
 cfg, model = _tp_model(8, 3, vocab=262144)
 init.chunked_draws_exact(torch.float32)  # its tiny draws happen before the measurement
@@ -112,8 +113,9 @@ def test_a_pipeline_stage_materialises_its_layers_through_one_scratch_buffer(mon
     the largest draw), freed with the stage's materialiser. One per layer left the freed buffers in the heap: 92 MB
     of each rank's 1.39 GiB peak in a TP2 x PP2 democratize-300m build (1.30 GiB with one). The layers' values are
     still the single-process init."""
-    import megatron_code.model.init as init
+    import megatron_code.parallel.sharded_init as init
     from megatron_code.config.model import ModelConfig
+    from megatron_code.model.init import init_gpt_weights
     from megatron_code.model import GPT
     from megatron_code.parallel.pipeline import BlockPipe, _stage_materializer
 
@@ -135,7 +137,7 @@ def test_a_pipeline_stage_materialises_its_layers_through_one_scratch_buffer(mon
         materialize(layer)
     assert len(made) == 1, f"{len(made)} scratch buffers for one stage"
     ref = GPT(cfg)
-    init.init_gpt_weights(ref, cfg, torch.Generator().manual_seed(7))
+    init_gpt_weights(ref, cfg, torch.Generator().manual_seed(7))
     for i, layer in enumerate(layers):
         for name, p in layer.layers[str(i)].named_parameters():
             assert torch.equal(p, ref.layers[i].get_parameter(name)), f"layers.{i}.{name}"
