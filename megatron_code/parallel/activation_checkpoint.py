@@ -15,16 +15,15 @@ from torch import nn
 from .random import checkpoint
 
 
-def apply_activation_checkpointing(model: nn.Module, interval: int) -> int:
+def apply_activation_checkpointing(model: nn.Module, interval: int, tracker=None) -> int:
     """Checkpoint blocks 0, N, 2N, ... of `model.layers` (N = `interval`; 1 = every block). Returns the count.
 
     Megatron's --checkpoint-num-layers N recomputes chunks of N blocks from one saved input; here N > 1 instead
     recomputes one block in every N (less recomputation, more memory). Both trade memory for compute; ours keeps
-    the block as the unit so nothing about the model's structure changes."""
+    the block as the unit so nothing about the model's structure changes. `tracker`: a tensor-parallel model's
+    dropout stream (random.tp_rng_tracker), replayed in the recomputation."""
     if interval <= 0:
         return 0
-    info = getattr(model, "tensor_parallel_info", None) or {}
-    tracker = info.get("rng_tracker")
     wrapped = 0
     for i, block in enumerate(model.layers):
         if i % interval:

@@ -305,7 +305,7 @@ def build_pipeline(model: nn.Module, groups: ParallelGroups, loss_fn: LossFn, *,
                    partition_method: str = "parameters", checkpoint_interval: int = 0,
                    part_names: Iterable[str] = (), release_other_stages: bool = True,
                    seed: Optional[int] = None, head_loss_fn: Optional[HeadLossFn] = None,
-                   label_keys: Optional[LabelKeys] = None):
+                   label_keys: Optional[LabelKeys] = None, rng_tracker=None):
     """Carve `model` (a GPT, initialized, already sharded by the TP plan) into this rank's pipeline stage.
 
     Or `model` is a meta-device GPT (TP-sharded on meta if TP > 1) and `seed` the job seed: then only this stage's
@@ -322,7 +322,8 @@ def build_pipeline(model: nn.Module, groups: ParallelGroups, loss_fn: LossFn, *,
     rank), so different stages do not draw identical dropout masks. With `head_loss_fn` the head layer passes the
     hidden states through and the last stage's loss is `head_loss_fn(head module, hidden, batch, train)` (switch
     with `set_head_in_loss`). `label_keys(train)` names the batch entries the loss reads (default labels +
-    loss_mask). Returns the
+    loss_mask). `rng_tracker`: a TP-sharded model's dropout stream (random.tp_rng_tracker; re-seeded per stage
+    with `seed`), used by the recomputation. Returns the
     `PipelineModule` to hand to `deepspeed.initialize(model=..., mpu=None)` (the pipeline grid serves as mpu)."""
     method = partition_method.lower()
     if method not in PARTITION_METHODS and not method.startswith("type:"):
@@ -333,7 +334,7 @@ def build_pipeline(model: nn.Module, groups: ParallelGroups, loss_fn: LossFn, *,
         raise PipelineConfigError(f"{groups.pp_size} pipeline stages for {n_layers} pipeline layers (embedding, "
                                   f"{model.cfg.num_layers} blocks, norm, head): use fewer stages")
     _ensure_deepspeed_comm()
-    tracker = getattr(model, "tensor_parallel_info", {}).get("rng_tracker")
+    tracker = rng_tracker
     specs = _layer_specs(model)
     pipe = _pipeline_module_class()(
         layers=specs, topology=groups.topology(), partition_method=method,
@@ -346,8 +347,6 @@ def build_pipeline(model: nn.Module, groups: ParallelGroups, loss_fn: LossFn, *,
                                   f"(boundaries {parts}): use --parallel.pipeline_partition uniform or fewer stages")
     pipe.attach_loss(loss_fn, tuple(part_names), head_loss_fn, label_keys)
     pipe.set_head_in_loss(head_loss_fn is not None)
-    if tracker is not None:
-        pipe.tensor_parallel_info = model.tensor_parallel_info  # the trainer checkpoints the TP RNG stream
     if seed is not None:
         stage_streams = tp_random.seed_parallel_rng(seed, groups.tp_rank, groups.pp_rank)
         if tracker is not None:

@@ -87,6 +87,15 @@ def seed_parallel_rng(seed: int, tp_rank: int = 0, pp_rank: int = 0) -> RNGTrack
     return tracker
 
 
+def tp_rng_tracker(tp_rank: int) -> RNGTracker:
+    """The per-TP-rank dropout stream of a tensor-parallel model, seeded from torch's initial seed (the job seed
+    once the trainer has seeded torch): what apply_tensor_parallel uses unless given one. The caller keeps it and
+    hands it to whatever runs the model (activation checkpointing, the pipeline) and to checkpoints."""
+    tracker = RNGTracker()
+    tracker.add("tensor_parallel", torch.initial_seed() + TP_SEED_OFFSET + tp_rank)
+    return tracker
+
+
 def get_rng_state(tracker: RNGTracker | None) -> dict:
     """Everything needed to continue the random streams exactly: default CPU/CUDA state and the tracker's."""
     return {"default": RNGTracker._capture(), "tracker": tracker.get_states() if tracker is not None else {}}

@@ -22,9 +22,9 @@ from torch import nn
 from . import mappings as M
 from .groups import ParallelGroups
 from .layers import (ColumnParallelLinear, GroupRef, HeadParallelEmbedding, ReplicatedKVLinear, RowParallelLinear,
-                     TPReduce, VocabParallelEmbedding, region_entry)
+                     TPReduce, VocabParallelEmbedding, _GroupAttr, region_entry)
 from .plans import Plan, PlanError, match_plan
-from .random import TP_SEED_OFFSET, RNGTracker
+from .random import RNGTracker, tp_rng_tracker
 
 _LINEAR_STYLES = ("column", "replicated_kv", "row", "row_partial", "vocab_head")
 
@@ -95,13 +95,13 @@ def apply_tensor_parallel(model: nn.Module, plan: Plan, groups: ParallelGroups, 
     Contract: every TP rank calls this on a model holding the same full weights (or on meta models); afterwards
     the forward returns VOCAB-SHARDED logits (B, T, V/tp) -> use `training.losses.causal_lm_loss` with
     `groups.tp_group`. With `sequence_parallel`, T must be divisible by TP; inputs are full (B, T) on every TP
-    rank. `rng_tracker` (from random.seed_parallel_rng) drives dropout inside TP regions; when None a tracker
-    is seeded from torch.initial_seed() + offset + tp_rank. The tracker used is `model.tensor_parallel_info
-    ["rng_tracker"]` (checkpoint it with random.get_rng_state for exact resume with dropout > 0). With TP = 1 the
-    plan is validated and the model returned unchanged.
+    rank. `rng_tracker` (random.tp_rng_tracker or seed_parallel_rng) drives dropout inside TP regions; when None
+    one is seeded from torch.initial_seed() (random.tp_rng_tracker) and only the model's layers hold it: pass your
+    own to checkpoint it (random.get_rng_state, exact resume with dropout > 0) and to hand it to activation
+    checkpointing and the pipeline. With TP = 1 the plan is validated and the model returned unchanged.
     """
     tp = groups.tp_size
-    if getattr(model, "tensor_parallel_info", None) is not None:
+    if any(isinstance(m, _GroupAttr) for m in model.modules()):
         raise PlanError("this model is already tensor-parallel: apply the plan once, to the unsharded model")
     if sequence_parallel and tp == 1:
         raise PlanError("sequence parallelism needs tensor parallel size > 1 (--sequence-parallel shards the "
@@ -112,8 +112,7 @@ def apply_tensor_parallel(model: nn.Module, plan: Plan, groups: ParallelGroups, 
         return model
     group = groups.tp_group
     if rng_tracker is None:
-        rng_tracker = RNGTracker()
-        rng_tracker.add("tensor_parallel", torch.initial_seed() + TP_SEED_OFFSET + groups.tp_rank)
+        rng_tracker = tp_rng_tracker(groups.tp_rank)
     # Replace children before wrapping parents (deepest paths first) so a swapped parent keeps new children.
     for path in sorted(matches, key=lambda p: -p.count(".")):
         style, opts = matches[path]
@@ -122,9 +121,6 @@ def apply_tensor_parallel(model: nn.Module, plan: Plan, groups: ParallelGroups, 
         if new is not module:
             parent_path, _, leaf = path.rpartition(".")
             setattr(model.get_submodule(parent_path) if parent_path else model, leaf, new)
-    # The tracker is kept here so the trainer can checkpoint it: random.get_rng_state(info["rng_tracker"]).
-    model.tensor_parallel_info = {"tp_size": tp, "tp_rank": groups.tp_rank, "sequence_parallel": sequence_parallel,
-                                  "rng_tracker": rng_tracker}
     return model
 
 

@@ -28,6 +28,7 @@ from ..parallel.engine import (build_partitioned_gpt, check_precision_supported,
 from ..parallel.activation_checkpoint import apply_activation_checkpointing
 from ..parallel.deepspeed_compat import clip_grad_norm_, fp16_loss_scale
 from ..parallel.groups import ParallelGroups
+from ..parallel.random import tp_rng_tracker
 from ..parallel.lifecycle import watched
 from ..parallel.universal import load_universal, universal_info
 from ..parallel.pipeline import (PipelineBatches, StepClipper, build_pipeline, loss_may_produce_gradients,
@@ -77,13 +78,14 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_model(job: JobConfig, groups: ParallelGroups, grad_accum: int = 1) -> torch.nn.Module:
+def build_model(job: JobConfig, groups: ParallelGroups, grad_accum: int = 1, tp_rng=None) -> torch.nn.Module:
     """The GPT for this rank, initialized from the job seed: every layout holds its part of the same weights.
 
     TP = PP = 1: the whole model (ZeRO-3: partitioned over DP as it is built). TP > 1 or PP > 1: the whole model
     exists only on the meta device; with PP = 1 this rank's TP shards are created and initialized here, with
     PP > 1 the meta GPT is returned and `build_pipeline` creates only this rank's stage (from the job seed).
-    Building never advances torch's global RNG (so what follows draws the same in every layout)."""
+    Building never advances torch's global RNG (so what follows draws the same in every layout). `tp_rng`: the
+    TP dropout stream the caller keeps (parallel/random.tp_rng_tracker)."""
     # only this rank's device (forking every visible GPU's RNG would open a CUDA context on each)
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):
@@ -93,13 +95,13 @@ def build_model(job: JobConfig, groups: ParallelGroups, grad_accum: int = 1) -> 
             model = GPT(job.model)
             model.init_weights(torch.Generator().manual_seed(job.training.seed))
         else:
-            model = _build_sharded_gpt(job, groups)
+            model = _build_sharded_gpt(job, groups, tp_rng)
     if groups.pp_size == 1 and job.parallel.activation_checkpoint_interval:
-        apply_activation_checkpointing(model, job.parallel.activation_checkpoint_interval)
+        apply_activation_checkpointing(model, job.parallel.activation_checkpoint_interval, tp_rng)
     return model
 
 
-def _build_sharded_gpt(job: JobConfig, groups: ParallelGroups) -> torch.nn.Module:
+def _build_sharded_gpt(job: JobConfig, groups: ParallelGroups, tp_rng=None) -> torch.nn.Module:
     """Meta GPT -> TP plan on meta -> init seeds of the whole GPT (one per module, layout-free); then this rank's
     TP shards are materialised (PP = 1) or build_pipeline does it for this rank's stage (PP > 1). Peak extra memory:
     one full weight."""
@@ -111,7 +113,7 @@ def _build_sharded_gpt(job: JobConfig, groups: ParallelGroups) -> torch.nn.Modul
         from ..parallel.plans import plan_for
         from ..parallel.tensor_parallel import apply_tensor_parallel
         apply_tensor_parallel(model, plan_for(job.model, groups.tp_size), groups,
-                              sequence_parallel=job.parallel.sequence_parallel)
+                              sequence_parallel=job.parallel.sequence_parallel, rng_tracker=tp_rng)
     if groups.pp_size == 1:  # with PP, build_pipeline materialises this rank's stage from the job seed
         materialize_from_seed(model, job.model, job.training.seed)
     return model
@@ -152,7 +154,8 @@ class Trainer:
         self.tok_fp = self.tokenizer.fingerprint() if self.tokenizer is not None else None
         job.validate()
         self.objective = build_objective(job, self.tokenizer)
-        model = build_model(job, self.groups, self.grad_accum)
+        self.tp_rng = tp_rng_tracker(self.groups.tp_rank) if self.groups.tp_size > 1 else None  # TP dropout
+        model = build_model(job, self.groups, self.grad_accum, self.tp_rng)
         self.mpu = self.groups.mpu if self.world > 1 else None
         self.pipelined = self.groups.pp_size > 1
         if self.pipelined:
@@ -319,7 +322,8 @@ class Trainer:
         return build_pipeline(model, self.groups, self._pipeline_loss, partition_method=p.pipeline_partition,
                               checkpoint_interval=p.activation_checkpoint_interval,
                               part_names=self.objective.part_names, seed=self.job.training.seed,
-                              head_loss_fn=self._pipeline_head_loss, label_keys=self.objective.label_keys)
+                              head_loss_fn=self._pipeline_head_loss, label_keys=self.objective.label_keys,
+                              rng_tracker=self.tp_rng)
 
     def _choose_loss_path(self):
         """The run's loss path (training/objective.choose_loss_path), once the engine (and so the optimizer)
@@ -393,7 +397,7 @@ class Trainer:
     def save(self) -> None:
         t = self.job.training
         recovery.check_weights_finite(self)
-        tracker = self._tp_rng_tracker()
+        tracker = self.tp_rng
         state = {"iteration": self.iteration, "consumed_samples": self.consumed, "rng": ckpt.rng_state(),
                  "tp_rng": tracker.get_states() if tracker is not None else None,
                  "tokenizer_fingerprint": self.tok_fp, "skip_samples": sorted(self.skip_samples),
@@ -458,11 +462,6 @@ class Trainer:
         if bar is not None:
             bar.set_postfix(loss=f"{loss:.3f}", tok_s=f"{tps:,.0f}")
         self.throughput.reset()
-
-    def _tp_rng_tracker(self):
-        """The tensor-parallel RNG tracker (per-TP-rank dropout stream) when the model is sharded, else None."""
-        info = getattr(self.engine.module, "tensor_parallel_info", None)
-        return info.get("rng_tracker") if info else None
 
     def _agreed(self, flag: bool) -> bool:
         """True on every rank if it is true on any (clocks differ across ranks; the decision must not)."""
@@ -538,7 +537,7 @@ class Trainer:
         self.window_parts = {}
         if self.resume_rng is not None:
             ckpt.set_rng_state(self.resume_rng)
-            tracker = self._tp_rng_tracker()
+            tracker = self.tp_rng
             if tracker is not None and self.resume_tp_rng:
                 tracker.set_states(self.resume_tp_rng)  # dropout inside TP regions continues its own stream
         if t.eval_interval and self.data.valid is not None and self.iteration == 0:
