@@ -28,6 +28,7 @@ import torch
 
 from ..config.base import ConfigError
 from ..config.model import ModelConfig
+from ..parallel import deepspeed_compat as dsc
 from . import remote
 from .keymaps import (REMOTE, UnsupportedArchitecture, choose_target, from_hf_config, from_hf_state_dict,
                       hf_config_kwargs, to_hf_state_dict)
@@ -197,8 +198,7 @@ def fp32_master_weights(ckpt_dir: str, job) -> dict[str, torch.Tensor] | None:
     if os.path.exists(os.path.join(d, FULL_FILE)) or p.zero_stage == 3:
         return None  # stored (full file) or read (zero_to_fp32) in fp32 already
     tp = p.tensor_parallel
-    bf16_files = [sorted(glob.glob(os.path.join(d, f"bf16_zero_pp_rank_*_mp_rank_{t:02d}_optim_states.pt")))
-                  for t in range(tp)]
+    bf16_files = [sorted(glob.glob(os.path.join(d, dsc.zero_optim_file("*", t, bf16=True)))) for t in range(tp)]
     if bf16_files[0] and p.pipeline_parallel == 1:
         if not all(bf16_files):
             raise ConversionError(f"{d}: bf16 optimizer files are missing for some of its {tp} tensor-parallel "
@@ -213,12 +213,8 @@ def fp32_master_weights(ckpt_dir: str, job) -> dict[str, torch.Tensor] | None:
             return None
     shards = []
     for t in range(tp):
-        sd = torch.load(os.path.join(d, f"mp_rank_{t:02d}_model_states.pt"), map_location="cpu",
-                        weights_only=False)
-        opt = sd.get("optimizer") or {}
-        flats = opt.get("fp32_groups_flat")
-        if not flats and opt.get("fp32_groups"):  # FP16_UnfusedOptimizer: one master per parameter
-            flats = [torch.cat([t.reshape(-1) for t in group]) for group in opt["fp32_groups"]]
+        sd = torch.load(os.path.join(d, dsc.model_states_file(t)), map_location="cpu", weights_only=False)
+        flats = dsc.saved_zero0_masters(sd)
         if not flats:
             log.warning("%s holds no optimizer state (saved without it): exporting its %s weights, not fp32 "
                         "masters", d, job.training.precision)
@@ -282,16 +278,10 @@ def _bf16_optimizer_masters(files: list[str]) -> dict[str, torch.Tensor]:
     """fp32 weights from DeepSpeed's BF16_Optimizer files (bf16 with ZeRO-1 here): per parameter group each DP
     rank's flat fp32 partition, and 'param_slice_mappings' saying where each parameter's piece lies in it; a
     parameter split between ranks is its pieces in rank order."""
-    def rank(path: str) -> int:
-        return int(os.path.basename(path).split("_")[4])
-
     pieces: dict[str, list[torch.Tensor]] = {}
-    for f in sorted(files, key=rank):
-        o = torch.load(f, map_location="cpu", weights_only=False)["optimizer_state_dict"]
-        for g, mapping in enumerate(o["param_slice_mappings"]):
-            flat = o["single_partition_of_fp32_groups"][g]
-            for name, frag in mapping.items():
-                pieces.setdefault(name.removeprefix("module."), []).append(flat.narrow(0, frag.start, frag.numel))
+    for f in sorted(files, key=lambda path: dsc.zero_file_dp_rank(os.path.basename(path))):
+        for name, piece in dsc.bf16_optimizer_pieces(torch.load(f, map_location="cpu", weights_only=False)):
+            pieces.setdefault(name.removeprefix("module."), []).append(piece)
     return {name: torch.cat(parts).float() for name, parts in pieces.items()}
 
 

@@ -27,6 +27,7 @@ import shutil
 import torch
 
 from ..config.job import JobConfig
+from ..parallel import deepspeed_compat as dsc
 from ..parallel.reshard import FullState
 from . import megatron_lm as mlm
 from .megatron_lm import MegatronCheckpointError
@@ -89,7 +90,7 @@ def read_megatron_deepspeed(load_dir: str, qkv_layout: str = "blocks") -> tuple[
     d = os.path.join(load_dir, tag)
     if not os.path.isdir(d):
         raise MegatronCheckpointError(f"{load_dir}/latest names {tag} but {d} is missing")
-    rank_files = sorted(f for f in os.listdir(d) if re.fullmatch(r"mp_rank_\d{2}_model_states\.pt", f))
+    rank_files = dsc.model_states_files(os.listdir(d))
     if not rank_files:
         raise MegatronCheckpointError(f"{d} holds no mp_rank_XX_model_states.pt: not a Megatron-DeepSpeed checkpoint")
     tp = len(rank_files)
@@ -171,7 +172,7 @@ def write_megatron_deepspeed(job: JobConfig, sd: dict[str, torch.Tensor], save_d
         if pp == 1:
             module = {_legacy(k): v for k, v in shard.items()
                       if not (k == "output_layer.weight" and cfg.tie_embeddings)}
-            torch.save({"module": module, **client}, os.path.join(staged, f"mp_rank_{r:02d}_model_states.pt"))
+            torch.save({"module": module, **client}, os.path.join(staged, dsc.model_states_file(r)))
             continue
         layers: dict[int, dict[str, torch.Tensor]] = {}
         for k, v in shard.items():
@@ -185,8 +186,8 @@ def write_megatron_deepspeed(job: JobConfig, sd: dict[str, torch.Tensor], save_d
             elif k == "output_layer.weight":
                 layers.setdefault(3 + L, {})["word_embeddings.weight" if cfg.tie_embeddings else "lm_head.weight"] = v
         for idx, tensors in layers.items():
-            torch.save(tensors, os.path.join(staged, f"layer_{idx:02d}-model_{r:02d}-model_states.pt"))
-        torch.save({"module": None, **client}, os.path.join(staged, f"mp_rank_{r:02d}_model_states.pt"))
+            torch.save(tensors, os.path.join(staged, dsc.layer_file(idx, r)))
+        torch.save({"module": None, **client}, os.path.join(staged, dsc.model_states_file(r)))
     os.rename(staged, os.path.join(save_dir, tag))
     shutil.rmtree(os.path.join(save_dir, ".staging"), ignore_errors=True)
     with open(os.path.join(save_dir, "latest"), "w") as f:

@@ -74,6 +74,12 @@ ON_DISK_KEYS = {"PARAM_SHAPES": PARAM_SHAPES, "OPTIMIZER_STATE_DICT": OPTIMIZER_
                 "BASE_OPTIMIZER_STATE": BASE_OPTIMIZER_STATE, "PARAM_ALIGNMENT_PADDINGS": PARAM_ALIGNMENT_PADDINGS,
                 "FP32_FLAT_GROUPS": FP32_FLAT_GROUPS, "PARAM_SLICE_MAPPINGS": PARAM_SLICE_MAPPINGS}
 MODULE, OPTIMIZER = "module", "optimizer"  # model-states file: this rank's weights; ZeRO-0: the torch optimizer's state
+# ZeRO-0 fp16 wrappers' state_dict() (saved under OPTIMIZER in the model-states file): FP16_Optimizer writes its flat
+# fp32 masters per group, FP16_UnfusedOptimizer one master per parameter. Not in deepspeed.checkpoint.constants:
+# (module, class, key) for the canary, which reads each class's state_dict source.
+FP32_GROUPS_FLAT, FP32_GROUPS = "fp32_groups_flat", "fp32_groups"
+SAVED_WRAPPER_KEYS = (("deepspeed.runtime.fp16.fused_optimizer", "FP16_Optimizer", FP32_GROUPS_FLAT),
+                      ("deepspeed.runtime.fp16.unfused_optimizer", "FP16_UnfusedOptimizer", FP32_GROUPS))
 ENGINE_COUNTERS = ("global_steps", "global_samples", "skipped_steps")  # engine fields saved in model-states files
 
 # File names: `mp` is DeepSpeed's model-parallel rank (pp_rank x TP + tp_rank), `dp` the ZeRO partition's rank.
@@ -100,6 +106,46 @@ def count_zero_ranks(names: list[str], kind: str) -> int:
     suffix = "_mp_rank_00_model_states.pt" if kind == "model" else "_mp_rank_00_optim_states.pt"
     prefix = "bf16_zero_pp_rank_" if bf16 else "zero_pp_rank_"
     return sum(1 for f in names if f.startswith(prefix) and f.endswith(suffix))
+
+
+# DeepSpeed's checkpoint names its TP (model-parallel) ranks' files mp_rank_00 .. mp_rank_99 (two digits).
+MODEL_STATES_FILE = re.compile(r"mp_rank_\d{2}_model_states\.pt")
+
+
+def model_states_files(names: list[str]) -> list[str]:
+    """The engine's per-model-parallel-rank files (mp_rank_XX_model_states.pt) among `names`, in rank order."""
+    return sorted(f for f in names if MODEL_STATES_FILE.fullmatch(f))
+
+
+def layer_file(layer: int, mp: int) -> str:
+    """PipelineModule.ckpt_layer_path: one pipeline layer's weights of model-parallel rank `mp`."""
+    return f"layer_{layer:02d}-model_{mp:02d}-model_states.pt"
+
+
+def zero_file_dp_rank(name: str) -> int:
+    """The DP rank in a ZeRO file name (zero_pp_rank_<dp>_mp_rank_XX_..., bf16_ too)."""
+    return int(re.search(r"zero_pp_rank_(\d+)_mp_rank_", name).group(1))
+
+
+def saved_zero0_masters(model_states: dict) -> list[torch.Tensor] | None:
+    """The fp32 master weights a ZeRO-0 fp16 run saved in a model-states file, one flat tensor per parameter group
+    (the FP16_UnfusedOptimizer's per-parameter masters concatenated); None when the file holds none."""
+    opt = model_states.get(OPTIMIZER) or {}
+    flats = opt.get(FP32_GROUPS_FLAT)
+    if not flats and opt.get(FP32_GROUPS):
+        flats = [torch.cat([t.reshape(-1) for t in group]) for group in opt[FP32_GROUPS]]
+    return flats or None
+
+
+def bf16_optimizer_pieces(optim_states: dict) -> Iterator[tuple[str, torch.Tensor]]:
+    """(parameter name, fp32 piece) from one DP rank's BF16_Optimizer file: per parameter group the rank's flat
+    fp32 partition, and PARAM_SLICE_MAPPINGS saying where each parameter's piece (a DeepSpeed fragment address:
+    start, numel) lies in it."""
+    o = optim_states[OPTIMIZER_STATE_DICT]
+    for g, mapping in enumerate(o[PARAM_SLICE_MAPPINGS]):
+        flat = o[SINGLE_PARTITION_OF_FP32_GROUPS][g]
+        for name, frag in mapping.items():
+            yield name, flat.narrow(0, frag.start, frag.numel)
 
 
 def is_model_states_file(name: str) -> bool:

@@ -30,6 +30,7 @@ import torch
 
 from ..config.base import ConfigError
 from ..config.job import JobConfig
+from . import deepspeed_compat as dsc
 from .reshard import FullState
 
 UNIVERSAL_VERSION = 0.4  # deepspeed/checkpoint/constants.py UNIVERSAL_CHECKPOINT_VERSION_VALUE
@@ -99,7 +100,7 @@ def read_ds_universal(path: str) -> tuple[JobConfig | None, FullState]:
         raise UniversalCheckpointError(f"{zero} holds no <param>/fp32.pt files")
     client: dict = {}
     job = None
-    ranks = sorted(f for f in os.listdir(folder) if re.fullmatch(r"mp_rank_\d{2}_model_states\.pt", f))
+    ranks = dsc.model_states_files(os.listdir(folder))
     if ranks:
         sd = torch.load(os.path.join(folder, ranks[0]), map_location="cpu", weights_only=False)
         client = {k: sd[k] for k in ("iteration", "consumed_samples", "tokenizer_fingerprint") if k in sd}
@@ -135,7 +136,7 @@ def write_ds_universal(job: JobConfig, state: FullState, out_dir: str, tokenizer
                os.path.join(zero, "optimizer_state.pt"))
     client = {**state.client_state, "universal_checkpoint_info": universal_info(), "job_config": job.to_dict(),
               "module": None}
-    torch.save(client, os.path.join(out_dir, "mp_rank_00_model_states.pt"))
+    torch.save(client, os.path.join(out_dir, dsc.model_states_file(0)))
     if tokenizer_dir:
         shutil.copytree(tokenizer_dir, os.path.join(out_dir, "tokenizer"))
     parent, tag = os.path.split(os.path.normpath(out_dir))
