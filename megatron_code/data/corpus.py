@@ -309,7 +309,7 @@ def build_stdlib_corpus(output_dir, seed: int = 1234, valid_fraction: float = 0.
     root = root or stdlib_root()
     os.makedirs(output_dir, exist_ok=True)
     paths = {s: os.path.join(output_dir, f"{s}.jsonl") for s in ("train", "valid", "test")}
-    tmp = {s: p + f".tmp-{os.getpid()}" for s, p in paths.items()}
+    tmp = {s: atomic.tmp_path(p) for s, p in paths.items()}
     files = {s: open(p, "w", encoding="utf-8") for s, p in tmp.items()}
     try:
         for doc in _iter_stdlib(root):

@@ -17,6 +17,7 @@ import struct
 import numpy as np
 
 from ..errors import UserError
+from ..utils import atomic
 
 MAGIC = b"MMIDIDX\x00\x00"
 VERSION = 1
@@ -69,9 +70,8 @@ class IndexedDatasetWriter:
         self.dtype = dtype
         d = os.path.dirname(os.path.abspath(prefix))
         os.makedirs(d, exist_ok=True)
-        tag = f".tmp-{os.getpid()}"
-        self._bin_tmp = data_file_path(prefix) + tag
-        self._idx_tmp = index_file_path(prefix) + tag
+        self._bin_tmp = atomic.tmp_path(data_file_path(prefix))
+        self._idx_tmp = atomic.tmp_path(index_file_path(prefix))
         self._bin = open(self._bin_tmp, "wb")
         self._sizes: list[np.ndarray] = []
         self._doc_idx = [0]
@@ -138,8 +138,8 @@ class IndexedDatasetWriter:
         idx_final = index_file_path(self.prefix)
         if os.path.exists(idx_final):  # never let an old index sit next to the new .bin
             os.remove(idx_final)
-        os.replace(self._bin_tmp, data_file_path(self.prefix))
-        os.replace(self._idx_tmp, idx_final)
+        atomic.replace(self._bin_tmp, data_file_path(self.prefix))
+        atomic.replace(self._idx_tmp, idx_final)
         self._done = True
 
     def abort(self) -> None:
@@ -343,8 +343,7 @@ def merge_datasets(prefixes: list[str], output_prefix: str) -> None:
     from .identity import merged_record, sidecar_path, write_sidecar
 
     record = merged_record(prefixes)  # refuses inputs made by different tokenizers
-    tag = f".tmp-{os.getpid()}"
-    bin_tmp, idx_tmp = data_file_path(output_prefix) + tag, index_file_path(output_prefix) + tag
+    bin_tmp, idx_tmp = atomic.tmp_path(data_file_path(output_prefix)), atomic.tmp_path(index_file_path(output_prefix))
     os.makedirs(os.path.dirname(os.path.abspath(output_prefix)), exist_ok=True)
     if record is not None:  # first: a dataset whose sidecar names another tokenizer is refused, never missed
         write_sidecar(output_prefix, record=record)
@@ -364,8 +363,8 @@ def merge_datasets(prefixes: list[str], output_prefix: str) -> None:
         write_index(idx_tmp, dtype, sizes, np.concatenate(doc_parts))
         if os.path.exists(index_file_path(output_prefix)):
             os.remove(index_file_path(output_prefix))
-        os.replace(bin_tmp, data_file_path(output_prefix))
-        os.replace(idx_tmp, index_file_path(output_prefix))
+        atomic.replace(bin_tmp, data_file_path(output_prefix))
+        atomic.replace(idx_tmp, index_file_path(output_prefix))
     finally:
         for p in (bin_tmp, idx_tmp):
             if os.path.exists(p):

@@ -379,20 +379,14 @@ def build_tokenizer(tokenizer_type: str, tokenizer_model: str | None = None, voc
                 "vocab_size": vocab_size}
         return TikTokenizer({os.path.basename(tokenizer_model): _read(tokenizer_model),
                              "tiktoken_options.json": json.dumps(opts, sort_keys=True).encode()})
-    if tokenizer_type == "HuggingFaceTokenizer":
+    one_file = {"HuggingFaceTokenizer": (HFTokenizer, "tokenizer.json", "a tokenizer.json or its directory"),
+                "SentencePieceTokenizer": (SentencePieceTokenizer, "tokenizer.model", "a SentencePiece .model file")}
+    if tokenizer_type in one_file:  # one model file, or the directory holding it under its usual name
+        cls, name, what = one_file[tokenizer_type]
         if not tokenizer_model:
-            raise TokenizerError("HuggingFaceTokenizer needs --tokenizer-model (a tokenizer.json or its directory)")
-        path = tokenizer_model
-        if os.path.isdir(path):
-            path = os.path.join(path, "tokenizer.json")
-        return HFTokenizer({"tokenizer.json": _read(path)})
-    if tokenizer_type == "SentencePieceTokenizer":
-        if not tokenizer_model:
-            raise TokenizerError("SentencePieceTokenizer needs --tokenizer-model (a SentencePiece .model file)")
-        path = tokenizer_model
-        if os.path.isdir(path):
-            path = os.path.join(path, "tokenizer.model")
-        return SentencePieceTokenizer({"tokenizer.model": _read(path)})
+            raise TokenizerError(f"{tokenizer_type} needs --tokenizer-model ({what})")
+        path = os.path.join(tokenizer_model, name) if os.path.isdir(tokenizer_model) else tokenizer_model
+        return cls({name: _read(path)})
     if tokenizer_type == "GPT2BPETokenizer":
         if not (vocab_file and merge_file):
             raise TokenizerError("GPT2BPETokenizer needs --vocab-file (vocab.json) and --merge-file (merges.txt)")
