@@ -559,10 +559,8 @@ def reshard_to_full(tag_dir: str, job, save_dir: str, tp: int, pp: int, zero: Op
         shutil.copytree(tok, os.path.join(staged, "tokenizer"))
     meta["files"] = file_records(staged)  # checked on load (training/ckpt_store.py)
     atomic.write_text(os.path.join(staged, "meta.json"), json.dumps(meta, indent=2))
-    os.rename(staged, final)
-    atomic.fsync_dir(save_dir)
+    atomic.publish_tag(save_dir, staged, tag)
     shutil.rmtree(os.path.join(save_dir, ".staging"), ignore_errors=True)
-    atomic.write_text(os.path.join(save_dir, "latest"), tag)
     return final
 
 

@@ -200,9 +200,7 @@ def _publish(job: JobConfig, save_dir: str, staged: str, final: str, tag: str, i
     if os.path.exists(final):
         # Never delete a user's checkpoint silently: keep the old one beside the new one.
         os.rename(final, f"{final}.replaced-{int(time.time())}")
-    os.rename(staged, final)
-    atomic.fsync_dir(save_dir)
-    atomic.write_text(os.path.join(save_dir, "latest"), tag)
+    atomic.publish_tag(save_dir, staged, tag)
     # Megatron-LM's tracker file (its loaders and scripts read it) and DeepSpeed's recovery script, which
     # DeepSpeed copies beside the tag directories of a ZeRO save (here: into the staging root).
     atomic.write_text(os.path.join(save_dir, "latest_checkpointed_iteration.txt"), str(iteration))

@@ -69,6 +69,17 @@ def atomic_open(path: str, mode: str = "w", **kwargs) -> Iterator[IO]:
     fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
+def publish_tag(save_dir: str, staged: str, tag: str) -> str:
+    """The last step of writing a checkpoint tag staged in a directory of its own (SAVE/.staging/TAG): rename it
+    to SAVE/TAG, make the rename durable, then point SAVE/latest (DeepSpeed's and our tag pointer) at it. A reader
+    sees the previous tag until `latest` moves, and never a partial directory. Returns SAVE/TAG."""
+    final = os.path.join(save_dir, tag)
+    os.rename(staged, final)
+    fsync_dir(save_dir)
+    write_text(os.path.join(save_dir, "latest"), tag)
+    return final
+
+
 def write_text(path: str, text: str, encoding: str = "utf-8") -> None:
     with atomic_open(path, "w", encoding=encoding) as f:
         f.write(text)
