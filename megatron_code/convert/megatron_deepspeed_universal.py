@@ -28,6 +28,7 @@ import re
 import torch
 
 from ..config.job import JobConfig
+from ..parallel import deepspeed_compat as dsc
 from ..parallel.reshard import FullState
 from . import megatron_lm as mlm
 from .megatron_deepspeed import _qkv_to_groups
@@ -39,7 +40,7 @@ _SWIGLU_INFO = "parameter_with_2_sub_params_cat_dim_0"
 def client_state(folder: str) -> dict | None:
     """The copied Megatron-DeepSpeed client state of a universal folder, or None if it is not one (ours carry a
     job config and no Megatron args)."""
-    ranks = sorted(f for f in os.listdir(folder) if re.fullmatch(r"mp_rank_\d{2}_model_states\.pt", f))
+    ranks = dsc.model_states_files(os.listdir(folder))
     if not ranks:
         return None
     sd = torch.load(os.path.join(folder, ranks[0]), map_location="cpu", weights_only=False)
