@@ -167,9 +167,24 @@ def _megatron(args) -> int:
     if fmt == "megatron-lm" and args.ckpt_format == "torch_dist":
         from megatron_code.convert import megatron_torch_dist as mtd
 
-        path = mtd.write_torch_dist(job, sd, args.save, iteration=it, consumed=consumed)
-        print(f"exported {args.load} -> {path} (Megatron-LM torch_dist; load at any TP x PP with --ckpt-format "
-              f"torch_dist --no-load-optim --no-load-rng)")
+        import torch
+
+        from megatron_code.model import GPT
+        from megatron_code.parallel.reshard import read_full_state
+        from megatron_code.training.optimizer import param_groups
+
+        with torch.device("meta"):  # a ZeRO-0 save keys Adam state by position in the optimizer's order
+            meta = GPT(job.model)
+        names = {id(p): n for n, p in meta.named_parameters()}
+        order = [names[id(p)] for g in param_groups(meta, job.optim.weight_decay, job.optim.decoupled_lr is not None)
+                 for p in g["params"]]
+        # the Adam moments too, when the save has them
+        full = read_full_state(os.path.join(root, tag), job, opt_order=order if job.parallel.tensor_parallel == 1
+                               else None)
+        optim = ({"exp_avg": full.exp_avg, "exp_avg_sq": full.exp_avg_sq} if full.exp_avg is not None else None)
+        path = mtd.write_torch_dist(job, sd, args.save, iteration=it, consumed=consumed, optim=optim, step=full.step)
+        print(f"exported {args.load} -> {path} (Megatron-LM torch_dist, {'with' if optim else 'without'} Adam "
+              f"state; load at any TP x PP with --ckpt-format torch_dist --no-load-rng)")
     elif fmt == "megatron-lm":
         path = mlm.write_megatron_lm(job, sd, args.save, tp=tp, pp=pp, iteration=it, consumed=consumed)
         print(f"exported {args.load} -> {path} (Megatron-LM legacy layout, TP{tp} x PP{pp}; load with "

@@ -341,7 +341,18 @@ def read_megatron_lm(load_dir: str) -> tuple[JobConfig, FullState]:
     from . import megatron_torch_dist as mtd
 
     if mtd.is_torch_dist(tag_dir):
-        return _from_full(*mtd.read_torch_dist(tag_dir), tag_dir, "torch_dist")
+        common, full, optim = mtd.read_torch_dist(tag_dir)
+        if "fp32_param" in optim:  # a bf16/fp16 run: its fp32 masters are the weights
+            full = {**full, **optim["fp32_param"]}
+        job, state = _from_full(common, full, tag_dir, "torch_dist")
+        if "exp_avg" in optim and "exp_avg_sq" in optim:
+            for s in ("exp_avg", "exp_avg_sq"):
+                if job.model.tie_embeddings:
+                    optim[s].pop("output_layer.weight", None)
+                setattr(state, s, to_ours(job.model, optim[s]))
+            step = ((common.get("optimizer") or {}).get("state") or {}).get("common_step")
+            state.step = int(step) if step is not None else None
+        return job, state
     files = _rank_files(tag_dir)
     tp = 1 + max(r for r, _ in files)
     pp = 1 + max(s for _, s in files)

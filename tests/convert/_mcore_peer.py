@@ -2,10 +2,12 @@
 builds their GPTModel (the shape of tests/fixtures/megatron_lm_ckpt: GQA, SwiGLU, RMSNorm, RoPE, untied, no biases,
 local layer spec), and
 
-    build OUT    saves it with their dist_checkpointing.save as Megatron-LM's save_checkpoint lays a torch_dist
-                 iteration out ({'model': sharded state dict, 'args', 'checkpoint_version', 'iteration'} ->
-                 OUT/torch_dist/iter_0000010), its state dict in the legacy layout (OUT/legacy), and their logits
-                 on IDS (OUT/logits.pt)
+    build OUT    takes one Adam step with their optimizer (get_megatron_optimizer over their DDP wrapper), saves
+                 model and optimizer with their dist_checkpointing.save as Megatron-LM's save_checkpoint lays a
+                 torch_dist iteration out ({'model', 'optimizer': their sharded state dicts, 'args',
+                 'checkpoint_version', 'iteration'} -> OUT/torch_dist/iter_0000010), the weights in the legacy
+                 layout (OUT/legacy), their logits on IDS (OUT/logits.pt) and their optimizer's Adam moments by
+                 parameter name (OUT/moments.pt)
     load CKPT OUT [CKPT OUT ...]  loads each CKPT (a torch_dist iteration directory: their
                  dist_checkpointing.load into their model's sharded state dict; or a legacy model_optim_rng.pt:
                  load_state_dict, strict) into a freshly built model and writes their logits on IDS to OUT
@@ -16,6 +18,9 @@ Where their code does not run on CPU, and what this does about it (nothing of th
 - the CUDA RNG tracker's fork (dot_product_attention.forward) needs CUDA RNG states: forked as a no-op (dropout is
   off in eval mode, so no random number is drawn inside it); model_parallel_cuda_manual_seed is not called.
 - dist_checkpointing's filesystem writer calls torch.cuda.synchronize(): a no-op here.
+- their FP32Optimizer allocates its loss-scale tensor with device='cuda' (optimizer.py): torch.tensor/zeros/empty/
+  ones/full map a CUDA device to the CPU here; gradient clipping asserts CUDA tensors (clip_grads.py), so the
+  step runs with clip_grad=0.
 """
 
 from __future__ import annotations
@@ -35,8 +40,21 @@ IDS = torch.randint(0, SHAPE["vocab"], (2, SHAPE["seq"]), generator=torch.Genera
 
 
 def _cpu_shims() -> None:
+    import functools
+
     torch.cuda.current_device = lambda: "cpu"
     torch.cuda.synchronize = lambda *a, **k: None
+
+    def on_cpu(factory):
+        @functools.wraps(factory)
+        def make(*a, **k):
+            if str(k.get("device", "")).startswith("cuda"):
+                k["device"] = "cpu"
+            return factory(*a, **k)
+        return make
+
+    for name in ("tensor", "zeros", "empty", "ones", "full"):
+        setattr(torch, name, on_cpu(getattr(torch, name)))
 
 
 def build_model(seed: int):
@@ -76,7 +94,22 @@ def logits(model) -> torch.Tensor:
 def build(out: str, iteration: int = 10) -> None:
     from megatron.core import dist_checkpointing
 
+    from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+    from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
     model = build_model(1234)
+    ddp = DistributedDataParallel(model.config, DistributedDataParallelConfig(), model)
+    opt = get_megatron_optimizer(OptimizerConfig(optimizer="adam", lr=1e-3, clip_grad=0.0), [ddp])
+    model.train()
+    causal = torch.triu(torch.ones(1, 1, IDS.shape[1], IDS.shape[1], dtype=torch.bool), diagonal=1)
+    ddp(IDS, torch.arange(IDS.shape[1]).expand_as(IDS), causal, labels=IDS).float().mean().backward()
+    ddp.finish_grad_sync()
+    assert opt.step()[0]
+    model.eval()
+    state = opt.optimizer.state
+    os.makedirs(out)
+    torch.save({name: (state[p]["exp_avg"].clone(), state[p]["exp_avg_sq"].clone())
+                for name, p in model.named_parameters()}, os.path.join(out, "moments.pt"))
     tag = f"iter_{iteration:07d}"
     for kind in ("torch_dist", "legacy"):
         os.makedirs(os.path.join(out, kind, tag))
@@ -84,8 +117,9 @@ def build(out: str, iteration: int = 10) -> None:
             f.write(str(iteration))
     args = their_args()
     args.ckpt_format = "torch_dist"
-    dist_checkpointing.save({"model": model.sharded_state_dict(), "args": args, "checkpoint_version": 3.0,
-                             "iteration": iteration}, os.path.join(out, "torch_dist", tag))
+    msd = model.sharded_state_dict()
+    dist_checkpointing.save({"model": msd, "optimizer": opt.sharded_state_dict(msd), "args": args,
+                             "checkpoint_version": 3.0, "iteration": iteration}, os.path.join(out, "torch_dist", tag))
     sd = {k: v for k, v in model.state_dict().items() if not k.endswith("_extra_state")}
     os.makedirs(os.path.join(out, "legacy", tag, "mp_rank_00"))
     torch.save({"args": their_args(), "checkpoint_version": 3.0, "iteration": iteration, "model": sd},
@@ -98,8 +132,22 @@ def load(ckpt: str, out: str) -> None:
     if os.path.isdir(ckpt):
         from megatron.core import dist_checkpointing
 
-        loaded = dist_checkpointing.load({"model": model.sharded_state_dict()}, ckpt)
+        opt = None
+        if "optimizer" in torch.load(os.path.join(ckpt, "common.pt"), weights_only=False):
+            from megatron.core.distributed import DistributedDataParallel, DistributedDataParallelConfig
+            from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
+
+            ddp = DistributedDataParallel(model.config, DistributedDataParallelConfig(), model)
+            opt = get_megatron_optimizer(OptimizerConfig(optimizer="adam", lr=1e-3, clip_grad=0.0), [ddp])
+        msd = model.sharded_state_dict()
+        want = {"model": msd, **({"optimizer": opt.sharded_state_dict(msd, is_loading=True)} if opt else {})}
+        loaded = dist_checkpointing.load(want, ckpt)
         model.load_state_dict(loaded["model"], strict=True)
+        if opt is not None:
+            opt.load_state_dict(loaded["optimizer"])
+            state = opt.optimizer.state
+            torch.save({name: (state[p]["exp_avg"].clone(), state[p]["exp_avg_sq"].clone())
+                        for name, p in model.named_parameters()}, out + ".moments")
     else:
         missing, unexpected = model.load_state_dict(torch.load(ckpt, weights_only=False)["model"], strict=False)
         assert [k for k in missing if not k.endswith("_extra_state")] == [] and unexpected == [], (missing,
