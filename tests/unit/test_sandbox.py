@@ -434,7 +434,9 @@ def test_killing_its_parent(src, backend):
                                  "f = open('/tmp/flood', 'ab')\nwhile True:\n    f.write(b'x' * 4096)",
                                  "while True:\n    print('x' * 4096)"])
 def test_huge_files_are_capped(src, backend):
-    result = run(src, backend, file_size_bytes=4 << 20)
+    # The size cap, not the clock, ends these programs; a timeout this generous keeps a loaded machine from racing
+    # it (the stdout flood timed out at 10 s under bubblewrap at load average 36).
+    result = run(src, backend, timeout=120.0, file_size_bytes=4 << 20)
     assert result.status == "failed", result
     assert "File too large" in result.stderr or "Errno 27" in result.stderr, result
 
