@@ -139,8 +139,10 @@ def _megatron(args) -> int:
         it = state.client_state["iteration"]
         print(f"imported {args.load} ({fmt}, {state.client_state['imported_from'].split('(')[-1].rstrip(')')}) "
               f"-> {path} at iteration {it}")
+        fresh = state.exp_avg is None  # torch_dist checkpoints carry the Adam state; the other formats do not
         print(f"continue with: python pretrain_code.py --config {os.path.join(path, 'config.yaml')} --load "
-              f"{args.save} --no-load-optim --save NEW_DIR ... (Adam moments start fresh)")
+              f"{args.save}{' --no-load-optim' if fresh else ''} --save NEW_DIR ... "
+              f"({'Adam moments start fresh' if fresh else 'with its Adam state'})")
         return 0
     from megatron_code.training.checkpoint import load_consolidated, resolve_checkpoint
 
