@@ -27,6 +27,7 @@ import shutil
 import torch
 
 from ..config.job import JobConfig
+from ..utils import atomic
 from ..parallel import deepspeed_compat as dsc
 from ..parallel.reshard import FullState
 from . import megatron_lm as mlm
@@ -188,10 +189,6 @@ def write_megatron_deepspeed(job: JobConfig, sd: dict[str, torch.Tensor], save_d
         for idx, tensors in layers.items():
             torch.save(tensors, os.path.join(staged, dsc.layer_file(idx, r)))
         torch.save({"module": None, **client}, os.path.join(staged, dsc.model_states_file(r)))
-    os.rename(staged, os.path.join(save_dir, tag))
+    final = atomic.publish_tag(save_dir, staged, tag, {"latest": tag, mlm.TRACKER: str(iteration)})
     shutil.rmtree(os.path.join(save_dir, ".staging"), ignore_errors=True)
-    with open(os.path.join(save_dir, "latest"), "w") as f:
-        f.write(tag)
-    with open(os.path.join(save_dir, mlm.TRACKER), "w") as f:
-        f.write(str(iteration))
-    return os.path.join(save_dir, tag)
+    return final

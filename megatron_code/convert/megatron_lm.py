@@ -40,6 +40,7 @@ import torch
 from ..config.base import ConfigError
 from ..config.job import JobConfig
 from ..parallel.reshard import FULL_FILE, FullState, save_full_file
+from ..utils import atomic
 
 CHECKPOINT_VERSION = 3.0
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -451,11 +452,8 @@ def write_ours(job: JobConfig, state: FullState, save_dir: str) -> str:
             "imported_from": state.client_state.get("imported_from")}
     with open(os.path.join(staged, "meta.json"), "w") as f:
         json.dump(meta, f, indent=2)
-    final = os.path.join(save_dir, tag)
-    os.rename(staged, final)
+    final = atomic.publish_tag(save_dir, staged, tag)
     shutil.rmtree(os.path.join(save_dir, ".staging"), ignore_errors=True)
-    with open(os.path.join(save_dir, "latest"), "w") as f:
-        f.write(tag)
     return final
 
 
@@ -506,8 +504,6 @@ def write_megatron_lm(job: JobConfig, sd: dict[str, torch.Tensor], save_dir: str
                         "model": shard, "num_floating_point_operations_so_far": 0},
                        os.path.join(d, "model_optim_rng.pt"))
     os.makedirs(save_dir, exist_ok=True)
-    os.rename(os.path.join(staged, tag), os.path.join(save_dir, tag))
+    final = atomic.publish_tag(save_dir, os.path.join(staged, tag), tag, {TRACKER: str(iteration)})
     shutil.rmtree(staged, ignore_errors=True)
-    with open(os.path.join(save_dir, TRACKER), "w") as f:
-        f.write(str(iteration))
-    return os.path.join(save_dir, tag)
+    return final

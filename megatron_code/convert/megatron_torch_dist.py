@@ -34,6 +34,7 @@ import shutil
 import torch
 
 from ..config.job import JobConfig
+from ..utils import atomic
 from . import megatron_lm as mlm
 
 METADATA = "metadata.json"
@@ -162,8 +163,6 @@ def write_torch_dist(job: JobConfig, sd: dict[str, torch.Tensor], save_dir: str,
     torch.save(common, os.path.join(staged, COMMON))
     with open(os.path.join(staged, METADATA), "w") as f:
         json.dump(_BACKEND, f)
-    os.rename(staged, os.path.join(save_dir, tag))
+    final = atomic.publish_tag(save_dir, staged, tag, {mlm.TRACKER: str(iteration)})
     shutil.rmtree(os.path.join(save_dir, ".staging"), ignore_errors=True)
-    with open(os.path.join(save_dir, mlm.TRACKER), "w") as f:
-        f.write(str(iteration))
-    return os.path.join(save_dir, tag)
+    return final

@@ -69,14 +69,16 @@ def atomic_open(path: str, mode: str = "w", **kwargs) -> Iterator[IO]:
     fsync_dir(os.path.dirname(os.path.abspath(path)))
 
 
-def publish_tag(save_dir: str, staged: str, tag: str) -> str:
+def publish_tag(save_dir: str, staged: str, tag: str, pointers: dict[str, str] | None = None) -> str:
     """The last step of writing a checkpoint tag staged in a directory of its own (SAVE/.staging/TAG): rename it
-    to SAVE/TAG, make the rename durable, then point SAVE/latest (DeepSpeed's and our tag pointer) at it. A reader
-    sees the previous tag until `latest` moves, and never a partial directory. Returns SAVE/TAG."""
+    to SAVE/TAG, make the rename durable, then write the pointer files (default: SAVE/latest = TAG, DeepSpeed's and
+    ours; Megatron-LM's is latest_checkpointed_iteration.txt = the iteration). A reader sees the previous tag until
+    the pointers move, and never a partial directory. Returns SAVE/TAG."""
     final = os.path.join(save_dir, tag)
     os.rename(staged, final)
     fsync_dir(save_dir)
-    write_text(os.path.join(save_dir, "latest"), tag)
+    for name, text in (pointers if pointers is not None else {"latest": tag}).items():
+        write_text(os.path.join(save_dir, name), text)
     return final
 
 
