@@ -167,7 +167,7 @@ class Plan:
         reader_opts = dict(cfg.get("reader") or {})
         try:
             reader = CodeReader(inputs, progress=progress, **reader_opts)
-        except TypeError as exc:
+        except (TypeError, ValueError) as exc:
             raise CurationError(f"reader: {exc}") from None
         steps = [reader, Tally("read")]
         self.labels = ["read"]

@@ -43,19 +43,22 @@ def is_jsonl(path: str) -> bool:
     return path.endswith(JSONL_SUFFIXES)
 
 
-def list_units(inputs) -> list[tuple]:
+def list_units(inputs, split_bytes: int = 0) -> list[tuple]:
     """Every unit of work in input order: ``("jsonl", path)``, ``("notebook", path, root, repo)``,
-    ``("file", path, root, repo)``. Directories are walked in sorted order (hidden directories and __pycache__
-    skipped). A directory with a LICENSE/COPYING file at its root is one repository; otherwise each of its
-    subdirectories is one repository (files directly inside it belong to no repository)."""
+    ``("file", path, root, repo)``; an uncompressed JSONL file larger than ``split_bytes`` (> 0) is several units
+    ``("jsonl", path, start, end)``, one per byte range, each reading the lines that start in it, so one big file
+    can be spread over several tasks (a compressed stream cannot be entered in the middle). Directories are
+    walked in sorted order (hidden directories and __pycache__ skipped). A directory with a LICENSE/COPYING file
+    at its root is one repository; otherwise each of its subdirectories is one repository (files directly inside
+    it belong to no repository)."""
     units: list[tuple] = []
     for path in inputs:
         path = os.fspath(path)
         if os.path.isdir(path):
-            units.extend(_tree_units(path))
+            units.extend(_tree_units(path, split_bytes))
         elif os.path.isfile(path):
             if is_jsonl(path):
-                units.append(("jsonl", path))
+                units.extend(_jsonl_units(path, split_bytes))
             elif path.endswith(".ipynb"):
                 units.append(("notebook", path, os.path.dirname(path), None))
             else:
@@ -73,7 +76,14 @@ def _has_license_file(d: str) -> bool:
     return any(n.lower() in names for n in LICENSE_FILE_NAMES)
 
 
-def _tree_units(root: str) -> list[tuple]:
+def _jsonl_units(path: str, split_bytes: int) -> list[tuple]:
+    size = os.path.getsize(path) if split_bytes > 0 and path.endswith(".jsonl") else 0
+    if size <= split_bytes:
+        return [("jsonl", path)]
+    return [("jsonl", path, start, min(start + split_bytes, size)) for start in range(0, size, split_bytes)]
+
+
+def _tree_units(root: str, split_bytes: int = 0) -> list[tuple]:
     root = os.path.abspath(root)
     single_repo = _has_license_file(root)
     units = []
@@ -89,7 +99,7 @@ def _tree_units(root: str) -> list[tuple]:
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
             if is_jsonl(full):
-                units.append(("jsonl", full))
+                units.extend(_jsonl_units(full, split_bytes))
             elif name.endswith(".ipynb"):
                 units.append(("notebook", full, root, repo))
             else:
@@ -112,13 +122,20 @@ class CodeReader(BaseReader):
         notebook_renderer: ``comments`` (code + markdown as comments) or ``markers`` (cell-marker tokens).
         notebook_outputs: keep code cells' text outputs in ``metadata["cells"]`` (and in ``markers`` text).
         max_file_bytes: source files above this are counted (``skipped_too_large``) and not read into memory.
+        split_bytes: uncompressed JSONL files above this are read as several units of this many bytes, so the
+            tasks share one big file (0: one unit per file).
     """
 
     name = "code reader"
 
     def __init__(self, inputs, text_key: str = "text", notebook_renderer: str = "comments",
-                 notebook_outputs: bool = False, max_file_bytes: int = 64 << 20, progress: bool = False):
+                 notebook_outputs: bool = False, max_file_bytes: int = 64 << 20, split_bytes: int = 64 << 20,
+                 progress: bool = False):
         super().__init__(text_key=text_key)
+        if not isinstance(split_bytes, int) or isinstance(split_bytes, bool) or split_bytes < 0:
+            raise ValueError(f"split_bytes = {split_bytes!r}: a number of bytes, 0 to never split a JSONL file")
+        self.split_bytes = split_bytes
+        self._line_at: dict[str, tuple[int, int]] = {}  # path -> (offset of a line start, its line number)
         self.inputs = [os.path.abspath(os.fspath(p)) for p in inputs]
         self.notebook_renderer = notebook_renderer
         self.notebook_outputs = notebook_outputs
@@ -160,9 +177,42 @@ class CodeReader(BaseReader):
         return Document(text=text, id=doc_id, metadata=metadata)
 
     # --- units ------------------------------------------------------------------------------------------------
-    def _read_jsonl(self, path: str):
+    def _jsonl_range(self, path: str, start: int, end: int):
+        """(line number, raw line) of the non-blank lines starting at a byte offset in [start, end). The line number
+        counts the newlines before ``start`` (once per task and file: the next range continues from here)."""
+        off, lineno = self._line_at.get(path, (0, 1))
+        with open(path, "rb") as f:
+            if off <= start:
+                f.seek(off)
+                remaining = start - off
+                while remaining > 0:
+                    chunk = f.read(min(remaining, 1 << 24))
+                    if not chunk:
+                        return
+                    lineno += chunk.count(b"\n")
+                    remaining -= len(chunk)
+                pos = start
+                if start > 0:
+                    f.seek(start - 1)
+                    if f.read(1) != b"\n":  # inside a line: it belongs to the previous range
+                        pos += len(f.readline())
+                        lineno += 1
+            else:  # the previous range ended inside a line that ran past ``start``
+                pos = off
+            f.seek(pos)
+            while pos < end:
+                line = f.readline()
+                if not line:
+                    break
+                if line.strip():
+                    yield lineno, line
+                pos += len(line)
+                lineno += 1
+        self._line_at[path] = (pos, lineno)
+
+    def _read_jsonl(self, path: str, start: int | None = None, end: int | None = None):
         try:
-            lines = iter_jsonl_lines(path)
+            lines = iter_jsonl_lines(path) if start is None else self._jsonl_range(path, start, end)
             for lineno, raw in lines:
                 where = f"{path}:{lineno}"
                 try:
@@ -273,12 +323,12 @@ class CodeReader(BaseReader):
             yield from data
         from tqdm import tqdm
 
-        units = shard(list_units(self.inputs), rank, world_size)
+        units = shard(list_units(self.inputs, self.split_bytes), rank, world_size)
         for unit in tqdm(units, desc=f"task {rank} reading", unit="file", disable=not self.progress,
                          mininterval=1.0):
             kind = unit[0]
             if kind == "jsonl":
-                yield from self._read_jsonl(unit[1])
+                yield from self._read_jsonl(*unit[1:])
             elif kind == "notebook":
                 yield from self._read_notebook(*unit[1:])
             else:

@@ -66,3 +66,23 @@ def test_units_are_split_in_contiguous_blocks(tmp_path):
     assert sum(blocks, []) == units and all(blocks)
     texts = [d.text for r in range(3) for d in read(CodeReader([str(tmp_path)]), r, 3)]
     assert texts == [f"x = {i}\n" for i in range(5)]
+
+
+def test_one_big_jsonl_file_is_shared_by_tasks(tmp_path):
+    """Byte ranges of one file: every line read once, by the range it starts in, with its line number; the tasks'
+    outputs concatenated are the unsplit read (lines of every length, blank lines and a bad line included)."""
+    lines = [json.dumps({"text": f"x = {i}\n" + "y" * (i * 37 % 300), "path": f"{i}.py"}) for i in range(60)]
+    lines[7], lines[30] = "", "not json"
+    path = tmp_path / "big.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    whole = CodeReader([str(path)], split_bytes=0)
+    expected = [(d.text, d.metadata["source"]) for d in read(whole)]
+    assert len(expected) == 58 and expected[-1][1].endswith("big.jsonl:60")
+    for split, world in ((97, 3), (1000, 2), (5, 4)):  # ranges smaller than a line, a few lines, many ranges
+        assert len(list_units([str(path)], split)) == -(-path.stat().st_size // split)
+        got, skipped = [], 0
+        for rank in range(world):
+            reader = CodeReader([str(path)], split_bytes=split)
+            got += [(d.text, d.metadata["source"]) for d in read(reader, rank, world)]
+            skipped += reader.stats["skipped_invalid_json"].total  # a missing stat reads as 0
+        assert got == expected and skipped == 1, split
