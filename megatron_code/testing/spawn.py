@@ -59,11 +59,15 @@ def _child(rank: int, world_size: int, init_file: str, backend: str, fn: Callabl
         dist.init_process_group(backend, init_method=f"file://{init_file}", rank=rank, world_size=world_size,
                                 timeout=datetime.timedelta(seconds=max(timeout, 10)))
         out = fn(rank, world_size, *args, **kwargs)
+        # Plain pickle, by value: the queue's own pickler would hand tensors over as shared-memory handles that
+        # the parent can only open while this process lives (a rank that returns and exits first left the
+        # parent with "connection reset"). Pickling here also surfaces an unpicklable result with its cause,
+        # where the queue's background thread would fail silently.
         try:
-            pickle.dumps(out)  # the queue pickles in a background thread, where a failure would be silent
+            payload = pickle.dumps(out)
         except Exception as exc:  # noqa: BLE001
             raise TypeError(f"{fn.__name__} returned a value that cannot be pickled back to the parent: {exc}")
-        results.put((rank, "ok", out))
+        results.put((rank, "ok", payload))
     except BaseException:  # noqa: BLE001 - every failure must reach the parent with its traceback
         results.put((rank, "error", traceback.format_exc()))
     finally:
@@ -129,7 +133,7 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout: float = 
                 continue
             if status == "error":
                 raise DistributedTestError(f"rank {rank} of {world_size} raised:\n{payload}")
-            outputs[rank] = payload
+            outputs[rank] = pickle.loads(payload)
         for p in procs:
             p.join(timeout=10)
         return [outputs[r] for r in range(world_size)]
