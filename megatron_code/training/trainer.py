@@ -35,6 +35,7 @@ from ..parallel.pipeline import (PipelineBatches, StepClipper, build_pipeline, l
                                  pipeline_ds_config)
 from . import checkpoint as ckpt
 from .data import build_job_data, make_loader
+from .evaluation import evaluate
 from . import recovery
 from .guards import StepGuard, StopSignal
 from .losses import masked_mean_weights, read_step_for_per_token_loss
@@ -178,6 +179,7 @@ class Trainer:
         self.skipped_steps = self.nan_steps = self.nan_at_window = self.bad_streak = self.rollbacks = 0
         self.bad_batches: list[tuple[int, int]] = []  # [first sample, end) of the batches of skipped steps
         self.token_scale: float | None = None  # per-token loss factor of the current step (_per_token_batches)
+        self.eval_token_scale: float | None = None  # validation's (None: masked means; training/evaluation.py)
         self.skip_samples: set[int] = set()  # first sample of each global batch never to train on again
         self.loss_path = self._choose_loss_path()
         self.grad_norm = float("nan")
@@ -237,7 +239,7 @@ class Trainer:
         # Batches are built on the CPU (DataLoader workers); the engine's device is the accelerator (GPU) or CPU.
         batch = {k: v.to(self.engine.device, non_blocking=True) if torch.is_tensor(v) else v
                  for k, v in batch.items()}
-        z, scale = (self.job.training.z_loss, self.token_scale) if train else (0.0, None)  # validation: plain loss
+        z, scale = (self.job.training.z_loss, self.token_scale) if train else (0.0, self.eval_token_scale)
         if self.loss_path.kind(train) == FUSED:
             out = self.engine(batch["input_ids"], batch["position_ids"], mask=batch.get("attention_mask"),
                               labels=batch["labels"], loss_weights=masked_mean_weights(batch["loss_mask"], scale),
@@ -294,26 +296,9 @@ class Trainer:
             mean = mean / self.groups.dp_size
         return float(mean)
 
-    @torch.no_grad()
     def evaluate(self, dataset) -> float:
-        """Mean loss over the first eval_iters global batches of `dataset` (the same batches every time)."""
-        self.engine.eval()
-        loader = make_loader(dataset, self.job, 0, self.groups.dp_rank, self.groups.dp_size,
-                             Collate(self.objective, train=False))
-        if self.pipelined:
-            return self._evaluate_pipeline(loader)
-        total, n = torch.zeros((), device=self.engine.device), 0
-        for i, batch in enumerate(loader):
-            if i >= self.job.training.eval_iters * self.grad_accum:
-                break
-            total += self._loss(batch, train=False)[0].float()
-            n += 1
-        self.engine.train()
-        mean = total / max(n, 1)
-        if self.groups.dp_size > 1:
-            dist.all_reduce(mean, group=self.groups.dp_group)
-            mean = mean / self.groups.dp_size
-        return float(mean)
+        """The validation loss over the first eval_iters global batches of `dataset` (training/evaluation.py)."""
+        return evaluate(self, dataset)
 
     # ------------------------------------------------------------------ pipeline parallelism (parallel/pipeline.py)
     def _pipeline_module(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -342,7 +327,8 @@ class Trainer:
 
     def _pipeline_loss(self, logits: torch.Tensor, batch: dict, train: bool):
         """Last stage: the objective's loss on this micro batch's (vocab-parallel) logits."""
-        out = self.objective.loss(logits, batch, self.tp_group, train, token_scale=self.token_scale if train else None)
+        scale = self.token_scale if train else self.eval_token_scale
+        out = self.objective.loss(logits, batch, self.tp_group, train, token_scale=scale)
         if train:
             self.guard.record_loss(out[0])
         return out
@@ -350,7 +336,7 @@ class Trainer:
     def _pipeline_head_loss(self, head: torch.nn.Module, hidden: torch.Tensor, batch: dict, train: bool):
         """Last stage with the head in the loss: the head runs here, fused with the next-token loss (logits, then
         the objective's loss, for MIM training)."""
-        z, scale = (self.job.training.z_loss, self.token_scale) if train else (0.0, None)
+        z, scale = (self.job.training.z_loss, self.token_scale) if train else (0.0, self.eval_token_scale)
         fused = self.loss_path.kind(train) == FUSED
         if fused and z:
             loss, z_part = head_loss(head, hidden, batch["labels"], masked_mean_weights(batch["loss_mask"], scale), z)
@@ -379,19 +365,6 @@ class Trainer:
             norm = self.engine.get_global_grad_norm()
             self.grad_norm = float(norm) if norm is not None else float("nan")
         return float(loss)
-
-    def _evaluate_pipeline(self, loader) -> float:
-        """Mean over eval_iters global batches; eval_batch returns the DP-averaged loss on every stage."""
-        batches = PipelineBatches(iter(loader), self.objective.label_keys(False))
-        n = min(self.job.training.eval_iters, len(loader) // self.grad_accum)
-        # Stages size their receive buffers from the first activation they see; validation batches may have
-        # another shape (MIM trains on doubled batches), so renegotiate shapes on the way in and out.
-        self.engine.reset_activation_shape()
-        # batches of the final global batch size even while a batch schedule runs a smaller one
-        total = sum(float(self.engine.eval_batch(batches, num_micro_batches=self.grad_accum)) for _ in range(n))
-        self.engine.reset_activation_shape()
-        self.engine.train()
-        return total / max(n, 1)
 
     # ------------------------------------------------------------------ bookkeeping
     def save(self) -> None:
