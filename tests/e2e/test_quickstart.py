@@ -17,7 +17,10 @@ def test_quickstart_learns(tmp_path):
     # then it does not inherit the suite's one OpenMP thread (that halves training speed on 2 cores). Under
     # pytest-xdist the other workers already keep the other cores busy; more threads than cores only contend.
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") or 1)
-    e.update(SKIP_INSTALL="1", WORK=str(tmp_path / "qs"), ITERS=os.environ.get("QUICKSTART_ITERS", "150"),
+    # 100 iterations (the script's own knob ITERS; the README command runs 300): the validation loss falls 46.9%
+    # (9.0447 -> 4.8044, measured 2026-12-06 with these settings; the run is deterministic), over the 40% the
+    # script requires. QUICKSTART_ITERS overrides it (docs/testing.md).
+    e.update(SKIP_INSTALL="1", WORK=str(tmp_path / "qs"), ITERS=os.environ.get("QUICKSTART_ITERS", "100"),
              TOKENIZER_CHARS="3000000", OMP_NUM_THREADS=str(max(1, min(4, os.cpu_count() or 1) // workers)))
     proc = subprocess.run(["bash", os.path.join(ROOT, "examples", "quickstart_cpu.sh")], cwd=ROOT, env=e,
                           capture_output=True, text=True, timeout=3000)
