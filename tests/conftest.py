@@ -37,6 +37,12 @@ def pytest_collection_modifyitems(config, items):
             # xdist appends "@GROUP" to the test's id in reports: keep it short ("e2e/test_resume")
             group = _root(groups, item.nodeid.split("::")[0]).removeprefix("tests/").removesuffix(".py")
             item.add_marker(pytest.mark.xdist_group(group))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # Groups holding a `slow` test go first (tools/run_tests.sh passes --no-loadscope-reorder, so xdist hands
+        # out groups in this order): a long test left for last keeps one worker busy while the other idles (the
+        # quick start was last, alone, in a run ordered by group size). Deterministic, as every worker must agree.
+        slow = {item.get_closest_marker("xdist_group").args[0] for item in items if item.get_closest_marker("slow")}
+        items.sort(key=lambda item: item.get_closest_marker("xdist_group").args[0] not in slow)
 
 
 LAUNCHER_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")

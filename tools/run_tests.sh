@@ -28,7 +28,7 @@ echo "== tests"
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} TOKENIZERS_PARALLELISM=false
 rc=0
 workers=${PYTEST_WORKERS:-2}
-$PY -m pytest -q -rs --durations=25 --timeout=900 -n "$workers" --dist loadgroup tests "$@" || rc=$?
+$PY -m pytest -q -rs --durations=25 --timeout=900 -n "$workers" --dist loadgroup --no-loadscope-reorder tests "$@" || rc=$?
 if [[ $rc -eq 5 ]]; then
   # pytest's "no tests were collected" (a wrong path or -k): nothing was checked, which is not a pass.
   echo "error: pytest collected no tests (exit 5): check the arguments ($*)" >&2
