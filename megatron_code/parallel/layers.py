@@ -287,32 +287,45 @@ class ReplicatedKVLinear(_ShardedParams, _GroupAttr, nn.Linear):
         return f"{super().extra_repr()}, replicated full_out={self.full_out_features}, rows={self.rows}"
 
 
-class VocabParallelEmbedding(_ShardedParams, _GroupAttr, nn.Embedding):
-    """Embedding whose vocabulary rows are split over TP: rank r holds ids [r*V/tp, (r+1)*V/tp). Tokens outside
-    the local range look up zeros; the partial results are all-reduced (each token found on exactly one rank).
-    Tied heads reuse `weight`, so F.linear(h, weight) yields this rank's vocabulary slice of the logits."""
+class _ShardedEmbedding(_ShardedParams, _GroupAttr, nn.Embedding):
+    """An nn.Embedding (plain: no padding_idx/max_norm/sparse) whose weight is split over TP along `_split_dim`
+    (0: rows, 1: columns); subclasses say which and how they look up."""
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, group=None, *, device=None, dtype=None):
-        start, stop = shard_range(num_embeddings, group, "padded vocabulary size (raise vocab_pad_multiple to a "
-                                                         "multiple of TP)")
+    _split_dim: int
+    _what: str  # names the layer in from_dense's refusal
+
+    def _init_table(self, rows: int, cols: int, start: int, full: int, group, device, dtype) -> None:
         nn.Module.__init__(self)
-        self.num_embeddings, self.embedding_dim = stop - start, embedding_dim
-        self.full_num_embeddings, self.vocab_start = num_embeddings, start
+        self.num_embeddings, self.embedding_dim = rows, cols
         self.padding_idx, self.max_norm, self.norm_type = None, None, 2.0
         self.scale_grad_by_freq, self.sparse = False, False
         self.group = group
-        self._shards = {"weight": (0, start, num_embeddings)}
-        self.weight = nn.Parameter(torch.empty(stop - start, embedding_dim, device=device, dtype=dtype))
-        _mark(self.weight, 0)
+        self._shards = {"weight": (self._split_dim, start, full)}
+        self.weight = nn.Parameter(torch.empty(rows, cols, device=device, dtype=dtype))
+        _mark(self.weight, self._split_dim)
 
     @classmethod
-    def from_dense(cls, emb: nn.Embedding, group) -> "VocabParallelEmbedding":
+    def from_dense(cls, emb: nn.Embedding, group):
         if emb.padding_idx is not None or emb.max_norm is not None or emb.sparse:
-            raise ShardingError("vocab-parallel embedding supports plain embeddings only (no padding_idx/max_norm)")
+            raise ShardingError(f"{cls._what} supports plain embeddings only (no padding_idx/max_norm)")
         w = emb.weight
         layer = cls(emb.num_embeddings, emb.embedding_dim, group, device=w.device, dtype=w.dtype)
         _copy_param(layer.weight, layer.shard_param("weight", w))
         return layer
+
+
+class VocabParallelEmbedding(_ShardedEmbedding):
+    """Embedding whose vocabulary rows are split over TP: rank r holds ids [r*V/tp, (r+1)*V/tp). Tokens outside
+    the local range look up zeros; the partial results are all-reduced (each token found on exactly one rank).
+    Tied heads reuse `weight`, so F.linear(h, weight) yields this rank's vocabulary slice of the logits."""
+
+    _split_dim, _what = 0, "vocab-parallel embedding"
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, group=None, *, device=None, dtype=None):
+        start, stop = shard_range(num_embeddings, group, "padded vocabulary size (raise vocab_pad_multiple to a "
+                                                         "multiple of TP)")
+        self._init_table(stop - start, embedding_dim, start, num_embeddings, group, device, dtype)
+        self.full_num_embeddings, self.vocab_start = num_embeddings, start
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         if M.group_size(self.group) == 1:
@@ -332,30 +345,16 @@ class VocabParallelEmbedding(_ShardedParams, _GroupAttr, nn.Embedding):
                f"vocab_start={self.vocab_start}"
 
 
-class HeadParallelEmbedding(_ShardedParams, _GroupAttr, nn.Embedding):
+class HeadParallelEmbedding(_ShardedEmbedding):
     """A table with one column per attention head (T5's relative position bias: buckets x heads) split over TP by
     heads: rank r holds the columns of the heads its column-parallel q/k/v produce ([r*H/tp, (r+1)*H/tp), the same
     contiguous blocks). Lookups are local, no collective; each column gets gradients only from its own head."""
 
+    _split_dim, _what = 1, "head-parallel table"
+
     def __init__(self, num_embeddings: int, embedding_dim: int, group=None, *, device=None, dtype=None):
         start, stop = shard_range(embedding_dim, group, "number of attention heads")
-        nn.Module.__init__(self)
-        self.num_embeddings, self.embedding_dim = num_embeddings, stop - start
-        self.padding_idx, self.max_norm, self.norm_type = None, None, 2.0
-        self.scale_grad_by_freq, self.sparse = False, False
-        self.group = group
-        self._shards = {"weight": (1, start, embedding_dim)}
-        self.weight = nn.Parameter(torch.empty(num_embeddings, stop - start, device=device, dtype=dtype))
-        _mark(self.weight, 1)
-
-    @classmethod
-    def from_dense(cls, emb: nn.Embedding, group) -> "HeadParallelEmbedding":
-        if emb.padding_idx is not None or emb.max_norm is not None or emb.sparse:
-            raise ShardingError("head-parallel table supports plain embeddings only (no padding_idx/max_norm)")
-        w = emb.weight
-        layer = cls(emb.num_embeddings, emb.embedding_dim, group, device=w.device, dtype=w.dtype)
-        _copy_param(layer.weight, layer.shard_param("weight", w))
-        return layer
+        self._init_table(num_embeddings, stop - start, start, embedding_dim, group, device, dtype)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return F.embedding(ids, self.weight)
