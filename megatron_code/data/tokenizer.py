@@ -444,6 +444,11 @@ def _train_hf_bpe(texts: Iterable[str], vocab_size: int, output_dir: str) -> Tok
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(SPECIAL_TOKENS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tok.train_from_iterator(texts, trainer=trainer)
+    return _save_trained(tok, output_dir)
+
+
+def _save_trained(tok, output_dir: str) -> Tokenizer:
+    """Write a `tokenizers` model trained here as OUTPUT_DIR/tokenizer.json (atomically) and load it back as ours."""
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, "tokenizer.json")
     tok.save(atomic.tmp_path(path))
@@ -489,13 +494,7 @@ def _train_hf_wordpiece(texts: Iterable[str], vocab_size: int, output_dir: str) 
             vocab.setdefault(piece, len(vocab))
     tok = finish(_HF(models.WordPiece(vocab=vocab, **kw)))
     tok.add_special_tokens(list(SPECIAL_TOKENS))
-    os.makedirs(output_dir, exist_ok=True)
-    path = os.path.join(output_dir, "tokenizer.json")
-    tok.save(atomic.tmp_path(path))
-    atomic.replace(atomic.tmp_path(path), path)
-    result = HFTokenizer({"tokenizer.json": _read(path)})
-    result.save(output_dir)
-    return result
+    return _save_trained(tok, output_dir)
 
 
 def _train_sentencepiece(texts: Iterable[str], vocab_size: int, output_dir: str, model_type: str) -> Tokenizer:
