@@ -40,6 +40,7 @@ from . import recovery
 from .guards import StepGuard, StopSignal
 from .losses import masked_mean_weights, read_step_for_per_token_loss
 from .objective import FUSED, Collate, build_objective, choose_loss_path
+from .reported_loss import ReportedLoss
 from .formulas import apply_study_formulas
 from .lr_schedule import lr_at
 from .metrics import MetricsSink, Throughput, WandbWriter, megatron_log_line, memory_gb, peak_flops
@@ -179,7 +180,8 @@ class Trainer:
         self.skipped_steps = self.nan_steps = self.nan_at_window = self.bad_streak = self.rollbacks = 0
         self.bad_batches: list[tuple[int, int]] = []  # [first sample, end) of the batches of skipped steps
         self.token_scale: float | None = None  # per-token loss factor of the current step (_per_token_batches)
-        self.eval_token_scale: float | None = None  # validation's (None: masked means; training/evaluation.py)
+        self.report = ReportedLoss(self.engine.device)  # Megatron's `lm loss` (training/reported_loss.py)
+        self.lm_loss = self.lm_valid = float("nan")  # its last training and validation values
         self.skip_samples: set[int] = set()  # first sample of each global batch never to train on again
         self.loss_path = self._choose_loss_path()
         self.grad_norm = float("nan")
@@ -239,14 +241,22 @@ class Trainer:
         # Batches are built on the CPU (DataLoader workers); the engine's device is the accelerator (GPU) or CPU.
         batch = {k: v.to(self.engine.device, non_blocking=True) if torch.is_tensor(v) else v
                  for k, v in batch.items()}
-        z, scale = (self.job.training.z_loss, self.token_scale) if train else (0.0, self.eval_token_scale)
+        z, scale = (self.job.training.z_loss, self.token_scale) if train else (0.0, None)
         if self.loss_path.kind(train) == FUSED:
             out = self.engine(batch["input_ids"], batch["position_ids"], mask=batch.get("attention_mask"),
                               labels=batch["labels"], loss_weights=masked_mean_weights(batch["loss_mask"], scale),
                               **({"z_loss": z} if z else {}))
-            return (out[0], {"z_loss": float(out[1])}) if z else (out, {})
-        logits = self.engine(batch["input_ids"], batch["position_ids"], mask=batch.get("attention_mask"))
-        return self.objective.loss(logits, batch, self.tp_group, train, token_scale=scale)
+            out = (out[0], {"z_loss": float(out[1])}) if z else (out, {})
+        else:
+            logits = self.engine(batch["input_ids"], batch["position_ids"], mask=batch.get("attention_mask"))
+            out = self.objective.loss(logits, batch, self.tp_group, train, token_scale=scale)
+        return self._reported(out, batch, train, scale)
+
+    def _reported(self, out: tuple, batch: dict, train: bool, scale: float | None) -> tuple:
+        """`out` (loss, parts) of one micro batch, also added to Megatron's reported loss."""
+        self.report.add(out[0], batch["loss_mask"], scale, out[1].get("z_loss", 0.0),
+                        self.objective.next_token_loss(train))
+        return out
 
     def _per_token_batches(self, batches, accum: int):
         """--calculate-per-token-loss: this step's micro batches read ahead and `token_scale` set (losses.py)."""
@@ -257,7 +267,9 @@ class Trainer:
         return iter(micro)
 
     def train_step(self, batches) -> float:
-        """One optimizer step over `grad_accum` micro batches. Returns the mean loss (averaged over DP)."""
+        """One optimizer step over `grad_accum` micro batches. Returns the mean of the micro-batch losses (averaged
+        over DP); `lm_loss` is then Megatron's (the global batch's token mean, training/reported_loss.py)."""
+        self.report.reset()
         if self.pipelined:
             return self._train_step_pipeline(batches)
         total = 0.0
@@ -290,15 +302,15 @@ class Trainer:
         if not self.own_clip:
             norm = self.engine.get_global_grad_norm()
             self.grad_norm = float(norm) if norm is not None else float("nan")
-        mean = total / accum
-        if self.groups.dp_size > 1:
-            dist.all_reduce(mean, group=self.groups.dp_group)
-            mean = mean / self.groups.dp_size
-        return float(mean)
+        dp = self.groups.dp_size
+        self.lm_loss, mean = self.report.value(dp > 1, self.groups.dp_group, [total / accum])  # one all-reduce
+        return mean / dp
 
     def evaluate(self, dataset) -> float:
-        """The validation loss over the first eval_iters global batches of `dataset` (training/evaluation.py)."""
-        return evaluate(self, dataset)
+        """The validation loss over the first eval_iters global batches of `dataset` (training/evaluation.py);
+        Megatron's `lm loss validation` is left in `lm_valid`."""
+        loss, self.lm_valid = evaluate(self, dataset)
+        return loss
 
     # ------------------------------------------------------------------ pipeline parallelism (parallel/pipeline.py)
     def _pipeline_module(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -327,8 +339,9 @@ class Trainer:
 
     def _pipeline_loss(self, logits: torch.Tensor, batch: dict, train: bool):
         """Last stage: the objective's loss on this micro batch's (vocab-parallel) logits."""
-        scale = self.token_scale if train else self.eval_token_scale
-        out = self.objective.loss(logits, batch, self.tp_group, train, token_scale=scale)
+        scale = self.token_scale if train else None
+        out = self._reported(self.objective.loss(logits, batch, self.tp_group, train, token_scale=scale), batch,
+                             train, scale)
         if train:
             self.guard.record_loss(out[0])
         return out
@@ -336,7 +349,7 @@ class Trainer:
     def _pipeline_head_loss(self, head: torch.nn.Module, hidden: torch.Tensor, batch: dict, train: bool):
         """Last stage with the head in the loss: the head runs here, fused with the next-token loss (logits, then
         the objective's loss, for MIM training)."""
-        z, scale = (self.job.training.z_loss, self.token_scale) if train else (0.0, self.eval_token_scale)
+        z, scale = (self.job.training.z_loss, self.token_scale) if train else (0.0, None)
         fused = self.loss_path.kind(train) == FUSED
         if fused and z:
             loss, z_part = head_loss(head, hidden, batch["labels"], masked_mean_weights(batch["loss_mask"], scale), z)
@@ -345,6 +358,7 @@ class Trainer:
             out = head_loss(head, hidden, batch["labels"], masked_mean_weights(batch["loss_mask"], scale)), {}
         else:
             out = self.objective.loss(head_logits(head, hidden), batch, self.tp_group, train, token_scale=scale)
+        self._reported(out, batch, train, scale)
         if train:
             self.guard.record_loss(out[0])
         return out
@@ -364,6 +378,7 @@ class Trainer:
         else:
             norm = self.engine.get_global_grad_norm()
             self.grad_norm = float(norm) if norm is not None else float("nan")
+        self.lm_loss = self.report.value(True)[0]  # from the last stage's (DP) ranks to every rank
         return float(loss)
 
     # ------------------------------------------------------------------ bookkeeping
@@ -446,12 +461,14 @@ class Trainer:
 
     def _validate(self, history: dict) -> None:
         v = self.evaluate(self.data.valid)
-        history["valid_loss"].append((self.iteration, v))
-        self.sink.write(self.iteration, {"loss": v, "ppl": math.exp(min(v, 50))}, kind="valid")
-        # Megatron caps the exponent at 20 for its "ppl" scalars (evaluate_and_print_results).
-        self.sink.megatron(self.iteration, self.consumed, self.consumed * self.job.data.seq_length,
-                           {"lm loss": v, "lm loss ppl": math.exp(min(v, 20))}, validation=True)
-        log(f"validation at iter {self.iteration} | loss {v:.4f} | ppl {math.exp(min(v, 50)):.2f}", self.rank)
+        lm, it = self.lm_valid, self.iteration
+        history["valid_loss"].append((it, v))
+        self.sink.write(it, {"loss": v, "ppl": math.exp(min(v, 50)), "lm_loss": lm}, kind="valid")
+        # Megatron caps the exponent at 20 for its "ppl" scalars and line (evaluate_and_print_results).
+        self.sink.megatron(it, self.consumed, self.consumed * self.job.data.seq_length,
+                           {"lm loss": lm, "lm loss ppl": math.exp(min(lm, 20))}, validation=True)
+        log(f" validation loss at iteration {it} | lm loss value: {lm:.6E} | lm loss PPL: {math.exp(min(20, lm)):.6E} "
+            f"| loss: {v:.6E} |", self.rank)
         self.throughput.reset()  # evaluation time is not training throughput
 
     def _train_loader(self):
@@ -475,13 +492,14 @@ class Trainer:
         t = self.job.training
         self.throughput.add(self.step_batch * self.job.data.seq_length)
         self.sink.write(self.iteration, {"loss": loss, "lr": lr, "consumed_samples": self.consumed,
-                                         "global_batch_size": self.step_batch, **self.loss_parts})
+                                         "global_batch_size": self.step_batch, "lm_loss": self.lm_loss,
+                                         **self.loss_parts})
         # Megatron writes these every iteration (its --tensorboard-log-interval defaults to 1).
         self.sink.megatron(self.iteration, self.consumed, self.consumed * self.job.data.seq_length, {
-            "learning-rate": lr, "batch-size": self.step_batch, "lm loss": loss, "loss-scale": self._loss_scale(),
-            "grad-norm": self.grad_norm if math.isfinite(self.grad_norm) else None, "world-size": self.world})
+            "learning-rate": lr, "batch-size": self.step_batch, "lm loss": self.lm_loss, "world-size": self.world,
+            "loss-scale": self._loss_scale(), "grad-norm": self.grad_norm if math.isfinite(self.grad_norm) else None})
         history["train_loss"].append((self.iteration, loss))
-        self.window_loss, self.window_steps = self.window_loss + loss, self.window_steps + 1
+        self.window_loss, self.window_steps = self.window_loss + self.lm_loss, self.window_steps + 1
         for k, v in self.loss_parts.items():  # MIM's terms, averaged over the window like the loss
             self.window_parts[k] = self.window_parts.get(k, 0.0) + v
         bar.update(1)

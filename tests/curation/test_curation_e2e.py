@@ -75,6 +75,6 @@ def test_tiny_model_trains_on_the_curated_bins(curated):
     text = curated["train"].stdout + curated["train"].stderr
     losses = [float(x) for x in re.findall(r"iteration\s+\d+/\s*4 \|.*?lm loss: ([0-9.E+-]+)", text)]
     assert len(losses) == 4 and all(math.isfinite(x) for x in losses), text[-3000:]
-    val = [float(x) for x in re.findall(r"validation at iter \d+ \| loss ([0-9.]+)", text)]
+    val = [float(x) for x in re.findall(r"validation loss at iteration \d+ \| lm loss value: ([0-9.E+-]+)", text)]
     assert len(val) == 2 and val[1] < val[0], text[-3000:]  # it learns from the curated tokens
     assert os.path.isdir(os.path.join(curated["ckpt"], "iter_0000004"))

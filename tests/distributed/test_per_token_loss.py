@@ -7,7 +7,11 @@ unequal. Through the trainer: a run with one micro batch holding the whole globa
 mean (its masked mean), so DP2 x accumulation 2 and PP2 x accumulation 4 (each fused and unfused) with the flag must
 give its loss trajectory; without the flag, DP2 x accumulation 2 (mean of per-micro-batch means) must not. Masks are
 unequal because NullTokenizer's EOD (vocab - 1) is frequent in the 8-token mock vocabulary and --eod-mask-loss drops
-those targets."""
+those targets.
+
+Megatron-LM's reported values (`lm loss`, `lm loss validation`: token means over the global batch / all validation
+tokens, with or without the flag; training/reported_loss.py) are checked on every one of those layouts, and with
+TP2 and TP2 x PP2 x DP2."""
 
 from __future__ import annotations
 
@@ -52,7 +56,8 @@ def test_per_token_scale_gives_the_global_token_mean_by_hand():
 
 def _train(rank, world, jobs):
     """jobs: [(key, extra flags)] trained one after another in this group -> {key: (losses, fused loss path,
-    validation losses)}."""
+    validation losses, Megatron's `lm loss` per iteration, its `lm loss validation`)}; the last two as handed to
+    TensorBoard/W&B (MetricsSink.megatron, seen on every rank before rank 0's sink writes them)."""
     import contextlib
     import os
 
@@ -63,9 +68,18 @@ def _train(rank, world, jobs):
     with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
         for key, extra in jobs:
             trainer = Trainer(parse_args(LINE + extra).job)
+            lm = {False: [], True: []}
+            write = trainer.sink.megatron
+
+            def megatron(iteration, samples, tokens, scalars, validation=False, write=write, lm=lm):
+                if "lm loss" in scalars:
+                    lm[validation].append(scalars["lm loss"])
+                return write(iteration, samples, tokens, scalars, validation)
+
+            trainer.sink.megatron = megatron
             history = trainer.train()
             out[key] = ([loss for _, loss in history["train_loss"]], trainer.loss_path.fused,
-                        [loss for _, loss in history["valid_loss"]])
+                        [loss for _, loss in history["valid_loss"]], lm[False], lm[True])
     return out
 
 
@@ -75,32 +89,54 @@ def _close(got, want, what):
         assert abs(a - b) <= 1e-5 * abs(b), (what, got, want)
 
 
+def _same(got, want, what):
+    assert len(got) == len(want) > 0, (what, got, want)
+    for a, b in zip(got, want):
+        assert abs(a - b) <= 1e-5 * abs(b), (what, got, want)
+
+
 @pytest.mark.distributed
 def test_dp2_accumulation_and_pp2_follow_the_global_token_mean():
-    # validation (Megatron-LM's evaluate(): total token-loss sum / total token count over its iterations and DP
-    # ranks) is checked across layouts too: DP2 and PP2 must report the single-process value
-    ref_out = run_distributed(_train, 1, [
-        ("ref", ["--micro-batch-size", "8"]),
-        ("ref-valid", ["--micro-batch-size", "8", "--calculate-per-token-loss"] + EVAL)], timeout=900)[0]
-    ref = ref_out["ref"][0]
+    """Training and validation, with and without the flag, on the flat (fused and unfused) and pipeline (fused and
+    unfused) paths, with TP, and with TP2 x PP2 x DP2 (8 processes, ~8 s): every run reports what one process holding the whole global batch in one micro
+    batch reports. Megatron-LM's `lm loss` (TensorBoard/W&B/log line) is the global batch's token mean and
+    `lm loss validation` the token mean of all validation tokens whether or not the flag is set; our own `loss` is
+    the mean of the micro-batch means without the flag (training/reported_loss.py)."""
+    # micro batch = global batch: its masked mean is the global token mean, so the flag changes nothing here
+    ref_run = run_distributed(_train, 1, [
+        ("ref", ["--micro-batch-size", "8", "--calculate-per-token-loss"] + EVAL)], timeout=900)[0]["ref"]
+    ref, ref_valid = ref_run[0], ref_run[2]
+    assert len(ref_valid) == 2, ref_valid  # at iteration 0 and at the end
+    _same(ref_run[3], ref, "ref lm loss")
+    _same(ref_run[4], ref_valid, "ref lm loss validation")
+    flag = ["--micro-batch-size", "2", "--calculate-per-token-loss"] + EVAL
+    unfused, pp2 = ["--training.fused_lm_loss", "false"], ["--pipeline-model-parallel-size", "2"]
     out = run_distributed(_train, 2, [
-        ("dp2-fused", ["--micro-batch-size", "2", "--calculate-per-token-loss"] + EVAL),
-        ("dp2-unfused", ["--micro-batch-size", "2", "--calculate-per-token-loss", "--training.fused_lm_loss", "false"]),
-        ("dp2-mean-of-means", ["--micro-batch-size", "2"]),
-        ("pp2", ["--micro-batch-size", "2", "--calculate-per-token-loss", "--pipeline-model-parallel-size", "2"]
-         + EVAL),
-        ("pp2-unfused", ["--micro-batch-size", "2", "--calculate-per-token-loss", "--pipeline-model-parallel-size",
-                         "2", "--training.fused_lm_loss", "false"]),
+        ("dp2-fused", flag),
+        ("dp2-unfused", flag + unfused),
+        ("dp2-mean-of-means", ["--micro-batch-size", "2", "--z-loss", "1e-2"] + EVAL),
+        ("pp2", flag + pp2),
+        ("pp2-unfused", flag + pp2 + unfused),
+        ("tp2", flag + ["--tensor-model-parallel-size", "2", "--micro-batch-size", "4"]),
     ], timeout=1500)[0]
-    for key in ("dp2-fused", "dp2-unfused", "pp2", "pp2-unfused"):
-        _close(out[key][0], ref, key)
+    # TP x PP x DP at once: the last stage's two TP ranks each hold the loss, stage 0 (rank 0, which logs) none
+    out.update(run_distributed(_train, 8, [("tp2-pp2-dp2", flag + pp2 + ["--tensor-model-parallel-size", "2"])],
+                               timeout=1500)[0])
+    for key in ("dp2-fused", "dp2-unfused", "pp2", "pp2-unfused", "tp2", "tp2-pp2-dp2"):
+        losses, _, valid, lm, lm_valid = out[key]
+        _close(losses, ref, key)
+        _close(lm, ref, f"{key} lm loss")
+        _same(valid, ref_valid, f"{key} validation")
+        _same(lm_valid, ref_valid, f"{key} lm loss validation")
     assert out["dp2-fused"][1] and not out["dp2-unfused"][1] and not out["pp2-unfused"][1]
-    default = out["dp2-mean-of-means"][0]
-    assert abs(default[0] - ref[0]) > 1e-4 * abs(ref[0]), (default, ref)  # the masks really are unequal
-    want = ref_out["ref-valid"][2]
-    assert len(want) == 2, want  # at iteration 0 and at the end
-    for key in ("dp2-fused", "pp2"):
-        assert all(abs(a - b) <= 1e-5 * b for a, b in zip(out[key][2], want)) and len(out[key][2]) == 2, (key, out)
+    # without the flag: our loss is the mean of the micro-batch means (with the z-loss term in it), a different
+    # number on these unequal masks; Megatron's lm loss of the first step (same weights, same global batch) and
+    # validation at iteration 0 are still the global token means, of the cross-entropy alone
+    losses, _, valid, lm, lm_valid = out["dp2-mean-of-means"]
+    assert abs(losses[0] - ref[0]) > 1e-4 * abs(ref[0]), (losses, ref)
+    assert abs(valid[0] - ref_valid[0]) > 1e-5 * abs(ref_valid[0]), (valid, ref_valid)  # validation has no z-loss
+    _same(lm[:1], ref[:1], "mean-of-means lm loss")
+    _same(lm_valid[:1], ref_valid[:1], "mean-of-means lm loss validation")
 
 
 def _validate(rank, world):
@@ -120,8 +156,10 @@ def _validate(rank, world):
         trainer = Trainer(parse_args(line).job)
         trainer.train()
         per_token = trainer.evaluate(trainer.data.valid)
+        lm = [trainer.lm_valid]  # Megatron's `lm loss validation`
         trainer.job.training.calculate_per_token_loss = False
         default = trainer.evaluate(trainer.data.valid)
+        lm.append(trainer.lm_valid)
     sums, counts = [], []
     trainer.engine.eval()
     with torch.no_grad():
@@ -131,17 +169,48 @@ def _validate(rank, world):
             nll = torch.nn.functional.cross_entropy(logits.flatten(0, 1), b["labels"].flatten(), reduction="none")
             sums.append(float((nll * b["loss_mask"].flatten()).sum()))
             counts.append(float(b["loss_mask"].sum()))
-    return per_token, default, sums, counts
+    return per_token, default, sums, counts, lm
 
 
 @pytest.mark.distributed
 def test_validation_is_total_token_sum_over_total_token_count():
     """Megatron-LM's evaluate(): with --calculate-per-token-loss the validation loss is the sum of token losses over
-    all validation iterations divided by their total token count, not the mean of the per-batch means."""
-    per_token, default, sums, counts = run_distributed(_validate, 1, timeout=900)[0]
+    all validation iterations divided by their total token count, not the mean of the per-batch means; Megatron's
+    `lm loss validation` is that token mean with or without the flag."""
+    per_token, default, sums, counts, lm = run_distributed(_validate, 1, timeout=900)[0]
     assert len(set(counts)) > 1, counts  # unequal numbers of scored tokens (EOD targets masked)
     by_hand = sum(sums) / sum(counts)
     mean_of_means = sum(s / c for s, c in zip(sums, counts)) / len(sums)
     assert abs(per_token - by_hand) <= 1e-5 * by_hand, (per_token, by_hand)
     assert abs(default - mean_of_means) <= 1e-5 * mean_of_means, (default, mean_of_means)  # the default is unchanged
     assert abs(by_hand - mean_of_means) > 1e-4 * by_hand, (by_hand, mean_of_means)  # and the two really differ
+    assert all(abs(v - by_hand) <= 1e-5 * by_hand for v in lm), (lm, by_hand)
+
+
+def test_reported_loss_recovers_token_sums_from_every_loss_form():
+    """ReportedLoss by hand: a masked mean (x count), a per-token scaled sum (/ scale), a validation mean; the z-loss
+    part is left out; MIM's loss counts once per micro batch; nothing scored reports 0 (no division by zero)."""
+    from megatron_code.training.reported_loss import ReportedLoss
+
+    g = torch.Generator().manual_seed(1)
+    nll, mask = torch.rand(3, 4, 6, generator=g), (torch.rand(3, 4, 6, generator=g) < 0.5).float()
+    mask[1] = 0.0  # a micro batch with no scored token
+    want = float((nll * mask).sum() / mask.sum())
+    means = [(n * m).sum() / m.sum().clamp(min=1.0) for n, m in zip(nll, mask)]
+    report = ReportedLoss("cpu")
+    for mean, m in zip(means, mask):
+        report.add(mean + 0.25, m, None, z_part=0.25)
+    assert report.value(False) == [pytest.approx(want, rel=1e-6)]
+    scale = per_token_scale(float(mask.sum()), 3, 1)
+    report.reset()
+    for n, m in zip(nll, mask):
+        report.add((n * m).sum() * scale, m, scale)  # the form losses._masked_mean gives under the flag
+    assert report.value(False, extra=[torch.tensor(2.0)]) == [pytest.approx(want, rel=1e-6), 2.0]
+    report.reset()
+    report.add(torch.tensor(3.0), mask[0], None, token_weighted=False)
+    report.add(torch.tensor(5.0), mask[1], None, token_weighted=False)
+    assert report.value(False) == [4.0]
+    report.reset()
+    report.add(torch.tensor(0.0), mask[1], None)
+    report.add(torch.tensor(0.0), mask[1], 0.0)
+    assert report.value(False) == [0.0]

@@ -82,10 +82,18 @@ def test_megatron_lm_tags_series_and_log_line(tmp_path, monkeypatch):
                 "lm loss validation ppl vs samples"):
         assert len(sc[tag]) >= 2, tag
     assert "train/loss" in sc  # our own tags stay as aliases
-    # The training loss logged under Megatron's name is the one in metrics.jsonl
+    # The losses logged under Megatron's names are metrics.jsonl's lm_loss (Megatron's token means; our "loss"
+    # beside it is the mean of the micro-batch means, training/reported_loss.py)
     records = [json.loads(x) for x in open(tmp_path / "ckpt" / "metrics.jsonl")]
-    train = [r["loss"] for r in records if r["kind"] == "train"]
+    train = [r["lm_loss"] for r in records if r["kind"] == "train"]
     assert [e.value for e in sc["lm loss"]] == pytest.approx(train, rel=1e-6)
+    valid = [r["lm_loss"] for r in records if r["kind"] == "valid"]
+    assert [e.value for e in sc["lm loss validation"]] == pytest.approx(valid, rel=1e-6)
+    # Megatron-LM's validation line (evaluate_and_print_results), our loss after it
+    shown = re.findall(r" validation loss at iteration (\d+) \| lm loss value: ([\d.E+-]+) \| lm loss PPL: "
+                       r"[\d.E+-]+ \| loss: [\d.E+-]+ \|", proc.stdout)
+    assert [int(i) for i, _ in shown] == [0, 2, 4]
+    assert [float(v) for _, v in shown] == pytest.approx(valid, rel=1e-6)
     # Megatron-LM's log line, as its log parsers read it
     pattern = re.compile(r" \[[\d\- :.]+\] iteration +(\d+)/ +(\d+) \| consumed samples: +(\d+) \| elapsed time per "
                          r"iteration \(ms\): [\d.]+ \| throughput per GPU \(TFLOP/s/GPU\): [\d.]+ \| learning rate: "
