@@ -13,6 +13,12 @@ What Megatron-LM core_v0.16.1 reports (read in its source, independent of --calc
   the end: ``lm loss validation`` is the token mean of all validation tokens.
 * The log line averages the per-iteration values over the logging window (``training_log``).
 
+Megatron-DeepSpeed (main; what a ``--deepspeed`` line's dashboards were made with, --training.tensorboard_style
+megatron-deepspeed) reports otherwise: its ``pretrain_gpt.loss_func`` logs each micro batch's masked *mean*
+averaged over DP, ``train_step`` averages those over the micro batches, and ``evaluate`` divides their sum by
+eval_iters x micro batches (DeepSpeed's pipeline: eval_batch's mean). That is the mean of micro-batch means, which
+``ReportedLoss(token_mean=False)`` gives.
+
 ``--eod-mask-loss`` and padding change the masks, hence both the sums and the counts. Our back-propagated loss is
 unchanged by any of this; ``ReportedLoss`` only adds up what the trainer already computed. The loss the engine
 averages (mean of per-micro-batch means without the flag) stays our own ``loss`` (metrics.jsonl, ``train/loss``).
@@ -34,8 +40,8 @@ class ReportedLoss:
     sum / count after one all-reduce. Ranks that compute no loss (pipeline stages before the last) add nothing;
     tensor-parallel ranks that each hold the same loss multiply sum and count alike, which leaves the ratio."""
 
-    def __init__(self, device):
-        self.device = device
+    def __init__(self, device, token_mean: bool = True):
+        self.device, self.token_mean = device, token_mean  # False: Megatron-DeepSpeed's mean of micro-batch means
         self.reset()
 
     def reset(self) -> None:
@@ -47,7 +53,7 @@ class ReportedLoss:
         loss) its masked sum times the scale --, ``z_part`` the z-loss included in it, ``mask`` its loss mask.
         ``token_weighted`` False (MIM training): the loss itself, weight 1."""
         value = loss.detach().to(self.total) - z_part
-        if not token_weighted:
+        if not (token_weighted and self.token_mean):
             count = torch.ones((), dtype=torch.float64, device=self.device)
         else:
             count = mask.detach().to(self.total).sum()

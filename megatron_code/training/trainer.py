@@ -180,7 +180,8 @@ class Trainer:
         self.skipped_steps = self.nan_steps = self.nan_at_window = self.bad_streak = self.rollbacks = 0
         self.bad_batches: list[tuple[int, int]] = []  # [first sample, end) of the batches of skipped steps
         self.token_scale: float | None = None  # per-token loss factor of the current step (_per_token_batches)
-        self.report = ReportedLoss(self.engine.device)  # Megatron's `lm loss` (training/reported_loss.py)
+        # Megatron's `lm loss` (training/reported_loss.py): Megatron-LM's token mean, or Megatron-DeepSpeed's
+        self.report = ReportedLoss(self.engine.device, token_mean=t.tensorboard_style == "megatron-lm")
         self.lm_loss = self.lm_valid = float("nan")  # its last training and validation values
         self.skip_samples: set[int] = set()  # first sample of each global batch never to train on again
         self.loss_path = self._choose_loss_path()

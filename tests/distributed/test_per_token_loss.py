@@ -11,7 +11,8 @@ those targets.
 
 Megatron-LM's reported values (`lm loss`, `lm loss validation`: token means over the global batch / all validation
 tokens, with or without the flag; training/reported_loss.py) are checked on every one of those layouts, and with
-TP2 and TP2 x PP2 x DP2."""
+TP2 and TP2 x PP2 x DP2; Megatron-DeepSpeed's names (--training.tensorboard_style megatron-deepspeed) carry its own
+mean of micro-batch means."""
 
 from __future__ import annotations
 
@@ -98,10 +99,11 @@ def _same(got, want, what):
 @pytest.mark.distributed
 def test_dp2_accumulation_and_pp2_follow_the_global_token_mean():
     """Training and validation, with and without the flag, on the flat (fused and unfused) and pipeline (fused and
-    unfused) paths, with TP, and with TP2 x PP2 x DP2 (8 processes, ~8 s): every run reports what one process holding the whole global batch in one micro
-    batch reports. Megatron-LM's `lm loss` (TensorBoard/W&B/log line) is the global batch's token mean and
-    `lm loss validation` the token mean of all validation tokens whether or not the flag is set; our own `loss` is
-    the mean of the micro-batch means without the flag (training/reported_loss.py)."""
+    unfused) paths, with TP, and with TP2 x PP2 x DP2 (8 processes, ~8 s): every run reports what one process
+    holding the whole global batch in one micro batch reports. Megatron-LM's `lm loss` (TensorBoard/W&B/log line) is
+    the global batch's token mean and `lm loss validation` the token mean of all validation tokens whether or not
+    the flag is set; our own `loss` is the mean of the micro-batch means without the flag, and so are Megatron-
+    DeepSpeed's `lm loss` and `lm loss validation` (training/reported_loss.py)."""
     # micro batch = global batch: its masked mean is the global token mean, so the flag changes nothing here
     ref_run = run_distributed(_train, 1, [
         ("ref", ["--micro-batch-size", "8", "--calculate-per-token-loss"] + EVAL)], timeout=900)[0]["ref"]
@@ -115,6 +117,8 @@ def test_dp2_accumulation_and_pp2_follow_the_global_token_mean():
         ("dp2-fused", flag),
         ("dp2-unfused", flag + unfused),
         ("dp2-mean-of-means", ["--micro-batch-size", "2", "--z-loss", "1e-2"] + EVAL),
+        ("dp2-deepspeed-style", ["--micro-batch-size", "2", "--training.tensorboard_style", "megatron-deepspeed"]
+         + EVAL),
         ("pp2", flag + pp2),
         ("pp2-unfused", flag + pp2 + unfused),
         ("tp2", flag + ["--tensor-model-parallel-size", "2", "--micro-batch-size", "4"]),
@@ -137,6 +141,11 @@ def test_dp2_accumulation_and_pp2_follow_the_global_token_mean():
     assert abs(valid[0] - ref_valid[0]) > 1e-5 * abs(ref_valid[0]), (valid, ref_valid)  # validation has no z-loss
     _same(lm[:1], ref[:1], "mean-of-means lm loss")
     _same(lm_valid[:1], ref_valid[:1], "mean-of-means lm loss validation")
+    # Megatron-DeepSpeed's names (a --deepspeed line) carry its own meaning: the mean of the micro-batch means
+    losses, _, valid, lm, lm_valid = out["dp2-deepspeed-style"]
+    assert abs(losses[0] - ref[0]) > 1e-4 * abs(ref[0]), (losses, ref)
+    _close(lm, losses, "Megatron-DeepSpeed lm loss")
+    _same(lm_valid, valid, "Megatron-DeepSpeed lm loss validation")
 
 
 def _validate(rank, world):
