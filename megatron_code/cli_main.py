@@ -63,8 +63,6 @@ def main(argv: list[str] | None = None) -> int:
     """`pretrain_code.py` and the `megatron-code-train` console script; argv defaults to sys.argv[1:]."""
     if argv is None:
         argv = sys.argv[1:]
-    from .parallel.deepspeed_compat import name_cpu_accelerator
-    name_cpu_accelerator()
     if "--help" in argv or "-h" in argv:
         print_help()
         return 0
@@ -72,6 +70,10 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         for note in args.notes:
             print(f"note: {note}", file=sys.stderr)
+        # After parsing (which imports neither torch nor DeepSpeed): a mistyped flag or value is answered without
+        # torch's ~2 s import, and DeepSpeed is still named its accelerator before anything imports it.
+        from .parallel.deepspeed_compat import name_cpu_accelerator
+        name_cpu_accelerator()
         if args.print_config:
             print_config(args.job)
             return 0
