@@ -117,6 +117,7 @@ def test_dp2_accumulation_and_pp2_follow_the_global_token_mean():
         ("dp2-fused", flag),
         ("dp2-unfused", flag + unfused),
         ("dp2-mean-of-means", ["--micro-batch-size", "2", "--z-loss", "1e-2"] + EVAL),
+        ("pp2-mean-of-means", ["--micro-batch-size", "2", "--z-loss", "1e-2"] + pp2 + EVAL),
         ("dp2-deepspeed-style", ["--micro-batch-size", "2", "--training.tensorboard_style", "megatron-deepspeed"]
          + EVAL),
         ("pp2", flag + pp2),
@@ -136,11 +137,12 @@ def test_dp2_accumulation_and_pp2_follow_the_global_token_mean():
     # without the flag: our loss is the mean of the micro-batch means (with the z-loss term in it), a different
     # number on these unequal masks; Megatron's lm loss of the first step (same weights, same global batch) and
     # validation at iteration 0 are still the global token means, of the cross-entropy alone
-    losses, _, valid, lm, lm_valid = out["dp2-mean-of-means"]
-    assert abs(losses[0] - ref[0]) > 1e-4 * abs(ref[0]), (losses, ref)
-    assert abs(valid[0] - ref_valid[0]) > 1e-5 * abs(ref_valid[0]), (valid, ref_valid)  # validation has no z-loss
-    _same(lm[:1], ref[:1], "mean-of-means lm loss")
-    _same(lm_valid[:1], ref_valid[:1], "mean-of-means lm loss validation")
+    for key in ("dp2-mean-of-means", "pp2-mean-of-means"):
+        losses, _, valid, lm, lm_valid = out[key]
+        assert abs(losses[0] - ref[0]) > 1e-4 * abs(ref[0]), (key, losses, ref)
+        assert abs(valid[0] - ref_valid[0]) > 1e-5 * abs(ref_valid[0]), (key, valid, ref_valid)  # no z-loss there
+        _same(lm[:1], ref[:1], f"{key} lm loss")
+        _same(lm_valid[:1], ref_valid[:1], f"{key} lm loss validation")
     # Megatron-DeepSpeed's names (a --deepspeed line) carry its own meaning: the mean of the micro-batch means
     losses, _, valid, lm, lm_valid = out["dp2-deepspeed-style"]
     assert abs(losses[0] - ref[0]) > 1e-4 * abs(ref[0]), (losses, ref)
