@@ -45,6 +45,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ckpt-format", choices=["torch", "torch_dist"], default="torch",
                    help="--to megatron-lm: the legacy per-rank files (torch) or the distributed checkpoint "
                         "(torch_dist: global tensors, loads at any TP x PP); --from reads either")
+    p.add_argument("--use-distributed-optimizer", action="store_true",
+                   help="--to megatron-lm --ckpt-format torch: write the Adam state as Megatron-LM's distributed "
+                        "optimizer saves it (distrib_optim.pt; load with --use-distributed-optimizer)")
     p.add_argument("--tensor-model-parallel-size", type=int, default=1)
     p.add_argument("--pipeline-model-parallel-size", type=int, default=1)
     return p.parse_args(argv)
@@ -102,6 +105,9 @@ def _megatron(args) -> int:
         raise mlm.MegatronCheckpointError("--ckpt-format torch_dist: a Megatron-LM distributed checkpoint holds "
                                           "global tensors (it loads at any TP x PP): use it with --to megatron-lm "
                                           "and without --tensor/--pipeline-model-parallel-size")
+    if args.use_distributed_optimizer and (args.to != "megatron-lm" or args.ckpt_format != "torch"):
+        raise mlm.MegatronCheckpointError("--use-distributed-optimizer applies to --to megatron-lm --ckpt-format torch "
+                                          "only (an import reads distrib_optim.pt by itself)")
     if args.from_ == "ds-universal":
         from megatron_code.convert import ds_universal
         from megatron_code.convert import megatron_deepspeed_universal as mdsu
@@ -166,9 +172,7 @@ def _megatron(args) -> int:
 
     meta = json.load(open(os.path.join(root, tag, "meta.json")))
     it, consumed = int(meta.get("iteration") or 0), int(meta.get("consumed_samples") or 0)
-    if fmt == "megatron-lm" and args.ckpt_format == "torch_dist":
-        from megatron_code.convert import megatron_torch_dist as mtd
-
+    if fmt == "megatron-lm":
         import torch
 
         from megatron_code.model import GPT
@@ -184,13 +188,22 @@ def _megatron(args) -> int:
         full = read_full_state(os.path.join(root, tag), job, opt_order=order if job.parallel.tensor_parallel == 1
                                else None)
         optim = ({"exp_avg": full.exp_avg, "exp_avg_sq": full.exp_avg_sq} if full.exp_avg is not None else None)
-        path = mtd.write_torch_dist(job, sd, args.save, iteration=it, consumed=consumed, optim=optim, step=full.step)
-        print(f"exported {args.load} -> {path} (Megatron-LM torch_dist, {'with' if optim else 'without'} Adam "
-              f"state; load at any TP x PP with --ckpt-format torch_dist --no-load-rng)")
-    elif fmt == "megatron-lm":
-        path = mlm.write_megatron_lm(job, sd, args.save, tp=tp, pp=pp, iteration=it, consumed=consumed)
-        print(f"exported {args.load} -> {path} (Megatron-LM legacy layout, TP{tp} x PP{pp}; load with "
-              f"--ckpt-format torch --use-mcore-models --transformer-impl local)")
+        if args.ckpt_format == "torch_dist":
+            from megatron_code.convert import megatron_torch_dist as mtd
+
+            path = mtd.write_torch_dist(job, sd, args.save, iteration=it, consumed=consumed, optim=optim,
+                                        step=full.step)
+            print(f"exported {args.load} -> {path} (Megatron-LM torch_dist, {'with' if optim else 'without'} Adam "
+                  f"state; load at any TP x PP with --ckpt-format torch_dist --no-load-rng)")
+            return 0
+        path = mlm.write_megatron_lm(job, sd, args.save, tp=tp, pp=pp, iteration=it, consumed=consumed, optim=optim,
+                                     step=full.step, client_state=full.client_state,
+                                     distributed_optimizer=args.use_distributed_optimizer)
+        print(f"exported {args.load} -> {path} (Megatron-LM legacy layout, TP{tp} x PP{pp}, "
+              + (f"Adam state as the {'distributed' if args.use_distributed_optimizer else 'non-distributed'} "
+                 f"optimizer's, RNG state" if optim else "RNG state, no optimizer state: load with --no-load-optim")
+              + "; load with --ckpt-format torch --use-mcore-models --transformer-impl local"
+              + (" --use-distributed-optimizer" if args.use_distributed_optimizer else "") + ")")
     else:
         path = mds.write_megatron_deepspeed(job, sd, args.save, tp=tp, pp=pp, iteration=it, consumed=consumed,
                                             qkv_layout=args.qkv_layout)

@@ -370,19 +370,65 @@ def read_megatron_lm(load_dir: str) -> tuple[JobConfig, FullState]:
     if version < 2.0 and cfg.num_kv_heads not in (None, cfg.num_attention_heads):
         raise MegatronCheckpointError(f"checkpoint_version {version} with grouped-query attention is not a layout "
                                       f"Megatron wrote")
+    from . import megatron_lm_state as mls
+
+    loaded = {(0, 0): first}
+    models, params = {}, {}
+    for rs in sorted(files):
+        sd = loaded.get(rs) or torch.load(files[rs], map_location="cpu", weights_only=False)
+        loaded[rs] = sd
+        model = sd.get("model", sd.get("model0"))
+        if model is None:
+            raise MegatronCheckpointError(f"{files[rs]} has no 'model' (interleaved virtual pipelines are not "
+                                          f"supported)")
+        flat = {k: v for k, v in _flatten(model).items() if torch.is_tensor(v) and not k.endswith("_extra_state")}
+        models[rs] = flat
+        params[rs] = [(k, v.shape, canonical(k)) for k, v in flat.items()]  # named_parameters() order
+    full, layers = _gather(cfg, {rs: {canonical(k): v for k, v in m.items()} for rs, m in models.items()}, tp, pp,
+                           version)
+    if layers != cfg.num_layers:
+        raise MegatronCheckpointError(f"found {layers} layers over {pp} stages, the args say {cfg.num_layers}")
+    job.parallel.tensor_parallel, job.parallel.pipeline_parallel = tp, pp
+    optim: dict[str, dict] = {}
+    try:
+        keys = mls.group_keys(list(params.values()), args)
+        per_rank = {rs: mls.read_rank(files[rs], loaded[rs], params[rs], keys, args) for rs in files}
+    except mls.OptimLayoutError as exc:
+        raise MegatronCheckpointError(f"{exc}") from None
+    if all(v is not None for v in per_rank.values()):
+        steps = {v["step"] for v in per_rank.values()}
+        if len(steps) != 1:
+            raise MegatronCheckpointError(f"{tag_dir}: the ranks' Adam steps differ ({sorted(steps)})")
+        for kind in ("exp_avg", "exp_avg_sq", "param"):
+            if per_rank[(0, 0)][kind] is not None:
+                optim[kind] = _gather(cfg, {rs: {canonical(k): t for k, t in v[kind].items()}
+                                            for rs, v in per_rank.items()}, tp, pp, version)[0]
+        optim["step"] = steps.pop()
+    if "param" in optim:  # a bf16/fp16 run: its fp32 masters are the weights
+        full = optim["param"]
+    job_state = _from_full(first, full, tag_dir, f"TP{tp} x PP{pp}", job)
+    state = job_state[1]
+    if optim:
+        tie = cfg.tie_embeddings
+        state.exp_avg, state.exp_avg_sq = (to_ours(cfg, {k: v for k, v in optim[s].items()
+                                                         if not (tie and k == "output_layer.weight")})
+                                           for s in ("exp_avg", "exp_avg_sq"))
+        state.step = optim["step"]
+    rng = {rs: loaded[rs].get("rng_state") for rs in files}
+    if rng[(0, 0)]:
+        state.client_state["rng"] = mls.rng_to_ours(rng[(0, 0)])
+        state.client_state["megatron_rng"] = {f"{r},{s}": v for (r, s), v in rng.items()}
+    return job_state
+
+
+def _gather(cfg, per_rank: dict[tuple[int, int], dict[str, torch.Tensor]], tp: int, pp: int,
+            version: float) -> tuple[dict[str, torch.Tensor], int]:
+    """Canonical full tensors (fp32) from each (tp, pp) rank's canonical tensors: TP shards merged, stage-local layer
+    numbers made global, the last stage's copy of a tied embedding dropped. Returns (tensors, layers found)."""
     full: dict[str, torch.Tensor] = {}
     layer_offset = 0
     for s in range(pp):
-        shards = []
-        for r in range(tp):
-            sd = first if (r, s) == (0, 0) else torch.load(files[(r, s)], map_location="cpu", weights_only=False)
-            model = sd.get("model", sd.get("model0"))
-            if model is None:
-                raise MegatronCheckpointError(f"{files[(r, s)]} has no 'model' (interleaved virtual pipelines are "
-                                              f"not supported)")
-            shards.append({canonical(k): v for k, v in _flatten(model).items()
-                           if torch.is_tensor(v) and not k.endswith("_extra_state")})
-        merged = _merge_tp(cfg, shards, version)
+        merged = _merge_tp(cfg, [per_rank[(r, s)] for r in range(tp)], version)
         n_local = 1 + max((int(k.split(".")[2]) for k in merged if k.startswith("decoder.layers.")), default=-1)
         for k, v in merged.items():
             if k.startswith("decoder.layers."):
@@ -393,10 +439,7 @@ def read_megatron_lm(load_dir: str) -> tuple[JobConfig, FullState]:
                 continue  # the last stage's copy of the tied embedding
             full[k] = v.float()
         layer_offset += n_local
-    if layer_offset != cfg.num_layers:
-        raise MegatronCheckpointError(f"found {layer_offset} layers over {pp} stages, the args say {cfg.num_layers}")
-    job.parallel.tensor_parallel, job.parallel.pipeline_parallel = tp, pp
-    return _from_full(first, full, tag_dir, f"TP{tp} x PP{pp}", job)
+    return full, layer_offset
 
 
 def _from_full(common: dict, full: dict[str, torch.Tensor], tag_dir: str, layout: str,
@@ -464,26 +507,28 @@ def check_exportable(cfg) -> None:
                                       "bias: this model has no exact Megatron-LM equivalent")
 
 
-def write_megatron_lm(job: JobConfig, sd: dict[str, torch.Tensor], save_dir: str, tp: int = 1, pp: int = 1,
-                      iteration: int = 0, consumed: int = 0, dtype: torch.dtype = torch.float32) -> str:
-    """Write Megatron-LM's legacy layout (Megatron-Core local-spec key names) at TP `tp` x PP `pp`."""
-    cfg = job.model
-    if os.path.isdir(save_dir) and os.listdir(save_dir):
-        raise MegatronCheckpointError(f"--save {save_dir} is not empty: choose a new directory")
-    check_exportable(cfg)
-    if cfg.num_layers % pp:
-        raise MegatronCheckpointError(f"{cfg.num_layers} layers do not divide into {pp} pipeline stages")
-    ng = cfg.num_kv_heads
-    if ng % tp or cfg.num_attention_heads % tp:
-        raise MegatronCheckpointError(f"{cfg.num_attention_heads} heads / {ng} query groups do not split over TP {tp}")
-    full = {k: v.to(dtype) for k, v in from_ours(cfg, sd).items()}
+_LAYER_ORDER = [f"{m}.{p}" for m in ("input_layernorm", "self_attention.linear_proj", "self_attention.linear_qkv",
+                                     "pre_mlp_layernorm", "mlp.linear_fc1", "mlp.linear_fc2") for p in ("weight", "bias")]
+
+
+def _megatron_order(key: str) -> tuple:
+    """Megatron-Core GPTModel's named_parameters() order (local spec), which its optimizer's indices follow."""
+    if key.startswith("embedding."):
+        return (0, key != "embedding.word_embeddings.weight")
+    if key.startswith("decoder.layers."):
+        _, _, i, rest = key.split(".", 3)
+        return (1, int(i), _LAYER_ORDER.index(rest))
+    return (2, ["decoder.final_layernorm.weight", "decoder.final_layernorm.bias", "output_layer.weight"].index(key))
+
+
+def _stages(cfg, full: dict[str, torch.Tensor], pp: int) -> list[dict[str, torch.Tensor]]:
+    """Canonical full tensors -> per pipeline stage (stage-local layer numbers, Megatron's parameter order)."""
     per_stage = cfg.num_layers // pp
-    tag = f"iter_{iteration:07d}"
-    args = args_from_job(job, tp, pp, iteration, consumed)
-    staged = os.path.join(save_dir, ".staging")
+    out = []
     for s in range(pp):
         stage: dict[str, torch.Tensor] = {}
-        for k, v in full.items():
+        for k in sorted(full, key=_megatron_order):
+            v = full[k]
             if k.startswith("decoder.layers."):
                 parts = k.split(".")
                 i = int(parts[2])
@@ -496,13 +541,78 @@ def write_megatron_lm(job: JobConfig, sd: dict[str, torch.Tensor], save_dir: str
                     stage[k] = v
             elif s == pp - 1 and (k != "output_layer.weight" or not cfg.tie_embeddings or pp > 1):
                 stage[k] = v  # final norm, output layer (a tied one: the last stage's copy, as Megatron keeps it)
-        for r, shard in enumerate(_split_tp(cfg, stage, tp)):
+        out.append(stage)
+    return out
+
+
+def write_megatron_lm(job: JobConfig, sd: dict[str, torch.Tensor], save_dir: str, tp: int = 1, pp: int = 1,
+                      iteration: int = 0, consumed: int = 0, dtype: torch.dtype | None = None,
+                      optim: dict | None = None, step: int | None = None, client_state: dict | None = None,
+                      distributed_optimizer: bool = False) -> str:
+    """Write Megatron-LM's legacy layout (Megatron-Core local-spec key names) at TP `tp` x PP `pp`. `optim`
+    ({"exp_avg", "exp_avg_sq": ours}) and `step`: Adam state, written as Megatron-Core's non-distributed optimizer
+    (or, with `distributed_optimizer`, as its distributed one: distrib_optim.pt); `client_state`: our saved
+    "rng"/"tp_rng" (or an imported run's "megatron_rng"), written as each rank's rng_state
+    (convert/megatron_lm_state.py). The weights are written in the run's precision (bf16/fp16 with fp32 masters
+    in the optimizer state) unless `dtype` says otherwise."""
+    from . import megatron_lm_state as mls
+
+    cfg = job.model
+    if os.path.isdir(save_dir) and os.listdir(save_dir):
+        raise MegatronCheckpointError(f"--save {save_dir} is not empty: choose a new directory")
+    check_exportable(cfg)
+    if cfg.num_layers % pp:
+        raise MegatronCheckpointError(f"{cfg.num_layers} layers do not divide into {pp} pipeline stages")
+    ng = cfg.num_kv_heads
+    if ng % tp or cfg.num_attention_heads % tp:
+        raise MegatronCheckpointError(f"{cfg.num_attention_heads} heads / {ng} query groups do not split over TP {tp}")
+    precision = job.training.precision
+    if dtype is None:
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision, torch.float32)
+    if optim is not None and job.optim.decoupled_lr is not None:
+        raise MegatronCheckpointError("--decoupled-lr runs: Megatron-Core 0.16 loads optimizer groups matched by "
+                                      "(wd_mult, lr_mult, is_expert_parallel, is_decoupled_lr), which does not tell "
+                                      "its decoupled groups apart; export without the optimizer state")
+    if distributed_optimizer and optim is None:
+        raise MegatronCheckpointError("--use-distributed-optimizer needs the run's Adam state, and this checkpoint has "
+                                      "none")
+    master = {k: v.float() for k, v in from_ours(cfg, sd).items()}
+    stages = _stages(cfg, {k: v.to(dtype) for k, v in master.items()}, pp)
+    half = precision in ("bf16", "fp16") or distributed_optimizer
+    extra = {}
+    if optim is not None:
+        extra = {s: _stages(cfg, from_ours(cfg, optim[s]), pp) for s in ("exp_avg", "exp_avg_sq")}
+        if half:
+            extra["param"] = _stages(cfg, master, pp)
+    tag = f"iter_{iteration:07d}"
+    args = args_from_job(job, tp, pp, iteration, consumed)
+    args.use_distributed_optimizer = distributed_optimizer
+    args.data_parallel_size = 1
+    staged = os.path.join(save_dir, ".staging")
+    cs = client_state or {}
+    shards = [_split_tp(cfg, stages[s], tp) for s in range(pp)]
+    extras = {k: [_split_tp(cfg, v[s], tp) for s in range(pp)] for k, v in extra.items()}
+    params = {(r, s): [(k, v.shape, k) for k, v in shards[s][r].items()] for s in range(pp) for r in range(tp)}
+    keys = mls.group_keys(list(params.values()), args)
+    for s in range(pp):
+        for r, shard in enumerate(shards[s]):
             name = f"mp_rank_{r:02d}" if pp == 1 else f"mp_rank_{r:02d}_{s:03d}"
             d = os.path.join(staged, tag, name)
             os.makedirs(d, exist_ok=True)
-            torch.save({"args": args, "checkpoint_version": CHECKPOINT_VERSION, "iteration": iteration,
-                        "model": shard, "num_floating_point_operations_so_far": 0},
-                       os.path.join(d, "model_optim_rng.pt"))
+            ck = {"args": args, "checkpoint_version": CHECKPOINT_VERSION, "iteration": iteration, "model": shard,
+                  "num_floating_point_operations_so_far": 0}
+            if optim is not None:
+                moments = {k: extras[k][s][r] for k in ("exp_avg", "exp_avg_sq")}
+                ck["optimizer"], distrib = mls.rank_optimizer(params[(r, s)], keys, args, job, moments,
+                                                              extras["param"][s][r] if half else None, int(step or 0),
+                                                              distributed_optimizer)
+                ck["opt_param_scheduler"] = mls.scheduler_state(job, iteration)
+                if distrib is not None:
+                    torch.save(distrib, os.path.join(d, mls.DISTRIB_FILE))
+            theirs = (cs.get("megatron_rng") or {}).get(f"{r},{s}")
+            ck["rng_state"] = theirs if theirs else mls.rng_from_ours(cs.get("rng"), cs.get("tp_rng"),
+                                                                       job.training.seed, r, s)
+            torch.save(ck, os.path.join(d, "model_optim_rng.pt"))
     os.makedirs(save_dir, exist_ok=True)
     final = atomic.publish_tag(save_dir, os.path.join(staged, tag), tag, {TRACKER: str(iteration)})
     shutil.rmtree(staged, ignore_errors=True)

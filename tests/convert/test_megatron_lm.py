@@ -40,21 +40,39 @@ def _run(script: str, *args) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("flags", [LLAMA, []], ids=["gqa-swiglu-rmsnorm-rope-untied", "gpt-gelu-learned-tied"])
-@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 2)])
-def test_round_trip_equal_weights(flags, tp, pp, tmp_path):
-    job = parse_args(BASE + flags).job
+@pytest.mark.parametrize("tp,pp,extra", [(1, 1, []), (2, 2, []), (2, 2, ["--bf16"]), (1, 2, ["--bf16"])])
+def test_round_trip_equal_weights(flags, tp, pp, extra, tmp_path):
+    """Weights, Adam moments and step, and the CPU RNG states come back exactly; bf16 runs through the fp32 masters
+    of Float16OptimizerWithFloat16Params, and (TP1 x PP2) through the distributed optimizer's distrib_optim.pt."""
+    job = parse_args(BASE + flags + extra).job
     model = GPT(job.model)
     model.init_weights(torch.Generator().manual_seed(0))
     sd = {k: v.clone() for k, v in model.state_dict().items()}
-    mlm.write_megatron_lm(job, sd, str(tmp_path / "m"), tp, pp, iteration=7, consumed=56)
+    g = torch.Generator().manual_seed(1)
+    adam = {"exp_avg": {k: torch.randn(v.shape, generator=g) for k, v in sd.items()},
+            "exp_avg_sq": {k: torch.rand(v.shape, generator=g) for k, v in sd.items()}}
+    torch.manual_seed(11)
+    from megatron_code.training.checkpoint import rng_state
+    rng = rng_state()
+    distributed = (tp, pp) == (1, 2)
+    mlm.write_megatron_lm(job, sd, str(tmp_path / "m"), tp, pp, iteration=7, consumed=56, optim=adam, step=7,
+                          client_state={"rng": rng}, distributed_optimizer=distributed)
+    rank_dir = tmp_path / "m" / "iter_0000007" / ("mp_rank_00" if pp == 1 else "mp_rank_00_000")
+    assert (rank_dir / "distrib_optim.pt").exists() == distributed
     names = sorted(os.listdir(tmp_path / "m" / "iter_0000007"))
     assert names == ([f"mp_rank_{r:02d}" for r in range(tp)] if pp == 1 else
                      [f"mp_rank_{r:02d}_{s:03d}" for r in range(tp) for s in range(pp)])
     assert (tmp_path / "m" / "latest_checkpointed_iteration.txt").read_text() == "7"
     job2, state = mlm.read_megatron_lm(str(tmp_path / "m"))
-    assert set(state.module) == set(sd)
+    assert set(state.module) == set(sd) == set(state.exp_avg) == set(state.exp_avg_sq)
     for k, v in sd.items():
         assert torch.equal(state.module[k], v.float()), k
+        assert torch.equal(state.exp_avg[k], adam["exp_avg"][k]) and torch.equal(state.exp_avg_sq[k],
+                                                                                  adam["exp_avg_sq"][k]), k
+    assert state.step == 7
+    back = state.client_state["rng"]
+    assert back["python"] == rng["python"] and torch.equal(back["torch"], rng["torch"])
+    assert all((a == b).all() if hasattr(a, "all") else a == b for a, b in zip(back["numpy"], rng["numpy"]))
     assert state.client_state["iteration"] == 7 and state.client_state["consumed_samples"] == 56
     assert (job2.parallel.tensor_parallel, job2.parallel.pipeline_parallel) == (tp, pp)
     for f in ("num_layers", "hidden_size", "num_attention_heads", "activation", "norm", "position_embedding",
@@ -68,8 +86,9 @@ def test_round_trip_equal_weights(flags, tp, pp, tmp_path):
     groups = job.model.num_kv_heads
     qpg, d = job.model.num_attention_heads // groups, 16
     first = qkv.reshape(groups // tp, qpg + 2, d, 64)[0]
-    assert torch.equal(first[:qpg].reshape(-1, 64), sd["layers.0.attn.q_proj.weight"][:qpg * d])
-    assert torch.equal(first[qpg], sd["layers.0.attn.k_proj.weight"][:d])
+    assert qkv.dtype == (torch.bfloat16 if extra else torch.float32)  # the run's precision, as Megatron saves it
+    assert torch.equal(first[:qpg].reshape(-1, 64), sd["layers.0.attn.q_proj.weight"][:qpg * d].to(qkv.dtype))
+    assert torch.equal(first[qpg], sd["layers.0.attn.k_proj.weight"][:d].to(qkv.dtype))
     assert shard["args"].tensor_model_parallel_size == tp and shard["checkpoint_version"] == 3.0
 
 
