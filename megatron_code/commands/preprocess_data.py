@@ -397,6 +397,8 @@ def main(argv=None) -> int:
     ap.add_argument("--tokenizer-hf-no-include-special-tokens", action="store_true",
                     help="do not write the special tokens the tokenizer's own template adds (e.g. Llama's <s> before "
                          "every document); Megatron-LM's flag of the same name. Default: written, as Megatron-LM")
+    ap.add_argument("--tokenizer-hf-include-special-tokens", action="store_true",
+                    help="write them (the default here; Megatron-LM core_v0.16.1's flag, whose default there is off)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--partitions", type=int, default=1)
     ap.add_argument("--skip-bad-lines", action="store_true",

@@ -132,8 +132,23 @@ def job_from_args(args: argparse.Namespace) -> JobConfig:
     t.global_batch_size = g("global_batch_size")
     t.seed = int(g("seed", 1234))
     t.precision = "bf16" if g("bf16") else "fp16" if g("fp16") else "fp32"
-    job.optim.lr = float(g("lr", job.optim.lr) or job.optim.lr)
-    job.optim.min_lr = float(g("min_lr", 0.0) or 0.0)
+    o = job.optim
+    o.lr = float(g("lr", o.lr) or o.lr)
+    o.min_lr = float(g("min_lr", 0.0) or 0.0)
+    # the rest of the optimizer and schedule, so an imported run's Adam state continues on Megatron's settings
+    for ours, theirs in (("weight_decay", "weight_decay"), ("adam_beta1", "adam_beta1"), ("adam_beta2", "adam_beta2"),
+                         ("adam_eps", "adam_eps"), ("clip_grad", "clip_grad")):
+        if g(theirs) is not None:
+            setattr(o, ours, float(g(theirs)))
+    if g("lr_decay_style") in ("constant", "linear", "cosine", "inverse-square-root"):  # WSD: its own lengths
+        o.lr_decay_style = g("lr_decay_style")
+    for ours, theirs in (("lr_warmup_iters", "lr_warmup_iters"), ("lr_decay_iters", "lr_decay_iters")):
+        if g(theirs):
+            setattr(o, ours, int(g(theirs)))
+    if g("lr_warmup_fraction"):
+        o.lr_warmup_fraction = float(g("lr_warmup_fraction"))
+    if g("train_iters"):
+        t.train_iters = int(g("train_iters"))
     return job
 
 
@@ -173,7 +188,11 @@ def args_from_job(job: JobConfig, tp: int, pp: int, iteration: int, consumed: in
         lr=job.optim.lr, min_lr=job.optim.min_lr, iteration=iteration, consumed_train_samples=consumed,
         consumed_valid_samples=0, use_mcore_models=True, transformer_impl="local", ckpt_format="torch",
         tokenizer_type=job.data.tokenizer_type, tokenizer_model=job.data.tokenizer_model,
-        vocab_file=job.data.vocab_file, merge_file=job.data.merge_file)
+        vocab_file=job.data.vocab_file, merge_file=job.data.merge_file, weight_decay=job.optim.weight_decay,
+        adam_beta1=job.optim.adam_beta1, adam_beta2=job.optim.adam_beta2, adam_eps=job.optim.adam_eps,
+        clip_grad=job.optim.clip_grad, lr_decay_style=job.optim.lr_decay_style, train_iters=job.training.train_iters,
+        lr_warmup_iters=job.optim.lr_warmup_iters, lr_decay_iters=job.optim.lr_decay_iters,
+        decoupled_lr=job.optim.decoupled_lr, decoupled_min_lr=job.optim.decoupled_min_lr)
 
 
 # --------------------------------------------------------------------------------------------- our <-> canonical

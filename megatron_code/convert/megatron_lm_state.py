@@ -241,6 +241,7 @@ def rank_optimizer(params: list[tuple[str, torch.Size, str]], keys: list, args, 
     pgs, state, idx = [], {}, 0
     for key, names in zip(keys, groups):
         g = {**base, **_group_fields(key, args)}
+        g["weight_decay"] = o.weight_decay * g["wd_mult"]  # as OptimizerParamScheduler.step sets it
         g["params"] = list(range(idx, idx + len(names)))
         for n in names:
             state[idx] = {"step": torch.tensor(float(step)), "exp_avg": moments["exp_avg"][n].float().contiguous(),

@@ -1,0 +1,197 @@
+"""Adam and RNG state of Megatron-LM legacy checkpoints (--ckpt-format torch), against checkpoints written by
+Megatron-LM's own training code: their setup_model_and_optimizer, train_step and save_checkpoint, run on CPU by
+tests/convert/_mlm_training_peer.py (which lists every CPU redirect) for a tiny GPT after two Adam steps, committed
+in tests/fixtures/megatron_lm_legacy (regenerate: MEGATRON_LM_DIR=... python tests/convert/_mlm_training_peer.py
+fixtures DIR). Each fixture records their losses of iterations 1-4 and their in-memory Adam state and RNG states
+at the save (iteration 2).
+
+* their checkpoint imports with Adam moments, masters and step equal to their optimizer's, the CPU RNG states equal
+  to theirs, and our model and optimizer (training/optimizer.py) continue with their losses at iterations 3 and 4;
+* our export of it is their files again: the same keys, shapes, dtypes, values, param groups and RNG states;
+* with MEGATRON_LM_DIR set: their load_checkpoint (no --no-load-optim / --no-load-rng) loads our export and their
+  next two steps give the losses of their uninterrupted run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from megatron_code.convert import megatron_lm as mlm
+from megatron_code.model import GPT
+from megatron_code.training.optimizer import build_optimizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FIXTURES = os.path.join(ROOT, "tests", "fixtures", "megatron_lm_legacy")
+PEER = os.path.join(ROOT, "tests", "convert", "_mlm_training_peer.py")
+sys.path.insert(0, os.path.dirname(PEER))
+import _mlm_training_peer as peer  # noqa: E402  (its top level imports torch only)
+
+sys.path.remove(os.path.dirname(PEER))
+CASES = sorted(peer.FIXTURES)
+pytest.importorskip("megatron.core", reason="their checkpoints pickle megatron.core objects in 'args': pip install "
+                                            "'megatron_code[test]'")
+
+
+def _layout(name: str) -> dict:
+    flags = peer.FIXTURES[name]
+    return {"tp": int(flags[flags.index("--tp") + 1]), "pp": int(flags[flags.index("--pp") + 1]),
+            "dist": "--dist-opt" in flags, "bf16": "--bf16" in flags}
+
+
+def _record(name: str) -> dict:
+    return torch.load(os.path.join(FIXTURES, name, "record.pt"), weights_only=False)
+
+
+def _their_state(job, record: dict, index: int, src: str) -> dict[str, torch.Tensor]:
+    """Their in-memory per-rank tensors (index 0 exp_avg, 1 exp_avg_sq, 2 fp32 param) as our full tensors."""
+    shapes = {}
+    for rank in record["moments"]:
+        tp, pp = map(int, rank.split("_"))
+        name = f"mp_rank_{tp:02d}" if job.parallel.pipeline_parallel == 1 else f"mp_rank_{tp:02d}_{pp:03d}"
+        model = torch.load(os.path.join(src, "iter_0000002", name, "model_optim_rng.pt"), weights_only=False)["model"]
+        shapes[rank] = {k: v.shape for k, v in model.items() if torch.is_tensor(v)}
+    per_rank = {}
+    for rank, moments in record["moments"].items():
+        tp, pp = map(int, rank.split("_"))
+        # the distributed optimizer holds each parameter's state flat (its DP shard; DP is 1 here)
+        per_rank[(tp, pp)] = {mlm.canonical(k): v[index].reshape(v[0].shape if v[0].dim() > 1 else shapes[rank][k])
+                              for k, v in moments.items()}
+    lay = (job.parallel.tensor_parallel, job.parallel.pipeline_parallel)
+    full, _ = mlm._gather(job.model, per_rank, *lay, 3.0)
+    return mlm.to_ours(job.model, full)
+
+
+def _continue(job, state) -> dict[int, float]:
+    """Iterations 3 and 4 on their batches with our model and our AdamW, from the imported weights and moments;
+    a bf16 run computes in bf16 from the fp32 masters, as theirs does."""
+    model = GPT(job.model)
+    model.load_state_dict(state.module)
+    opt = build_optimizer(model, job.optim)
+    names = {p: n for n, p in model.named_parameters()}
+    for g in opt.param_groups:
+        for p in g["params"]:
+            opt.state[p] = {"step": torch.tensor(float(state.step)), "exp_avg": state.exp_avg[names[p]].clone(),
+                            "exp_avg_sq": state.exp_avg_sq[names[p]].clone()}
+    data = peer.batches(job.model.padded_vocab_size, job.data.seq_length)
+    half = job.training.precision == "bf16"
+    losses = {}
+    for i in range(peer.SAVE_AT, peer.TOTAL_ITERS):
+        ids, labels = data[i][:, :-1], data[i][:, 1:]
+        run = GPT(job.model).to(torch.bfloat16) if half else model
+        if half:
+            run.load_state_dict(model.state_dict())
+        logits = run.train()(ids, torch.arange(ids.shape[1]).expand_as(ids))
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+        loss.backward()
+        if half:
+            for (n, p), q in zip(model.named_parameters(), run.parameters()):
+                p.grad = q.grad.float()
+        opt.step()
+        opt.zero_grad()
+        losses[i + 1] = loss.item()
+    return losses
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_their_checkpoint_imports_with_their_adam_and_rng_state_and_continues(name):
+    rec, lay = _record(name), _layout(name)
+    src = os.path.join(FIXTURES, name, "ckpt")
+    job, state = mlm.read_megatron_lm(src)
+    assert (job.parallel.tensor_parallel, job.parallel.pipeline_parallel) == (lay["tp"], lay["pp"])
+    assert job.training.precision == ("bf16" if lay["bf16"] else "fp32")
+    assert state.step == 2 and rec["step"] == {2.0} and state.client_state["iteration"] == 2
+    for i, ours in enumerate((state.exp_avg, state.exp_avg_sq, state.module)):
+        want = _their_state(job, rec, i, src)
+        assert set(ours) == set(want)
+        for k in want:
+            assert torch.equal(ours[k], want[k]), (i, k)
+    rng, theirs = state.client_state["rng"], rec["rng"]["0_0"]
+    assert rng["python"] == theirs["random_rng_state"] and torch.equal(rng["torch"], theirs["torch_rng_state"])
+    assert all((a == b).all() if hasattr(a, "all") else a == b for a, b in zip(rng["numpy"], theirs["np_rng_state"]))
+    assert torch.equal(rng["cuda"][0], theirs["cuda_rng_state"])
+    assert set(state.client_state["megatron_rng"]) == {f"{r},{s}" for r in range(lay["tp"]) for s in range(lay["pp"])}
+    losses = _continue(job, state)
+    tol = 2e-3 if lay["bf16"] else 1e-5  # bf16: their micro batches accumulate bf16 gradients in fp32, ours one pass
+    for it in (3, 4):
+        assert losses[it] == pytest.approx(rec["losses"][it], rel=tol), (it, losses, rec["losses"])
+
+
+def _same(a, b, where: str) -> None:
+    if isinstance(b, dict):
+        assert isinstance(a, dict), where
+        want = {k for k in b if not str(k).endswith("_extra_state")}  # local-spec linears' None extra state
+        assert set(a) == want, (where, set(a) ^ want)
+        for k in want:
+            _same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(b, (list, tuple)):
+        assert isinstance(a, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{i}]")
+    elif torch.is_tensor(b):
+        assert torch.is_tensor(a) and a.dtype == b.dtype and a.shape == b.shape, (where, a.dtype, b.dtype)
+        assert torch.equal(a, b), where
+    elif hasattr(b, "dtype") and hasattr(b, "shape"):  # numpy arrays of the RNG state
+        assert (a == b).all(), where
+    else:
+        assert a == b, (where, a, b)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_our_export_is_their_checkpoint_again(name, tmp_path):
+    """Import then export at their layout: every rank's model_optim_rng.pt (and distrib_optim.pt) holds what their
+    save_checkpoint wrote, values included (the args Namespace aside: ours carries the fields their loader reads)."""
+    lay = _layout(name)
+    src = os.path.join(FIXTURES, name, "ckpt")
+    job, state = mlm.read_megatron_lm(src)
+    out = tmp_path / "out"
+    mlm.write_megatron_lm(job, state.module, str(out), lay["tp"], lay["pp"], iteration=2,
+                          consumed=state.client_state["consumed_samples"],
+                          optim={"exp_avg": state.exp_avg, "exp_avg_sq": state.exp_avg_sq}, step=state.step,
+                          client_state=state.client_state, distributed_optimizer=lay["dist"])
+    ranks = sorted(os.listdir(os.path.join(src, "iter_0000002")))
+    assert sorted(os.listdir(out / "iter_0000002")) == ranks
+    for rank in ranks:
+        for f in sorted(os.listdir(os.path.join(src, "iter_0000002", rank))):
+            theirs = torch.load(os.path.join(src, "iter_0000002", rank, f), weights_only=False)
+            ours = torch.load(out / "iter_0000002" / rank / f, weights_only=False)
+            if isinstance(theirs, dict) and "args" in theirs:
+                theirs = {k: v for k, v in theirs.items() if k not in ("args", "rerun_state_machine")}
+                ours = {k: v for k, v in ours.items() if k != "args"}
+            _same(ours, theirs, f"{rank}/{f}")
+
+
+@pytest.mark.skipif(not os.environ.get("MEGATRON_LM_DIR"),
+                    reason="MEGATRON_LM_DIR not set: their load_checkpoint needs megatron.training (not on PyPI); the "
+                           "export's structure and values are checked against their committed files above")
+@pytest.mark.parametrize("name", CASES)
+def test_their_load_checkpoint_continues_our_export_with_their_losses(name, tmp_path):
+    """ours (imported from their run) -> our export -> their load_checkpoint with optimizer and RNG -> their steps
+    3 and 4 give the losses of their uninterrupted run, from the Adam state and RNG states we wrote."""
+    lay, rec = _layout(name), _record(name)
+    src = os.path.join(FIXTURES, name, "ckpt")
+    ours_dir = tmp_path / "ours"
+    from megatron_code.commands.convert_checkpoint import main
+    assert main(["--from", "megatron-lm", "--load", src, "--save", str(ours_dir)]) == 0
+    out = tmp_path / "mlm"
+    assert main(["--to", "megatron-lm", "--load", str(ours_dir), "--save", str(out),
+                 "--tensor-model-parallel-size", str(lay["tp"]), "--pipeline-model-parallel-size", str(lay["pp"]),
+                 *(["--use-distributed-optimizer"] if lay["dist"] else [])]) == 0
+    flags = peer.FIXTURES[name]
+    r = subprocess.run([sys.executable, PEER, "load", str(out), str(tmp_path / "loaded"), *flags], cwd=ROOT,
+                       env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    got = torch.load(tmp_path / "loaded.pt", weights_only=False)
+    assert got["step"] == {2.0}
+    for it in (3, 4):
+        assert got["losses"][it] == pytest.approx(rec["losses"][it], rel=1e-6, abs=1e-6), (it, got["losses"])
+    for rank, theirs in rec["rng"].items():  # the RNG states their load restored are the ones their save had
+        back = got["rng"][rank]
+        assert back["random_rng_state"] == theirs["random_rng_state"]
+        assert torch.equal(back["torch_rng_state"], theirs["torch_rng_state"])
+        assert torch.equal(back["cuda_rng_state"], theirs["cuda_rng_state"])
+        assert all(torch.equal(back["rng_tracker_states"][k], v) for k, v in theirs["rng_tracker_states"].items())
