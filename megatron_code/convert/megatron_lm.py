@@ -21,9 +21,9 @@ shard, are per query group ``[q of the group's heads, k, v]`` x head_dim (checkp
 linear_fc1 rows, per TP shard, are ``[gate; up]`` (Megatron applies silu to the first half).
 
 What is converted: weights (exactly; the embedding keeps Megatron's padded vocabulary rows), the iteration and the
-consumed samples, so a converted run continues at the same step and data position. Optimizer state (Adam
-moments) and RNG state are not: the run continues with fresh moments, which leaves the loss of the next step
-unchanged (it is computed before the first update) but not the steps after it.
+consumed samples, and (convert/megatron_lm_state.py) the Adam state of Megatron-Core's non-distributed and
+distributed optimizers (fp32 masters of bf16/fp16 runs included) and the RNG states, so a converted run continues
+at the same step, data position and optimizer state.
 """
 
 from __future__ import annotations
@@ -410,11 +410,8 @@ def read_megatron_lm(load_dir: str) -> tuple[JobConfig, FullState]:
         raise MegatronCheckpointError(f"found {layers} layers over {pp} stages, the args say {cfg.num_layers}")
     job.parallel.tensor_parallel, job.parallel.pipeline_parallel = tp, pp
     optim: dict[str, dict] = {}
-    try:
-        keys = mls.group_keys(list(params.values()), args)
-        per_rank = {rs: mls.read_rank(files[rs], loaded[rs], params[rs], keys, args) for rs in files}
-    except mls.OptimLayoutError as exc:
-        raise MegatronCheckpointError(f"{exc}") from None
+    keys = mls.group_keys(list(params.values()), args)
+    per_rank = {rs: mls.read_rank(files[rs], loaded[rs], params[rs], keys, args) for rs in files}
     if all(v is not None for v in per_rank.values()):
         steps = {v["step"] for v in per_rank.values()}
         if len(steps) != 1:
@@ -429,10 +426,7 @@ def read_megatron_lm(load_dir: str) -> tuple[JobConfig, FullState]:
     job_state = _from_full(first, full, tag_dir, f"TP{tp} x PP{pp}", job)
     state = job_state[1]
     if optim:
-        tie = cfg.tie_embeddings
-        state.exp_avg, state.exp_avg_sq = (to_ours(cfg, {k: v for k, v in optim[s].items()
-                                                         if not (tie and k == "output_layer.weight")})
-                                           for s in ("exp_avg", "exp_avg_sq"))
+        state.exp_avg, state.exp_avg_sq = (to_ours(cfg, optim[s]) for s in ("exp_avg", "exp_avg_sq"))
         state.step = optim["step"]
     rng = {rs: loaded[rs].get("rng_state") for rs in files}
     if rng[(0, 0)]:
@@ -527,44 +521,6 @@ def check_exportable(cfg) -> None:
                                       "bias: this model has no exact Megatron-LM equivalent")
 
 
-_LAYER_ORDER = [f"{m}.{p}" for m in ("input_layernorm", "self_attention.linear_proj", "self_attention.linear_qkv",
-                                     "pre_mlp_layernorm", "mlp.linear_fc1", "mlp.linear_fc2") for p in ("weight", "bias")]
-
-
-def _megatron_order(key: str) -> tuple:
-    """Megatron-Core GPTModel's named_parameters() order (local spec), which its optimizer's indices follow."""
-    if key.startswith("embedding."):
-        return (0, key != "embedding.word_embeddings.weight")
-    if key.startswith("decoder.layers."):
-        _, _, i, rest = key.split(".", 3)
-        return (1, int(i), _LAYER_ORDER.index(rest))
-    return (2, ["decoder.final_layernorm.weight", "decoder.final_layernorm.bias", "output_layer.weight"].index(key))
-
-
-def _stages(cfg, full: dict[str, torch.Tensor], pp: int) -> list[dict[str, torch.Tensor]]:
-    """Canonical full tensors -> per pipeline stage (stage-local layer numbers, Megatron's parameter order)."""
-    per_stage = cfg.num_layers // pp
-    out = []
-    for s in range(pp):
-        stage: dict[str, torch.Tensor] = {}
-        for k in sorted(full, key=_megatron_order):
-            v = full[k]
-            if k.startswith("decoder.layers."):
-                parts = k.split(".")
-                i = int(parts[2])
-                if not s * per_stage <= i < (s + 1) * per_stage:
-                    continue
-                parts[2] = str(i - s * per_stage)
-                stage[".".join(parts)] = v
-            elif k.startswith("embedding."):
-                if s == 0:
-                    stage[k] = v
-            elif s == pp - 1 and (k != "output_layer.weight" or not cfg.tie_embeddings or pp > 1):
-                stage[k] = v  # final norm, output layer (a tied one: the last stage's copy, as Megatron keeps it)
-        out.append(stage)
-    return out
-
-
 def write_megatron_lm(job: JobConfig, sd: dict[str, torch.Tensor], save_dir: str, tp: int = 1, pp: int = 1,
                       iteration: int = 0, consumed: int = 0, dtype: torch.dtype | None = None,
                       optim: dict | None = None, step: int | None = None, client_state: dict | None = None,
@@ -597,13 +553,13 @@ def write_megatron_lm(job: JobConfig, sd: dict[str, torch.Tensor], save_dir: str
         raise MegatronCheckpointError("--use-distributed-optimizer needs the run's Adam state, and this checkpoint has "
                                       "none")
     master = {k: v.float() for k, v in from_ours(cfg, sd).items()}
-    stages = _stages(cfg, {k: v.to(dtype) for k, v in master.items()}, pp)
+    stages = mls.stages(cfg, {k: v.to(dtype) for k, v in master.items()}, pp)
     half = precision in ("bf16", "fp16") or distributed_optimizer
     extra = {}
     if optim is not None:
-        extra = {s: _stages(cfg, from_ours(cfg, optim[s]), pp) for s in ("exp_avg", "exp_avg_sq")}
+        extra = {s: mls.stages(cfg, from_ours(cfg, optim[s]), pp) for s in ("exp_avg", "exp_avg_sq")}
         if half:
-            extra["param"] = _stages(cfg, master, pp)
+            extra["param"] = mls.stages(cfg, master, pp)
     tag = f"iter_{iteration:07d}"
     args = args_from_job(job, tp, pp, iteration, consumed)
     args.use_distributed_optimizer = distributed_optimizer

@@ -46,13 +46,54 @@ from typing import Any, Optional
 
 import torch
 
+from .megatron_lm import MegatronCheckpointError
+
 SOURCE = "Megatron-LM core_v0.16.1"
 DISTRIB_FILE = "distrib_optim.pt"
 _EMBED_OR_OUTPUT = ("embedding.word_embeddings.weight", "output_layer.weight")
 
 
-class OptimLayoutError(ValueError):
+class OptimLayoutError(MegatronCheckpointError):
     """The optimizer state of a Megatron checkpoint is laid out in a way these rules do not recognise."""
+
+
+# --------------------------------------------------------------------------------------------- parameter order
+_LAYER_ORDER = [f"{m}.{p}" for m in ("input_layernorm", "self_attention.linear_proj", "self_attention.linear_qkv",
+                                     "pre_mlp_layernorm", "mlp.linear_fc1", "mlp.linear_fc2") for p in ("weight", "bias")]
+
+
+def _megatron_order(key: str) -> tuple:
+    """Megatron-Core GPTModel's named_parameters() order (local spec), which its optimizer's indices follow."""
+    if key.startswith("embedding."):
+        return (0, key != "embedding.word_embeddings.weight")
+    if key.startswith("decoder.layers."):
+        _, _, i, rest = key.split(".", 3)
+        return (1, int(i), _LAYER_ORDER.index(rest))
+    return (2, ["decoder.final_layernorm.weight", "decoder.final_layernorm.bias", "output_layer.weight"].index(key))
+
+
+def stages(cfg, full: dict[str, torch.Tensor], pp: int) -> list[dict[str, torch.Tensor]]:
+    """Canonical full tensors -> per pipeline stage (stage-local layer numbers, Megatron's parameter order)."""
+    per_stage = cfg.num_layers // pp
+    out = []
+    for s in range(pp):
+        stage: dict[str, torch.Tensor] = {}
+        for k in sorted(full, key=_megatron_order):
+            v = full[k]
+            if k.startswith("decoder.layers."):
+                parts = k.split(".")
+                i = int(parts[2])
+                if not s * per_stage <= i < (s + 1) * per_stage:
+                    continue
+                parts[2] = str(i - s * per_stage)
+                stage[".".join(parts)] = v
+            elif k.startswith("embedding."):
+                if s == 0:
+                    stage[k] = v
+            elif s == pp - 1 and (k != "output_layer.weight" or not cfg.tie_embeddings or pp > 1):
+                stage[k] = v  # final norm, output layer (a tied one: the last stage's copy, as Megatron keeps it)
+        out.append(stage)
+    return out
 
 
 # --------------------------------------------------------------------------------------------- param groups
