@@ -48,6 +48,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--use-distributed-optimizer", action="store_true",
                    help="--to megatron-lm --ckpt-format torch: write the Adam state as Megatron-LM's distributed "
                         "optimizer saves it (distrib_optim.pt; load with --use-distributed-optimizer)")
+    p.add_argument("--no-load-optim", action="store_true",
+                   help="--from megatron-deepspeed: import the weights only (its ZeRO optimizer shards are otherwise "
+                        "converted through DeepSpeed's ds_to_universal)")
     p.add_argument("--tensor-model-parallel-size", type=int, default=1)
     p.add_argument("--pipeline-model-parallel-size", type=int, default=1)
     return p.parse_args(argv)
@@ -134,7 +137,7 @@ def _megatron(args) -> int:
         return 0
     if args.from_:
         job, state = (mlm.read_megatron_lm(args.load) if fmt == "megatron-lm" else
-                      mds.read_megatron_deepspeed(args.load, args.qkv_layout))
+                      mds.read_megatron_deepspeed(args.load, args.qkv_layout, load_optim=not args.no_load_optim))
         if args.config:
             from megatron_code.config.job import JobConfig
 
@@ -145,7 +148,7 @@ def _megatron(args) -> int:
         it = state.client_state["iteration"]
         print(f"imported {args.load} ({fmt}, {state.client_state['imported_from'].split('(')[-1].rstrip(')')}) "
               f"-> {path} at iteration {it}")
-        fresh = state.exp_avg is None  # torch_dist checkpoints carry the Adam state; the other formats do not
+        fresh = state.exp_avg is None  # torch_dist and Megatron-DeepSpeed ZeRO saves carry the Adam state
         print(f"continue with: python pretrain_code.py --config {os.path.join(path, 'config.yaml')} --load "
               f"{args.save}{' --no-load-optim' if fresh else ''} --save NEW_DIR ... "
               f"({'Adam moments start fresh' if fresh else 'with its Adam state'})")
@@ -205,11 +208,33 @@ def _megatron(args) -> int:
               + "; load with --ckpt-format torch --use-mcore-models --transformer-impl local"
               + (" --use-distributed-optimizer" if args.use_distributed_optimizer else "") + ")")
     else:
+        from megatron_code.parallel.reshard import read_full_state
+
+        full = read_full_state(os.path.join(root, tag), job, opt_order=_adam_order(job))  # Adam state, if saved
         path = mds.write_megatron_deepspeed(job, sd, args.save, tp=tp, pp=pp, iteration=it, consumed=consumed,
-                                            qkv_layout=args.qkv_layout)
+                                            qkv_layout=args.qkv_layout, optim=full if full.exp_avg else None)
         print(f"exported {args.load} -> {path} (Megatron-DeepSpeed, TP{tp} x PP{pp}"
-              + (", --no-pipeline-parallel" if pp == 1 else "") + ")")
+              + (", --no-pipeline-parallel" if pp == 1 else "") + "; weights only: --no-load-optim --no-load-rng)")
+        if full.exp_avg:
+            print(f"with the Adam state: {args.save}/global_step{it}_universal (load at any TP x PP with "
+                  f"--load {args.save} --universal-checkpoint --no-load-rng)")
     return 0
+
+
+def _adam_order(job):
+    """Parameter names in the optimizer's order (a ZeRO-0 save keys Adam state by position); None at TP > 1."""
+    import torch
+
+    from megatron_code.model import GPT
+    from megatron_code.training.optimizer import param_groups
+
+    if job.parallel.tensor_parallel != 1:
+        return None
+    with torch.device("meta"):
+        meta = GPT(job.model)
+    names = {id(p): n for n, p in meta.named_parameters()}
+    return [names[id(p)] for g in param_groups(meta, job.optim.weight_decay, job.optim.decoupled_lr is not None)
+            for p in g["params"]]
 
 
 if __name__ == "__main__":

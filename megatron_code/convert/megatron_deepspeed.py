@@ -15,7 +15,9 @@ Fused QKV rows per TP shard: current Megatron-DeepSpeed (megatron/model/transfor
 splits them into three equal blocks ``[q; k; v]`` (multi-head attention; its grouped-query path is not consistent
 there), unlike Megatron-LM's per-head interleave; ``qkv_layout="per-head"`` reads/writes the older Megatron order.
 Everything else (TP split dims, SwiGLU ``[gate; up]``, the args Namespace) is Megatron-LM's (see megatron_lm.py).
-Weights, iteration and consumed samples are converted; optimizer state is not.
+Weights, iteration and consumed samples are converted here. The ZeRO optimizer shards
+(``[bf16_]zero_pp_rank_D_mp_rank_XX_optim_states.pt``) go through DeepSpeed's ds_to_universal on import and are
+written as a universal folder on export (megatron_deepspeed_universal.py), with the CPU RNG states.
 """
 
 from __future__ import annotations
@@ -86,20 +88,44 @@ def _tag(load_dir: str) -> str:
                                   f"checkpoint directory (give the directory passed to --save)")
 
 
-def read_megatron_deepspeed(load_dir: str, qkv_layout: str = "blocks") -> tuple[JobConfig, FullState]:
+def _load_client(path: str) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except ModuleNotFoundError as exc:  # the pickled args hold megatron.core enums (ModelType)
+        raise MegatronCheckpointError(f"{path}: its pickled args need the module {exc.name!r}: pip install "
+                                      f"megatron-core (or put your Megatron-DeepSpeed checkout on PYTHONPATH)")
+
+
+def read_megatron_deepspeed(load_dir: str, qkv_layout: str = "blocks",
+                            load_optim: bool = True) -> tuple[JobConfig, FullState]:
+    """Weights (and, unless `load_optim` is False, the Adam state and CPU RNG) of a Megatron-DeepSpeed save
+    directory. With ZeRO optimizer shards in global_stepN the whole state goes through DeepSpeed's ds_to_universal;
+    a directory we exported holds the optimizer state as global_stepN_universal (named by latest_universal)."""
+    from . import megatron_deepspeed_universal as mdsu
+
     tag = _tag(load_dir)
     d = os.path.join(load_dir, tag)
     if not os.path.isdir(d):
         raise MegatronCheckpointError(f"{load_dir}/latest names {tag} but {d} is missing")
-    rank_files = dsc.model_states_files(os.listdir(d))
+    names = os.listdir(d)
+    rank_files = dsc.model_states_files(names)
     if not rank_files:
         raise MegatronCheckpointError(f"{d} holds no mp_rank_XX_model_states.pt: not a Megatron-DeepSpeed checkpoint")
-    tp = len(rank_files)
-    states = [torch.load(os.path.join(d, f), map_location="cpu", weights_only=False) for f in rank_files]
+    states = [_load_client(os.path.join(d, f)) for f in rank_files]
     args = states[0].get("args")
     if args is None:
         raise MegatronCheckpointError(f"{d}/{rank_files[0]} has no 'args' (Megatron-DeepSpeed's client state)")
-    job = mlm.job_from_args(args)
+    if load_optim and mdsu.optimizer_shards(names):
+        return mdsu.read_global_step_with_optimizer(d, states[0], qkv_layout)
+    universal = os.path.join(load_dir, "latest_universal")
+    if load_optim and os.path.isfile(universal):
+        folder = os.path.join(load_dir, open(universal).read().strip())
+        client = mdsu.client_state(folder) if os.path.isdir(folder) else None
+        if client is not None and int(client.get("iteration", -1)) == int(states[0].get("iteration", 0)):
+            return mdsu.read_megatron_deepspeed_universal(folder, client, qkv_layout)
+    # one mp_rank file per TP rank, or per (PP, TP) rank pair with GPTModelPipe
+    tp = int(getattr(args, "tensor_model_parallel_size", 0) or len(rank_files))
+    job = mdsu.schedule_from_args(mlm.job_from_args(mdsu.mds_args(args)), args)
     cfg = job.model
     layer_files = [f for f in os.listdir(d) if re.fullmatch(r"layer_\d+-model_\d+-model_states\.pt", f)]
     shards: list[dict[str, torch.Tensor]] = []
@@ -120,8 +146,9 @@ def read_megatron_deepspeed(load_dir: str, qkv_layout: str = "blocks") -> tuple[
     pp = int(getattr(args, "pipeline_model_parallel_size", 1) or 1) if layer_files else 1
     job.parallel.tensor_parallel, job.parallel.pipeline_parallel = tp, pp
     module = mlm.to_ours(cfg, full)
+    rng = mdsu.rng_from_mds(states[0].get("rng_state")) if load_optim else None
     return job, FullState(module=module, client_state={
-        "iteration": iteration, "consumed_samples": consumed,
+        "iteration": iteration, "consumed_samples": consumed, **({"rng": rng} if rng else {}),
         "imported_from": f"megatron-deepspeed {d} (TP{tp} x PP{pp})"})
 
 
@@ -148,11 +175,27 @@ def _pipeline_rank(d: str, r: int, cfg) -> dict[str, torch.Tensor]:
 
 
 # --------------------------------------------------------------------------------------------- writing
+def mds_namespace(job: JobConfig, tp: int, pp: int, iteration: int, consumed: int):
+    """The args Namespace Megatron-DeepSpeed saves, in its own spelling (its loader's check_checkpoint_args reads
+    num_key_value_heads and add_position_embedding; normalization is lower case)."""
+    m = job.model
+    args = mlm.args_from_job(job, tp, pp, iteration, consumed)
+    args.deepspeed, args.no_pipeline_parallel, args.use_mcore_models = True, pp == 1, False
+    args.normalization, args.layernorm_epsilon = m.norm, m.norm_eps
+    args.num_key_value_heads = m.num_kv_heads or m.num_attention_heads
+    args.use_rotary_position_embeddings = m.position_embedding == "rope"
+    args.rope_theta = int(m.rotary_base)
+    args.consumed_train_tokens = consumed * job.data.seq_length
+    return args
+
+
 def write_megatron_deepspeed(job: JobConfig, sd: dict[str, torch.Tensor], save_dir: str, tp: int = 1, pp: int = 1,
                              iteration: int = 0, consumed: int = 0, qkv_layout: str = "blocks",
-                             dtype: torch.dtype = torch.float32) -> str:
+                             dtype: torch.dtype = torch.float32, optim: FullState | None = None) -> str:
     """Write Megatron-DeepSpeed's layout: mp_rank files with a 'module' (PP 1, as --no-pipeline-parallel) or
-    GPTModelPipe's per-layer files (PP > 1; the stage split is DeepSpeed's to choose at load time)."""
+    GPTModelPipe's per-layer files (PP > 1; the stage split is DeepSpeed's to choose at load time). With `optim`
+    (a FullState holding Adam moments) also SAVE/global_stepN_universal, which their --universal-checkpoint loads
+    with the optimizer state at any TP x PP."""
     cfg = job.model
     if os.path.isdir(save_dir) and os.listdir(save_dir):
         raise MegatronCheckpointError(f"--save {save_dir} is not empty: choose a new directory")
@@ -163,8 +206,7 @@ def write_megatron_deepspeed(job: JobConfig, sd: dict[str, torch.Tensor], save_d
     tag = f"global_step{iteration}"
     staged = os.path.join(save_dir, ".staging", tag)
     os.makedirs(staged)
-    args = mlm.args_from_job(job, tp, pp, iteration, consumed)
-    args.deepspeed, args.no_pipeline_parallel, args.use_mcore_models = True, pp == 1, False
+    args = mds_namespace(job, tp, pp, iteration, consumed)
     L = cfg.num_layers
     for r, shard in enumerate(shards):
         client = {"args": args, "checkpoint_version": 3.0, "iteration": iteration,
@@ -188,7 +230,13 @@ def write_megatron_deepspeed(job: JobConfig, sd: dict[str, torch.Tensor], save_d
                 layers.setdefault(3 + L, {})["word_embeddings.weight" if cfg.tie_embeddings else "lm_head.weight"] = v
         for idx, tensors in layers.items():
             torch.save(tensors, os.path.join(staged, dsc.layer_file(idx, r)))
-        torch.save({"module": None, **client}, os.path.join(staged, dsc.model_states_file(r)))
+        for stage in range(pp):  # DeepSpeed's pipeline engine keeps one file per model-parallel rank pp x TP + tp
+            torch.save({"module": None, **client, "mp_world_size": tp * pp},
+                       os.path.join(staged, dsc.model_states_file(stage * tp + r)))
     final = atomic.publish_tag(save_dir, staged, tag, {"latest": tag, mlm.TRACKER: str(iteration)})
     shutil.rmtree(os.path.join(save_dir, ".staging"), ignore_errors=True)
+    if optim is not None and optim.exp_avg is not None:
+        from .megatron_deepspeed_universal import write_megatron_deepspeed_universal
+
+        write_megatron_deepspeed_universal(job, optim, save_dir, pp > 1, args, iteration, consumed)
     return final

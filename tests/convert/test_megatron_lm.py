@@ -112,7 +112,8 @@ def test_megatron_lm_model_checkpoint_imports(tmp_path):
 def test_exported_run_continues_with_the_same_loss_at_the_next_step(fmt, layout, tmp_path):
     """megatron-lm: ours at iteration 2 -> legacy TP2 x PP2 (Adam state and RNG) -> ours -> torch_dist -> ours
     (conversions in this process), then resumed: the moments and step come back exactly (and the RNG states through
-    the legacy files) and iterations 3-5 have the uninterrupted run's losses. megatron-deepspeed (weights only): the next step's loss."""
+    the legacy files) and iterations 3-5 have the uninterrupted run's losses. megatron-deepspeed: ours -> TP2 x PP2
+    weights + global_step2_universal (Adam state, CPU RNG) -> ours, the same checks."""
     from megatron_code.commands.convert_checkpoint import main as convert
     from megatron_code.parallel.reshard import read_full_state
 
@@ -121,8 +122,9 @@ def test_exported_run_continues_with_the_same_loss_at_the_next_step(fmt, layout,
             "--normalization", "RMSNorm", "--mock-data", "--micro-batch-size", "2",
             "--global-batch-size", "4", "--hidden-dropout", "0", "--attention-dropout", "0", "--log-interval", "1",
             "--training.progress_bar", "false", "--eval-interval", "0"]
-    adam = fmt == "megatron-lm"  # both Megatron-LM formats hold the Adam state: the steps after it follow too
-    iters = "5" if adam else "3"
+    # both Megatron-LM formats hold the Adam state, and so does a Megatron-DeepSpeed export (its
+    # global_step2_universal, read back by --from megatron-deepspeed): the steps after it follow too
+    iters = "5"
     ref = tmp_path / "ref"
     _run("pretrain_code.py", *line, "--train-iters", iters, "--save-interval", "2", "--save", ref)
     ref_loss = {r["iteration"]: r["loss"] for r in map(json.loads, open(ref / "metrics.jsonl")) if r["kind"] == "train"}
@@ -130,35 +132,34 @@ def test_exported_run_continues_with_the_same_loss_at_the_next_step(fmt, layout,
         if (ref / f"iter_{later:07d}" / "meta.json").exists():
             os.remove(ref / f"iter_{later:07d}" / "meta.json")
     (ref / "latest").write_text("iter_0000002")
-    chain = [tuple(layout), ("--ckpt-format", "torch_dist")] if adam else [tuple(layout)]
+    chain = [tuple(layout), ("--ckpt-format", "torch_dist")] if fmt == "megatron-lm" else [tuple(layout)]
     src = ref
     for i, how in enumerate(chain):
         assert convert(["--to", fmt, "--load", str(src), "--save", str(tmp_path / f"out{i}"), *how]) == 0
         assert convert(["--from", fmt, "--load", str(tmp_path / f"out{i}"), "--save", str(tmp_path / f"back{i}")]) == 0
         src = tmp_path / f"back{i}"
-    if adam:  # Adam moments and step exactly those of the run (saved at ZeRO-0 by name, read back by name)
-        from megatron_code.config.job import JobConfig
-        job = JobConfig.load(str(ref / "iter_0000002" / "config.yaml"))
-        from megatron_code.training.optimizer import param_groups
-        with torch.device("meta"):
-            m = GPT(job.model)
-        names = {id(p): n for n, p in m.named_parameters()}
-        order = [names[id(p)] for g in param_groups(m, job.optim.weight_decay) for p in g["params"]]
-        before = read_full_state(str(ref / "iter_0000002"), job, opt_order=order)
-        after = read_full_state(str(src / "iter_0000002"), job)
-        assert after.step == before.step == 2
-        for k in before.exp_avg:
-            assert torch.equal(after.exp_avg[k], before.exp_avg[k]) and torch.equal(after.exp_avg_sq[k],
-                                                                                    before.exp_avg_sq[k]), k
-        legacy = read_full_state(str(tmp_path / "back0" / "iter_0000002"), job).client_state["rng"]
-        assert torch.equal(legacy["torch"], before.client_state["rng"]["torch"])
-        assert legacy["python"] == before.client_state["rng"]["python"]
+    # Adam moments and step exactly those of the run (saved at ZeRO-0 by name, read back by name)
+    from megatron_code.config.job import JobConfig
+    job = JobConfig.load(str(ref / "iter_0000002" / "config.yaml"))
+    from megatron_code.training.optimizer import param_groups
+    with torch.device("meta"):
+        m = GPT(job.model)
+    names = {id(p): n for n, p in m.named_parameters()}
+    order = [names[id(p)] for g in param_groups(m, job.optim.weight_decay) for p in g["params"]]
+    before = read_full_state(str(ref / "iter_0000002"), job, opt_order=order)
+    after = read_full_state(str(src / "iter_0000002"), job)
+    assert after.step == before.step == 2
+    for k in before.exp_avg:
+        assert torch.equal(after.exp_avg[k], before.exp_avg[k]) and torch.equal(after.exp_avg_sq[k],
+                                                                                before.exp_avg_sq[k]), k
+    legacy = read_full_state(str(tmp_path / "back0" / "iter_0000002"), job).client_state["rng"]
+    assert torch.equal(legacy["torch"], before.client_state["rng"]["torch"])
+    assert legacy["python"] == before.client_state["rng"]["python"]
     run = tmp_path / "run"
-    _run("pretrain_code.py", *line, "--train-iters", iters, "--load", src,
-         *([] if adam else ["--no-load-optim"]), "--save", run)
+    _run("pretrain_code.py", *line, "--train-iters", iters, "--load", src, "--save", run)
     loss = {r["iteration"]: r["loss"] for r in map(json.loads, open(run / "metrics.jsonl")) if r["kind"] == "train"}
     assert sorted(loss) == list(range(3, int(iters) + 1))
-    for i in loss:  # with Adam state: iterations 3-5 (a fresh optimizer would differ from 4 on); without: 3
+    for i in loss:  # iterations 3-5: a fresh optimizer would differ from 4 on
         assert loss[i] == pytest.approx(ref_loss[i], rel=1e-5, abs=1e-6), i
 
 
