@@ -140,8 +140,9 @@ def read_megatron_deepspeed_universal(folder: str, client: dict,
                 whole = isinstance(entry, dict) and (entry.get(_N_SUB) == 3 or entry.get(_SUB_SHAPE) is not None)
                 n = 1 if whole else tp
                 t = torch.cat([_qkv_to_groups(cfg, c, n) for c in t.chunk(n)])
-            if ".mlp.linear_fc1." in key and cfg.activation == "swiglu" and \
-                    not any(re.match(p, name) for p in swiglu_merged):  # TP slices each [gate_r; up_r]
+            merged = any(re.match(p, name) for p in swiglu_merged) or (isinstance(entry, dict) and
+                                                                        entry.get(_N_SUB) == 2)
+            if ".mlp.linear_fc1." in key and cfg.activation == "swiglu" and not merged:  # slices [gate_r; up_r]
                 halves = [c.chunk(2) for c in t.chunk(tp)]
                 t = torch.cat([h[0] for h in halves] + [h[1] for h in halves])
             if key in ("embedding.word_embeddings.weight", "output_layer.weight") and original_vocab:
@@ -370,8 +371,8 @@ def write_megatron_deepspeed_universal(job: JobConfig, state: FullState, save_di
 
     info = {"universal_checkpoint_version": UNIVERSAL_CHECKPOINT_VERSION_VALUE, "original_vocab_size": cfg.vocab_size,
             "padded_vocab_size": cfg.padded_vocab_size,
-            _SWIGLU_INFO: [r"\d+.mlp.dense_h_to_4h.weight" if pipe else
-                           r"language_model.encoder.layers.\d+.mlp.dense_h_to_4h.weight"]
+            _SWIGLU_INFO: [("" if pipe else "language_model.encoder.layers.") + rf"\d+.mlp.dense_h_to_4h.{p}"
+                           for p in ("weight", "bias") if p == "weight" or cfg.bias]
             if cfg.activation == "swiglu" else []}
     client = {"module": None, "args": args, "checkpoint_version": 3.0, "iteration": iteration,
               "tokens": consumed * job.data.seq_length, "universal_checkpoint_info": info,
