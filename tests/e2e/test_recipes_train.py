@@ -2,11 +2,12 @@
 
 import json
 import os
-import socket
 import sys
 import sysconfig
 
 import pytest
+
+from megatron_code.testing import free_port
 
 from ._cmd import TINY, run, train_losses
 
@@ -66,9 +67,7 @@ def test_fp16_preset_falls_back_to_bf16_with_a_note_where_fp16_is_missing(tmp_pa
 
 
 def _torchrun() -> list[str]:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # docs/testing.md rule 1: a port of this worker's slice, not the kernel's ephemeral range
     tr = os.path.join(sysconfig.get_path("scripts"), "torchrun")
     return ([sys.executable, tr] if os.path.exists(tr) else [sys.executable, "-m", "torch.distributed.run"]) + [
         "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(port)]

@@ -12,12 +12,33 @@ ITERS = ["--train-iters", "8"]  # noqa: E501
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference_save(tmp_path_factory):
+    """An uninterrupted 8-iteration run's --save directory. Read-only: a test that points a command at it works on
+    a copy (`_copy_of_reference`)."""
     save = str(tmp_path_factory.mktemp("ref"))
     run(TINY + ITERS + ["--save", save])
-    losses = train_losses(save)
+    return save
+
+
+@pytest.fixture(scope="module")
+def reference(reference_save):
+    losses = train_losses(reference_save)
     assert sorted(losses) == list(range(1, 9))
     return losses
+
+
+def _copy_of_reference(reference_save: str, tmp_path) -> str:
+    import shutil
+
+    return shutil.copytree(reference_save, str(tmp_path / "run"))
+
+
+def _tree(root: str) -> dict[str, bytes]:
+    out = {}
+    for d, _, files in os.walk(root):
+        for f in files:
+            out[os.path.relpath(os.path.join(d, f), root)] = open(os.path.join(d, f), "rb").read()
+    return out
 
 
 def test_planned_exit_and_resume_is_bitwise_identical(reference, tmp_path):
@@ -64,19 +85,21 @@ def test_sigkill_and_resume_is_bitwise_identical(tmp_path):
     assert {k: v for k, v in train_losses(save).items() if k <= 8} == reference
 
 
-def test_fresh_run_refuses_to_overwrite_checkpoints(tmp_path):
-    save = str(tmp_path / "run")
-    run(TINY + ["--train-iters", "1", "--save", save])
+# The next two point a command at a copy of the reference run's checkpoints (one launch each instead of a training
+# run of their own plus the launch; the refusals are the same for a directory trained 1 or 8 iterations).
+def test_fresh_run_refuses_to_overwrite_checkpoints(reference_save, tmp_path):
+    save = _copy_of_reference(reference_save, tmp_path)
+    before = _tree(save)
     out = run(TINY + ["--train-iters", "1", "--save", save], check=False)
     assert out.returncode == 2
     assert "already holds checkpoints" in out.stderr and "--load" in out.stderr
     assert "Traceback" not in out.stderr
+    assert _tree(save) == before  # nothing the user had was touched
 
 
-def test_loading_another_architecture_is_a_clear_error(tmp_path):
-    save = str(tmp_path / "run")
-    run(TINY + ["--train-iters", "1", "--save", save])
-    out = run(TINY + ["--train-iters", "2", "--load", save, "--model.hidden_size", "32"], check=False)
+def test_loading_another_architecture_is_a_clear_error(reference_save, tmp_path):
+    save = _copy_of_reference(reference_save, tmp_path)
+    out = run(TINY + ["--train-iters", "9", "--load", save, "--model.hidden_size", "32"], check=False)
     assert out.returncode == 2
     assert "different architecture" in out.stderr and "hidden_size" in out.stderr
     assert "Traceback" not in out.stderr

