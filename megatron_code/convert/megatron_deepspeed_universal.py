@@ -227,11 +227,15 @@ def _fixed_info(info: dict, names: set[str]) -> dict | None:
 
 
 def _shadow(tag_dir: str, work: str, client: dict) -> str:
-    """`tag_dir` as ds_to_universal should read it: the user's files linked, never changed; the model-states files
-    copied with a fixed universal_checkpoint_info when their info names a parameter the model does not have."""
+    """`tag_dir` as ds_to_universal (DeepSpeed 0.19.8) reads it: the user's files linked, never changed; the
+    model-states files copied with two fixes when needed: the universal_checkpoint_info naming the real position
+    table (_fixed_info), and the 'module' of a --no-pipeline-parallel save flattened to dotted names. Megatron saves
+    it nested ({'language_model': {'embedding': ...}}, state_dict_for_save_checkpoint) and the tool, which copies
+    module tensors lacking an optimizer fragment into zero/<name>/fp32.pt, calls .float() on each value."""
     names = {n for shapes in client.get("param_shapes") or [] for n in shapes}
     fixed = _fixed_info(client["universal_checkpoint_info"], names)
-    if fixed is None:
+    nested = any(isinstance(v, dict) for v in (client.get("module") or {}).values())
+    if fixed is None and not nested:
         return tag_dir
     shadow = os.path.join(work, "input", os.path.basename(os.path.normpath(tag_dir)))
     os.makedirs(shadow)
@@ -239,7 +243,10 @@ def _shadow(tag_dir: str, work: str, client: dict) -> str:
         src = os.path.join(os.path.abspath(tag_dir), name)
         if dsc.MODEL_STATES_FILE.fullmatch(name):
             sd = torch.load(src, map_location="cpu", weights_only=False)
-            sd["universal_checkpoint_info"] = fixed
+            if fixed is not None:
+                sd["universal_checkpoint_info"] = fixed
+            if isinstance(sd.get("module"), dict):
+                sd["module"] = {k: v for k, v in mlm._flatten(sd["module"]).items() if torch.is_tensor(v)}
             torch.save(sd, os.path.join(shadow, name))
         else:
             os.symlink(src, os.path.join(shadow, name))

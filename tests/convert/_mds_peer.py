@@ -40,6 +40,8 @@ MODEL = ["--num-layers", "2", "--hidden-size", "16", "--num-attention-heads", "2
          "--untie-embeddings-and-output-weights", "--disable-bias-linear", "--hidden-dropout", "0",
          "--attention-dropout", "0"]
 
+GPT_DROPS = {"--normalization", "rmsnorm", "--swiglu", "--untie-embeddings-and-output-weights", "--disable-bias-linear"}
+
 
 def main() -> None:
     p = argparse.ArgumentParser()
@@ -52,6 +54,7 @@ def main() -> None:
     p.add_argument("--universal", action="store_true")
     p.add_argument("--no-pipeline-parallel", action="store_true")
     p.add_argument("--no-load-rng", action="store_true")
+    p.add_argument("--gpt", action="store_true", help="GPT-2 style: LayerNorm, GELU, tied embeddings, biases")
     p.add_argument("--resave", default=None, help="with --load: save again with their save_checkpoint right after "
                    "their load_checkpoint, then exit (what was loaded, in their own format)")
     a = p.parse_args()
@@ -68,7 +71,8 @@ def main() -> None:
     if int(os.environ.get("RANK", "0")) == 0:
         json.dump(ds, open(cfg, "w"))
     dp = world // (a.tp * a.pp)
-    sys.argv = ["pretrain_gpt.py", *MODEL, "--micro-batch-size", "2", "--global-batch-size", str(4),
+    model = MODEL if not a.gpt else [f for f in MODEL if f not in GPT_DROPS] + ["--normalization", "layernorm"]
+    sys.argv = ["pretrain_gpt.py", *model, "--micro-batch-size", "2", "--global-batch-size", str(4),
                 "--train-iters", "8", "--exit-interval", str(a.iters), "--lr", "1e-2", "--lr-decay-style", "constant", "--lr-decay-iters", "8", "--seed", "1234",
                 "--tensor-model-parallel-size", str(a.tp), "--pipeline-model-parallel-size", str(a.pp),
                 "--deepspeed", "--deepspeed_config", cfg, "--zero-stage", "1", "--save", a.save,
