@@ -49,8 +49,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="--to megatron-lm --ckpt-format torch: write the Adam state as Megatron-LM's distributed "
                         "optimizer saves it (distrib_optim.pt; load with --use-distributed-optimizer)")
     p.add_argument("--no-load-optim", action="store_true",
-                   help="--from megatron-deepspeed: import the weights only (its ZeRO optimizer shards are otherwise "
-                        "converted through DeepSpeed's ds_to_universal)")
+                   help="--from megatron-deepspeed / megatron-lm: import the weights only (Megatron-DeepSpeed's ZeRO "
+                        "optimizer shards are otherwise converted through DeepSpeed's ds_to_universal; Megatron-LM's "
+                        "Adam state is read as its optimizer wrote it)")
     p.add_argument("--tensor-model-parallel-size", type=int, default=1)
     p.add_argument("--pipeline-model-parallel-size", type=int, default=1)
     return p.parse_args(argv)
@@ -136,7 +137,7 @@ def _megatron(args) -> int:
               f"-> {path}; it loads at any TP x PP x ZeRO layout")
         return 0
     if args.from_:
-        job, state = (mlm.read_megatron_lm(args.load) if fmt == "megatron-lm" else
+        job, state = (mlm.read_megatron_lm(args.load, weights_only=args.no_load_optim) if fmt == "megatron-lm" else
                       mds.read_megatron_deepspeed(args.load, args.qkv_layout, load_optim=not args.no_load_optim))
         if args.config:
             from megatron_code.config.job import JobConfig
@@ -148,7 +149,7 @@ def _megatron(args) -> int:
         it = state.client_state["iteration"]
         print(f"imported {args.load} ({fmt}, {state.client_state['imported_from'].split('(')[-1].rstrip(')')}) "
               f"-> {path} at iteration {it}")
-        fresh = state.exp_avg is None  # torch_dist and Megatron-DeepSpeed ZeRO saves carry the Adam state
+        fresh = state.exp_avg is None  # Megatron-LM and Megatron-DeepSpeed ZeRO saves carry the Adam state
         print(f"continue with: python pretrain_code.py --config {os.path.join(path, 'config.yaml')} --load "
               f"{args.save}{' --no-load-optim' if fresh else ''} --save NEW_DIR ... "
               f"({'Adam moments start fresh' if fresh else 'with its Adam state'})")

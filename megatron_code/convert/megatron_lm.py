@@ -353,8 +353,9 @@ def _rank_files(tag_dir: str) -> dict[tuple[int, int], str]:
     return files
 
 
-def read_megatron_lm(load_dir: str) -> tuple[JobConfig, FullState]:
-    """(our job config, our full state) from a Megatron-LM legacy checkpoint of any TP x PP layout."""
+def read_megatron_lm(load_dir: str, weights_only: bool = False) -> tuple[JobConfig, FullState]:
+    """(our job config, our full state) from a Megatron-LM checkpoint of any TP x PP layout; `weights_only`: leave
+    the optimizer state out (legacy format)."""
     tag, _ = _tracker_tag(load_dir)
     tag_dir = os.path.join(load_dir, tag)
     if not os.path.isdir(tag_dir):
@@ -411,7 +412,8 @@ def read_megatron_lm(load_dir: str) -> tuple[JobConfig, FullState]:
     job.parallel.tensor_parallel, job.parallel.pipeline_parallel = tp, pp
     optim: dict[str, dict] = {}
     keys = mls.group_keys(list(params.values()), args)
-    per_rank = {rs: mls.read_rank(files[rs], loaded[rs], params[rs], keys, args) for rs in files}
+    per_rank = {rs: None if weights_only else mls.read_rank(files[rs], loaded[rs], params[rs], keys, args)
+                for rs in files}
     if all(v is not None for v in per_rank.values()):
         steps = {v["step"] for v in per_rank.values()}
         if len(steps) != 1:

@@ -137,15 +137,15 @@ def _group_fields(key: Optional[tuple], args) -> dict:
 def _check_groups(where: str, saved: list[dict], keys: list, groups: list[list[str]], args, sized: bool) -> None:
     if len(saved) != len(keys):
         raise OptimLayoutError(f"{where}: {len(saved)} optimizer param groups, {SOURCE}'s _get_param_groups rules give "
-                               f"{len(keys)} for this model: a group layout not recognised (pass --no-load-optim "
-                               f"after converting the weights only)")
+                               f"{len(keys)} for this model: a group layout not recognised (convert the weights alone "
+                               f"with --no-load-optim, and resume with it)")
     for i, (g, key) in enumerate(zip(saved, keys)):
         want = _group_fields(key, args)
         if float(g.get("wd_mult", 1.0)) != want["wd_mult"] or (sized and len(g["params"]) != len(groups[i])):
             raise OptimLayoutError(f"{where}: optimizer param group {i} (wd_mult {g.get('wd_mult')}, "
                                    f"{len(g.get('params', []))} params) is not the group {SOURCE}'s rules give "
                                    f"(wd_mult {want['wd_mult']}, {len(groups[i])} params): a group layout not "
-                                   f"recognised")
+                                   f"recognised (convert the weights alone with --no-load-optim)")
 
 
 # --------------------------------------------------------------------------------------------- reading

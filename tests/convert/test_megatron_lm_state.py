@@ -195,3 +195,25 @@ def test_their_load_checkpoint_continues_our_export_with_their_losses(name, tmp_
         assert torch.equal(back["torch_rng_state"], theirs["torch_rng_state"])
         assert torch.equal(back["cuda_rng_state"], theirs["cuda_rng_state"])
         assert all(torch.equal(back["rng_tracker_states"][k], v) for k, v in theirs["rng_tracker_states"].items())
+
+
+def test_unrecognised_group_layout_is_refused_in_one_line(tmp_path, capsys):
+    """A param-group layout the rules do not give (here: their two groups swapped) is refused, never guessed;
+    --no-load-optim converts the weights alone."""
+    import shutil
+
+    from megatron_code.commands.convert_checkpoint import main
+
+    src = tmp_path / "ckpt"
+    shutil.copytree(os.path.join(FIXTURES, "tp1pp1_fp32", "ckpt"), src)
+    path = src / "iter_0000002" / "mp_rank_00" / "model_optim_rng.pt"
+    ck = torch.load(path, weights_only=False)
+    ck["optimizer"]["param_groups"].reverse()
+    torch.save(ck, path)
+    with pytest.raises(mlm.MegatronCheckpointError, match="not the group .* rules give"):
+        mlm.read_megatron_lm(str(src))
+    assert main(["--from", "megatron-lm", "--load", str(src), "--save", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "--no-load-optim" in err
+    assert main(["--from", "megatron-lm", "--load", str(src), "--save", str(tmp_path / "b"), "--no-load-optim"]) == 0
+    assert "--no-load-optim" in capsys.readouterr().out
