@@ -33,7 +33,11 @@ modified; each is an assignment in this process before their code runs):
   initialize.py imports it): a stand-in module whose enable_batch_invariant_mode raises if ever called;
 - validate_args asks CUDA for the GPU generation when TP > 1 (get_device_arch_version): answered 10 (Blackwell,
   where it skips the CUDA_DEVICE_MAX_CONNECTIONS check);
-- gradient clipping asserts CUDA tensors (clip_grads.py): --clip-grad 0.
+- gradient clipping asserts CUDA tensors (clip_grads.py): --clip-grad 0;
+- loading a distributed-optimizer checkpoint on the torch-Adam path (no Transformer Engine / Apex) fails in their
+  DistributedOptimizer._set_main_param_and_optimizer_states (KeyError 'step': torch's Adam keeps a per-parameter
+  step that distrib_optim.pt does not hold; their own checkpoints fail the same way): wrapped to keep the step that
+  load_state_dict already restored from the param groups.
 Their initialize_megatron is not called (it compiles the dataset helpers and fused kernels); its steps that matter
 here are: parse_args + validate_args + set_global_variables, torch.distributed (gloo), initialize_model_parallel,
 _set_random_seed.
@@ -151,6 +155,20 @@ def _shims() -> None:
         sys.modules[name] = stub
     from megatron.core.tensor_parallel import random as trandom
     trandom._set_cuda_rng_state = set_state
+    # Without Transformer Engine / Apex their Adam is torch's, which keeps a per-parameter 'step' in its state; the
+    # distributed optimizer's load_parameter_state_from_dp_zero then copies every state key from distrib_optim.pt,
+    # which holds no 'step' (KeyError, for their own checkpoints too; on a GPU, FusedAdam keeps the step in its
+    # param groups). The step was already restored from the param groups: keep it.
+    from megatron.core.optimizer.distrib_optimizer import DistributedOptimizer
+    set_states = DistributedOptimizer._set_main_param_and_optimizer_states
+
+    def keep_step(self, model_param, tensors):
+        group, order = self.model_param_group_index_map[model_param]
+        state = self.optimizer.state[self.optimizer.param_groups[group]["params"][order]]
+        if "step" in state and "step" not in tensors:
+            tensors = {**tensors, "step": state["step"]}
+        return set_states(self, model_param, tensors)
+    DistributedOptimizer._set_main_param_and_optimizer_states = keep_step
 
 
 # --------------------------------------------------------------------------------------------- their code
