@@ -15,11 +15,15 @@ GPU_PEAK_TFLOPS = {"H100": 989.0, "A100": 312.0, "A10": 125.0, "L4": 121.0, "V10
                    "4090": 165.0, "3090": 71.0, "T4": 65.0}
 
 
-@functools.lru_cache(maxsize=None)
 def measure_matmul_peak(dtype: torch.dtype = torch.float32, size: int = 1024, repeats: int = 5) -> float:
     """FLOP/s of a square matmul on this device, best of `repeats` (the CPU's practical peak for MFU). Measured once
-    per process: the probe costs ~0.2 s of CPU (fp32, one thread) and the hardware does not change between the
-    trainers one process builds (training phases; tests/distributed/_dp_train runs many jobs per rank)."""
+    per process and thread count: the probe costs ~0.2 s of CPU (fp32, one thread) and the hardware does not change
+    between the trainers one process builds (training phases; tests/distributed/_dp_train runs many jobs per rank)."""
+    return _matmul_peak(dtype, size, repeats, torch.get_num_threads())
+
+
+@functools.lru_cache(maxsize=None)
+def _matmul_peak(dtype: torch.dtype, size: int, repeats: int, threads: int) -> float:
     gen = torch.Generator().manual_seed(0)  # never touch the global RNG: resume must stay exact
     a = torch.randn(size, size, generator=gen).to(dtype)
     b = torch.randn(size, size, generator=gen).to(dtype)

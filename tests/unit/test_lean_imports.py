@@ -1,6 +1,7 @@
-"""Programs that do not compute with torch do not import it. `import torch` costs about 2 s of CPU per process (and
-DeepSpeed plus torch._dynamo, which torch.optim pulls in, another ~1.7 s): the data tools run many times per
-pipeline, and the test suite starts hundreds of processes (docs/testing.md, "Cost")."""
+"""Costs every process or trainer pays, kept down. Programs that do not compute with torch do not import it:
+`import torch` costs about 2 s of CPU per process (and DeepSpeed plus torch._dynamo, which torch.optim pulls in,
+another ~1.7 s); the data tools run many times per pipeline, and the test suite starts hundreds of processes
+(docs/testing.md, "Cost"). The CPU peak probe behind MFU runs once per process."""
 
 import os
 import subprocess
@@ -48,3 +49,29 @@ def test_data_tools_and_a_rejected_command_line_do_not_import_torch(tmp_path):
     assert "--train-iters" in got["stderr"], got["stderr"]
     assert os.path.getsize(tmp_path / "m.bin") == 2 * os.path.getsize(tmp_path / "a_text_document.bin") > 0
     assert got["heavy"] == [], f"imported without being used: {got['heavy']}"
+
+
+def test_the_cpu_peak_probe_runs_once_per_process_and_thread_count(monkeypatch):
+    """Every trainer reports MFU against the CPU matmul probe (~0.2 s of CPU); a process that builds several trainers
+    (training phases, the distributed tests' jobs) measures once per thread count, not once per trainer."""
+    import torch
+
+    from megatron_code.training import metrics
+
+    calls = []
+    real = torch.matmul
+    monkeypatch.setattr(torch, "matmul", lambda a, b: calls.append(a.shape) or real(a, b))
+    metrics._matmul_peak.cache_clear()
+    first = metrics.peak_flops("fp32", None)
+    assert first[1] == "CPU matmul probe (torch.float32)" and first[0] > 0
+    n = len(calls)
+    assert n == 6  # warm-up + 5 timed repeats
+    assert metrics.peak_flops("fp32", None) == first and len(calls) == n
+    assert metrics.peak_flops("fp32", 2.0) == (2e12, "--training.peak_tflops") and len(calls) == n
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads + 1)
+        metrics.peak_flops("fp32", None)
+        assert len(calls) == 2 * n  # another thread count is another peak
+    finally:
+        torch.set_num_threads(threads)
