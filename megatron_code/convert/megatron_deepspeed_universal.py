@@ -227,24 +227,28 @@ def _fixed_info(info: dict, names: set[str]) -> dict | None:
 
 
 def _shadow(tag_dir: str, work: str, client: dict) -> str:
-    """`tag_dir` as ds_to_universal (DeepSpeed 0.19.8) reads it: the user's files linked, never changed; the
-    model-states files copied with two fixes when needed: the universal_checkpoint_info naming the real position
-    table (_fixed_info), and the 'module' of a --no-pipeline-parallel save flattened to dotted names. Megatron saves
-    it nested ({'language_model': {'embedding': ...}}, state_dict_for_save_checkpoint) and the tool, which copies
-    module tensors lacking an optimizer fragment into zero/<name>/fp32.pt, calls .float() on each value."""
+    """`tag_dir` as ds_to_universal (DeepSpeed 0.19.8) reads it: the user's files linked, never changed; the small
+    model-states files copied with three changes:
+    - original_vocab_size set to the padded size: the tool strips the vocabulary rows past the tokenizer's size,
+      which Megatron's logits and softmax still cover (their rows are trained away from being predicted), so
+      dropping them changes the next losses; this keeps every row;
+    - the universal_checkpoint_info naming the real position table (_fixed_info);
+    - the 'module' of a --no-pipeline-parallel save flattened to dotted names: Megatron saves it nested
+      ({'language_model': {'embedding': ...}}, state_dict_for_save_checkpoint) and the tool, which copies module
+      tensors lacking an optimizer fragment into zero/<name>/fp32.pt, calls .float() on each value."""
     names = {n for shapes in client.get("param_shapes") or [] for n in shapes}
-    fixed = _fixed_info(client["universal_checkpoint_info"], names)
-    nested = any(isinstance(v, dict) for v in (client.get("module") or {}).values())
-    if fixed is None and not nested:
-        return tag_dir
+    info = dict(client["universal_checkpoint_info"])
+    info = _fixed_info(info, names) or info
+    padded = info.get("padded_vocab_size") or getattr(client.get("args"), "padded_vocab_size", None)
+    if padded and info.get("original_vocab_size"):
+        info["original_vocab_size"] = int(padded)
     shadow = os.path.join(work, "input", os.path.basename(os.path.normpath(tag_dir)))
     os.makedirs(shadow)
     for name in os.listdir(tag_dir):
         src = os.path.join(os.path.abspath(tag_dir), name)
         if dsc.MODEL_STATES_FILE.fullmatch(name):
             sd = torch.load(src, map_location="cpu", weights_only=False)
-            if fixed is not None:
-                sd["universal_checkpoint_info"] = fixed
+            sd["universal_checkpoint_info"] = info
             if isinstance(sd.get("module"), dict):
                 sd["module"] = {k: v for k, v in mlm._flatten(sd["module"]).items() if torch.is_tensor(v)}
             torch.save(sd, os.path.join(shadow, name))
