@@ -89,8 +89,12 @@ def _tag(load_dir: str) -> str:
 
 
 def _load_client(path: str) -> dict:
+    import warnings
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
+        with warnings.catch_warnings():  # unpickling their args imports megatron.core, which warns about apex/TE
+            warnings.simplefilter("ignore")
+            return torch.load(path, map_location="cpu", weights_only=False)
     except ModuleNotFoundError as exc:  # the pickled args hold megatron.core enums (ModelType)
         raise MegatronCheckpointError(f"{path}: its pickled args need the module {exc.name!r}: pip install "
                                       f"megatron-core (or put your Megatron-DeepSpeed checkout on PYTHONPATH)")
