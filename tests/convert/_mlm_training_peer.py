@@ -5,6 +5,9 @@ GPT (SHAPE below: GQA, SwiGLU, RMSNorm, RoPE, untied, no biases) in the legacy `
     fixtures DIR
         regenerates the committed fixtures (tests/fixtures/megatron_lm_legacy: FIXTURES below) with `save`:
         MEGATRON_LM_DIR=/path/to/Megatron-LM python tests/convert/_mlm_training_peer.py fixtures DIR
+    resume OUT --tp TP --pp PP [--dist-opt] [--bf16]
+        adds to OUT/record.pt the losses of iterations 3 and 4 after their load_checkpoint of OUT/ckpt (`fixtures`
+        does this after each save)
     save OUT --tp TP --pp PP [--dist-opt] [--bf16]
         TP x PP processes: their get_model / setup_model_and_optimizer (GPTModel, DDP, Adam, scheduler), two
         train_step's on fixed batches, their save_checkpoint at iteration 2 (OUT/ckpt), then steps 3 and 4;
@@ -301,11 +304,27 @@ def _worker(rank: int, world: int, mode: str, out: str, ckpt: str | None, argv: 
     torch.distributed.barrier()
 
 
+def resume(out: str, flags: list[str]) -> None:
+    """Their load_checkpoint of their own checkpoint OUT/ckpt, then steps 3 and 4: the losses a resume of theirs gives
+    (record.pt "resumed_losses"; with the distributed optimizer in bf16 they differ from the uninterrupted run's in
+    the 5th digit at iteration 4)."""
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, os.path.abspath(__file__), "load", os.path.join(out, "ckpt"),
+                        os.path.join(tmp, "loaded"), *flags], check=True)
+        got = torch.load(os.path.join(tmp, "loaded.pt"), weights_only=False)
+    record = torch.load(os.path.join(out, "record.pt"), weights_only=False)
+    record["resumed_losses"] = got["losses"]
+    torch.save(record, os.path.join(out, "record.pt"))
+
+
 def main() -> None:
     import torch.multiprocessing as mp
 
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["save", "load", "fixtures"])
+    p.add_argument("mode", choices=["save", "load", "fixtures", "resume"])
     p.add_argument("paths", nargs="+")
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--pp", type=int, default=1)
@@ -323,8 +342,12 @@ def main() -> None:
         for name, flags in FIXTURES.items():
             if a.only and name not in a.only:
                 continue
-            subprocess.run([sys.executable, os.path.abspath(__file__), "save", os.path.join(dest, name), *flags],
-                           check=True)
+            out = os.path.join(dest, name)
+            subprocess.run([sys.executable, os.path.abspath(__file__), "save", out, *flags], check=True)
+            resume(out, flags)
+        return
+    if a.mode == "resume":
+        resume(a.paths[0], sys.argv[3:])
         return
     world = a.tp * a.pp
     if a.mode == "save":

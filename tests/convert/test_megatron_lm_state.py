@@ -171,7 +171,9 @@ def test_our_export_is_their_checkpoint_again(name, tmp_path):
 @pytest.mark.parametrize("name", CASES)
 def test_their_load_checkpoint_continues_our_export_with_their_losses(name, tmp_path):
     """ours (imported from their run) -> our export -> their load_checkpoint with optimizer and RNG -> their steps
-    3 and 4 give the losses of their uninterrupted run, from the Adam state and RNG states we wrote."""
+    3 and 4 give the losses their own resume of their own checkpoint gives (recorded in the fixture; equal to the
+    uninterrupted run's except in bf16 with the distributed optimizer, 2e-5 apart at iteration 4), from the Adam
+    state and RNG states we wrote."""
     lay, rec = _layout(name), _record(name)
     src = os.path.join(FIXTURES, name, "ckpt")
     ours_dir = tmp_path / "ours"
@@ -187,8 +189,9 @@ def test_their_load_checkpoint_continues_our_export_with_their_losses(name, tmp_
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     got = torch.load(tmp_path / "loaded.pt", weights_only=False)
     assert got["step"] == {2.0}
-    for it in (3, 4):
-        assert got["losses"][it] == pytest.approx(rec["losses"][it], rel=1e-6, abs=1e-6), (it, got["losses"])
+    for it in (3, 4):  # what a resume of their own checkpoint gives (their code, recorded with the fixture)
+        want = rec["resumed_losses"][it]
+        assert got["losses"][it] == pytest.approx(want, rel=1e-6, abs=1e-6), (it, got["losses"], want)
     for rank, theirs in rec["rng"].items():  # the RNG states their load restored are the ones their save had
         back = got["rng"][rank]
         assert back["random_rng_state"] == theirs["random_rng_state"]
