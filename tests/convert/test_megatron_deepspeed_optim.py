@@ -57,6 +57,26 @@ def _their_slices(tag_dir: str):
     return out, steps
 
 
+def _assert_equal_to_shards(job, state, tag_dir: str, tp: int) -> None:
+    """Our imported weights, moments and step, split as their TP ranks hold them ([q; k; v] blocks per rank, SwiGLU
+    [gate_r; up_r]), equal every tensor cut out of their shards."""
+    cfg = job.model
+    theirs, steps = _their_slices(tag_dir)
+    assert steps == {2} and state.step == 2 and state.client_state["iteration"] == 2
+    split = [mlm._split_tp(cfg, mlm.from_ours(cfg, t), tp) for t in (state.module, state.exp_avg, state.exp_avg_sq)]
+    checked = 0
+    for mp, params in theirs.items():
+        for pname, tensors in params.items():
+            key = mdsu.canonical_name(pname, cfg.num_layers)
+            for i, want in enumerate(tensors):
+                got = split[i][mp % tp][key]
+                if ".linear_qkv." in key:
+                    got = mds._qkv_to_blocks(cfg, got, tp)
+                assert torch.equal(got, want.float()), (tag_dir, mp, pname, i)
+                checked += 1
+    assert checked == 3 * sum(len(p) for p in theirs.values()) > 0
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_their_zero_checkpoint_imports_with_their_adam_state(imported, name):
     job, state = imported[name]
@@ -66,24 +86,8 @@ def test_their_zero_checkpoint_imports_with_their_adam_state(imported, name):
     assert (cfg.num_layers, cfg.hidden_size) == (2, 16)
     assert (cfg.activation, cfg.norm, cfg.position_embedding, cfg.tie_embeddings, cfg.bias) == arch
     tag_dir = os.path.join(FIXTURES, name, "global_step2")
-    theirs, steps = _their_slices(tag_dir)
-    assert steps == {2} and state.step == 2 and state.client_state["iteration"] == 2
+    _assert_equal_to_shards(job, state, tag_dir, tp)
     assert state.client_state["consumed_samples"] == 8
-    # ours, split as their TP ranks hold it ([q; k; v] blocks per rank, SwiGLU [gate_r; up_r])
-    ours = [mlm.from_ours(cfg, t) for t in (state.module, state.exp_avg, state.exp_avg_sq)]
-    split = [mlm._split_tp(cfg, full, tp) for full in ours]
-    checked = 0
-    for mp, params in theirs.items():
-        r = mp % tp
-        for pname, tensors in params.items():
-            key = mdsu.canonical_name(pname, cfg.num_layers)
-            for i, want in enumerate(tensors):
-                got = split[i][r][key]
-                if ".linear_qkv." in key:
-                    got = mds._qkv_to_blocks(cfg, got, tp)
-                assert torch.equal(got, want.float()), (name, mp, pname, i)
-                checked += 1
-    assert checked == 3 * sum(len(p) for p in theirs.values())
     # the CPU generators of their rng_state
     rng = torch.load(os.path.join(tag_dir, "mp_rank_00_model_states.pt"), weights_only=False)["rng_state"][0]
     assert state.client_state["rng"]["python"] == rng["random_rng_state"]
@@ -158,3 +162,20 @@ def test_their_code_loads_our_export_with_the_adam_state_at_another_layout(impor
             g = got[k][:w.shape[0]]  # their TP2 run pads the vocabulary further (zero rows)
             assert torch.equal(g, w), k
             assert not got[k][w.shape[0]:].any(), k
+
+
+@pytest.mark.skipif(not os.environ.get("MEGATRON_DEEPSPEED_DIR"),
+                    reason="set MEGATRON_DEEPSPEED_DIR to a Megatron-DeepSpeed checkout to run their code")
+def test_a_fresh_save_of_their_code_imports_with_its_adam_state(tmp_path):
+    """What make_fixtures.py commits, made afresh by their code at TP2 x PP2 bf16 (so the committed bytes stay what
+    the current checkout writes): the import equals its shards, every rank and row."""
+    import sys
+
+    sys.path.insert(0, os.path.join(FIXTURES))
+    from make_fixtures import run_peer
+
+    from megatron_code.testing import free_port
+
+    run_peer(str(tmp_path / "ck"), 2, 2, "bf16", "--iters", "2", port=free_port())
+    job, state = mds.read_megatron_deepspeed(str(tmp_path / "ck"))
+    _assert_equal_to_shards(job, state, str(tmp_path / "ck" / "global_step2"), 2)
