@@ -138,10 +138,13 @@ def test_missing_shard_or_info_is_one_clear_error(tmp_path):
 
 @pytest.mark.skipif(not os.environ.get("MEGATRON_DEEPSPEED_DIR"),
                     reason="set MEGATRON_DEEPSPEED_DIR to a Megatron-DeepSpeed checkout to run their code")
-def test_their_code_loads_our_export_with_the_adam_state_at_another_layout(imported, tmp_path):
-    """Their pretrain() at TP2 x PP2 loads our export (from the TP1 fixture) with --universal-checkpoint (DeepSpeed's
-    load_universal_checkpoint), saves again at once with their save_checkpoint; that save, through ds_to_universal,
-    imports with weights, moments and step equal to what we exported."""
+@pytest.mark.parametrize("name,export_pp,peer", [
+    ("tp1pp1_fp32", 2, (2, 2, [])),  # GPTModelPipe names, loaded at TP2 x PP2
+    ("tp2_gpt_fp32", 1, (2, 1, ["--gpt", "--no-pipeline-parallel"]))])  # GPTModel names (tied), at TP2
+def test_their_code_loads_our_export_with_the_adam_state_at_another_layout(imported, name, export_pp, peer, tmp_path):
+    """Their pretrain() loads our export (of a fixture's import) with --universal-checkpoint (DeepSpeed's
+    load_universal_checkpoint) at another layout, saves again at once with their save_checkpoint; that save,
+    through ds_to_universal, imports with weights, moments and step equal to what we exported."""
     import sys
 
     sys.path.insert(0, os.path.join(FIXTURES))
@@ -149,11 +152,13 @@ def test_their_code_loads_our_export_with_the_adam_state_at_another_layout(impor
 
     from megatron_code.testing import free_port
 
-    job, state = imported["tp1pp1_fp32"]
+    job, state = imported[name]
     out = tmp_path / "export"
-    mds.write_megatron_deepspeed(job, state.module, str(out), tp=2, pp=2, iteration=2, consumed=8, optim=state)
-    run_peer(str(tmp_path / "unused"), 2, 2, "fp32", "--iters", "3", "--load", str(out), "--universal",
-             "--no-load-rng", "--resave", str(tmp_path / "resaved"), port=free_port())
+    mds.write_megatron_deepspeed(job, state.module, str(out), tp=1, pp=export_pp, iteration=2, consumed=8,
+                                 optim=state)
+    tp, pp, extra = peer
+    run_peer(str(tmp_path / "unused"), tp, pp, "fp32", "--iters", "3", "--load", str(out), "--universal",
+             "--no-load-rng", "--resave", str(tmp_path / "resaved"), *extra, port=free_port())
     _, back = mds.read_megatron_deepspeed(str(tmp_path / "resaved"))
     assert back.step == 2 and back.client_state["iteration"] == 2
     for got, want in ((back.module, state.module), (back.exp_avg, state.exp_avg), (back.exp_avg_sq,
