@@ -369,6 +369,7 @@ def main() -> None:
             merged["moments"][f[len(base):]] = r.get("moments")
             merged["rng"][f[len(base):]] = r.get("rng")
             merged["step"] |= r.get("step", set())
+            merged["iteration"] = r.get("iteration")
             os.remove(os.path.join(os.path.dirname(os.path.abspath(rec)), f))
     torch.save(merged, rec + ".pt")
     if os.path.exists(rdzv):

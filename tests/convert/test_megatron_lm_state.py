@@ -220,3 +220,56 @@ def test_unrecognised_group_layout_is_refused_in_one_line(tmp_path, capsys):
     assert err.count("\n") == 0 and "--no-load-optim" in err
     assert main(["--from", "megatron-lm", "--load", str(src), "--save", str(tmp_path / "b"), "--no-load-optim"]) == 0
     assert "--no-load-optim" in capsys.readouterr().out
+
+
+@pytest.mark.skipif(not os.environ.get("MEGATRON_LM_DIR"),
+                    reason="MEGATRON_LM_DIR not set: their load_checkpoint needs megatron.training (not on PyPI)")
+def test_their_load_checkpoint_takes_an_export_of_our_own_run(tmp_path):
+    """A run trained here (their fixture's shape and schedule, our CLI) exported with its Adam and RNG state: their
+    load_checkpoint (without --no-load-optim / --no-load-rng) holds exactly our moments and CPU RNG states, and
+    their next steps train on (finite losses)."""
+    from megatron_code.commands.convert_checkpoint import main
+    from megatron_code.config.job import JobConfig
+    from megatron_code.parallel.reshard import read_full_state
+
+    s = peer.SHAPE
+    run = tmp_path / "run"
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "pretrain_code.py"),
+                        "--num-layers", str(s["num_layers"]), "--hidden-size", str(s["hidden_size"]),
+                        "--num-attention-heads", str(s["num_attention_heads"]), "--group-query-attention",
+                        "--num-query-groups", str(s["num_query_groups"]), "--ffn-hidden-size", str(s["ffn_hidden_size"]),
+                        "--swiglu", "--normalization", "RMSNorm", "--position-embedding-type", "rope",
+                        "--untie-embeddings-and-output-weights", "--disable-bias-linear", "--seq-length", str(s["seq"]),
+                        "--max-position-embeddings", str(s["seq"]), "--model.vocab_size", str(s["vocab"]),
+                        "--make-vocab-size-divisible-by", "1", "--mock-data", "--micro-batch-size", "2",
+                        "--global-batch-size", "4", "--lr", "1e-3", "--min-lr", "1e-3", "--lr-decay-style", "constant",
+                        "--weight-decay", "0.1", "--adam-beta2", "0.95", "--train-iters", str(peer.TOTAL_ITERS),
+                        "--exit-interval", str(peer.SAVE_AT), "--hidden-dropout", "0", "--attention-dropout", "0",
+                        "--eval-interval", "0", "--training.progress_bar", "false", "--save", str(run)],
+                       cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                       timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = tmp_path / "mlm"
+    assert main(["--to", "megatron-lm", "--load", str(run), "--save", str(out)]) == 0
+    r = subprocess.run([sys.executable, PEER, "load", str(out), str(tmp_path / "loaded"), "--tp", "1", "--pp", "1"],
+                       cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True,
+                       timeout=1800)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+    got = torch.load(tmp_path / "loaded.pt", weights_only=False)
+    tag = f"iter_{peer.SAVE_AT:07d}"
+    job = JobConfig.load(str(run / tag / "config.yaml"))
+    from megatron_code.training.optimizer import param_groups
+    with torch.device("meta"):
+        m = GPT(job.model)
+    names = {id(p): n for n, p in m.named_parameters()}
+    order = [names[id(p)] for g in param_groups(m, job.optim.weight_decay) for p in g["params"]]
+    ours = read_full_state(str(run / tag), job, opt_order=order)
+    assert got["step"] == {float(ours.step)} and got["iteration"] == peer.SAVE_AT
+    theirs = {mlm.canonical(k): v for k, v in got["moments"]["0_0"].items()}
+    for i, s_ in enumerate(("exp_avg", "exp_avg_sq")):
+        back = mlm.to_ours(job.model, {k: v[i] for k, v in theirs.items()})
+        assert all(torch.equal(back[k], getattr(ours, s_)[k]) for k in back), s_
+    rng = got["rng"]["0_0"]
+    assert torch.equal(rng["torch_rng_state"], ours.client_state["rng"]["torch"])
+    assert rng["random_rng_state"] == ours.client_state["rng"]["python"]
+    assert sorted(got["losses"]) == [3, 4] and all(0 < v < 10 for v in got["losses"].values())
