@@ -44,7 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "blocks per TP shard) or Megatron-LM's per-head order (older Megatron-DeepSpeed)")
     p.add_argument("--ckpt-format", choices=["torch", "torch_dist"], default="torch",
                    help="--to megatron-lm: the legacy per-rank files (torch) or the distributed checkpoint "
-                        "(torch_dist: global tensors, loads at any TP x PP); --from reads either")
+                        "(torch_dist: global tensors, loads at any TP x PP; --tensor/--pipeline-model-parallel-size name "
+                        "the layout whose RNG state it carries); --from reads either")
     p.add_argument("--use-distributed-optimizer", action="store_true",
                    help="--to megatron-lm --ckpt-format torch: write the Adam state as Megatron-LM's distributed "
                         "optimizer saves it (distrib_optim.pt; load with --use-distributed-optimizer)")
@@ -105,10 +106,9 @@ def _megatron(args) -> int:
 
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
     fmt = args.from_ or args.to
-    if args.to and args.ckpt_format == "torch_dist" and (fmt != "megatron-lm" or (tp, pp) != (1, 1)):
-        raise mlm.MegatronCheckpointError("--ckpt-format torch_dist: a Megatron-LM distributed checkpoint holds "
-                                          "global tensors (it loads at any TP x PP): use it with --to megatron-lm "
-                                          "and without --tensor/--pipeline-model-parallel-size")
+    if args.to and args.ckpt_format == "torch_dist" and fmt != "megatron-lm":
+        raise mlm.MegatronCheckpointError("--ckpt-format torch_dist is Megatron-LM's distributed checkpoint: use it "
+                                          "with --to megatron-lm")
     if args.use_distributed_optimizer and (args.to != "megatron-lm" or args.ckpt_format != "torch"):
         raise mlm.MegatronCheckpointError("--use-distributed-optimizer applies to --to megatron-lm --ckpt-format torch "
                                           "only (an import reads distrib_optim.pt by itself)")
@@ -196,9 +196,11 @@ def _megatron(args) -> int:
             from megatron_code.convert import megatron_torch_dist as mtd
 
             path = mtd.write_torch_dist(job, sd, args.save, iteration=it, consumed=consumed, optim=optim,
-                                        step=full.step)
+                                        step=full.step, client_state=full.client_state, tp=tp, pp=pp)
             print(f"exported {args.load} -> {path} (Megatron-LM torch_dist, {'with' if optim else 'without'} Adam "
-                  f"state; load at any TP x PP with --ckpt-format torch_dist --no-load-rng)")
+                  f"state, RNG state for TP{tp} x PP{pp}; load with --ckpt-format torch_dist at any TP x PP"
+                  f"{'' if optim else ' with --no-load-optim'}: Megatron-LM restores the RNG at TP{tp} x PP{pp} "
+                  f"and ignores it at other layouts)")
             return 0
         path = mlm.write_megatron_lm(job, sd, args.save, tp=tp, pp=pp, iteration=it, consumed=consumed, optim=optim,
                                      step=full.step, client_state=full.client_state,

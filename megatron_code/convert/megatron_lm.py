@@ -374,6 +374,7 @@ def read_megatron_lm(load_dir: str, weights_only: bool = False) -> tuple[JobConf
                 setattr(state, s, to_ours(job.model, optim[s]))
             step = ((common.get("optimizer") or {}).get("state") or {}).get("common_step")
             state.step = int(step) if step is not None else None
+        mtd.attach_rng(tag_dir, state.client_state)
         return job, state
     files = _rank_files(tag_dir)
     tp = 1 + max(r for r, _ in files)

@@ -19,13 +19,24 @@ TransformerBlock are stacked on a leading axis of size num_layers (``decoder.lay
 Adam state (Megatron-Core's optimizer ``sharded_state_dict``, non-distributed and distributed optimizer alike):
 ``optimizer.state.exp_avg.<model key>`` and ``optimizer.state.exp_avg_sq.<model key>`` with the model tensor's
 global shape (layers stacked the same way), ``optimizer.state.fp32_param.<model key>`` (the fp32 masters of a
-bf16/fp16 run) and, in ``common.pt``, ``optimizer.state.common_step`` and the param groups. Read and written here.
-RNG states (``rng_state``, ShardedObjects of CUDA generator states) are not: our CPU/CUDA streams differ; load an
-export in Megatron-LM with --no-load-rng.
+bf16/fp16 run) and, in ``common.pt``, ``optimizer.state.common_step`` and the param groups, and
+``opt_param_scheduler`` (their load_checkpoint reads it whenever it loads the optimizer). Read and written here.
+
+RNG (megatron/training/checkpointing.py get_rng_state(ckpt_format='torch_dist')): one ShardedObject
+``rng_state`` per (pp, tp) rank, global shape (PP, TP), replica_id = DP rank (so DP rank 0's list is stored), stored
+by DCP as the bytes of ``torch.save([rng_state_list])`` under ``rng_state/shard_{pp}.{tp}_{PP}.{TP}``; each list holds
+the legacy format's dicts (``random_rng_state``, ``np_rng_state``, ``torch_rng_state``, ``cuda_rng_state``,
+``rng_tracker_states``), so both directions reuse megatron_lm_state's legacy mapping (rng_to_ours / rng_from_ours):
+the CPU generators are ours exactly, the CUDA states are kept per rank in ``megatron_rng`` for a re-export. (With
+expert parallelism the grid is (PP, TP, DP): DP rank 0's objects are read.) Their load_checkpoint restores the RNG
+only when the checkpoint's ``args`` TP x PP equal the run's (otherwise it prints "(TP, PP) mismatch after resume
+...: RNG state will be ignored" and goes on with weights and optimizer), so an export writes the objects of the
+TP x PP grid it is asked for, recorded in its args.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -48,6 +59,10 @@ _OPT_STATES = ("exp_avg", "exp_avg_sq", "fp32_param")
 _TE_NORMS = [(r"\.input_layernorm\.(weight|bias)$", r".self_attention.linear_qkv.layer_norm_\1"),
              (r"\.pre_mlp_layernorm\.(weight|bias)$", r".mlp.linear_fc1.layer_norm_\1")]
 _LINEARS = ("self_attention.linear_qkv", "self_attention.linear_proj", "mlp.linear_fc1", "mlp.linear_fc2")
+_RNG = "rng_state/shard_"
+# common.pt's content_metadata as core_v0.16.1's save_checkpoint writes it (_build_sharded_state_dict_metadata for a
+# run without the distributed optimizer); their load passes it to the model's and optimizer's sharded_state_dict
+_CONTENT = {"singleton_local_shards": False, "chained_optim_avoid_prefix": True}
 
 
 def is_torch_dist(tag_dir: str) -> bool:
@@ -60,10 +75,45 @@ def is_torch_dist(tag_dir: str) -> bool:
         return False
 
 
+def read_rng(tag_dir: str) -> dict[str, list]:
+    """{"tp,pp": that rank's rng_state list (one dict per DP rank)} from a torch_dist iteration's rng_state
+    ShardedObjects; empty when it has none (--no-save-rng)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import BytesStorageMetadata
+
+    reader = dcp.FileSystemReader(tag_dir)
+    keys = [k for k, m in reader.read_metadata().state_dict_metadata.items()
+            if k.startswith(_RNG) and isinstance(m, BytesStorageMetadata)]
+    if not keys:
+        return {}
+    objs: dict[str, object] = {k: io.BytesIO() for k in keys}
+    dcp.load(objs, storage_reader=reader, no_dist=True)  # each value becomes torch.load of its bytes: [list]
+    out = {}
+    for k, obj in objs.items():
+        offset = [int(x) for x in k[len(_RNG):].split("_")[0].split(".")]
+        if len(offset) not in (2, 3) or not isinstance(obj, list) or len(obj) != 1:
+            raise mlm.MegatronCheckpointError(f"{tag_dir}: {k} is not an rng_state object Megatron-LM writes")
+        if len(offset) == 3 and offset[2] != 0:
+            continue  # expert-parallel runs shard it by DP rank too: DP rank 0's, as the legacy import reads
+        out[f"{offset[1]},{offset[0]}"] = obj[0]
+    return out
+
+
+def attach_rng(tag_dir: str, client_state: dict) -> None:
+    """An import's RNG, as the legacy import keeps it: our "rng" from (tp 0, pp 0)'s DP-rank-0 entry (the CPU
+    generators exactly) and every rank's list in "megatron_rng" for a re-export."""
+    from . import megatron_lm_state as mls
+
+    rng = read_rng(tag_dir)
+    if rng.get("0,0"):
+        client_state["rng"] = mls.rng_to_ours(rng["0,0"])
+        client_state["megatron_rng"] = rng
+
+
 def read_torch_dist(tag_dir: str) -> tuple[dict, dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
     """(common state: args, iteration, ...; canonical full Megatron tensors, layers unstacked; the optimizer's
     {"exp_avg"|"exp_avg_sq"|"fp32_param": canonical tensors}, empty without optimizer state) from a torch_dist
-    iteration directory, read with torch.distributed.checkpoint in this one process."""
+    iteration directory, read with torch.distributed.checkpoint in this one process. The RNG states: read_rng."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
@@ -128,16 +178,25 @@ def _stacked(cfg, full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 def write_torch_dist(job: JobConfig, sd: dict[str, torch.Tensor], save_dir: str, iteration: int = 0,
                      consumed: int = 0, dtype: torch.dtype = torch.float32, optim: dict | None = None,
-                     step: int | None = None) -> str:
+                     step: int | None = None, client_state: dict | None = None, tp: int = 1, pp: int = 1) -> str:
     """Write Megatron-LM's torch_dist layout with torch.distributed.checkpoint (global tensors: Megatron-LM loads
     it at any TP x PP). `optim` ({"exp_avg": ours, "exp_avg_sq": ours}) and `step`: the Adam state, under
-    Megatron-Core's optimizer keys. Returns the iteration directory."""
+    Megatron-Core's optimizer keys, with the scheduler state. `client_state`: our saved "rng"/"tp_rng" (or an
+    imported run's "megatron_rng"), written as the rng_state objects of a TP `tp` x PP `pp` launch (the layout the
+    args record: their load restores the RNG at that layout and ignores it at any other). Returns the iteration
+    directory."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.default_planner import DefaultSavePlanner
+
+    from . import megatron_lm_state as mls
 
     cfg = job.model
     if os.path.isdir(save_dir) and os.listdir(save_dir):
         raise mlm.MegatronCheckpointError(f"--save {save_dir} is not empty: choose a new directory")
     mlm.check_exportable(cfg)
+    if cfg.num_layers % pp or cfg.num_attention_heads % tp or cfg.num_kv_heads % tp:
+        raise mlm.MegatronCheckpointError(f"TP{tp} x PP{pp}: {cfg.num_layers} layers, {cfg.num_attention_heads} heads "
+                                          f"and {cfg.num_kv_heads} query groups do not split over it")
     L = cfg.num_layers
     flat: dict[str, object] = _stacked(cfg, {k: v.to(dtype) for k, v in mlm.from_ours(cfg, sd).items()})
     for s, tensors in (optim or {}).items():
@@ -145,21 +204,33 @@ def write_torch_dist(job: JobConfig, sd: dict[str, torch.Tensor], save_dir: str,
     for lin in _LINEARS:  # ShardedObjects Megatron-Core's model requests on load (None: local-spec linears);
         for i in range(L):  # DCP stores a non-tensor as torch.save(obj) bytes, as Megatron stores [obj]
             flat[f"decoder.layers.{lin}._extra_state/shard_{i}_{L}"] = [None]
+    cs = client_state or {}
+    for r in range(tp):  # what get_rng_state(ckpt_format='torch_dist') saves: ShardedObject bytes of [rng list];
+        for s in range(pp):
+            rng = (cs.get("megatron_rng") or {}).get(f"{r},{s}") or \
+                mls.rng_from_ours(cs.get("rng"), cs.get("tp_rng"), job.training.seed, r, s)
+            flat[f"{_RNG}{s}.{r}_{pp}.{tp}"] = [rng]  # DCP writes a non-tensor as torch.save(obj) bytes
     tag = f"iter_{iteration:07d}"
     staged = os.path.join(save_dir, ".staging", tag)
     os.makedirs(staged)
-    dcp.save(flat, storage_writer=dcp.FileSystemWriter(staged), no_dist=True)
-    args = mlm.args_from_job(job, 1, 1, iteration, consumed)
+    # flatten_state_dict off: the keys are already flat, and DCP's flattening would split the rng_state lists of
+    # dicts into one entry per leaf where Megatron stores one object
+    dcp.save(flat, storage_writer=dcp.FileSystemWriter(staged), planner=DefaultSavePlanner(flatten_state_dict=False),
+             no_dist=True)
+    args = mlm.args_from_job(job, tp, pp, iteration, consumed)
     args.ckpt_format = "torch_dist"
     common = {"args": args, "checkpoint_version": mlm.CHECKPOINT_VERSION, "iteration": iteration,
-              "num_floating_point_operations_so_far": 0}
+              "num_floating_point_operations_so_far": 0, "content_metadata": dict(_CONTENT)}
     if optim:  # Megatron-Core's optimizer common part: the Adam step and its two groups (weight decay, none)
         o = job.optim
         group = {"lr": o.lr, "min_lr": o.min_lr, "max_lr": o.lr, "betas": (o.adam_beta1, o.adam_beta2),
-                 "eps": o.adam_eps, "weight_decay": o.weight_decay, "lr_mult": 1.0, "is_expert_parallel": False,
-                 "default_config": True, "is_decoupled_lr": False}
+                 "eps": o.adam_eps, "lr_mult": 1.0, "is_expert_parallel": False, "default_config": True,
+                 "is_decoupled_lr": False, "amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
+                 "differentiable": False, "fused": None, "decoupled_weight_decay": True}
         common["optimizer"] = {"state": {"common_step": torch.tensor(float(step or 0))},
-                               "param_groups": [{**group, "wd_mult": 1.0}, {**group, "wd_mult": 0.0}]}
+                               "param_groups": [{**group, "wd_mult": m, "weight_decay": o.weight_decay * m}
+                                                for m in (1.0, 0.0)]}
+        common["opt_param_scheduler"] = mls.scheduler_state(job, iteration)
     torch.save(common, os.path.join(staged, COMMON))
     with open(os.path.join(staged, METADATA), "w") as f:
         json.dump(_BACKEND, f)

@@ -92,9 +92,7 @@ def foreign_format(ckpt_dir: str) -> tuple[str, str] | None:
     tag_dirs = [d] + subdirs
     from_megatron = f"`{CONVERTER} --from megatron-lm --load {d} --save NEW_DIR`"
     torch_dist = ("Megatron-LM torch_dist (distributed checkpoint)",
-                  f"re-save it in Megatron-LM's legacy format with Megatron-LM itself (--ckpt-convert-format torch "
-                  f"--ckpt-convert-save TORCH_DIR), then `{CONVERTER} --from megatron-lm --load TORCH_DIR --save "
-                  f"NEW_DIR`")
+                  f"convert it (weights, Adam and RNG state) with {from_megatron}")
     if "latest_universal" in names or (os.path.isdir(os.path.join(d, "zero")) and _has(d, r"^mp_rank_\d\d_model_"
                                                                                           r"states\.pt$")):
         return ("DeepSpeed universal", "load it with --universal-checkpoint (or convert it with "

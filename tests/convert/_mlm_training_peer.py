@@ -1,6 +1,7 @@
 """Runs Megatron-LM's own training code (``megatron.training`` of a checkout at MEGATRON_LM_DIR, tested with
 core_v0.16.1, whose ``megatron.core`` is the installed megatron-core==0.16.1's source) on CPU with gloo, for a tiny
-GPT (SHAPE below: GQA, SwiGLU, RMSNorm, RoPE, untied, no biases) in the legacy ``--ckpt-format torch`` format:
+GPT (SHAPE below: GQA, SwiGLU, RMSNorm, RoPE, untied, no biases) in the legacy ``--ckpt-format torch`` format, or
+with ``--ckpt-format torch_dist`` (their dist_checkpointing save/load, gloo, on CPU) in that one:
 
     fixtures DIR
         regenerates the committed fixtures (tests/fixtures/megatron_lm_legacy: FIXTURES below) with `save`:
@@ -8,12 +9,15 @@ GPT (SHAPE below: GQA, SwiGLU, RMSNorm, RoPE, untied, no biases) in the legacy `
     resume OUT --tp TP --pp PP [--dist-opt] [--bf16]
         adds to OUT/record.pt the losses of iterations 3 and 4 after their load_checkpoint of OUT/ckpt (`fixtures`
         does this after each save)
-    save OUT --tp TP --pp PP [--dist-opt] [--bf16]
+    dist-fixtures DIR
+        the same for the torch_dist fixtures (tests/fixtures/megatron_lm_torch_dist: DIST_FIXTURES below):
+        MEGATRON_LM_DIR=/path/to/Megatron-LM python tests/convert/_mlm_training_peer.py dist-fixtures DIR
+    save OUT --tp TP --pp PP [--dist-opt] [--bf16] [--ckpt-format torch|torch_dist] [--shape default|tiny]
         TP x PP processes: their get_model / setup_model_and_optimizer (GPTModel, DDP, Adam, scheduler), two
         train_step's on fixed batches, their save_checkpoint at iteration 2 (OUT/ckpt), then steps 3 and 4;
         OUT/record.pt: {"losses", "moments" (exp_avg, exp_avg_sq, fp32 param), "step", "rng"}: the losses of iterations 1-4, the Adam moments/step and the RNG states at the save (by
         parameter name, every rank)
-    load CKPT OUT --tp TP --pp PP [--dist-opt] [--bf16]
+    load CKPT OUT --tp TP --pp PP [--dist-opt] [--bf16] [--ckpt-format torch|torch_dist] [--shape default|tiny]
         their load_checkpoint of CKPT (neither --no-load-optim nor --no-load-rng), then steps 3 and 4;
         OUT.pt: {"losses", "moments", "step", "rng", "iteration"} as above, the states as they are right after
         the load
@@ -64,6 +68,10 @@ SHAPE = dict(num_layers=2, hidden_size=16, num_attention_heads=4, num_query_grou
              seq=16)
 FIXTURES = {"tp1pp1_fp32": ["--tp", "1", "--pp", "1"], "tp1pp1_bf16": ["--tp", "1", "--pp", "1", "--bf16"],
             "tp2pp2_distopt_bf16": ["--tp", "2", "--pp", "2", "--dist-opt", "--bf16"]}
+# --ckpt-format torch_dist: DCP torch.save's every item (~1.3 KB each, and 15 KB for the RNG object), so the
+# committed fixture (tests/fixtures/megatron_lm_torch_dist) uses a narrower model to stay under 200 KB in all
+SHAPES = {"default": SHAPE, "tiny": dict(SHAPE, hidden_size=8, ffn_hidden_size=8, vocab=16)}
+DIST_FIXTURES = {"tp1pp1_fp32": ["--tp", "1", "--pp", "1", "--ckpt-format", "torch_dist", "--shape", "tiny"]}
 
 
 def batches(vocab: int, seq: int) -> list[torch.Tensor]:
@@ -71,8 +79,9 @@ def batches(vocab: int, seq: int) -> list[torch.Tensor]:
     return [torch.randint(0, vocab, (4, seq + 1), generator=g) for _ in range(TOTAL_ITERS)]
 
 
-def their_argv(tp: int, pp: int, dist_opt: bool, bf16: bool, save: str | None, load: str | None) -> list[str]:
-    s = SHAPE
+def their_argv(tp: int, pp: int, dist_opt: bool, bf16: bool, save: str | None, load: str | None,
+               ckpt_format: str = "torch", shape: dict | None = None) -> list[str]:
+    s = shape or SHAPE
     argv = ["--num-layers", str(s["num_layers"]), "--hidden-size", str(s["hidden_size"]),
             "--num-attention-heads", str(s["num_attention_heads"]), "--group-query-attention",
             "--num-query-groups", str(s["num_query_groups"]), "--ffn-hidden-size", str(s["ffn_hidden_size"]),
@@ -86,7 +95,7 @@ def their_argv(tp: int, pp: int, dist_opt: bool, bf16: bool, save: str | None, l
             "--no-masked-softmax-fusion", "--no-bias-swiglu-fusion", "--no-rope-fusion", "--no-persist-layer-norm",
             "--hidden-dropout", "0", "--attention-dropout", "0", "--distributed-backend", "gloo",
             "--tokenizer-type", "NullTokenizer", "--vocab-size", str(s["vocab"] - 1),
-            "--make-vocab-size-divisible-by", "1", "--ckpt-format", "torch", "--seed", "1234",
+            "--make-vocab-size-divisible-by", "1", "--ckpt-format", ckpt_format, "--seed", "1234",
             "--init-method-std", "0.02", "--eval-iters", "0", "--use-mcore-models"]
     argv += ["--bf16"] if bf16 else []
     argv += ["--use-distributed-optimizer"] if dist_opt else []
@@ -324,27 +333,32 @@ def main() -> None:
     import torch.multiprocessing as mp
 
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["save", "load", "fixtures", "resume"])
+    p.add_argument("mode", choices=["save", "load", "fixtures", "resume", "dist-fixtures"])
     p.add_argument("paths", nargs="+")
     p.add_argument("--tp", type=int, default=1)
     p.add_argument("--pp", type=int, default=1)
     p.add_argument("--dist-opt", action="store_true")
     p.add_argument("--bf16", action="store_true")
+    p.add_argument("--ckpt-format", choices=["torch", "torch_dist"], default="torch")
+    p.add_argument("--shape", choices=sorted(SHAPES), default="default")
     p.add_argument("--only", nargs="*", help="fixtures: regenerate these only")
     a = p.parse_args()
     root = os.environ.get("MEGATRON_LM_DIR")
     if not root:
         sys.exit("set MEGATRON_LM_DIR to a Megatron-LM checkout (core_v0.16.1)")
     sys.path.insert(0, root)
-    if a.mode == "fixtures":  # regenerate tests/fixtures/megatron_lm_legacy/<name> (the directory must not exist)
-        import subprocess
-        dest = a.paths[0]
-        for name, flags in FIXTURES.items():
+    if a.mode in ("fixtures", "dist-fixtures"):  # regenerate tests/fixtures/megatron_lm_legacy/<name> (or
+        import subprocess  # megatron_lm_torch_dist/<name>; the directory must not exist)
+        dest = os.path.abspath(a.paths[0])  # the rendezvous file:// URL needs an absolute path
+        for name, flags in (FIXTURES if a.mode == "fixtures" else DIST_FIXTURES).items():
             if a.only and name not in a.only:
                 continue
             out = os.path.join(dest, name)
             subprocess.run([sys.executable, os.path.abspath(__file__), "save", out, *flags], check=True)
             resume(out, flags)
+            if a.mode == "dist-fixtures":  # the record in torch's legacy serialization: no 64-byte-aligned zip
+                rec = os.path.join(out, "record.pt")  # entry per tensor (keeps the fixture under 200 KB)
+                torch.save(torch.load(rec, weights_only=False), rec, _use_new_zipfile_serialization=False)
         return
     if a.mode == "resume":
         resume(a.paths[0], sys.argv[3:])
@@ -354,10 +368,10 @@ def main() -> None:
         out = a.paths[0]
         os.makedirs(out)
         ckpt, rec = os.path.join(out, "ckpt"), os.path.join(out, "record")
-        argv = their_argv(a.tp, a.pp, a.dist_opt, a.bf16, ckpt, None)
+        argv = their_argv(a.tp, a.pp, a.dist_opt, a.bf16, ckpt, None, a.ckpt_format, SHAPES[a.shape])
     else:
         ckpt, rec = a.paths
-        argv = their_argv(a.tp, a.pp, a.dist_opt, a.bf16, None, ckpt)
+        argv = their_argv(a.tp, a.pp, a.dist_opt, a.bf16, None, ckpt, a.ckpt_format, SHAPES[a.shape])
     rdzv = rec + ".rdzv"
     mp.spawn(_worker, args=(world, a.mode, rec, ckpt, argv, rdzv), nprocs=world, join=True)
     merged = {"losses": {}, "moments": {}, "rng": {}, "step": set()}

@@ -115,7 +115,7 @@ def _unknown(d):
 
 @pytest.mark.parametrize("make,words", [
     (_megatron_lm, ["Megatron-LM", "--from megatron-lm"]),
-    (_torch_dist, ["torch_dist", "--ckpt-convert-format torch", "--from megatron-lm"]),
+    (_torch_dist, ["torch_dist", "--from megatron-lm"]),
     (_megatron_deepspeed, ["Megatron-DeepSpeed", "--from megatron-deepspeed"]),
     (_ds_universal, ["DeepSpeed universal", "--universal-checkpoint", "--from ds-universal"]),
     (_hf, ["Hugging Face", "--from hf"]),

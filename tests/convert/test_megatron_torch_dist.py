@@ -1,0 +1,223 @@
+"""Megatron-LM ``--ckpt-format torch_dist`` checkpoints against Megatron-LM's own training code: their
+setup_model_and_optimizer, train_step, save_checkpoint and load_checkpoint (megatron.training, core_v0.16.1), run on
+CPU with gloo by tests/convert/_mlm_training_peer.py (which lists every CPU redirect). The committed fixture
+tests/fixtures/megatron_lm_torch_dist/tp1pp1_fp32 was written by their save_checkpoint after two Adam steps of a tiny
+GPT (regenerate: MEGATRON_LM_DIR=... python tests/convert/_mlm_training_peer.py dist-fixtures DIR); its record.pt
+holds their losses of iterations 1-4 and their in-memory Adam state and RNG states at the save (iteration 2).
+
+* their checkpoint imports with Adam moments, weights and step equal to their optimizer's, the RNG states equal to
+  theirs (CPU generators as ours, every rank's list kept for a re-export), and our model and optimizer continue
+  with their losses at iterations 3 and 4;
+* our export of it is their checkpoint again: the same DCP keys, shapes, dtypes and values, the same rng_state
+  object, and common.pt with the same entries (optimizer common part, scheduler, content_metadata, iteration);
+* with MEGATRON_LM_DIR set: their load_checkpoint (neither --no-load-optim nor --no-load-rng) loads our export, at
+  the layout written (RNG restored) and at TP2 x PP2 from an export for TP2 x PP2, and their steps 3 and 4 give the
+  losses of their uninterrupted run; a fresh torch_dist save of theirs at TP1 x PP1 and at TP2 x PP2 imports here
+  with its Adam and RNG state and our run continues with their losses."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from megatron_code.convert import megatron_lm as mlm
+from megatron_code.convert import megatron_torch_dist as mtd
+from megatron_code.model import GPT
+from megatron_code.training.optimizer import build_optimizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+FIXTURE = os.path.join(ROOT, "tests", "fixtures", "megatron_lm_torch_dist", "tp1pp1_fp32")
+PEER = os.path.join(ROOT, "tests", "convert", "_mlm_training_peer.py")
+sys.path.insert(0, os.path.dirname(PEER))
+import _mlm_training_peer as peer  # noqa: E402  (its top level imports torch only)
+
+sys.path.remove(os.path.dirname(PEER))
+pytest.importorskip("megatron.core", reason="their checkpoints pickle megatron.core objects in 'args': pip install "
+                                            "'megatron_code[test]'")
+NEEDS_MLM = pytest.mark.skipif(not os.environ.get("MEGATRON_LM_DIR"),
+                               reason="MEGATRON_LM_DIR not set: their save_checkpoint/load_checkpoint need "
+                                      "megatron.training (not on PyPI); the committed fixture's tests cover the "
+                                      "import and the export's structure")
+
+
+def _their_state(job, rec: dict, index: int, tp: int, pp: int) -> dict[str, torch.Tensor]:
+    """Their in-memory per-rank tensors (index 0 exp_avg, 1 exp_avg_sq, 2 fp32 param) as our full tensors."""
+    per_rank = {tuple(map(int, rank.split("_"))): {mlm.canonical(k): v[index] for k, v in m.items()}
+                for rank, m in rec["moments"].items()}
+    return mlm.to_ours(job.model, mlm._gather(job.model, per_rank, tp, pp, 3.0)[0])
+
+
+def _continue(job, state) -> dict[int, float]:
+    """Iterations 3 and 4 on their batches with our model and our AdamW (fp32), from the imported state."""
+    model = GPT(job.model)
+    model.load_state_dict(state.module)
+    opt = build_optimizer(model, job.optim)
+    names = {p: n for n, p in model.named_parameters()}
+    for g in opt.param_groups:
+        for p in g["params"]:
+            opt.state[p] = {"step": torch.tensor(float(state.step)), "exp_avg": state.exp_avg[names[p]].clone(),
+                            "exp_avg_sq": state.exp_avg_sq[names[p]].clone()}
+    data = peer.batches(job.model.padded_vocab_size, job.data.seq_length)
+    losses = {}
+    for i in range(peer.SAVE_AT, peer.TOTAL_ITERS):
+        ids, labels = data[i][:, :-1], data[i][:, 1:]
+        logits = model.train()(ids, torch.arange(ids.shape[1]).expand_as(ids))
+        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        losses[i + 1] = loss.item()
+    return losses
+
+
+def _same_rng(a: dict, b: dict) -> None:
+    assert a["random_rng_state"] == b["random_rng_state"]
+    assert all((x == y).all() if hasattr(x, "all") else x == y for x, y in zip(a["np_rng_state"], b["np_rng_state"]))
+    assert torch.equal(a["torch_rng_state"], b["torch_rng_state"])
+    assert torch.equal(a["cuda_rng_state"], b["cuda_rng_state"])
+    assert set(a["rng_tracker_states"]) == set(b["rng_tracker_states"])
+    assert all(torch.equal(v, b["rng_tracker_states"][k]) for k, v in a["rng_tracker_states"].items())
+
+
+def _check_import(src: str, rec: dict, tp: int, pp: int, rel: float) -> None:
+    job, state = mlm.read_megatron_lm(src)
+    assert (job.parallel.tensor_parallel, job.parallel.pipeline_parallel) == (tp, pp)
+    assert state.step == 2 and rec["step"] == {2.0} and state.client_state["iteration"] == 2
+    for i, ours in enumerate((state.exp_avg, state.exp_avg_sq, state.module)):
+        want = _their_state(job, rec, i, tp, pp)
+        assert set(ours) == set(want)
+        for k in want:
+            assert torch.equal(ours[k], want[k]), (i, k)
+    rng, theirs = state.client_state["rng"], rec["rng"]["0_0"]
+    assert rng["python"] == theirs["random_rng_state"] and torch.equal(rng["torch"], theirs["torch_rng_state"])
+    assert all((a == b).all() if hasattr(a, "all") else a == b for a, b in zip(rng["numpy"], theirs["np_rng_state"]))
+    assert torch.equal(rng["cuda"][0], theirs["cuda_rng_state"])
+    kept = state.client_state["megatron_rng"]
+    assert set(kept) == {f"{r},{s}" for r in range(tp) for s in range(pp)}
+    for key, lst in kept.items():  # every rank's states as their save had them in memory
+        r, s = key.split(",")
+        assert len(lst) == 1
+        _same_rng(lst[0], rec["rng"][f"{r}_{s}"])
+    losses = _continue(job, state)
+    for it in (3, 4):
+        assert losses[it] == pytest.approx(rec["losses"][it], rel=rel), (it, losses, rec["losses"])
+
+
+def test_their_torch_dist_checkpoint_imports_with_adam_and_rng_and_continues():
+    rec = torch.load(os.path.join(FIXTURE, "record.pt"), weights_only=False)
+    assert mtd.is_torch_dist(os.path.join(FIXTURE, "ckpt", "iter_0000002"))
+    _check_import(os.path.join(FIXTURE, "ckpt"), rec, 1, 1, 1e-5)
+
+
+def _dcp(tag_dir: str) -> tuple[dict, dict]:
+    """(metadata by key: ('tensor', shape, dtype) or ('bytes',), every value loaded)."""
+    import io
+
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+    reader = dcp.FileSystemReader(tag_dir)
+    meta = reader.read_metadata().state_dict_metadata
+    kinds = {k: ("tensor", tuple(m.size), m.properties.dtype) if isinstance(m, TensorStorageMetadata) else ("bytes",)
+             for k, m in meta.items()}
+    values = {k: torch.empty(m.size, dtype=m.properties.dtype) if isinstance(m, TensorStorageMetadata) else io.BytesIO()
+              for k, m in meta.items()}
+    dcp.load(values, storage_reader=reader, no_dist=True)
+    return kinds, values
+
+
+def _same(a, b, where: str) -> None:
+    if isinstance(b, dict):
+        assert isinstance(a, dict) and set(a) == set(b), (where, set(a) ^ set(b))
+        for k in b:
+            _same(a[k], b[k], f"{where}.{k}")
+    elif isinstance(b, (list, tuple)):
+        assert isinstance(a, (list, tuple)) and len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _same(x, y, f"{where}[{i}]")
+    elif torch.is_tensor(b):
+        assert torch.is_tensor(a) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), where
+    elif hasattr(b, "dtype") and hasattr(b, "shape"):  # numpy arrays of the RNG state
+        assert (a == b).all(), where
+    else:
+        assert a == b, (where, a, b)
+
+
+def test_our_export_is_their_torch_dist_checkpoint_again(tmp_path):
+    """Import then export: every DCP entry their save_checkpoint wrote (model, Adam state, _extra_state objects,
+    rng_state) is in ours with the same shape, dtype and value, and nothing else; common.pt has the same entries
+    (args aside: ours carries the fields their loader reads, compared below) and metadata.json the same backend."""
+    src = os.path.join(FIXTURE, "ckpt")
+    job, state = mlm.read_megatron_lm(src)
+    path = mtd.write_torch_dist(job, state.module, str(tmp_path / "out"), iteration=2,
+                                consumed=state.client_state["consumed_samples"],
+                                optim={"exp_avg": state.exp_avg, "exp_avg_sq": state.exp_avg_sq}, step=state.step,
+                                client_state=state.client_state)
+    theirs_dir = os.path.join(src, "iter_0000002")
+    (k_theirs, v_theirs), (k_ours, v_ours) = _dcp(theirs_dir), _dcp(path)
+    assert k_ours == k_theirs, set(k_ours.items()) ^ set(k_theirs.items())
+    assert "rng_state/shard_0.0_1.1" in k_ours
+    _same(v_ours, v_theirs, "dcp")
+    theirs = torch.load(os.path.join(theirs_dir, "common.pt"), weights_only=False)
+    ours = torch.load(os.path.join(path, "common.pt"), weights_only=False)
+    assert set(ours) == set(theirs)
+    _same({k: v for k, v in ours.items() if k != "args"}, {k: v for k, v in theirs.items() if k != "args"}, "common")
+    for f in ("num_layers", "hidden_size", "num_attention_heads", "num_query_groups", "ffn_hidden_size",
+              "padded_vocab_size", "seq_length", "max_position_embeddings", "tensor_model_parallel_size",
+              "pipeline_model_parallel_size", "ckpt_format", "consumed_train_samples", "swiglu", "normalization",
+              "position_embedding_type", "untie_embeddings_and_output_weights", "add_position_embedding", "bf16"):
+        assert getattr(ours["args"], f) == getattr(theirs["args"], f), f
+    assert open(os.path.join(path, "metadata.json")).read() == open(os.path.join(theirs_dir, "metadata.json")).read()
+    assert open(tmp_path / "out" / mlm.TRACKER).read() == "2"
+    # and back: our export imports to the same state
+    _, back = mlm.read_megatron_lm(str(tmp_path / "out"))
+    assert back.step == 2 and all(torch.equal(back.exp_avg_sq[k], v) for k, v in state.exp_avg_sq.items())
+    _same(back.client_state["megatron_rng"], state.client_state["megatron_rng"], "rng")
+
+
+def _peer(*argv) -> None:
+    r = subprocess.run([sys.executable, PEER, *map(str, argv)], cwd=ROOT, env=dict(os.environ, OMP_NUM_THREADS="1"),
+                       capture_output=True, text=True, timeout=1800)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
+
+
+@NEEDS_MLM
+@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 2)])
+def test_their_load_checkpoint_continues_our_torch_dist_export(tp, pp, tmp_path):
+    """fixture -> ours -> our torch_dist export for TP x PP -> their load_checkpoint at TP x PP with optimizer and RNG
+    -> their steps 3 and 4 give the losses of their uninterrupted run (TP1 x PP1 exactly; TP2 x PP2 reshards our
+    global tensors and sums in another order), and the RNG states they restored are the ones we wrote."""
+    from megatron_code.commands.convert_checkpoint import main
+
+    rec = torch.load(os.path.join(FIXTURE, "record.pt"), weights_only=False)
+    ours = tmp_path / "ours"
+    assert main(["--from", "megatron-lm", "--load", os.path.join(FIXTURE, "ckpt"), "--save", str(ours)]) == 0
+    out = tmp_path / "mlm"
+    assert main(["--to", "megatron-lm", "--ckpt-format", "torch_dist", "--load", str(ours), "--save", str(out),
+                 "--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp)]) == 0
+    _peer("load", out, tmp_path / "loaded", "--tp", tp, "--pp", pp, "--ckpt-format", "torch_dist", "--shape", "tiny")
+    got = torch.load(tmp_path / "loaded.pt", weights_only=False)
+    assert got["step"] == {2.0}
+    exact = (tp, pp) == (1, 1)
+    for it in (3, 4):
+        assert got["losses"][it] == pytest.approx(rec["losses"][it], rel=0 if exact else 1e-5), (it, got["losses"])
+    written = mtd.read_rng(str(out / "iter_0000002"))
+    assert set(got["rng"]) == {f"{r}_{s}" for r in range(tp) for s in range(pp)}
+    for rank, back in got["rng"].items():
+        r, s = rank.split("_")
+        _same_rng(back, written[f"{r},{s}"][0])
+    _same_rng(got["rng"]["0_0"], rec["rng"]["0_0"])  # rank (0, 0)'s are their run's own
+
+
+@NEEDS_MLM
+@pytest.mark.parametrize("tp,pp", [(1, 1), (2, 2)])
+def test_their_fresh_torch_dist_save_imports_and_continues(tp, pp, tmp_path):
+    out = tmp_path / "theirs"
+    _peer("save", out, "--tp", tp, "--pp", pp, "--ckpt-format", "torch_dist")
+    rec = torch.load(out / "record.pt", weights_only=False)
+    _check_import(str(out / "ckpt"), rec, tp, pp, 1e-5)
