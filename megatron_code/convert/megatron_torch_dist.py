@@ -177,11 +177,12 @@ def _stacked(cfg, full: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def write_torch_dist(job: JobConfig, sd: dict[str, torch.Tensor], save_dir: str, iteration: int = 0,
-                     consumed: int = 0, dtype: torch.dtype = torch.float32, optim: dict | None = None,
+                     consumed: int = 0, dtype: torch.dtype | None = None, optim: dict | None = None,
                      step: int | None = None, client_state: dict | None = None, tp: int = 1, pp: int = 1) -> str:
     """Write Megatron-LM's torch_dist layout with torch.distributed.checkpoint (global tensors: Megatron-LM loads
-    it at any TP x PP). `optim` ({"exp_avg": ours, "exp_avg_sq": ours}) and `step`: the Adam state, under
-    Megatron-Core's optimizer keys, with the scheduler state. `client_state`: our saved "rng"/"tp_rng" (or an
+    it at any TP x PP), the weights in `dtype` (default: the run's precision). `optim` ({"exp_avg": ours,
+    "exp_avg_sq": ours}) and `step`: the Adam state, under Megatron-Core's optimizer keys (with the fp32 masters when
+    the weights are bf16/fp16), and the scheduler state. `client_state`: our saved "rng"/"tp_rng" (or an
     imported run's "megatron_rng"), written as the rng_state objects of a TP `tp` x PP `pp` launch (the layout the
     args record: their load restores the RNG at that layout and ignores it at any other). Returns the iteration
     directory."""
@@ -198,9 +199,14 @@ def write_torch_dist(job: JobConfig, sd: dict[str, torch.Tensor], save_dir: str,
         raise mlm.MegatronCheckpointError(f"TP{tp} x PP{pp}: {cfg.num_layers} layers, {cfg.num_attention_heads} heads "
                                           f"and {cfg.num_kv_heads} query groups do not split over it")
     L = cfg.num_layers
-    flat: dict[str, object] = _stacked(cfg, {k: v.to(dtype) for k, v in mlm.from_ours(cfg, sd).items()})
+    if dtype is None:  # the run's precision, as their save writes a bf16/fp16 run's model
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(job.training.precision, torch.float32)
+    master = {k: v.float() for k, v in mlm.from_ours(cfg, sd).items()}
+    flat: dict[str, object] = _stacked(cfg, {k: v.to(dtype) for k, v in master.items()})
     for s, tensors in (optim or {}).items():
         flat.update({f"{_OPT}{s}.{k}": v for k, v in _stacked(cfg, mlm.from_ours(cfg, tensors)).items()})
+    if optim and dtype != torch.float32:  # Float16OptimizerWithFloat16Params' fp32 masters
+        flat.update({f"{_OPT}fp32_param.{k}": v for k, v in _stacked(cfg, master).items()})
     for lin in _LINEARS:  # ShardedObjects Megatron-Core's model requests on load (None: local-spec linears);
         for i in range(L):  # DCP stores a non-tensor as torch.save(obj) bytes, as Megatron stores [obj]
             flat[f"decoder.layers.{lin}._extra_state/shard_{i}_{L}"] = [None]

@@ -221,3 +221,34 @@ def test_their_fresh_torch_dist_save_imports_and_continues(tp, pp, tmp_path):
     _peer("save", out, "--tp", tp, "--pp", pp, "--ckpt-format", "torch_dist")
     rec = torch.load(out / "record.pt", weights_only=False)
     _check_import(str(out / "ckpt"), rec, tp, pp, 1e-5)
+
+
+@NEEDS_MLM
+def test_their_bf16_torch_dist_save_round_trips_through_ours(tmp_path):
+    """bf16 (Float16OptimizerWithFloat16Params: bf16 weights, fp32 masters in optimizer.state.fp32_param): their save
+    imports with masters, moments, step and RNG equal to their in-memory state; exported again (bf16 weights, fp32
+    masters, rng_state), their load_checkpoint continues with exactly the losses of their uninterrupted run."""
+    from megatron_code.commands.convert_checkpoint import main
+
+    out = tmp_path / "theirs"
+    _peer("save", out, "--bf16", "--ckpt-format", "torch_dist")
+    rec = torch.load(out / "record.pt", weights_only=False)
+    job, state = mlm.read_megatron_lm(str(out / "ckpt"))
+    assert job.training.precision == "bf16" and state.step == 2
+    for i, ours in enumerate((state.exp_avg, state.exp_avg_sq, state.module)):
+        want = _their_state(job, rec, i, 1, 1)
+        assert all(torch.equal(ours[k], want[k]) for k in want), i
+    _same_rng(state.client_state["megatron_rng"]["0,0"][0], rec["rng"]["0_0"])
+    ours = tmp_path / "ours"
+    assert main(["--from", "megatron-lm", "--load", str(out / "ckpt"), "--save", str(ours)]) == 0
+    back = tmp_path / "mlm"
+    assert main(["--to", "megatron-lm", "--ckpt-format", "torch_dist", "--load", str(ours), "--save", str(back)]) == 0
+    kinds, _ = _dcp(str(back / "iter_0000002"))
+    theirs, _ = _dcp(str(out / "ckpt" / "iter_0000002"))
+    assert kinds == theirs, set(kinds.items()) ^ set(theirs.items())
+    _peer("load", back, tmp_path / "loaded", "--bf16", "--ckpt-format", "torch_dist")
+    got = torch.load(tmp_path / "loaded.pt", weights_only=False)
+    assert got["step"] == {2.0}
+    for it in (3, 4):
+        assert got["losses"][it] == rec["losses"][it], (it, got["losses"], rec["losses"])
+    _same_rng(got["rng"]["0_0"], rec["rng"]["0_0"])
