@@ -372,7 +372,7 @@ def read_megatron_lm(load_dir: str, weights_only: bool = False) -> tuple[JobConf
                 if job.model.tie_embeddings:
                     optim[s].pop("output_layer.weight", None)
                 setattr(state, s, to_ours(job.model, optim[s]))
-            step = ((common.get("optimizer") or {}).get("state") or {}).get("common_step")
+            step = mtd.common_step(common)
             state.step = int(step) if step is not None else None
         mtd.attach_rng(tag_dir, state.client_state)
         return job, state

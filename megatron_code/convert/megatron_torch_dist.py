@@ -110,6 +110,15 @@ def attach_rng(tag_dir: str, client_state: dict) -> None:
         client_state["megatron_rng"] = rng
 
 
+def common_step(common: dict):
+    """The Adam step in common.pt: {'optimizer': {'state': {'common_step'}}} for fp32 runs; bf16/fp16 runs
+    (Float16OptimizerWithFloat16Params.state_dict) nest torch's part one level deeper, under 'optimizer'."""
+    opt = common.get("optimizer") or {}
+    if "state" not in opt and isinstance(opt.get("optimizer"), dict):
+        opt = opt["optimizer"]
+    return (opt.get("state") or {}).get("common_step")
+
+
 def read_torch_dist(tag_dir: str) -> tuple[dict, dict[str, torch.Tensor], dict[str, dict[str, torch.Tensor]]]:
     """(common state: args, iteration, ...; canonical full Megatron tensors, layers unstacked; the optimizer's
     {"exp_avg"|"exp_avg_sq"|"fp32_param": canonical tensors}, empty without optimizer state) from a torch_dist
@@ -233,9 +242,11 @@ def write_torch_dist(job: JobConfig, sd: dict[str, torch.Tensor], save_dir: str,
                  "eps": o.adam_eps, "lr_mult": 1.0, "is_expert_parallel": False, "default_config": True,
                  "is_decoupled_lr": False, "amsgrad": False, "maximize": False, "foreach": None, "capturable": False,
                  "differentiable": False, "fused": None, "decoupled_weight_decay": True}
-        common["optimizer"] = {"state": {"common_step": torch.tensor(float(step or 0))},
-                               "param_groups": [{**group, "wd_mult": m, "weight_decay": o.weight_decay * m}
-                                                for m in (1.0, 0.0)]}
+        inner = {"state": {"common_step": torch.tensor(float(step or 0))},
+                 "param_groups": [{**group, "wd_mult": m, "weight_decay": o.weight_decay * m} for m in (1.0, 0.0)]}
+        # bf16/fp16: Float16OptimizerWithFloat16Params nests torch's part (no grad_scaler: an fp16 load starts its
+        # loss scale afresh, as for the legacy export)
+        common["optimizer"] = inner if dtype == torch.float32 else {"optimizer": inner}
         common["opt_param_scheduler"] = mls.scheduler_state(job, iteration)
     torch.save(common, os.path.join(staged, COMMON))
     with open(os.path.join(staged, METADATA), "w") as f:
