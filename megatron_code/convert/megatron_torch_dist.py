@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -54,6 +55,7 @@ _BACKEND = {"sharded_backend": "torch_dist", "sharded_backend_version": 1, "comm
             "common_backend_version": 1}
 _NOT_MODEL = ("optimizer.", "rng_state", "rerun_state_machine", "opt_param_scheduler")
 _OPT = "optimizer.state."
+_DIST_OPT = "optimizer.distributed."
 _OPT_STATES = ("exp_avg", "exp_avg_sq", "fp32_param")
 # Megatron-Core's sharded names (Transformer Engine style) for what the legacy files call input/pre-MLP norms
 _TE_NORMS = [(r"\.input_layernorm\.(weight|bias)$", r".self_attention.linear_qkv.layer_norm_\1"),
@@ -138,8 +140,68 @@ def read_torch_dist(tag_dir: str) -> tuple[dict, dict[str, torch.Tensor], dict[s
     layers = common["args"].num_layers
     optim = {s: _unstack({k[len(f"{_OPT}{s}."):]: v for k, v in want.items() if k.startswith(f"{_OPT}{s}.")},
                          layers) for s in _OPT_STATES}
-    model = {k: v for k, v in want.items() if not k.startswith(_OPT)}
-    return common, _unstack(model, layers), {s: t for s, t in optim.items() if t}
+    model = _unstack({k: v for k, v in want.items() if not k.startswith(_OPT)}, layers)
+    optim = {s: t for s, t in optim.items() if t}
+    if any(k.startswith(_DIST_OPT) for k in meta):
+        optim, step = _read_dist_opt(tag_dir, reader, meta, common, model)
+        common = {**common, "optimizer": {"state": {"common_step": torch.tensor(float(step))}}}
+    return common, model, optim
+
+
+def _read_dist_opt(tag_dir: str, reader, meta: dict, common: dict, model: dict) -> tuple[dict, int]:
+    """The distributed optimizer's torch_dist state in its default 'dp_reshardable' form (distrib_optimizer.py
+    sharded_param_state_dp_reshardable): per DDP bucket one flat tensor each of fp32 `param`, `exp_avg`,
+    `exp_avg_sq` holding the bucket's parameters with their 64-element start padding, without the bucket's end
+    padding: the buckets laid end to end are distrib_optim.pt's flat tensors, so megatron_lm_state.buffer_layout
+    gives each parameter's offset. The step is in each param group of the `optimizer` object."""
+    import io
+
+    import torch.distributed.checkpoint as dcp
+
+    from . import megatron_lm_state as mls
+
+    args = common["args"]
+    layout = (int(getattr(args, "tensor_model_parallel_size", 1) or 1),
+              int(getattr(args, "pipeline_model_parallel_size", 1) or 1))
+    if layout != (1, 1) or common.get("content_metadata", {}).get("distrib_optim_sharding_type") != "dp_reshardable":
+        raise mls.OptimLayoutError(
+            f"{tag_dir}: the distributed optimizer's torch_dist state is read for TP1 x PP1 'dp_reshardable' saves "
+            f"only (this one: TP{layout[0]} x PP{layout[1]}, "
+            f"{common.get('content_metadata', {}).get('distrib_optim_sharding_type')}); re-save it in Megatron-LM "
+            f"with --ckpt-convert-format torch --ckpt-convert-save DIR (its legacy distributed optimizer files are "
+            f"read at any TP x PP) and convert DIR")
+    buckets: dict[tuple, dict[str, str]] = {}
+    for k in meta:
+        m = re.fullmatch(rf"{re.escape(_DIST_OPT)}dp_group_idx_(\d+)\.gbuf_idx_(\d+)\.dtype_(.*)\.bucket_idx_(\d+)\."
+                         r"(param|exp_avg|exp_avg_sq)", k)
+        if m:
+            buckets.setdefault((int(m[1]), int(m[2]), m[3]), {}).setdefault(int(m[4]), {})[m[5]] = k
+    if len(buckets) != 1:
+        raise mls.OptimLayoutError(f"{tag_dir}: {len(buckets)} distributed-optimizer buffers (MoE, several dtypes "
+                                   f"or optimizer instances) are not supported")
+    per_bucket = next(iter(buckets.values()))
+    want = {k: torch.empty(meta[k].size, dtype=meta[k].properties.dtype) for b in per_bucket.values()
+            for k in b.values()}
+    objs = {k: io.BytesIO() for k in meta if k.startswith(_DIST_OPT) and k.split("/")[0].endswith(".optimizer")}
+    both = {**want, **objs}
+    dcp.load(both, storage_reader=reader, no_dist=True)  # each BytesIO is replaced by its torch.load'ed object
+    objs = {k: both[k] for k in objs}
+    flat = {s: torch.cat([want[per_bucket[b][s]].reshape(-1).float() for b in sorted(per_bucket)])
+            for s in ("param", "exp_avg", "exp_avg_sq")}
+    cfg = mlm.job_from_args(args).model
+    params = [(k, v.shape, k) for k, v in mls.stages(cfg, model, 1)[0].items()]
+    starts, total = mls.buffer_layout(params, args, 1)
+    if flat["param"].numel() != total:
+        raise mls.OptimLayoutError(f"{tag_dir}: {flat['param'].numel()} elements in the distributed optimizer's "
+                                   f"buckets, the DDP buffer layout of {mls.SOURCE} gives {total} for this model")
+    groups = [g for obj in objs.values() for g in obj[0]["param_groups"]] if len(objs) == 1 else []
+    steps = {g.get("step") for g in groups}
+    if len(steps) != 1 or None in steps:
+        raise mls.OptimLayoutError(f"{tag_dir}: the distributed optimizer's param groups record steps "
+                                   f"{sorted(map(str, steps))}, not one")
+    out = {s: {n: flat[src][starts[n]:starts[n] + math.prod(shape)].reshape(shape).clone() for n, shape, _ in params}
+           for s, src in (("exp_avg", "exp_avg"), ("exp_avg_sq", "exp_avg_sq"), ("fp32_param", "param"))}
+    return out, int(steps.pop())
 
 
 def _unstack(want: dict[str, torch.Tensor], layers: int) -> dict[str, torch.Tensor]:

@@ -252,3 +252,18 @@ def test_their_bf16_torch_dist_save_round_trips_through_ours(tmp_path):
     for it in (3, 4):
         assert got["losses"][it] == rec["losses"][it], (it, got["losses"], rec["losses"])
     _same_rng(got["rng"]["0_0"], rec["rng"]["0_0"])
+
+
+@NEEDS_MLM
+def test_their_distributed_optimizer_torch_dist_save_imports(tmp_path):
+    """--use-distributed-optimizer (bf16): their torch_dist save holds the Adam state as 'dp_reshardable' DDP buckets;
+    it imports with fp32 masters, moments, step and RNG equal to their in-memory state."""
+    out = tmp_path / "theirs"
+    _peer("save", out, "--dist-opt", "--bf16", "--ckpt-format", "torch_dist")
+    rec = torch.load(out / "record.pt", weights_only=False)
+    job, state = mlm.read_megatron_lm(str(out / "ckpt"))
+    assert job.training.precision == "bf16" and state.step == 2 and rec["step"] == {2.0}
+    for i, ours in enumerate((state.exp_avg, state.exp_avg_sq, state.module)):
+        want = _their_state(job, rec, i, 1, 1)
+        assert set(ours) == set(want) and all(torch.equal(ours[k], want[k]) for k in want), i
+    _same_rng(state.client_state["megatron_rng"]["0,0"][0], rec["rng"]["0_0"])
