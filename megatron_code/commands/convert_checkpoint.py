@@ -44,8 +44,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "blocks per TP shard) or Megatron-LM's per-head order (older Megatron-DeepSpeed)")
     p.add_argument("--ckpt-format", choices=["torch", "torch_dist"], default="torch",
                    help="--to megatron-lm: the legacy per-rank files (torch) or the distributed checkpoint "
-                        "(torch_dist: global tensors, loads at any TP x PP; --tensor/--pipeline-model-parallel-size name "
-                        "the layout whose RNG state it carries); --from reads either")
+                        "(torch_dist: global tensors, loads at any TP x PP; --tensor/--pipeline-model-parallel-size "
+                        "name the layout whose RNG state it carries); --from reads either")
     p.add_argument("--use-distributed-optimizer", action="store_true",
                    help="--to megatron-lm --ckpt-format torch: write the Adam state as Megatron-LM's distributed "
                         "optimizer saves it (distrib_optim.pt; load with --use-distributed-optimizer)")

@@ -29,8 +29,6 @@ parameter follows Megatron-DeepSpeed's ``UniversalCheckpointInfo`` (megatron/mod
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import re
 import shutil
@@ -184,31 +182,16 @@ def rng_to_mds(job: JobConfig, state: FullState) -> list:
 
 
 # --------------------------------------------------------------------------------------------- import
-_SHARD = re.compile(r"(bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt")
-
-
 def optimizer_shards(names: list[str]) -> list[str]:
-    return sorted(n for n in names if _SHARD.fullmatch(n))
+    return dsc.zero_optim_files(names)
 
 
 def to_universal(tag_dir: str, out_dir: str) -> None:
     """DeepSpeed's own ds_to_universal (deepspeed/checkpoint/ds_to_universal.py), in this process, one worker."""
-    import sys
-
-    from deepspeed.checkpoint import ds_to_universal as d2u
-
-    argv = sys.argv
-    sys.argv = ["ds_to_universal", "--input_folder", tag_dir, "--output_folder", out_dir,
-                "--num_extract_workers", "1", "--num_merge_workers", "1"]
-    log = io.StringIO()
     try:
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            d2u.main(d2u.parse_arguments())
-    except (Exception, SystemExit) as exc:  # the tool's own failure, reported in one line with its last output
-        sys.argv = argv
-        last = [line for line in log.getvalue().splitlines() if line.strip()][-1:] or [""]
-        raise mlm.MegatronCheckpointError(f"DeepSpeed's ds_to_universal failed on {tag_dir}: {exc!r} {last[0]}")
-    sys.argv = argv
+        dsc.run_ds_to_universal(tag_dir, out_dir)
+    except RuntimeError as exc:  # the tool's own failure, in one line with its last output
+        raise mlm.MegatronCheckpointError(f"DeepSpeed's ds_to_universal failed on {tag_dir}: {exc}") from None
 
 
 def _fixed_info(info: dict, names: set[str]) -> dict | None:
@@ -236,7 +219,7 @@ def _shadow(tag_dir: str, work: str, client: dict) -> str:
     - the 'module' of a --no-pipeline-parallel save flattened to dotted names: Megatron saves it nested
       ({'language_model': {'embedding': ...}}, state_dict_for_save_checkpoint) and the tool, which copies module
       tensors lacking an optimizer fragment into zero/<name>/fp32.pt, calls .float() on each value."""
-    names = {n for shapes in client.get("param_shapes") or [] for n in shapes}
+    names = {n for shapes in client.get(dsc.PARAM_SHAPES) or [] for n in shapes}
     info = dict(client["universal_checkpoint_info"])
     info = _fixed_info(info, names) or info
     padded = info.get("padded_vocab_size") or getattr(client.get("args"), "padded_vocab_size", None)
@@ -322,10 +305,7 @@ def _entry(cfg, key: str, t: torch.Tensor) -> dict:
         if qpg == 1:
             entry[_N_SUB] = 3
         else:
-            from deepspeed.checkpoint.universal_checkpoint import SubparamShape
-
-            entry[_SUB_SHAPE] = SubparamShape(patterns=[], shape=((ng * qpg * d, ng * d, ng * d), *t.shape[1:]),
-                                              partition_dim=0)
+            entry[_SUB_SHAPE] = dsc.universal_subparam_shape(((ng * qpg * d, ng * d, ng * d), *t.shape[1:]))
     elif ".mlp.linear_fc1." in key and cfg.activation == "swiglu":
         entry[_N_SUB] = 2  # [gate; up] over the whole width: rank r takes [gate_r; up_r]
     if key in ("embedding.word_embeddings.weight", "output_layer.weight"):
@@ -378,9 +358,7 @@ def write_megatron_deepspeed_universal(job: JobConfig, state: FullState, save_di
                                  {"name": "no_wd_no_scale_lr", "wd_mult": 0.0, "weight_decay": 0.0, **group}],
                 "ds_version": deepspeed.__version__, "clip_grad": o.clip_grad},
                os.path.join(zero, "optimizer_state.pt"))
-    from deepspeed.checkpoint.constants import UNIVERSAL_CHECKPOINT_VERSION_VALUE
-
-    info = {"universal_checkpoint_version": UNIVERSAL_CHECKPOINT_VERSION_VALUE, "original_vocab_size": cfg.vocab_size,
+    info = {"universal_checkpoint_version": dsc.universal_checkpoint_version(), "original_vocab_size": cfg.vocab_size,
             "padded_vocab_size": cfg.padded_vocab_size,
             _SWIGLU_INFO: [("" if pipe else "language_model.encoder.layers.") + rf"\d+.mlp.dense_h_to_4h.{p}"
                            for p in ("weight", "bias") if p == "weight" or cfg.bias]

@@ -176,7 +176,8 @@ def args_from_job(job: JobConfig, tp: int, pp: int, iteration: int, consumed: in
         max_position_embeddings=m.max_position_embeddings, seq_length=job.data.seq_length,
         position_embedding_type={"learned": "learned_absolute", "rope": "rope", "none": "none"}[m.position_embedding],
         add_position_embedding=m.position_embedding != "none",  # Megatron's flag (off: --no-position-embedding); the
-        # embedding's type is position_embedding_type, and check_checkpoint_args compares this with the launch's rotary_percent=m.rotary_percent,
+        # embedding's type is position_embedding_type, and check_checkpoint_args compares this with the launch's
+        rotary_percent=m.rotary_percent,
         rotary_base=int(m.rotary_base), rotary_interleaved=False, swiglu=m.activation == "swiglu",
         openai_gelu=m.activation == "gelu_tanh", normalization={"layernorm": "LayerNorm", "rmsnorm": "RMSNorm"}[m.norm],
         norm_epsilon=m.norm_eps, apply_layernorm_1p=m.norm_zero_centered, add_bias_linear=m.bias, add_qkv_bias=m.bias,

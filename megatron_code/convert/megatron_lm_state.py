@@ -59,7 +59,8 @@ class OptimLayoutError(MegatronCheckpointError):
 
 # --------------------------------------------------------------------------------------------- parameter order
 _LAYER_ORDER = [f"{m}.{p}" for m in ("input_layernorm", "self_attention.linear_proj", "self_attention.linear_qkv",
-                                     "pre_mlp_layernorm", "mlp.linear_fc1", "mlp.linear_fc2") for p in ("weight", "bias")]
+                                     "pre_mlp_layernorm", "mlp.linear_fc1", "mlp.linear_fc2")
+                for p in ("weight", "bias")]
 
 
 def _megatron_order(key: str) -> tuple:

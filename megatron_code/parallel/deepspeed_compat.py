@@ -35,6 +35,10 @@ INTERNAL_NAMES = (
     ("deepspeed.runtime.utils", "clip_grad_norm_"),
     ("deepspeed.runtime.engine", "DeepSpeedEngine._load_zero_checkpoint"),
     ("deepspeed.ops", "__compatible_ops__"),
+    ("deepspeed.checkpoint.ds_to_universal", "main"),
+    ("deepspeed.checkpoint.ds_to_universal", "parse_arguments"),
+    ("deepspeed.checkpoint.universal_checkpoint", "SubparamShape"),
+    ("deepspeed.checkpoint.constants", "UNIVERSAL_CHECKPOINT_VERSION_VALUE"),
 )
 
 # Instance attributes of DeepSpeed's optimizer wrappers read below: (module, class, attribute); the canary checks
@@ -150,6 +154,14 @@ def bf16_optimizer_pieces(optim_states: dict) -> Iterator[tuple[str, torch.Tenso
 
 def is_model_states_file(name: str) -> bool:
     return name.startswith(MODEL_STATES_PREFIX) and name.endswith(MODEL_STATES_SUFFIX)
+
+
+ZERO_OPTIM_FILE = re.compile(r"(bf16_)?zero_pp_rank_(\d+)_mp_rank_(\d+)_optim_states\.pt")  # zero_optim_file's names
+
+
+def zero_optim_files(names: list[str]) -> list[str]:
+    """The ZeRO-1/2 (and bf16 ZeRO-0) optimizer shards among `names`, sorted."""
+    return sorted(n for n in names if ZERO_OPTIM_FILE.fullmatch(n))
 
 
 def is_optim_states_file(name: str) -> bool:
@@ -397,3 +409,42 @@ def mark_ops_incompatible(names) -> list[str]:
     for name in off:
         table[name] = False
     return off
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# DeepSpeed's universal-checkpoint tool (deepspeed/checkpoint/ds_to_universal.py) and the format it writes.
+def run_ds_to_universal(input_folder: str, output_folder: str) -> None:
+    """DeepSpeed's ds_to_universal in this process, one extract and one merge worker. The tool has no library
+    entry point: its `main` takes the namespace of its own `parse_arguments`, which reads sys.argv (restored after).
+    Its output goes to a buffer; on failure RuntimeError carries the exception and the tool's last output line."""
+    import io
+    import sys
+
+    from deepspeed.checkpoint import ds_to_universal as tool
+
+    argv, log = sys.argv, io.StringIO()
+    sys.argv = ["ds_to_universal", "--input_folder", input_folder, "--output_folder", output_folder,
+                "--num_extract_workers", "1", "--num_merge_workers", "1"]
+    try:
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            tool.main(tool.parse_arguments())
+    except (Exception, SystemExit) as exc:  # the tool exits or raises on inputs it cannot merge
+        last = [line for line in log.getvalue().splitlines() if line.strip()][-1:] or [""]
+        raise RuntimeError(f"{exc!r} {last[0]}") from None
+    finally:
+        sys.argv = argv
+
+
+def universal_subparam_shape(shape: tuple, partition_dim: int = 0):
+    """The SubparamShape entry (deepspeed/checkpoint/universal_checkpoint.py) a universal checkpoint's fp32.pt uses
+    for a fused parameter of unequal parts (GQA's [q; k; v]): the loader slices each part per TP rank."""
+    from deepspeed.checkpoint.universal_checkpoint import SubparamShape
+
+    return SubparamShape(patterns=[], shape=shape, partition_dim=partition_dim)
+
+
+def universal_checkpoint_version():
+    """The format version a universal checkpoint's universal_checkpoint_info carries (checked by the loader)."""
+    from deepspeed.checkpoint.constants import UNIVERSAL_CHECKPOINT_VERSION_VALUE
+
+    return UNIVERSAL_CHECKPOINT_VERSION_VALUE

@@ -20,6 +20,7 @@ import torch
 from megatron_code.convert import megatron_deepspeed as mds
 from megatron_code.convert import megatron_deepspeed_universal as mdsu
 from megatron_code.convert import megatron_lm as mlm
+from megatron_code.parallel import deepspeed_compat as dsc
 from megatron_code.convert.megatron_lm import MegatronCheckpointError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -40,7 +41,7 @@ def _their_slices(tag_dir: str):
     partitions with the shard's own param_slice_mappings, and the optimizer's step."""
     out, steps = {}, set()
     for f in sorted(os.listdir(tag_dir)):
-        m = mdsu._SHARD.fullmatch(f)
+        m = dsc.ZERO_OPTIM_FILE.fullmatch(f)
         if not m:
             continue
         mp = int(m[3])

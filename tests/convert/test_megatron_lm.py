@@ -23,6 +23,7 @@ BASE = ["--num-layers", "4", "--hidden-size", "64", "--num-attention-heads", "4"
         "--max-position-embeddings", "32", "--model.vocab_size", "100"]
 LLAMA = ["--swiglu", "--group-query-attention", "--num-query-groups", "2", "--normalization", "RMSNorm",
          "--position-embedding-type", "rope", "--untie-embeddings-and-output-weights", "--disable-bias-linear"]
+PARTIAL_ROPE = ["--rotary-percent", "0.5"]  # phi-1 style: a part of each head rotates (saved as args.rotary_percent)
 
 
 def _env() -> dict:
@@ -39,7 +40,8 @@ def _run(script: str, *args) -> subprocess.CompletedProcess:
     return r
 
 
-@pytest.mark.parametrize("flags", [LLAMA, []], ids=["gqa-swiglu-rmsnorm-rope-untied", "gpt-gelu-learned-tied"])
+@pytest.mark.parametrize("flags", [LLAMA + PARTIAL_ROPE, []],
+                         ids=["gqa-swiglu-rmsnorm-partial-rope-untied", "gpt-gelu-learned-tied"])
 @pytest.mark.parametrize("tp,pp,extra", [(1, 1, []), (2, 2, []), (2, 2, ["--bf16"]), (1, 2, ["--bf16"])])
 def test_round_trip_equal_weights(flags, tp, pp, extra, tmp_path):
     """Weights, Adam moments and step, and the CPU RNG states come back exactly; bf16 runs through the fp32 masters
@@ -76,7 +78,7 @@ def test_round_trip_equal_weights(flags, tp, pp, extra, tmp_path):
     assert state.client_state["iteration"] == 7 and state.client_state["consumed_samples"] == 56
     assert (job2.parallel.tensor_parallel, job2.parallel.pipeline_parallel) == (tp, pp)
     for f in ("num_layers", "hidden_size", "num_attention_heads", "activation", "norm", "position_embedding",
-              "tie_embeddings", "bias"):
+              "rotary_dims", "tie_embeddings", "bias"):
         assert getattr(job2.model, f) == getattr(job.model, f), f
     assert job2.model.padded_vocab_size == job.model.padded_vocab_size
     # the layout Megatron-LM reads: per TP shard, fused QKV per query group [q.., k, v]; SwiGLU fc1 [gate; up]
