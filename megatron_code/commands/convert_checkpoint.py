@@ -14,6 +14,7 @@ with one line on stderr and exit code 2.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 
@@ -172,25 +173,13 @@ def _megatron(args) -> int:
 
     job, sd, _ = load_consolidated(args.load)
     root, tag = resolve_checkpoint(args.load)
-    import json
-
-    meta = json.load(open(os.path.join(root, tag, "meta.json")))
+    with open(os.path.join(root, tag, "meta.json")) as f:
+        meta = json.load(f)
     it, consumed = int(meta.get("iteration") or 0), int(meta.get("consumed_samples") or 0)
+    from megatron_code.parallel.reshard import read_full_state
+
+    full = read_full_state(os.path.join(root, tag), job, opt_order=_adam_order(job))  # the Adam state, if saved
     if fmt == "megatron-lm":
-        import torch
-
-        from megatron_code.model import GPT
-        from megatron_code.parallel.reshard import read_full_state
-        from megatron_code.training.optimizer import param_groups
-
-        with torch.device("meta"):  # a ZeRO-0 save keys Adam state by position in the optimizer's order
-            meta = GPT(job.model)
-        names = {id(p): n for n, p in meta.named_parameters()}
-        order = [names[id(p)] for g in param_groups(meta, job.optim.weight_decay, job.optim.decoupled_lr is not None)
-                 for p in g["params"]]
-        # the Adam moments too, when the save has them
-        full = read_full_state(os.path.join(root, tag), job, opt_order=order if job.parallel.tensor_parallel == 1
-                               else None)
         optim = ({"exp_avg": full.exp_avg, "exp_avg_sq": full.exp_avg_sq} if full.exp_avg is not None else None)
         if args.ckpt_format == "torch_dist":
             from megatron_code.convert import megatron_torch_dist as mtd
@@ -211,9 +200,6 @@ def _megatron(args) -> int:
               + "; load with --ckpt-format torch --use-mcore-models --transformer-impl local"
               + (" --use-distributed-optimizer" if args.use_distributed_optimizer else "") + ")")
     else:
-        from megatron_code.parallel.reshard import read_full_state
-
-        full = read_full_state(os.path.join(root, tag), job, opt_order=_adam_order(job))  # Adam state, if saved
         path = mds.write_megatron_deepspeed(job, sd, args.save, tp=tp, pp=pp, iteration=it, consumed=consumed,
                                             qkv_layout=args.qkv_layout, optim=full if full.exp_avg else None)
         print(f"exported {args.load} -> {path} (Megatron-DeepSpeed, TP{tp} x PP{pp}"

@@ -17,7 +17,7 @@ import torch
 from megatron_code.config.cli import parse_args
 from megatron_code.convert import megatron_deepspeed_universal as mdsu
 from megatron_code.convert import megatron_lm as mlm
-from megatron_code.convert.megatron_deepspeed import _legacy, _qkv_to_blocks
+from megatron_code.convert.megatron_deepspeed import _qkv_to_blocks
 from megatron_code.model import GPT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -26,19 +26,6 @@ BASE = ["--num-layers", "2", "--hidden-size", "32", "--num-attention-heads", "4"
 LLAMA = ["--swiglu", "--normalization", "RMSNorm", "--position-embedding-type", "rope",
          "--untie-embeddings-and-output-weights", "--disable-bias-linear"]
 TP = 2
-
-
-def _pipe_name(key: str, cfg) -> str:
-    """GPTModelPipe's parameter name for a canonical (Megatron-Core) name."""
-    L = cfg.num_layers
-    if key.startswith("embedding."):
-        return ("tied_modules.embed." if cfg.tie_embeddings else "1.") + key[len("embedding."):]
-    if key.startswith("decoder.final_layernorm."):
-        return f"{2 + L}." + key.rsplit(".", 1)[1]
-    if key == "output_layer.weight":
-        return f"{3 + L}.lm_head.weight"
-    i, rest = _legacy(key)[len("language_model.encoder.layers."):].split(".", 1)
-    return f"{int(i) + 2}.{rest}"
 
 
 def _write(job, tensors: dict, out, swiglu_info: bool, step: int = 5) -> None:
@@ -53,7 +40,7 @@ def _write(job, tensors: dict, out, swiglu_info: bool, step: int = 5) -> None:
             if ".linear_fc1." in key and cfg.activation == "swiglu" and not swiglu_info:
                 gate, up = t.chunk(2)  # slices concatenated as they are: [gate_0; up_0; gate_1; up_1]
                 t = torch.cat([torch.cat([g, u]) for g, u in zip(gate.chunk(TP), up.chunk(TP))])
-            d = out / "zero" / _pipe_name(key, cfg)
+            d = out / "zero" / mdsu.mds_param_name(key, cfg, pipe=True)
             d.mkdir(parents=True, exist_ok=True)
             torch.save({"param": t.clone()}, d / f"{state}.pt")
             torch.save(torch.tensor(float(step)), d / "step.pt")

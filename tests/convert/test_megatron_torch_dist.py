@@ -23,20 +23,19 @@ import sys
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from megatron_code.convert import megatron_lm as mlm
 from megatron_code.convert import megatron_torch_dist as mtd
-from megatron_code.model import GPT
-from megatron_code.training.optimizer import build_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIXTURE = os.path.join(ROOT, "tests", "fixtures", "megatron_lm_torch_dist", "tp1pp1_fp32")
 PEER = os.path.join(ROOT, "tests", "convert", "_mlm_training_peer.py")
 sys.path.insert(0, os.path.dirname(PEER))
-import _mlm_training_peer as peer  # noqa: E402  (its top level imports torch only)
+# our model and AdamW on their batches (iterations 3-4), as for the legacy fixtures
+from test_megatron_lm_state import _continue  # noqa: E402
 
 sys.path.remove(os.path.dirname(PEER))
+
 pytest.importorskip("megatron.core", reason="their checkpoints pickle megatron.core objects in 'args': pip install "
                                             "'megatron_code[test]'")
 NEEDS_MLM = pytest.mark.skipif(not os.environ.get("MEGATRON_LM_DIR"),
@@ -50,29 +49,6 @@ def _their_state(job, rec: dict, index: int, tp: int, pp: int) -> dict[str, torc
     per_rank = {tuple(map(int, rank.split("_"))): {mlm.canonical(k): v[index] for k, v in m.items()}
                 for rank, m in rec["moments"].items()}
     return mlm.to_ours(job.model, mlm._gather(job.model, per_rank, tp, pp, 3.0)[0])
-
-
-def _continue(job, state) -> dict[int, float]:
-    """Iterations 3 and 4 on their batches with our model and our AdamW (fp32), from the imported state."""
-    model = GPT(job.model)
-    model.load_state_dict(state.module)
-    opt = build_optimizer(model, job.optim)
-    names = {p: n for n, p in model.named_parameters()}
-    for g in opt.param_groups:
-        for p in g["params"]:
-            opt.state[p] = {"step": torch.tensor(float(state.step)), "exp_avg": state.exp_avg[names[p]].clone(),
-                            "exp_avg_sq": state.exp_avg_sq[names[p]].clone()}
-    data = peer.batches(job.model.padded_vocab_size, job.data.seq_length)
-    losses = {}
-    for i in range(peer.SAVE_AT, peer.TOTAL_ITERS):
-        ids, labels = data[i][:, :-1], data[i][:, 1:]
-        logits = model.train()(ids, torch.arange(ids.shape[1]).expand_as(ids))
-        loss = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten())
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-        losses[i + 1] = loss.item()
-    return losses
 
 
 def _same_rng(a: dict, b: dict) -> None:
