@@ -11,7 +11,14 @@ wrapper, which for our code BPE is the exact C++ encoder (csrc/bpe.cpp; ``--no-f
 files are cut into line-aligned ~4 KB pieces for the `tokenizers` encoder).
 Runs are interleaved (baseline, ours, baseline, ours, ...); medians and their ratio are printed.
 
+With ``--megatron-lm DIR`` (a Megatron-LM checkout; tested with core_v0.16.1) the peer is Megatron-LM's own
+tools/preprocess_data.py instead of the imitation, and both sides run as the command a user types, in a fresh
+interpreter: ``python tools/preprocess_data.py --input C --output-prefix P --tokenizer-type HuggingFaceTokenizer
+--tokenizer-model T --append-eod --workers N`` (theirs through the runner of
+tests/fixtures/megatron_preprocess/make_fixture.py, which supplies two import shims and changes none of their code).
+
     python benchmarks/bench_preprocess.py --repeats 3
+    python benchmarks/bench_preprocess.py --repeats 3 --megatron-lm /path/to/Megatron-LM
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import multiprocessing as mp
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -91,6 +99,9 @@ def main():
     ap.add_argument("--no-fast", action="store_true",
                     help="ours without the C++ code-BPE encoder (MEGATRON_CODE_FAST_BPE=0; the baseline is "
                          "unaffected: it always calls the tokenizers encoder)")
+    ap.add_argument("--megatron-lm", metavar="DIR",
+                    help="peer: Megatron-LM's own tools/preprocess_data.py from this checkout (both sides as CLI "
+                         "commands in fresh interpreters)")
     args = ap.parse_args()
     if args.no_fast:
         os.environ["MEGATRON_CODE_FAST_BPE"] = "0"  # read when each process builds its tokenizer
@@ -117,6 +128,34 @@ def main():
     def baseline():
         naive_preprocess(corpus, tok_dir, os.path.join(args.work_dir, "naive"), args.workers)
 
+    if args.megatron_lm:
+        sys.path.insert(0, os.path.join(ROOT, "tests", "fixtures", "megatron_preprocess"))
+        from make_fixture import RUNNER, include_flag
+        flags = ["--tokenizer-type", "HuggingFaceTokenizer", "--tokenizer-model", tok_dir, "--append-eod",
+                 "--workers", str(args.workers), "--input", corpus]
+        env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+        def fresh(prefix):  # our tool refuses to overwrite an existing output (theirs overwrites): start clean
+            for ext in (".bin", ".idx"):
+                if os.path.exists(prefix + "_text_document" + ext):
+                    os.remove(prefix + "_text_document" + ext)
+            return prefix
+
+        def ours():  # noqa: F811 - the CLI, as the peer is run
+            fresh(os.path.join(args.work_dir, "ours"))
+            subprocess.run([sys.executable, os.path.join(ROOT, "tools", "preprocess_data.py"), *flags,
+                            "--output-prefix", os.path.join(args.work_dir, "ours")], check=True, env=env,
+                           capture_output=True)
+
+        def baseline():  # noqa: F811 - Megatron-LM's own tool
+            fresh(os.path.join(args.work_dir, "naive"))
+            subprocess.run([sys.executable, "-c", RUNNER, args.megatron_lm, *flags, *include_flag(args.megatron_lm),
+                            "--output-prefix", os.path.join(args.work_dir, "naive")], check=True, env=env,
+                           capture_output=True)
+
+    print("baseline = " + (f"Megatron-LM's tools/preprocess_data.py ({args.megatron_lm}); ours = our CLI" if
+                           args.megatron_lm else "the Megatron-style pool above; ours = preprocess() in process"))
+
     def cpu_seconds():
         # main process + reaped pool workers: robust to other load on a shared machine, unlike wall time
         return sum(resource.getrusage(who).ru_utime + resource.getrusage(who).ru_stime
@@ -134,9 +173,9 @@ def main():
                   f"{cpu[name][-1]:.2f} CPU s ({mb / cpu[name][-1]:.2f} MB per CPU s), load average "
                   f"{os.getloadavg()[0]:.1f}", flush=True)
     for ext in (".bin", ".idx"):
-        a = open(os.path.join(args.work_dir, "ours_text_document" + ext), "rb").read()
-        b = open(os.path.join(args.work_dir, "naive_text_document" + ext), "rb").read()
-        assert a == b, f"outputs differ ({ext})"
+        with open(os.path.join(args.work_dir, "ours_text_document" + ext), "rb") as fa, \
+                open(os.path.join(args.work_dir, "naive_text_document" + ext), "rb") as fb:
+            assert fa.read() == fb.read(), f"outputs differ ({ext})"
     med = {k: statistics.median(v) for k, v in times.items()}
     print(f"baseline median {med['baseline']:.2f} s = {mb / med['baseline']:.2f} MB/s; ours median "
           f"{med['ours']:.2f} s = {mb / med['ours']:.2f} MB/s; speedup {med['baseline'] / med['ours']:.2f}x "

@@ -16,12 +16,11 @@ Import reads the directory's ``tokenizer.json`` into our HFTokenizer; it needs `
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 
 from ..errors import UserError
-from ..data.tokenizer import SPECIAL_TOKENS, HFTokenizer, Tokenizer, TokenizerError
+from ..data.tokenizer import HFTokenizer, Tokenizer, TokenizerError, write_transformers_config
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +29,6 @@ PROBE = "def add(a, b):\n    return a + b  # sum\n\n\tx = [1, 22, 333]\nprint('h
 
 class TokenizerExportError(UserError, ValueError):
     """The tokenizer cannot be written as an exact `transformers` tokenizer."""
-
-
-def special_token_kwargs(tok: Tokenizer) -> dict:
-    """eos/bos/unk/pad and additional special tokens for tokenizer_config.json / special_tokens_map.json."""
-    eod = "<|endoftext|>"
-    pad = "<pad>" if "<pad>" in tok.special_tokens else eod
-    extra = [t for t in SPECIAL_TOKENS if t in tok.special_tokens and t not in (eod, pad)]
-    return {"bos_token": eod, "eos_token": eod, "unk_token": eod, "pad_token": pad,
-            "additional_special_tokens": extra}
 
 
 def _backend_json(tok: Tokenizer) -> str:
@@ -142,14 +132,8 @@ def export_tokenizer(tok: Tokenizer, out_dir: str, model_max_length: int, lead: 
     os.makedirs(out_dir, exist_ok=True)
     with open(os.path.join(out_dir, "tokenizer.json"), "w", encoding="utf-8") as f:
         f.write(text)
-    specials = special_token_kwargs(tok)
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "model_max_length": model_max_length,
-              "clean_up_tokenization_spaces": False, "add_bos_token": False, "add_eos_token": False,
-              "megatron_code_tokenizer_type": tok.tokenizer_type, **specials}
-    with open(os.path.join(out_dir, "tokenizer_config.json"), "w") as f:
-        json.dump(config, f, indent=2)
-    with open(os.path.join(out_dir, "special_tokens_map.json"), "w") as f:
-        json.dump(specials, f, indent=2)
+    write_transformers_config(tok, out_dir, model_max_length=model_max_length,
+                              megatron_code_tokenizer_type=tok.tokenizer_type)
     check_exported_tokenizer(tok, out_dir)
     if lead is not None:
         from transformers import AutoTokenizer

@@ -447,14 +447,39 @@ def _train_hf_bpe(texts: Iterable[str], vocab_size: int, output_dir: str) -> Tok
     return _save_trained(tok, output_dir)
 
 
+def transformers_special_tokens(tok: Tokenizer) -> dict:
+    """eos/bos/unk/pad and additional special tokens as transformers' tokenizer_config.json and
+    special_tokens_map.json name them: <|endoftext|> (our EOD) as eos/bos/unk, <pad> as pad when present."""
+    eod = "<|endoftext|>"
+    pad = "<pad>" if "<pad>" in tok.special_tokens else eod
+    extra = [t for t in SPECIAL_TOKENS if t in tok.special_tokens and t not in (eod, pad)]
+    return {"bos_token": eod, "eos_token": eod, "unk_token": eod, "pad_token": pad,
+            "additional_special_tokens": extra}
+
+
+def write_transformers_config(tok: Tokenizer, directory: str, **config) -> None:
+    """tokenizer_config.json (the stock PreTrainedTokenizerFast class, our special tokens, `config`) and
+    special_tokens_map.json beside a tokenizer.json, so `transformers.AutoTokenizer` and Megatron-LM's
+    HuggingFaceTokenizer read the directory as ours. Megatron-LM takes the EOD it appends from ``eos_token``
+    (core_v0.16.1 megatron/core/tokenizers/text/libraries/huggingface_tokenizer.py, ``eod``); without it its
+    preprocess_data.py fails in its worker process on a None id."""
+    specials = transformers_special_tokens(tok)
+    full = {"tokenizer_class": "PreTrainedTokenizerFast", "clean_up_tokenization_spaces": False,
+            "add_bos_token": False, "add_eos_token": False, **config, **specials}
+    atomic.write_text(os.path.join(directory, "tokenizer_config.json"), json.dumps(full, indent=2))
+    atomic.write_text(os.path.join(directory, "special_tokens_map.json"), json.dumps(specials, indent=2))
+
+
 def _save_trained(tok, output_dir: str) -> Tokenizer:
-    """Write a `tokenizers` model trained here as OUTPUT_DIR/tokenizer.json (atomically) and load it back as ours."""
+    """Write a `tokenizers` model trained here as OUTPUT_DIR/tokenizer.json (atomically) and load it back as ours;
+    the transformers config files beside it make the directory a Hugging Face / Megatron-LM tokenizer too."""
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, "tokenizer.json")
     tok.save(atomic.tmp_path(path))
     atomic.replace(atomic.tmp_path(path), path)
     result = HFTokenizer({"tokenizer.json": _read(path)})
     result.save(output_dir)
+    write_transformers_config(result, output_dir)
     return result
 
 

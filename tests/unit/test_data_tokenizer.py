@@ -76,6 +76,23 @@ def test_fingerprint_save_load(bpe, tmp_path):
     assert other.fingerprint() != bpe.fingerprint()
 
 
+def test_trained_directory_is_a_transformers_and_megatron_lm_tokenizer(bpe, tmp_path):
+    """train_code_tokenizer's directory carries tokenizer_config.json naming <|endoftext|> as eos_token: Megatron-LM's
+    HuggingFaceTokenizer appends that as EOD (without it its preprocess_data.py failed on a None id), and
+    transformers' AutoTokenizer encodes like ours with eos = our EOD."""
+    import transformers
+
+    out = str(tmp_path / "bpe")
+    ours = train_code_tokenizer(CODE, 400, out)
+    config = json.load(open(os.path.join(out, "tokenizer_config.json")))
+    assert config["tokenizer_class"] == "PreTrainedTokenizerFast" and config["eos_token"] == "<|endoftext|>"
+    assert json.load(open(os.path.join(out, "special_tokens_map.json")))["eos_token"] == "<|endoftext|>"
+    hf = transformers.AutoTokenizer.from_pretrained(out)
+    assert hf.eos_token_id == ours.eod == bpe.eod
+    assert hf(CODE[1], add_special_tokens=False)["input_ids"] == ours.encode(CODE[1])
+    assert load_tokenizer(out).fingerprint() == ours.fingerprint()  # the extra files change nothing of ours
+
+
 def test_gpt2_vocab_merges(bpe, tmp_path):
     d = tmp_path / "gpt2"
     d.mkdir()
