@@ -32,7 +32,7 @@ FIXTURE = os.path.join(ROOT, "tests", "fixtures", "megatron_lm_torch_dist", "tp1
 PEER = os.path.join(ROOT, "tests", "convert", "_mlm_training_peer.py")
 sys.path.insert(0, os.path.dirname(PEER))
 # our model and AdamW on their batches (iterations 3-4), as for the legacy fixtures
-from test_megatron_lm_state import _continue  # noqa: E402
+from test_megatron_lm_state import check_import, same_rng as _same_rng  # noqa: E402
 
 sys.path.remove(os.path.dirname(PEER))
 
@@ -51,37 +51,8 @@ def _their_state(job, rec: dict, index: int, tp: int, pp: int) -> dict[str, torc
     return mlm.to_ours(job.model, mlm._gather(job.model, per_rank, tp, pp, 3.0)[0])
 
 
-def _same_rng(a: dict, b: dict) -> None:
-    assert a["random_rng_state"] == b["random_rng_state"]
-    assert all((x == y).all() if hasattr(x, "all") else x == y for x, y in zip(a["np_rng_state"], b["np_rng_state"]))
-    assert torch.equal(a["torch_rng_state"], b["torch_rng_state"])
-    assert torch.equal(a["cuda_rng_state"], b["cuda_rng_state"])
-    assert set(a["rng_tracker_states"]) == set(b["rng_tracker_states"])
-    assert all(torch.equal(v, b["rng_tracker_states"][k]) for k, v in a["rng_tracker_states"].items())
-
-
 def _check_import(src: str, rec: dict, tp: int, pp: int, rel: float) -> None:
-    job, state = mlm.read_megatron_lm(src)
-    assert (job.parallel.tensor_parallel, job.parallel.pipeline_parallel) == (tp, pp)
-    assert state.step == 2 and rec["step"] == {2.0} and state.client_state["iteration"] == 2
-    for i, ours in enumerate((state.exp_avg, state.exp_avg_sq, state.module)):
-        want = _their_state(job, rec, i, tp, pp)
-        assert set(ours) == set(want)
-        for k in want:
-            assert torch.equal(ours[k], want[k]), (i, k)
-    rng, theirs = state.client_state["rng"], rec["rng"]["0_0"]
-    assert rng["python"] == theirs["random_rng_state"] and torch.equal(rng["torch"], theirs["torch_rng_state"])
-    assert all((a == b).all() if hasattr(a, "all") else a == b for a, b in zip(rng["numpy"], theirs["np_rng_state"]))
-    assert torch.equal(rng["cuda"][0], theirs["cuda_rng_state"])
-    kept = state.client_state["megatron_rng"]
-    assert set(kept) == {f"{r},{s}" for r in range(tp) for s in range(pp)}
-    for key, lst in kept.items():  # every rank's states as their save had them in memory
-        r, s = key.split(",")
-        assert len(lst) == 1
-        _same_rng(lst[0], rec["rng"][f"{r}_{s}"])
-    losses = _continue(job, state)
-    for it in (3, 4):
-        assert losses[it] == pytest.approx(rec["losses"][it], rel=rel), (it, losses, rec["losses"])
+    check_import(src, rec, tp, pp, rel, lambda job, i: _their_state(job, rec, i, tp, pp))
 
 
 def test_their_torch_dist_checkpoint_imports_with_adam_and_rng_and_continues():
