@@ -32,7 +32,7 @@ FIXTURE = os.path.join(ROOT, "tests", "fixtures", "megatron_lm_torch_dist", "tp1
 PEER = os.path.join(ROOT, "tests", "convert", "_mlm_training_peer.py")
 sys.path.insert(0, os.path.dirname(PEER))
 # our model and AdamW on their batches (iterations 3-4), as for the legacy fixtures
-from test_megatron_lm_state import check_import, same_rng as _same_rng  # noqa: E402
+from test_megatron_lm_state import check_import, same_rng as _same_rng, same_tree as _same  # noqa: E402
 
 sys.path.remove(os.path.dirname(PEER))
 
@@ -76,23 +76,6 @@ def _dcp(tag_dir: str) -> tuple[dict, dict]:
               for k, m in meta.items()}
     dcp.load(values, storage_reader=reader, no_dist=True)
     return kinds, values
-
-
-def _same(a, b, where: str) -> None:
-    if isinstance(b, dict):
-        assert isinstance(a, dict) and set(a) == set(b), (where, set(a) ^ set(b))
-        for k in b:
-            _same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(b, (list, tuple)):
-        assert isinstance(a, (list, tuple)) and len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _same(x, y, f"{where}[{i}]")
-    elif torch.is_tensor(b):
-        assert torch.is_tensor(a) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b), where
-    elif hasattr(b, "dtype") and hasattr(b, "shape"):  # numpy arrays of the RNG state
-        assert (a == b).all(), where
-    else:
-        assert a == b, (where, a, b)
 
 
 def test_our_export_is_their_torch_dist_checkpoint_again(tmp_path):
